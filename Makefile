@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`. Each sets itself up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test lint format bench-accuracy bench-aggregate clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## run: set up, then run the product on its embedded default
+run: setup
+	$(BIN)/fedalign simulate examples/digits-mnistm.toml
+
+## test: set up, then lint and run every test
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench-accuracy: setup
+	$(BIN)/python bench/accuracy.py --json bench/out/accuracy.json
+
+bench-aggregate: setup
+	$(BIN)/python bench/aggregate_bench.py --json bench/out/aggregate.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

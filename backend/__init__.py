@@ -1,0 +1,1 @@
+"""The FedAlign API service (FastAPI): federations, nodes, rounds, submissions, aggregation, live events."""

@@ -1,0 +1,160 @@
+"""The federation config: one schema for the TOML file and the API.
+
+The defaults of `Hyperparameters` are the method's defaults (DESIGN.md section 1: the patented steps with
+nothing added). Everything the method leaves open is a named setting here, so an experiment is a config,
+never an edit to a training loop.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Algorithm = Literal["fedalign", "fedavg", "source_only"]
+Role = Literal["source", "target"]
+Aggregator = Literal["server", "target"]
+Weighting = Literal["samples", "uniform", "balanced"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Hyperparameters(_Strict):
+    """Local-step and aggregation settings. Defaults reproduce the method as patented."""
+
+    batch_size: Annotated[int, Field(ge=1, le=4096, description="Minibatch size of every local step.")] = 64
+    lr: Annotated[float, Field(gt=0, le=10, description="SGD learning rate of G and T.")] = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 5e-4
+    lr_schedule: Annotated[
+        Literal["constant", "dann"],
+        Field(description="'dann': lr / (1 + 10 p)^0.75 over training progress p (Ganin et al.)."),
+    ] = "constant"
+    local_steps: Annotated[int, Field(ge=1, le=100_000, description="k_G: extractor steps per round.")] = 10
+    disc_steps: Annotated[
+        int, Field(ge=1, le=100_000, description="k_D: discriminator steps per exchange.")
+    ] = 10
+    disc_exchanges: Annotated[
+        int, Field(ge=1, le=1000, description="Discriminator train-and-average exchanges per round.")
+    ] = 1
+    disc_lr: Annotated[float, Field(gt=0, le=10, description="SGD learning rate of D.")] = 0.01
+    adv_weight: Annotated[float, Field(ge=0, le=100, description="lambda: weight of the adversarial loss.")] = 1.0
+    adv_schedule: Annotated[
+        Literal["constant", "dann"],
+        Field(description="'dann': lambda * (2 / (1 + exp(-10 p)) - 1), ramping up over training."),
+    ] = "constant"
+    adv_loss: Annotated[
+        Literal["flip", "confusion"],
+        Field(
+            description="'flip': make D take a node's features for the other domain (the method); "
+            "'confusion': push D's output to 1/2 for every feature, which cannot overshoot."
+        ),
+    ] = "flip"
+    disc_weighting: Weighting = "balanced"
+    extractor_weighting: Weighting = "samples"
+    source_extractor: Annotated[
+        Literal["keep", "restart"],
+        Field(description="'keep': sources keep their own G and T between rounds (the method); "
+              "'restart': every round starts from the aggregates, as in FedAvg."),
+    ] = "keep"
+    target_extractor: Annotated[
+        Literal["average", "local", "none"],
+        Field(description="'average': the target's adapted G enters G_agg (the method); 'local': the "
+              "target keeps its adapted G and G_agg averages the sources; 'none': the target does not "
+              "train G (the sources' adversarial term does all the aligning)."),
+    ] = "average"
+    local_params: Annotated[
+        Literal["bn_stats", "bn", "none"],
+        Field(description="What stays on the node: BatchNorm statistics, all of BatchNorm, or nothing."),
+    ] = "bn_stats"
+    pseudo_label_threshold: Annotated[
+        float,
+        Field(ge=0, le=1, description="Target pseudo-labels above this confidence train G; 0 turns them off."),
+    ] = 0.0
+    pseudo_label_weight: Annotated[float, Field(ge=0, le=100)] = 1.0
+    entropy_weight: Annotated[
+        float, Field(ge=0, le=100, description="Weight of target entropy minimisation; 0 is off.")
+    ] = 0.0
+    eval_every: Annotated[int, Field(ge=1, le=100_000, description="Evaluate every this many rounds.")] = 1
+
+
+class ModelOptions(_Strict):
+    num_classes: Annotated[int, Field(ge=2, le=10_000)] = 10
+    input_shape: tuple[int, ...] = (3, 28, 28)
+    hidden: Annotated[int, Field(ge=1, le=65_536)] = 128
+
+
+class NodeSpec(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Unique within the federation.")]
+    role: Role
+    dataset: Annotated[
+        str,
+        Field(min_length=1, max_length=1024, description="Dataset spec, resolved on the node's own machine."),
+    ]
+
+
+class FederationConfig(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "federation"
+    algorithm: Algorithm = "fedalign"
+    architecture: Literal["digits_cnn", "mlp"] = "digits_cnn"
+    model: ModelOptions = ModelOptions()
+    rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    aggregator: Aggregator = "server"
+    min_sources: Annotated[
+        int | None, Field(ge=1, description="Sources a phase needs at its deadline; default: all.")
+    ] = None
+    hyperparameters: Hyperparameters = Hyperparameters()
+    nodes: list[NodeSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_nodes(self) -> FederationConfig:
+        if not self.nodes:
+            return self  # the API registers nodes one by one after creation
+        names = [n.name for n in self.nodes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"node names must be unique; repeated: {', '.join(duplicates)}")
+        targets = [n.name for n in self.nodes if n.role == "target"]
+        if len(targets) != 1:
+            raise ValueError(f"a federation has exactly one target node, got {len(targets)}")
+        sources = len(self.nodes) - 1
+        if sources < 1:
+            raise ValueError("a federation needs at least one source node")
+        if self.min_sources is not None and self.min_sources > sources:
+            raise ValueError(f"min_sources is {self.min_sources} but there are only {sources} sources")
+        return self
+
+    @property
+    def target(self) -> NodeSpec:
+        return next(n for n in self.nodes if n.role == "target")
+
+    @property
+    def sources(self) -> list[NodeSpec]:
+        return sorted((n for n in self.nodes if n.role == "source"), key=lambda n: n.name)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with every problem listed."""
+
+
+def load_config(path: Path) -> FederationConfig:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    # TOML reads more naturally with [[nodes]] tables; pydantic takes the same structure.
+    try:
+        return FederationConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

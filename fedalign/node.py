@@ -1,0 +1,248 @@
+"""One node's side of a federation: its data, its models and optimiser state, and how it runs a step.
+
+The simulator, the Celery worker and the REST client all run steps through `NodeRuntime.run`, so a step
+means the same everywhere. Nothing here touches the network: a step takes the aggregates it downloads as
+state dicts and returns what it uploads as state dicts (shared tensors only) plus scalar metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fedalign.config import FederationConfig, Hyperparameters
+from fedalign.data import BatchStream, NodeData
+from fedalign.models import MODEL_NAMES, ModelSet, ModelShape, build, local_names
+from fedalign.protocol import StepSpec, derive_seed, effective_local_policy
+from fedalign.steps import (
+    CPU,
+    SOURCE,
+    TARGET,
+    Device,
+    adapt_source,
+    adapt_target,
+    dann_lambda,
+    dann_lr_factor,
+    discriminator_accuracy,
+    refresh_statistics,
+    set_lr,
+    task_accuracy,
+    train_discriminator,
+)
+
+State = dict[str, torch.Tensor]
+
+
+class StepError(ValueError):
+    """A step that cannot run as asked (a missing download, data that does not fit the model)."""
+
+
+@dataclass
+class StepResult:
+    uploads: dict[str, State] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples: dict[str, int] | None = None
+
+
+def model_shape(config: FederationConfig) -> ModelShape:
+    m = config.model
+    return ModelShape(input_shape=tuple(m.input_shape), num_classes=m.num_classes, hidden=m.hidden)
+
+
+def initial_models(config: FederationConfig) -> dict[str, State]:
+    """Round 0's aggregates: G, T and D built from the federation's seed, shared tensors only."""
+    models = build(config.architecture, model_shape(config), seed=derive_seed(config.seed, "init"))
+    policy = effective_local_policy(config)
+    return {
+        name: {k: v.detach().clone() for k, v in module.state_dict().items() if k not in local_names(module, policy)}
+        for name, module in models.items()
+    }
+
+
+def shared_state(module: nn.Module, local: set[str]) -> State:
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if k not in local}
+
+
+class NodeRuntime:
+    def __init__(
+        self,
+        name: str,
+        config: FederationConfig,
+        data: NodeData,
+        device: Device = CPU,
+    ) -> None:
+        spec = next((n for n in config.nodes if n.name == name), None)
+        if spec is None:
+            raise StepError(f"node {name!r} is not part of federation {config.name!r}")
+        shape = model_shape(config)
+        if tuple(data.input_shape) != shape.input_shape:
+            raise StepError(
+                f"node {name!r}: dataset {data.spec!r} has inputs of shape {tuple(data.input_shape)}, "
+                f"the federation's {config.architecture} model takes {shape.input_shape}"
+            )
+        if data.num_classes > shape.num_classes:
+            raise StepError(
+                f"node {name!r}: dataset {data.spec!r} has {data.num_classes} classes, "
+                f"the federation's model has {shape.num_classes}"
+            )
+        self.name = name
+        self.role = spec.role
+        self.config = config
+        self.hp: Hyperparameters = config.hyperparameters
+        self.data = data
+        self.device = device
+        self.own_label = SOURCE if self.role == "source" else TARGET
+        self.models: ModelSet = build(config.architecture, shape).to(device.torch_device)
+        policy = effective_local_policy(config)
+        self.local = {m: local_names(module, policy) for m, module in self.models.items()}
+        hp = self.hp
+        sgd = dict(momentum=hp.momentum, weight_decay=hp.weight_decay)
+        # Optimiser state (momentum) is local: it lives on the node between steps and never travels.
+        self.optimizers = {
+            "D": torch.optim.SGD(self.models.D.parameters(), lr=hp.disc_lr, **sgd),
+            "GT": torch.optim.SGD([*self.models.G.parameters(), *self.models.T.parameters()], lr=hp.lr, **sgd),
+            "G": torch.optim.SGD(self.models.G.parameters(), lr=hp.lr, **sgd),
+        }
+
+    # ----------------------------------------------------------------------------------------- I/O
+
+    def load(self, model: str, state: Mapping[str, torch.Tensor]) -> None:
+        """Take an aggregate's shared tensors; local tensors (BatchNorm statistics by default) stay."""
+        module = self.models[model]
+        own = module.state_dict()
+        expected = set(own) - self.local[model]
+        missing = expected - set(state)
+        unexpected = set(state) - expected
+        if missing or unexpected:
+            raise StepError(
+                f"aggregate for {model} does not fit the model: missing {sorted(missing)}, "
+                f"unexpected {sorted(unexpected)}"
+            )
+        with torch.no_grad():
+            for k, v in state.items():
+                own[k].copy_(v)
+
+    def shared(self, model: str) -> State:
+        return {k: v.cpu() for k, v in shared_state(self.models[model], self.local[model]).items()}
+
+    def state_tensors(self) -> State:
+        """Everything this node keeps between steps (models, local statistics, momentum) as tensors."""
+        out: State = {}
+        for m, module in self.models.items():
+            out.update({f"model.{m}.{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()})
+        for opt_name, opt in self.optimizers.items():
+            for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+                buf = opt.state.get(p, {}).get("momentum_buffer")
+                if buf is not None:
+                    out[f"opt.{opt_name}.{i}"] = buf.detach().cpu().clone()
+        return out
+
+    def load_state_tensors(self, state: Mapping[str, torch.Tensor]) -> None:
+        for m, module in self.models.items():
+            prefix = f"model.{m}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        for opt_name, opt in self.optimizers.items():
+            for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+                key = f"opt.{opt_name}.{i}"
+                if key in state:
+                    opt.state[p]["momentum_buffer"] = state[key].to(p.device).clone()
+
+    # ----------------------------------------------------------------------------------------- steps
+
+    def _stream(self, step: StepSpec) -> BatchStream:
+        return BatchStream(self.data.train, self.hp.batch_size, seed=step.seed)
+
+    def _progress(self, step: StepSpec) -> float:
+        return (step.round - 1) / self.config.rounds
+
+    def run(self, step: StepSpec, downloads: Mapping[str, Mapping[str, torch.Tensor]]) -> StepResult:
+        if step.node != self.name:
+            raise StepError(f"step for node {step.node!r} sent to node {self.name!r}")
+        missing = set(step.downloads) - set(downloads)
+        if missing:
+            raise StepError(f"step {step.round}/{step.phase} needs downloads {sorted(missing)}")
+        for model in MODEL_NAMES:
+            if model in step.downloads:
+                self.load(model, downloads[model])
+        # Seed the global RNG too, for anything a model draws on its own (dropout).
+        torch.manual_seed(step.seed)
+        handler = {
+            "setup": self._setup,
+            "discriminator": self._discriminator,
+            "adapt": self._adapt,
+            "evaluate": self._evaluate,
+        }.get(step.kind)
+        if handler is None:
+            raise StepError(f"node runtime cannot run a step of kind {step.kind!r}")
+        result = handler(step)
+        for slot in step.uploads:
+            result.uploads.setdefault(slot, self.shared(slot))
+        unexpected = set(result.uploads) - set(step.uploads)
+        if unexpected:  # never send more than the step asked for
+            raise StepError(f"step produced uploads {sorted(unexpected)} it was not asked for")
+        return result
+
+    def _setup(self, step: StepSpec) -> StepResult:
+        d = self.data
+        return StepResult(samples={"train": len(d.train), "val": len(d.val), "test": len(d.test)})
+
+    def _discriminator(self, step: StepSpec) -> StepResult:
+        opt = self.optimizers["D"]
+        set_lr(opt, self._lr(self.hp.disc_lr, step))
+        metrics = train_discriminator(
+            self.models.G, self.models.D, self._stream(step), opt, self.hp.disc_steps, self.own_label, self.device
+        )
+        return StepResult(metrics=metrics)
+
+    def _lr(self, base: float, step: StepSpec) -> float:
+        return base * (dann_lr_factor(self._progress(step)) if self.hp.lr_schedule == "dann" else 1.0)
+
+    def _adv_weight(self, step: StepSpec) -> float:
+        ramp = dann_lambda(self._progress(step)) if self.hp.adv_schedule == "dann" else 1.0
+        return self.hp.adv_weight * ramp
+
+    def _adapt(self, step: StepSpec) -> StepResult:
+        hp, m = self.hp, self.models
+        metrics: dict[str, float] = {}
+        fedalign = self.config.algorithm == "fedalign"
+        if fedalign and step.round > 1:
+            # disc_acc_fresh: this round's D_all on the features it was trained on, before they adapt.
+            fresh = discriminator_accuracy(m.G, m.D, self.data.val, self.own_label, self.device)
+            metrics["fresh_disc_acc_own"] = fresh["disc_acc_own"]
+        stream = self._stream(step)
+        adv = self._adv_weight(step) if fedalign else 0.0
+        if self.role == "source":
+            opt = self.optimizers["GT"]
+            set_lr(opt, self._lr(hp.lr, step))
+            metrics |= adapt_source(m.G, m.T, m.D, stream, opt, hp.local_steps, adv, hp.adv_loss, self.device)
+        elif fedalign:
+            opt = self.optimizers["G"]
+            set_lr(opt, self._lr(hp.lr, step))
+            metrics |= adapt_target(
+                m.G, m.T, m.D, stream, opt, hp.local_steps, adv, hp.adv_loss,
+                entropy_weight=hp.entropy_weight,
+                pseudo_label_threshold=hp.pseudo_label_threshold,
+                pseudo_label_weight=hp.pseudo_label_weight,
+                device=self.device,
+            )
+        else:
+            # fedavg: the target holds no labels; it keeps its own normalisation statistics current.
+            refresh_statistics(m.G, stream, hp.local_steps, self.device)
+        return StepResult(metrics=metrics)
+
+    def _evaluate(self, step: StepSpec) -> StepResult:
+        m = self.models
+        metrics: dict[str, float] = {}
+        if self.config.algorithm == "fedalign":
+            metrics |= discriminator_accuracy(m.G, m.D, self.data.val, self.own_label, self.device)
+        if self.role == "source":
+            acc, loss = task_accuracy(m.G, m.T, self.data.val, self.device)
+            metrics |= {"source_val_acc": acc, "val_task_loss": loss}
+        elif len(self.data.test) > 0:
+            # Reported only: no step and no model selection ever reads the target's labels.
+            acc, _ = task_accuracy(m.G, m.T, self.data.test, self.device)
+            metrics["target_acc"] = acc
+        return StepResult(metrics=metrics)

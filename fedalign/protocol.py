@@ -1,0 +1,532 @@
+"""The round schedule as a pure state machine: events in, actions out, no I/O.
+
+One machine serves the in-process simulator and the backend's orchestrator. A caller feeds it what happened
+(`StepDone`, `AggregateDone`, `Deadline`) and carries out what it answers (`RunStep`, `Aggregate`,
+`RecordMetrics`, `PhaseClosed`, `Finish`, `Stall`). Its whole state is a small JSON-able value, so a
+server that is killed at any point rebuilds the machine from its database and carries on.
+
+A run is: round 0 with one ``setup`` phase (every node starts from the initial models and reports its
+sample counts), then rounds 1..R, each a fixed list of phases (`round_phases`):
+
+* ``fedalign``: ``disc1`` .. ``discE`` (every node trains D on its own domain from the last D_all, D_all is
+  the average of the uploads), ``adapt`` (every node trains against the fixed D_all; G and T are
+  averaged), ``eval`` (every node reports scalar metrics of its model on its own held-out data).
+* ``fedavg``: ``train`` (sources train G and T on labels; the target only refreshes its local
+  normalisation statistics), ``eval``.
+* ``source_only``: ``train`` over the sources alone, ``eval``; the target applies the sources' model.
+
+``eval`` runs every ``eval_every`` rounds and in the last round.
+
+Artifacts are named by key: ``r{round}/{phase}/{model}`` for an aggregate (``r0/init/G`` for the initial
+models) and ``r{round}/{phase}/{model}/{node}`` for one node's submission.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fedalign.aggregate import Contribution, weights
+from fedalign.config import FederationConfig, NodeSpec
+
+StepKind = Literal["setup", "discriminator", "adapt", "evaluate", "aggregate"]
+MODELS = ("G", "T", "D")
+
+
+class ProtocolError(ValueError):
+    """An event the machine cannot accept in its state; `code` says which kind."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A seed for one random choice, from the federation's seed and what the choice is for.
+
+    Derived by hashing, never from process or arrival order, so a served run and a simulated run of the
+    same config draw the same numbers.
+    """
+    text = "/".join([str(seed), *(str(p) for p in parts)])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def aggregate_key(round_: int, phase: str, model: str) -> str:
+    return f"r{round_}/{phase}/{model}"
+
+
+def submission_key(round_: int, phase: str, model: str, node: str) -> str:
+    return f"r{round_}/{phase}/{model}/{node}"
+
+
+def initial_keys() -> dict[str, str]:
+    return {m: aggregate_key(0, "init", m) for m in MODELS}
+
+
+def effective_local_policy(config: FederationConfig) -> str:
+    """`source_only` is the pure source model: the target applies it with the sources' statistics."""
+    return "none" if config.algorithm == "source_only" else config.hyperparameters.local_params
+
+
+def evaluates(config: FederationConfig, round_: int) -> bool:
+    return round_ == config.rounds or round_ % config.hyperparameters.eval_every == 0
+
+
+def round_phases(config: FederationConfig, round_: int) -> list[str]:
+    if round_ == 0:
+        return ["setup"]
+    if config.algorithm == "fedalign":
+        phases = [f"disc{e}" for e in range(1, config.hyperparameters.disc_exchanges + 1)] + ["adapt"]
+    else:
+        phases = ["train"]
+    return [*phases, "eval"] if evaluates(config, round_) else phases
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One node's instruction: what to download into which slot, what to run, what to upload where."""
+
+    node: str
+    round: int
+    phase: str
+    kind: StepKind
+    downloads: dict[str, str]
+    uploads: dict[str, str]
+    seed: int
+    # For an aggregation run by the target node: the submissions to fold and their weights.
+    inputs: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunStep:
+    step: StepSpec
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Average `inputs` (node -> submission key) with `weights` into `key`; `by` is "server" or a node."""
+
+    key: str
+    model: str
+    inputs: dict[str, str]
+    weights: dict[str, float]
+    by: str
+
+
+@dataclass(frozen=True)
+class InitialiseModels:
+    keys: dict[str, str]
+    seed: int
+
+
+@dataclass(frozen=True)
+class RecordMetrics:
+    round: int
+    metrics: dict[str, float]
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class PhaseClosed:
+    round: int
+    phase: str
+    missing: list[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    models: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Stall:
+    round: int
+    phase: str
+    reason: str
+
+
+Action = RunStep | Aggregate | InitialiseModels | RecordMetrics | PhaseClosed | Finish | Stall
+
+
+@dataclass(frozen=True)
+class StepDone:
+    node: str
+    round: int
+    phase: str
+    uploads: frozenset[str] = frozenset()
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    samples: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class AggregateDone:
+    key: str
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The phase's deadline passed: close it with whoever is in, if the quorum rule allows."""
+
+    round: int
+    phase: str
+
+
+Event = StepDone | AggregateDone | Deadline
+
+
+@dataclass
+class ProtocolState:
+    round: int = 0
+    phase_index: int = 0
+    started: bool = False
+    finished: bool = False
+    stalled: str | None = None
+    # node -> {"train": n, "val": n, ...}, reported by the setup step
+    samples: dict[str, dict[str, int]] = field(default_factory=dict)
+    # nodes that finished the open phase, with the slots they uploaded
+    done: dict[str, list[str]] = field(default_factory=dict)
+    # aggregates of the open phase not yet reported done
+    pending: list[str] = field(default_factory=list)
+    # the newest aggregate of each model
+    latest: dict[str, str] = field(default_factory=dict)
+    # per-node metrics of the open round, merged over its phases
+    node_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProtocolState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+# ---------------------------------------------------------------------------------------------- machine
+
+
+class Protocol:
+    def __init__(self, config: FederationConfig, state: ProtocolState | None = None) -> None:
+        if not config.nodes:
+            raise ProtocolError("no_nodes", "a federation cannot run without nodes")
+        self.config = config
+        self.hp = config.hyperparameters
+        self.state = state or ProtocolState()
+        self.nodes: dict[str, NodeSpec] = {n.name: n for n in config.nodes}
+
+    # ----------------------------------------------------------------------------------- queries
+
+    @property
+    def phase(self) -> str:
+        return round_phases(self.config, self.state.round)[self.state.phase_index]
+
+    def participants(self, round_: int, phase: str) -> list[str]:
+        """Nodes that run a step in a phase, in fixed (name) order."""
+        target = self.config.target.name
+        sources = [n.name for n in self.config.sources]
+        if phase == "adapt" and self.hp.target_extractor == "none":
+            return sources
+        if phase == "train" and self.config.algorithm == "source_only":
+            return sources
+        return sorted([*sources, target])
+
+    def uploads(self, node: str, round_: int, phase: str) -> dict[str, str]:
+        role = self.nodes[node].role
+        if phase.startswith("disc"):
+            models: list[str] = ["D"]
+        elif phase in ("adapt", "train"):
+            if role == "source":
+                models = ["G", "T"]
+            elif self.config.algorithm == "fedalign" and self.hp.target_extractor == "average":
+                models = ["G"]
+            else:
+                models = []
+        else:
+            models = []
+        return {m: submission_key(round_, phase, m, node) for m in models}
+
+    def downloads(self, node: str, phase: str) -> dict[str, str]:
+        """The newest aggregates a node's step starts from.
+
+        Sources that keep their own G and T between rounds download only D; everyone else also takes the
+        newest G_agg and T_agg (loading the same aggregate twice is a no-op, so the rule needs no
+        per-phase exceptions). A target that keeps its own extractor never takes G_agg.
+        """
+        if phase == "setup":
+            return dict(self.state.latest)
+        fedalign = self.config.algorithm == "fedalign"
+        wanted = ["D"] if fedalign else []
+        if self.nodes[node].role == "source":
+            if not (fedalign and self.hp.source_extractor == "keep"):
+                wanted += ["G", "T"]
+        else:
+            if not (fedalign and self.hp.target_extractor == "local"):
+                wanted.append("G")
+            wanted.append("T")
+        return {m: self.state.latest[m] for m in wanted if m in self.state.latest}
+
+    def step_kind(self, phase: str) -> StepKind:
+        if phase == "setup":
+            return "setup"
+        if phase.startswith("disc"):
+            return "discriminator"
+        if phase in ("adapt", "train"):
+            return "adapt"
+        return "evaluate"
+
+    def open_steps(self) -> list[StepSpec]:
+        """The steps of the open phase that no node has finished yet (what a sweep re-sends)."""
+        if self.state.finished or not self.state.started or self.state.pending:
+            return []
+        r, phase = self.state.round, self.phase
+        return [self._step(n, r, phase) for n in self.participants(r, phase) if n not in self.state.done]
+
+    def _step(self, node: str, round_: int, phase: str) -> StepSpec:
+        return StepSpec(
+            node=node,
+            round=round_,
+            phase=phase,
+            kind=self.step_kind(phase),
+            downloads=self.downloads(node, phase),
+            uploads=self.uploads(node, round_, phase),
+            seed=derive_seed(self.config.seed, node, round_, phase),
+        )
+
+    # ----------------------------------------------------------------------------------- events
+
+    def start(self) -> list[Action]:
+        if self.state.started:
+            raise ProtocolError("already_started", "the run has already started")
+        self.state.started = True
+        self.state.latest = initial_keys()
+        init = InitialiseModels(keys=dict(self.state.latest), seed=derive_seed(self.config.seed, "init"))
+        return [init, *self._open_phase()]
+
+    def handle(self, event: Event) -> list[Action]:
+        if not self.state.started:
+            raise ProtocolError("not_started", "the run has not started")
+        if self.state.finished:
+            raise ProtocolError("finished", "the run has finished; it takes no more events")
+        if isinstance(event, StepDone):
+            return self._on_step_done(event)
+        if isinstance(event, AggregateDone):
+            return self._on_aggregate_done(event)
+        return self._on_deadline(event)
+
+    def _check_open(self, round_: int, phase: str, what: str) -> None:
+        if (round_, phase) != (self.state.round, self.phase):
+            raise ProtocolError(
+                "wrong_phase",
+                f"{what} is for round {round_} phase {phase!r}, but round {self.state.round} "
+                f"phase {self.phase!r} is open",
+            )
+
+    def _on_step_done(self, event: StepDone) -> list[Action]:
+        node = event.node
+        if node not in self.nodes:
+            raise ProtocolError("unknown_node", f"no node named {node!r} in this federation")
+        self._check_open(event.round, event.phase, f"node {node!r}'s step")
+        if self.state.pending:
+            raise ProtocolError("phase_closed", f"phase {self.phase!r} is closed and being aggregated")
+        if node not in self.participants(event.round, event.phase):
+            raise ProtocolError("not_a_participant", f"node {node!r} has no step in phase {self.phase!r}")
+        if node in self.state.done:
+            raise ProtocolError("duplicate", f"node {node!r} already finished phase {self.phase!r}")
+        expected = set(self.uploads(node, event.round, event.phase))
+        if set(event.uploads) != expected:
+            raise ProtocolError(
+                "wrong_uploads",
+                f"phase {self.phase!r} expects uploads {sorted(expected)} from {node!r}, "
+                f"got {sorted(event.uploads)}",
+            )
+        if self.phase == "setup":
+            if not event.samples or event.samples.get("train", 0) < 1:
+                raise ProtocolError("no_samples", f"node {node!r} reported no training samples")
+            self.state.samples[node] = {k: int(v) for k, v in event.samples.items()}
+        self.state.done[node] = sorted(event.uploads)
+        self.state.node_metrics.setdefault(node, {}).update({k: float(v) for k, v in event.metrics.items()})
+        actions: list[Action] = []
+        if event.metrics:
+            actions.append(RecordMetrics(event.round, dict(event.metrics), node=node))
+        if set(self.state.done) >= set(self.participants(self.state.round, self.phase)):
+            actions += self._close_phase(missing=[], reason="")
+        return actions
+
+    def _on_deadline(self, event: Deadline) -> list[Action]:
+        self._check_open(event.round, event.phase, "the deadline")
+        if self.state.pending:
+            return []
+        expected = self.participants(self.state.round, self.phase)
+        missing = [n for n in expected if n not in self.state.done]
+        if not missing:
+            return []
+        target = self.config.target.name
+        present_sources = [n for n in self.state.done if self.nodes[n].role == "source"]
+        needed = self.config.min_sources or len(self.config.sources)
+        if self.phase == "setup":
+            needed = len(self.config.sources)  # weights need every node's sample counts
+        reason = ""
+        if target in missing:
+            reason = f"the target node {target!r} has not finished phase {self.phase!r}; waiting for it"
+        elif len(present_sources) < needed:
+            reason = (
+                f"{len(present_sources)} of {needed} required sources finished phase {self.phase!r}; "
+                f"missing: {', '.join(missing)}"
+            )
+        if reason:
+            self.state.stalled = reason
+            return [Stall(self.state.round, self.phase, reason)]
+        return self._close_phase(
+            missing=missing,
+            reason=f"deadline passed without {', '.join(missing)}; weights renormalised over the rest",
+        )
+
+    def _close_phase(self, missing: list[str], reason: str) -> list[Action]:
+        self.state.stalled = None
+        actions: list[Action] = []
+        if missing:
+            actions.append(PhaseClosed(self.state.round, self.phase, missing, reason))
+        aggregates = self._aggregates()
+        self.state.pending = [a.key for a in aggregates]
+        actions += aggregates
+        if not aggregates:
+            actions += self._advance()
+        return actions
+
+    def _aggregates(self) -> list[Aggregate]:
+        r, phase = self.state.round, self.phase
+        by = "server" if self.config.aggregator == "server" else self.config.target.name
+        result: list[Aggregate] = []
+        for model in MODELS:
+            contributors = sorted(n for n, slots in self.state.done.items() if model in slots)
+            if not contributors:
+                continue
+            scheme = {"D": self.hp.disc_weighting, "G": self.hp.extractor_weighting}.get(model, "samples")
+            w = weights(
+                scheme,
+                [Contribution(n, self.nodes[n].role, self.state.samples[n]["train"]) for n in contributors],
+            )
+            result.append(
+                Aggregate(
+                    key=aggregate_key(r, phase, model),
+                    model=model,
+                    inputs={n: submission_key(r, phase, model, n) for n in contributors},
+                    weights=w,
+                    by=by,
+                )
+            )
+        return result
+
+    def _on_aggregate_done(self, event: AggregateDone) -> list[Action]:
+        if event.key not in self.state.pending:
+            raise ProtocolError("unexpected_aggregate", f"no aggregation {event.key!r} is pending")
+        self.state.pending.remove(event.key)
+        model = event.key.rsplit("/", 1)[1]
+        self.state.latest[model] = event.key
+        if self.state.pending:
+            return []
+        return self._advance()
+
+    def _advance(self) -> list[Action]:
+        actions: list[Action] = []
+        r, phase = self.state.round, self.phase
+        if phase == "adapt" and r > 1:
+            fresh = fresh_metrics(self.config, self.state.node_metrics, self.state.samples)
+            if fresh:
+                actions.append(RecordMetrics(r - 1, fresh))
+        if phase == "eval":
+            round_level = round_metrics(self.config, self.state.node_metrics, self.state.samples)
+            if round_level:
+                actions.append(RecordMetrics(r, round_level))
+        self.state.done = {}
+        phases = round_phases(self.config, r)
+        if self.state.phase_index + 1 < len(phases):
+            self.state.phase_index += 1
+        elif r == self.config.rounds:
+            self.state.finished = True
+            actions.append(Finish(models={m: k for m, k in self.state.latest.items()}))
+            return actions
+        else:
+            self.state.round += 1
+            self.state.phase_index = 0
+            self.state.node_metrics = {}
+        return actions + self._open_phase()
+
+    def _open_phase(self) -> list[Action]:
+        r, phase = self.state.round, self.phase
+        return [RunStep(self._step(n, r, phase)) for n in self.participants(r, phase)]
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def _weighted(values: list[tuple[float, float]]) -> float | None:
+    total = sum(w for _, w in values)
+    return sum(v * w for v, w in values) / total if total > 0 else None
+
+
+def _disc_parts(
+    config: FederationConfig, node_metrics: Mapping[str, Mapping[str, float]], key: str
+) -> tuple[float, float] | None:
+    """Source-side (pooled, by held-out sample count) and target-side accuracy of D_all."""
+    target = config.target.name
+    src = [
+        (m[key], m.get("disc_n", 1.0))
+        for n, m in node_metrics.items()
+        if n != target and key in m
+    ]
+    tgt = node_metrics.get(target, {}).get(key)
+    acc_source = _weighted(src)
+    if acc_source is None or tgt is None:
+        return None
+    return acc_source, tgt
+
+
+def round_metrics(
+    config: FederationConfig,
+    node_metrics: Mapping[str, Mapping[str, float]],
+    samples: Mapping[str, Mapping[str, int]],
+) -> dict[str, float]:
+    """A round's federation-level metrics from what each node reported (DESIGN.md section 1)."""
+    out: dict[str, float] = {}
+    parts = _disc_parts(config, node_metrics, "disc_acc_own")
+    if parts:
+        out["disc_acc_source"], out["disc_acc_target"] = parts
+        out["disc_acc"] = 0.5 * (parts[0] + parts[1])
+    target = config.target.name
+    if "target_acc" in node_metrics.get(target, {}):
+        out["target_acc"] = node_metrics[target]["target_acc"]
+    sources = [n.name for n in config.sources]
+    for name in ("source_val_acc", "task_loss"):
+        value = _weighted(
+            [(node_metrics[n][name], samples.get(n, {}).get("val", 1)) for n in sources if name in node_metrics.get(n, {})]
+        )
+        if value is not None:
+            out[name] = value
+    adv = [m["adv_loss"] for m in node_metrics.values() if "adv_loss" in m]
+    if adv:
+        out["adv_loss"] = sum(adv) / len(adv)
+    return out
+
+
+def fresh_metrics(
+    config: FederationConfig,
+    node_metrics: Mapping[str, Mapping[str, float]],
+    samples: Mapping[str, Mapping[str, int]],
+) -> dict[str, float]:
+    """`disc_acc_fresh` and proxy A-distance of the previous round, measured by this round's D_all."""
+    parts = _disc_parts(config, node_metrics, "fresh_disc_acc_own")
+    if not parts:
+        return {}
+    acc = 0.5 * (parts[0] + parts[1])
+    return {
+        "disc_acc_fresh": acc,
+        "disc_acc_fresh_source": parts[0],
+        "disc_acc_fresh_target": parts[1],
+        "pad": 2.0 * (1.0 - 2.0 * (1.0 - acc)),
+    }

@@ -1,0 +1,282 @@
+"""The node-local steps of the method, each one screen of torch.
+
+The discriminator D outputs one logit: the log-odds that a feature comes from a *source* domain. With
+domain label d (1 source, 0 target) its loss is the binary cross-entropy BCE(D(G(x)), d). A node trains
+D on its own domain only (its copy learns "everything is my label"; the average over nodes carries the
+boundary), and trains its extractor against a fixed D with the adversarial loss
+
+    flip:       BCE(D(G(x)), 1 - d)    make D take this node's features for the other domain (the method)
+    confusion:  BCE(D(G(x)), 1/2)      push D's output to the boundary (Tzeng et al., ICCV 2015)
+
+Sources add it to the task loss: L = CE(T(G(x)), y) + lambda * L_adv (Ganin et al., JMLR 2016, with the
+gradient reversal written as an explicit two-player step). The target has no labels: its loss is
+lambda * L_adv, plus, when enabled, the entropy of its predictions and the cross-entropy with its own
+confident predictions (pseudo-labels, as in FixMatch's thresholding, Sohn et al., NeurIPS 2020).
+
+Every step is deterministic under the seed it is given: batch order comes from a seeded generator and
+the global RNG is seeded for anything else (dropout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedalign.data import BatchStream, Split
+
+SOURCE, TARGET = 1.0, 0.0
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where steps run; CUDA gets bf16 autocast, the CPU runs fp32."""
+
+    torch_device: torch.device
+
+    @classmethod
+    def pick(cls, name: str = "auto") -> Device:
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        return cls(torch.device(name))
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        if self.torch_device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+CPU = Device(torch.device("cpu"))
+
+
+def dann_lambda(progress: float) -> float:
+    """Ganin et al.'s ramp 2 / (1 + exp(-10 p)) - 1, from 0 at the start to nearly 1 at the end."""
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
+
+
+def dann_lr_factor(progress: float) -> float:
+    """Ganin et al.'s annealing 1 / (1 + 10 p)^0.75."""
+    return 1.0 / (1.0 + 10.0 * progress) ** 0.75
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Parameters of `modules` get no gradient inside the block (their BatchNorm statistics may still move)."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def domain_loss(logits: torch.Tensor, label: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), torch.full_like(logits.float().squeeze(1), label))
+
+
+def adversarial_loss(logits: torch.Tensor, own_label: float, kind: str) -> torch.Tensor:
+    if kind == "flip":
+        return domain_loss(logits, 1.0 - own_label)
+    if kind == "confusion":
+        return domain_loss(logits, 0.5)
+    raise ValueError(f"unknown adversarial loss {kind!r}; expected 'flip' or 'confusion'")
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    p = logits.float().softmax(dim=1)
+    return -(p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
+
+
+def _to(device: Device, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(device.torch_device, non_blocking=True) for t in tensors]
+
+
+def train_discriminator(
+    G: nn.Module,
+    D: nn.Module,
+    stream: BatchStream,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    own_label: float,
+    device: Device = CPU,
+) -> dict[str, float]:
+    """Train D for `steps` steps on this node's features, all labelled with this node's domain.
+
+    G is frozen but stays in training mode, so its BatchNorm layers normalise with this node's batch
+    statistics and keep the node's local running statistics current.
+    """
+    G.train()
+    D.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for _ in range(steps):
+        (x, _y) = _to(device, *stream.next())
+        with device.autocast:
+            with torch.no_grad():
+                features = G(x)
+            logits = D(features.float())
+            loss = domain_loss(logits, own_label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(x)
+        correct += int(((logits.detach().squeeze(1) > 0).float() == own_label).sum())
+        seen += len(x)
+    return {"disc_loss": total_loss / seen, "disc_train_acc": correct / seen}
+
+
+def adapt_source(
+    G: nn.Module,
+    T: nn.Module,
+    D: nn.Module,
+    stream: BatchStream,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    adv_weight: float,
+    adv_kind: str,
+    device: Device = CPU,
+) -> dict[str, float]:
+    """Task loss plus lambda times the adversarial loss against the fixed D; trains G and T."""
+    G.train()
+    T.train()
+    D.eval()
+    task_sum, adv_sum, seen = 0.0, 0.0, 0
+    with frozen(D):
+        for _ in range(steps):
+            x, y = _to(device, *stream.next())
+            with device.autocast:
+                features = G(x)
+                task = F.cross_entropy(T(features).float(), y)
+                adv = adversarial_loss(D(features), SOURCE, adv_kind) if adv_weight > 0 else torch.zeros(())
+                loss = task + adv_weight * adv
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            task_sum += float(task.detach()) * len(x)
+            adv_sum += float(adv.detach()) * len(x)
+            seen += len(x)
+    metrics = {"task_loss": task_sum / seen}
+    if adv_weight > 0:
+        metrics["adv_loss"] = adv_sum / seen
+    return metrics
+
+
+def adapt_target(
+    G: nn.Module,
+    T: nn.Module,
+    D: nn.Module | None,
+    stream: BatchStream,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    adv_weight: float,
+    adv_kind: str,
+    entropy_weight: float = 0.0,
+    pseudo_label_threshold: float = 0.0,
+    pseudo_label_weight: float = 1.0,
+    device: Device = CPU,
+) -> dict[str, float]:
+    """Train the target's G (T and D fixed) with lambda * L_adv and the optional unlabelled terms."""
+    G.train()
+    T.eval()
+    if D is not None:
+        D.eval()
+    sums = {"adv_loss": 0.0, "entropy": 0.0, "pseudo_label_loss": 0.0, "pseudo_label_rate": 0.0}
+    seen = 0
+    fixed = [m for m in (T, D) if m is not None]
+    with frozen(*fixed):
+        for _ in range(steps):
+            (x, _y) = _to(device, *stream.next())  # the target's labels are never read here
+            with device.autocast:
+                features = G(x)
+                loss = torch.zeros((), device=device.torch_device)
+                if D is not None and adv_weight > 0:
+                    adv = adversarial_loss(D(features), TARGET, adv_kind)
+                    loss = loss + adv_weight * adv
+                    sums["adv_loss"] += float(adv.detach()) * len(x)
+                logits = T(features).float() if (entropy_weight > 0 or pseudo_label_threshold > 0) else None
+                if logits is not None and entropy_weight > 0:
+                    ent = entropy(logits)
+                    loss = loss + entropy_weight * ent
+                    sums["entropy"] += float(ent.detach()) * len(x)
+                if logits is not None and pseudo_label_threshold > 0:
+                    confidence, labels = logits.detach().softmax(dim=1).max(dim=1)
+                    mask = (confidence >= pseudo_label_threshold).float()
+                    pl = (F.cross_entropy(logits, labels, reduction="none") * mask).mean()
+                    loss = loss + pseudo_label_weight * pl
+                    sums["pseudo_label_loss"] += float(pl.detach()) * len(x)
+                    sums["pseudo_label_rate"] += float(mask.sum())
+            if loss.requires_grad:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            seen += len(x)
+    metrics: dict[str, float] = {}
+    if D is not None and adv_weight > 0:
+        metrics["adv_loss"] = sums["adv_loss"] / seen
+    if entropy_weight > 0:
+        metrics["entropy"] = sums["entropy"] / seen
+    if pseudo_label_threshold > 0:
+        metrics["pseudo_label_loss"] = sums["pseudo_label_loss"] / seen
+        metrics["pseudo_label_rate"] = sums["pseudo_label_rate"] / seen
+    return metrics
+
+
+@torch.no_grad()
+def refresh_statistics(G: nn.Module, stream: BatchStream, steps: int, device: Device = CPU) -> None:
+    """Move G's BatchNorm running statistics towards this node's data; no parameter changes."""
+    G.train()
+    for _ in range(steps):
+        (x, _y) = _to(device, *stream.next())
+        with device.autocast:
+            G(x)
+
+
+def _batches(split: Split, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(split), batch_size):
+        yield split.x[start : start + batch_size], split.y[start : start + batch_size]
+
+
+@torch.no_grad()
+def discriminator_accuracy(
+    G: nn.Module, D: nn.Module, split: Split, own_label: float, device: Device = CPU
+) -> dict[str, float]:
+    """How often D tells this node's held-out features for what they are, and D's loss on them."""
+    G.eval()
+    D.eval()
+    correct, loss_sum = 0, 0.0
+    for x, _y in _batches(split):
+        (x,) = _to(device, x)
+        with device.autocast:
+            logits = D(G(x).float())
+        correct += int(((logits.squeeze(1) > 0).float() == own_label).sum())
+        loss_sum += float(domain_loss(logits, own_label)) * len(x)
+    n = max(len(split), 1)
+    return {"disc_acc_own": correct / n, "disc_n": float(len(split)), "disc_eval_loss": loss_sum / n}
+
+
+@torch.no_grad()
+def task_accuracy(G: nn.Module, T: nn.Module, split: Split, device: Device = CPU) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of T(G(x)) on a labelled split."""
+    G.eval()
+    T.eval()
+    correct, loss_sum = 0, 0.0
+    for x, y in _batches(split):
+        x, y = _to(device, x, y)
+        with device.autocast:
+            logits = T(G(x)).float()
+        correct += int((logits.argmax(dim=1) == y).sum())
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+    n = max(len(split), 1)
+    return correct / n, loss_sum / n
