@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,8 +12,14 @@ from rich.table import Table
 
 from fedalign.config import ConfigError, load_config
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Federated transfer learning with "
-                  "adversarial domain alignment: only parameters travel.")
+if TYPE_CHECKING:
+    from fedalign.simulate import RoundRecord
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Federated transfer learning with adversarial domain alignment: only parameters travel.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Datasets of the built-in benchmark.")
 app.add_typer(data_app, name="data")
 console = Console()
@@ -49,7 +55,7 @@ def simulate(
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Run a whole federation in this process and print its metrics round by round."""
-    from fedalign.simulate import RoundRecord, simulate as run_simulation
+    from fedalign.simulate import simulate as run_simulation
     from fedalign.steps import Device
 
     try:
@@ -84,8 +90,11 @@ def simulate(
 
         def on_round(record: RoundRecord) -> None:
             records.append(record)
-            last = "  ".join(f"{label} {record.metrics[k]:.3f}" for k, label in TABLE_METRICS[:1] +
-                             TABLE_METRICS[-1:] if k in record.metrics)
+            last = "  ".join(
+                f"{label} {record.metrics[k]:.3f}"
+                for k, label in TABLE_METRICS[:1] + TABLE_METRICS[-1:]
+                if k in record.metrics
+            )
             progress.update(task, advance=1, last=last)
 
         try:
@@ -101,14 +110,14 @@ def simulate(
         console.print(f"metrics written to {json_path}")
 
 
-def metrics_table(rounds: list) -> Table:  # type: ignore[type-arg]
+def metrics_table(rounds: list[RoundRecord]) -> Table:
     shown = [(k, label) for k, label in TABLE_METRICS if any(k in r.metrics for r in rounds)]
     table = Table(title="per-round metrics")
     table.add_column("round", justify="right")
     for _, label in shown:
         table.add_column(label, justify="right")
     for record in rounds:
-        if record.round == 0:
+        if record.round == 0 or not record.metrics:
             continue
         table.add_row(
             str(record.round),

@@ -43,7 +43,9 @@ class Hyperparameters(_Strict):
         int, Field(ge=1, le=1000, description="Discriminator train-and-average exchanges per round.")
     ] = 1
     disc_lr: Annotated[float, Field(gt=0, le=10, description="SGD learning rate of D.")] = 0.01
-    adv_weight: Annotated[float, Field(ge=0, le=100, description="lambda: weight of the adversarial loss.")] = 1.0
+    adv_weight: Annotated[
+        float, Field(ge=0, le=100, description="lambda: weight of the adversarial loss.")
+    ] = 1.0
     adv_schedule: Annotated[
         Literal["constant", "dann"],
         Field(description="'dann': lambda * (2 / (1 + exp(-10 p)) - 1), ramping up over training."),
@@ -59,14 +61,18 @@ class Hyperparameters(_Strict):
     extractor_weighting: Weighting = "samples"
     source_extractor: Annotated[
         Literal["keep", "restart"],
-        Field(description="'keep': sources keep their own G and T between rounds (the method); "
-              "'restart': every round starts from the aggregates, as in FedAvg."),
+        Field(
+            description="'keep': sources keep their own G and T between rounds (the method); "
+            "'restart': every round starts from the aggregates, as in FedAvg."
+        ),
     ] = "keep"
     target_extractor: Annotated[
         Literal["average", "local", "none"],
-        Field(description="'average': the target's adapted G enters G_agg (the method); 'local': the "
-              "target keeps its adapted G and G_agg averages the sources; 'none': the target does not "
-              "train G (the sources' adversarial term does all the aligning)."),
+        Field(
+            description="'average': the target's adapted G enters G_agg (the method); 'local': the "
+            "target keeps its adapted G and G_agg averages the sources; 'none': the target does not "
+            "train G (the sources' adversarial term does all the aligning)."
+        ),
     ] = "average"
     local_params: Annotated[
         Literal["bn_stats", "bn", "none"],
@@ -74,7 +80,9 @@ class Hyperparameters(_Strict):
     ] = "bn_stats"
     pseudo_label_threshold: Annotated[
         float,
-        Field(ge=0, le=1, description="Target pseudo-labels above this confidence train G; 0 turns them off."),
+        Field(
+            ge=0, le=1, description="Target pseudo-labels above this confidence train G; 0 turns them off."
+        ),
     ] = 0.0
     pseudo_label_weight: Annotated[float, Field(ge=0, le=100)] = 1.0
     entropy_weight: Annotated[

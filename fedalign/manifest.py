@@ -130,7 +130,9 @@ class Manifest:
         return cls(
             str(data["model"]),
             tuple(
-                TensorSpec(str(t["name"]), tuple(int(d) for d in t["shape"]), str(t["dtype"]), bool(t["shared"]))
+                TensorSpec(
+                    str(t["name"]), tuple(int(d) for d in t["shape"]), str(t["dtype"]), bool(t["shared"])
+                )
                 for t in tensors
             ),
         )

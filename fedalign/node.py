@@ -16,7 +16,7 @@ from torch import nn
 from fedalign.config import FederationConfig, Hyperparameters
 from fedalign.data import BatchStream, NodeData
 from fedalign.models import MODEL_NAMES, ModelSet, ModelShape, build, local_names
-from fedalign.protocol import StepSpec, derive_seed, effective_local_policy
+from fedalign.protocol import StepSpec, derive_seed, effective_local_policy, evaluates
 from fedalign.steps import (
     CPU,
     SOURCE,
@@ -57,7 +57,11 @@ def initial_models(config: FederationConfig) -> dict[str, State]:
     models = build(config.architecture, model_shape(config), seed=derive_seed(config.seed, "init"))
     policy = effective_local_policy(config)
     return {
-        name: {k: v.detach().clone() for k, v in module.state_dict().items() if k not in local_names(module, policy)}
+        name: {
+            k: v.detach().clone()
+            for k, v in module.state_dict().items()
+            if k not in local_names(module, policy)
+        }
         for name, module in models.items()
     }
 
@@ -103,7 +107,9 @@ class NodeRuntime:
         # Optimiser state (momentum) is local: it lives on the node between steps and never travels.
         self.optimizers = {
             "D": torch.optim.SGD(self.models.D.parameters(), lr=hp.disc_lr, **sgd),
-            "GT": torch.optim.SGD([*self.models.G.parameters(), *self.models.T.parameters()], lr=hp.lr, **sgd),
+            "GT": torch.optim.SGD(
+                [*self.models.G.parameters(), *self.models.T.parameters()], lr=hp.lr, **sgd
+            ),
             "G": torch.optim.SGD(self.models.G.parameters(), lr=hp.lr, **sgd),
         }
 
@@ -193,7 +199,13 @@ class NodeRuntime:
         opt = self.optimizers["D"]
         set_lr(opt, self._lr(self.hp.disc_lr, step))
         metrics = train_discriminator(
-            self.models.G, self.models.D, self._stream(step), opt, self.hp.disc_steps, self.own_label, self.device
+            self.models.G,
+            self.models.D,
+            self._stream(step),
+            opt,
+            self.hp.disc_steps,
+            self.own_label,
+            self.device,
         )
         return StepResult(metrics=metrics)
 
@@ -208,8 +220,9 @@ class NodeRuntime:
         hp, m = self.hp, self.models
         metrics: dict[str, float] = {}
         fedalign = self.config.algorithm == "fedalign"
-        if fedalign and step.round > 1:
-            # disc_acc_fresh: this round's D_all on the features it was trained on, before they adapt.
+        if fedalign and step.round > 1 and evaluates(self.config, step.round - 1):
+            # disc_acc_fresh of the last evaluated round: this round's D_all on the features it was
+            # trained on, before they adapt.
             fresh = discriminator_accuracy(m.G, m.D, self.data.val, self.own_label, self.device)
             metrics["fresh_disc_acc_own"] = fresh["disc_acc_own"]
         stream = self._stream(step)
@@ -222,7 +235,14 @@ class NodeRuntime:
             opt = self.optimizers["G"]
             set_lr(opt, self._lr(hp.lr, step))
             metrics |= adapt_target(
-                m.G, m.T, m.D, stream, opt, hp.local_steps, adv, hp.adv_loss,
+                m.G,
+                m.T,
+                m.D,
+                stream,
+                opt,
+                hp.local_steps,
+                adv,
+                hp.adv_loss,
                 entropy_weight=hp.entropy_weight,
                 pseudo_label_threshold=hp.pseudo_label_threshold,
                 pseudo_label_weight=hp.pseudo_label_weight,

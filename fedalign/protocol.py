@@ -475,11 +475,7 @@ def _disc_parts(
 ) -> tuple[float, float] | None:
     """Source-side (pooled, by held-out sample count) and target-side accuracy of D_all."""
     target = config.target.name
-    src = [
-        (m[key], m.get("disc_n", 1.0))
-        for n, m in node_metrics.items()
-        if n != target and key in m
-    ]
+    src = [(m[key], m.get("disc_n", 1.0)) for n, m in node_metrics.items() if n != target and key in m]
     tgt = node_metrics.get(target, {}).get(key)
     acc_source = _weighted(src)
     if acc_source is None or tgt is None:
@@ -504,7 +500,11 @@ def round_metrics(
     sources = [n.name for n in config.sources]
     for name in ("source_val_acc", "task_loss"):
         value = _weighted(
-            [(node_metrics[n][name], samples.get(n, {}).get("val", 1)) for n in sources if name in node_metrics.get(n, {})]
+            [
+                (node_metrics[n][name], samples.get(n, {}).get("val", 1))
+                for n in sources
+                if name in node_metrics.get(n, {})
+            ]
         )
         if value is not None:
             out[name] = value

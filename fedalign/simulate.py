@@ -99,7 +99,9 @@ class Simulator:
         while queue:
             action = queue.popleft()
             queue.extend(self._carry_out(action))
-            done_round = self.protocol.state.round - 1 if not self.protocol.state.finished else self.config.rounds
+            done_round = (
+                self.protocol.state.round - 1 if not self.protocol.state.finished else self.config.rounds
+            )
             while on_round and last_reported < done_round:
                 last_reported += 1
                 on_round(self.record(last_reported))

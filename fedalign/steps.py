@@ -67,7 +67,7 @@ def dann_lr_factor(progress: float) -> float:
 
 @contextlib.contextmanager
 def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Parameters of `modules` get no gradient inside the block (their BatchNorm statistics may still move)."""
+    """Parameters of `modules` get no gradient inside the block; BatchNorm statistics may still move."""
     saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
     for p, _ in saved:
         p.requires_grad_(False)
@@ -84,7 +84,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def domain_loss(logits: torch.Tensor, label: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float().squeeze(1), torch.full_like(logits.float().squeeze(1), label))
+    return F.binary_cross_entropy_with_logits(
+        logits.float().squeeze(1), torch.full_like(logits.float().squeeze(1), label)
+    )
 
 
 def adversarial_loss(logits: torch.Tensor, own_label: float, kind: str) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Centralised references of the accuracy benchmark: they pool data, so they exist only here.
+
+* `target_oracle`: G and T trained on the *labelled* target training split: an upper bound.
+* `dann_central`: DANN (Ganin et al., JMLR 2016) on the pooled sources and the target, with a gradient
+  reversal layer, in its usual form: one network, source and target batches concatenated (shared
+  BatchNorm statistics), lambda ramped with 2 / (1 + exp(-10 p)) - 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fedalign.data import BatchStream, NodeData, Split
+from fedalign.models import ModelShape, build
+from fedalign.protocol import derive_seed
+from fedalign.steps import dann_lambda, task_accuracy
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return -ctx.weight * grad, None
+
+
+def pooled(splits: list[Split]) -> Split:
+    return Split(torch.cat([s.x for s in splits]), torch.cat([s.y for s in splits]))
+
+
+def _optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def target_oracle(target: NodeData, steps: int, batch_size: int, lr: float, seed: int) -> float:
+    models = build("digits_cnn", ModelShape(target.input_shape, 10), seed=derive_seed(seed, "init"))
+    opt = _optimizer([*models.G.parameters(), *models.T.parameters()], lr)
+    stream = BatchStream(target.train, batch_size, seed=derive_seed(seed, "oracle"))
+    models.G.train()
+    models.T.train()
+    for _ in range(steps):
+        x, y = stream.next()
+        loss = F.cross_entropy(models.T(models.G(x)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return task_accuracy(models.G, models.T, target.test)[0]
+
+
+def dann_central(
+    sources: list[NodeData],
+    target: NodeData,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    adv_weight: float,
+    seed: int,
+) -> float:
+    models = build("digits_cnn", ModelShape(target.input_shape, 10), seed=derive_seed(seed, "init"))
+    G, T, D = models.G, models.T, models.D
+    opt = _optimizer([*G.parameters(), *T.parameters(), *D.parameters()], lr)
+    src = BatchStream(
+        pooled([s.train for s in sources]), batch_size, seed=derive_seed(seed, "dann", "source")
+    )
+    tgt = BatchStream(target.train, batch_size, seed=derive_seed(seed, "dann", "target"))
+    for m in (G, T, D):
+        m.train()
+    for step in range(steps):
+        (xs, ys), (xt, _) = src.next(), tgt.next()  # the target's labels are never read
+        features = G(torch.cat([xs, xt]))
+        task = F.cross_entropy(T(features[: len(xs)]), ys)
+        domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))])
+        logits = D(_GradReverse.apply(features, adv_weight * dann_lambda(step / steps))).squeeze(1)
+        loss = task + F.binary_cross_entropy_with_logits(logits, domain)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return task_accuracy(G, T, target.test)[0]

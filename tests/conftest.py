@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny data sets, so that every test trains for seconds at most."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from fedalign.data import NodeData, Split
+
+
+def vector_domain(seed: int, shift: float, n: int = 96, dim: int = 8, classes: int = 3) -> NodeData:
+    """Three Gaussian classes in `dim` dimensions, moved by `shift`: a domain with a known offset."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(size: int) -> Split:
+        y = torch.randint(0, classes, (size,), generator=g)
+        x = (
+            torch.randn(size, dim, generator=g) * 0.5
+            + shift
+            + 2.0 * torch.nn.functional.one_hot(y, dim)[:, :dim]
+        )
+        return Split(x, y)
+
+    return NodeData(
+        spec=f"vectors:{seed}",
+        train=split(n),
+        val=split(n // 4),
+        test=split(n // 4),
+        num_classes=classes,
+        input_shape=(dim,),
+    )
+
+
+@pytest.fixture
+def vector_federation() -> Callable[..., tuple[dict, dict[str, NodeData]]]:
+    """A config dict for the mlp architecture and the in-memory data of its three nodes."""
+
+    def make(**overrides: object) -> tuple[dict, dict[str, NodeData]]:
+        hp = {"local_steps": 2, "disc_steps": 2, "batch_size": 16, **overrides.pop("hyperparameters", {})}
+        config = {
+            "algorithm": "fedalign",
+            "architecture": "mlp",
+            "model": {"num_classes": 3, "input_shape": [8], "hidden": 16},
+            "rounds": 3,
+            "seed": 3,
+            "hyperparameters": hp,
+            "nodes": [
+                {"name": "alpha", "role": "source", "dataset": "vectors:1"},
+                {"name": "beta", "role": "source", "dataset": "vectors:2"},
+                {"name": "omega", "role": "target", "dataset": "vectors:3"},
+            ],
+            **overrides,
+        }
+        data = {"alpha": vector_domain(1, 0.0), "beta": vector_domain(2, 0.3), "omega": vector_domain(3, 1.5)}
+        return config, data
+
+    return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    # Tiny models: threads only add contention on a shared CI machine.
+    torch.set_num_threads(1)

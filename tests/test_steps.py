@@ -1,0 +1,143 @@
+"""The node-local steps: what each one trains, what it reads, and what its metrics tell apart."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedalign.aggregate import Contribution, average_states, weights
+from fedalign.data import BatchStream, Split
+from fedalign.models import ModelShape, build
+from fedalign.steps import (
+    SOURCE,
+    TARGET,
+    adapt_source,
+    adapt_target,
+    discriminator_accuracy,
+    domain_loss,
+    train_discriminator,
+)
+
+SHAPE = ModelShape(input_shape=(6,), num_classes=3, hidden=12)
+
+
+def domain(seed: int, shift: float, n: int = 64) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randn(n, 6, generator=g) + shift, torch.randint(0, 3, (n,), generator=g))
+
+
+def sgd(module: nn.Module, lr: float = 0.1, momentum: float = 0.0) -> torch.optim.SGD:
+    return torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
+
+
+def test_a_discriminator_copy_trained_on_one_domain_learns_that_everything_is_its_label() -> None:
+    models = build("mlp", SHAPE, seed=0)
+    source = domain(0, 0.0)
+    train_discriminator(models.G, models.D, BatchStream(source, 16, 0), sgd(models.D, 0.5), 40, SOURCE)
+    far_away_target = domain(1, 5.0)
+    assert discriminator_accuracy(models.G, models.D, far_away_target, TARGET)["disc_acc_own"] < 0.1
+
+
+def test_balanced_average_of_one_step_copies_is_one_step_on_the_balanced_union() -> None:
+    """DESIGN.md: one local step from a common start, averaged with balanced weights, equals one
+    centralised step on the balanced union of both domains."""
+    base = build("mlp", SHAPE, seed=1)
+    base.G.eval()  # fixed features: BatchNorm on running statistics in both computations
+    src, tgt = domain(2, 0.0, n=16), domain(3, 1.0, n=16)
+    copies = {}
+    for name, split, label in (("s", src, SOURCE), ("t", tgt, TARGET)):
+        d = build("mlp", SHAPE, seed=1).D
+        opt = sgd(d)
+        loss = domain_loss(d(base.G(split.x).detach()), label)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        copies[name] = {k: v.detach() for k, v in d.state_dict().items()}
+    w = weights("balanced", [Contribution("s", "source", 16), Contribution("t", "target", 16)])
+    averaged = average_states(copies, w)
+
+    central = build("mlp", SHAPE, seed=1).D
+    opt = sgd(central)
+    loss = 0.5 * domain_loss(central(base.G(src.x).detach()), SOURCE) + 0.5 * domain_loss(
+        central(base.G(tgt.x).detach()), TARGET
+    )
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for k, v in central.state_dict().items():
+        torch.testing.assert_close(averaged[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_source_adaptation_trains_g_and_t_and_leaves_d_alone() -> None:
+    models = build("mlp", SHAPE, seed=0)
+    d_before = {k: v.clone() for k, v in models.D.state_dict().items()}
+    stream = BatchStream(domain(0, 0.0), 16, 0)
+    params = [*models.G.parameters(), *models.T.parameters()]
+    first = adapt_source(
+        models.G, models.T, models.D, stream, torch.optim.SGD(params, lr=0.1), 1, 1.0, "flip"
+    )
+    later = adapt_source(
+        models.G, models.T, models.D, stream, torch.optim.SGD(params, lr=0.1), 30, 1.0, "flip"
+    )
+    assert later["task_loss"] < first["task_loss"]
+    assert "adv_loss" in later
+    for k, v in models.D.state_dict().items():
+        assert torch.equal(v, d_before[k]), f"D changed during adaptation: {k}"
+
+
+def test_target_adaptation_never_reads_the_targets_labels() -> None:
+    models = build("mlp", SHAPE, seed=0)
+    split = domain(4, 1.0)
+    unlabelled = Split(split.x, torch.full_like(split.y, -1))  # cross-entropy on these would raise
+    t_before = {k: v.clone() for k, v in models.T.state_dict().items()}
+    metrics = adapt_target(
+        models.G,
+        models.T,
+        models.D,
+        BatchStream(unlabelled, 16, 0),
+        sgd(models.G),
+        5,
+        1.0,
+        "confusion",
+        entropy_weight=0.1,
+        pseudo_label_threshold=0.2,
+    )
+    assert {"adv_loss", "entropy", "pseudo_label_loss", "pseudo_label_rate"} <= set(metrics)
+    assert all(torch.equal(v, t_before[k]) for k, v in models.T.state_dict().items()), (
+        "T is fixed on the target"
+    )
+
+
+@pytest.mark.parametrize("kind", ["flip", "confusion"])
+def test_adversarial_step_moves_target_features_towards_the_source_side(kind: str) -> None:
+    torch.manual_seed(0)
+    # No BatchNorm in this G: per-batch normalisation would hide the plain shift between these domains.
+    G = nn.Sequential(nn.Linear(6, 12), nn.ReLU())
+    T, D = nn.Linear(12, 3), nn.Sequential(nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 1))
+    src, tgt = domain(5, 0.0), domain(6, 2.0)
+    opt = sgd(D, 0.2)
+    for _ in range(100):  # a discriminator trained centrally, so that it separates the two domains
+        loss = domain_loss(D(G(src.x).detach()), SOURCE) + domain_loss(D(G(tgt.x).detach()), TARGET)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    before = discriminator_accuracy(G, D, tgt, TARGET)
+    assert before["disc_acc_own"] > 0.9
+    adapt_target(G, T, D, BatchStream(tgt, 32, 0), sgd(G, 0.05), 20, 1.0, kind)
+    after = discriminator_accuracy(G, D, tgt, TARGET)
+    assert after["disc_eval_loss"] > before["disc_eval_loss"] + 0.1, (
+        "D finds the adapted features less target-like"
+    )
+
+
+def test_a_collapsed_discriminator_is_told_apart_from_alignment() -> None:
+    """A D that calls everything "source" reads 0.5 balanced; the per-domain parts show the collapse."""
+    models = build("mlp", SHAPE, seed=0)
+    with torch.no_grad():
+        for p in models.D.parameters():
+            p.zero_()
+        models.D[-1].bias.fill_(10.0)
+    on_source = discriminator_accuracy(models.G, models.D, domain(7, 0.0), SOURCE)["disc_acc_own"]
+    on_target = discriminator_accuracy(models.G, models.D, domain(8, 1.0), TARGET)["disc_acc_own"]
+    assert (on_source, on_target) == (1.0, 0.0)
