@@ -117,6 +117,18 @@ class FederationConfig(_Strict):
     min_sources: Annotated[
         int | None, Field(ge=1, description="Sources a phase needs at its deadline; default: all.")
     ] = None
+    phase_deadline_s: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="Seconds a phase waits for its nodes before the quorum rule applies; "
+            "default: wait indefinitely.",
+        ),
+    ] = None
+    publish_model: Annotated[
+        bool,
+        Field(description="The target uploads its final model (shared and local tensors) for download."),
+    ] = True
     hyperparameters: Hyperparameters = Hyperparameters()
     nodes: list[NodeSpec] = Field(default_factory=list)
 

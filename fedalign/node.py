@@ -180,12 +180,14 @@ class NodeRuntime:
             "discriminator": self._discriminator,
             "adapt": self._adapt,
             "evaluate": self._evaluate,
+            "publish": self._publish,
         }.get(step.kind)
         if handler is None:
             raise StepError(f"node runtime cannot run a step of kind {step.kind!r}")
         result = handler(step)
         for slot in step.uploads:
-            result.uploads.setdefault(slot, self.shared(slot))
+            if slot not in result.uploads:
+                result.uploads[slot] = self.shared(slot)
         unexpected = set(result.uploads) - set(step.uploads)
         if unexpected:  # never send more than the step asked for
             raise StepError(f"step produced uploads {sorted(unexpected)} it was not asked for")
@@ -266,3 +268,14 @@ class NodeRuntime:
             acc, _ = task_accuracy(m.G, m.T, self.data.test, self.device)
             metrics["target_acc"] = acc
         return StepResult(metrics=metrics)
+
+    def _publish(self, step: StepSpec) -> StepResult:
+        """The target's final model: G and T with the shared *and* the node's local tensors."""
+        return StepResult(uploads={"model": self.full_model()})
+
+    def full_model(self) -> State:
+        return {
+            f"{m}.{k}": v.detach().cpu().clone()
+            for m in ("G", "T")
+            for k, v in self.models[m].state_dict().items()
+        }

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from fedalign.aggregate import Contribution, weights
 from fedalign.config import FederationConfig, NodeSpec
 
-StepKind = Literal["setup", "discriminator", "adapt", "evaluate", "aggregate"]
+StepKind = Literal["setup", "discriminator", "adapt", "evaluate", "publish", "aggregate"]
 MODELS = ("G", "T", "D")
 
 
@@ -81,7 +81,11 @@ def round_phases(config: FederationConfig, round_: int) -> list[str]:
         phases = [f"disc{e}" for e in range(1, config.hyperparameters.disc_exchanges + 1)] + ["adapt"]
     else:
         phases = ["train"]
-    return [*phases, "eval"] if evaluates(config, round_) else phases
+    if evaluates(config, round_):
+        phases.append("eval")
+    if round_ == config.rounds and config.publish_model:
+        phases.append("publish")
+    return phases
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -233,6 +237,8 @@ class Protocol:
             return sources
         if phase == "train" and self.config.algorithm == "source_only":
             return sources
+        if phase == "publish":
+            return [target]
         return sorted([*sources, target])
 
     def uploads(self, node: str, round_: int, phase: str) -> dict[str, str]:
@@ -246,6 +252,8 @@ class Protocol:
                 models = ["G"]
             else:
                 models = []
+        elif phase == "publish":
+            models = ["model"]
         else:
             models = []
         return {m: submission_key(round_, phase, m, node) for m in models}
@@ -277,6 +285,8 @@ class Protocol:
             return "discriminator"
         if phase in ("adapt", "train"):
             return "adapt"
+        if phase == "publish":
+            return "publish"
         return "evaluate"
 
     def open_steps(self) -> list[StepSpec]:
@@ -449,7 +459,10 @@ class Protocol:
             self.state.phase_index += 1
         elif r == self.config.rounds:
             self.state.finished = True
-            actions.append(Finish(models={m: k for m, k in self.state.latest.items()}))
+            models = dict(self.state.latest)
+            if phase == "publish":
+                models["target_model"] = submission_key(r, phase, "model", self.config.target.name)
+            actions.append(Finish(models=models))
             return actions
         else:
             self.state.round += 1

@@ -265,3 +265,18 @@ def test_step_seeds_depend_on_node_round_and_phase_not_on_order() -> None:
     assert len(set(seeds)) == len(seeds)
     again = drive(Protocol(make_config()))
     assert seeds == [a.step.seed for a in again if isinstance(a, RunStep)]
+
+
+def test_the_run_ends_with_the_target_publishing_its_model_when_configured() -> None:
+    actions = drive(Protocol(make_config()))
+    last_step = [a.step for a in actions if isinstance(a, RunStep)][-1]
+    assert (last_step.node, last_step.kind, last_step.uploads) == (
+        "t",
+        "publish",
+        {"model": "r2/publish/model/t"},
+    )
+    finish = actions[-1]
+    assert isinstance(finish, Finish) and finish.models["target_model"] == "r2/publish/model/t"
+    private = drive(Protocol(make_config(publish_model=False)))
+    assert not any(isinstance(a, RunStep) and a.step.kind == "publish" for a in private)
+    assert "target_model" not in private[-1].models

@@ -143,3 +143,11 @@ def test_json_output_is_serialisable(vector_federation: Factory, tmp_path: Path)
     path = tmp_path / "out.json"
     result.write_json(path)
     assert json.loads(path.read_text())["rounds"][0]["round"] == 1
+
+
+def test_the_published_target_model_holds_shared_and_local_tensors(vector_federation: Factory) -> None:
+    raw, data = vector_federation()
+    result = simulate(FederationConfig.model_validate(raw), node_data=data)
+    model = result.models["target_model"]
+    assert "G.1.running_mean" in model, "the target's own normalisation statistics come with its model"
+    assert torch.equal(model["T.0.weight"], result.models["T"]["0.weight"])
