@@ -11,6 +11,7 @@ last its values, one tensor at a time.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -76,10 +77,7 @@ class TensorEntry(NamedTuple):
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 # ---------------------------------------------------------------------------------------------------------
