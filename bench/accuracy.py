@@ -75,17 +75,35 @@ class Job:
     steps: int
     batch_size: int
     lr: float
+    lr_schedule: str
 
     @property
     def key(self) -> str:
-        return f"{self.method}|{self.target}|{self.seed}|{self.steps}|{self.batch_size}|{self.lr}"
+        return "|".join(
+            str(v)
+            for v in (
+                self.method,
+                self.target,
+                self.seed,
+                self.steps,
+                self.batch_size,
+                self.lr,
+                self.lr_schedule,
+            )
+        )
 
 
 def federated_config(job: Job) -> Any:
     from fedalign.config import FederationConfig
 
     algorithm, overrides = FEDERATED[job.method]
-    hp: dict[str, Any] = {"batch_size": job.batch_size, "lr": job.lr, **overrides}
+    hp: dict[str, Any] = {
+        "batch_size": job.batch_size,
+        "lr": job.lr,
+        "disc_lr": job.lr,
+        "lr_schedule": job.lr_schedule,
+        **overrides,
+    }
     local_steps = hp.get("local_steps", 10)
     hp["eval_every"] = max(1, job.steps // local_steps)  # evaluate once, at the end
     nodes = [{"name": d, "role": "source", "dataset": f"digits:{d}"} for d in DOMAINS if d != job.target]
@@ -115,10 +133,14 @@ def run_job(job: Job) -> dict[str, Any]:
 
         target = datasets.load(f"digits:{job.target}")
         if job.method == "target_oracle":
-            acc = references.target_oracle(target, job.steps, job.batch_size, job.lr, job.seed)
+            acc = references.target_oracle(
+                target, job.steps, job.batch_size, job.lr, job.lr_schedule, job.seed
+            )
         else:
             sources = [datasets.load(f"digits:{d}") for d in DOMAINS if d != job.target]
-            acc = references.dann_central(sources, target, job.steps, job.batch_size, job.lr, 1.0, job.seed)
+            acc = references.dann_central(
+                sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, 1.0, job.seed
+            )
     else:
         from fedalign.simulate import simulate
 
@@ -134,6 +156,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "steps": job.steps,
         "batch_size": job.batch_size,
         "lr": job.lr,
+        "lr_schedule": job.lr_schedule,
         "target_acc": acc,
         "seconds": time.perf_counter() - start,
         "final_metrics": extra,
@@ -175,6 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument(
+        "--lr-schedule",
+        choices=["dann", "constant"],
+        default="dann",
+        help="For every method alike; 'dann' is Ganin et al.'s lr / (1 + 10 p)^0.75.",
+    )
     parser.add_argument("--workers", type=int, default=2, help="Parallel processes, one torch thread each.")
     parser.add_argument("--json", type=Path, default=Path("bench/out/accuracy.json"))
     parser.add_argument("--log", type=Path, default=None)
@@ -189,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
                 record = json.loads(line)
                 done[record["key"]] = record
     jobs = [
-        Job(m, t, s, args.steps, args.batch_size, args.lr)
+        Job(m, t, s, args.steps, args.batch_size, args.lr, args.lr_schedule)
         for s in args.seeds
         for t in args.targets
         for m in args.methods

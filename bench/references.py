@@ -3,7 +3,8 @@
 * `target_oracle`: G and T trained on the *labelled* target training split: an upper bound.
 * `dann_central`: DANN (Ganin et al., JMLR 2016) on the pooled sources and the target, with a gradient
   reversal layer, in its usual form: one network, source and target batches concatenated (shared
-  BatchNorm statistics), lambda ramped with 2 / (1 + exp(-10 p)) - 1.
+  BatchNorm statistics), lambda ramped with 2 / (1 + exp(-10 p)) - 1; the learning rate follows the
+  same schedule as every other method's.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from fedalign.data import BatchStream, NodeData, Split
 from fedalign.models import ModelShape, build
 from fedalign.protocol import derive_seed
-from fedalign.steps import dann_lambda, task_accuracy
+from fedalign.steps import dann_lambda, dann_lr_factor, set_lr, task_accuracy
 
 
 class _GradReverse(torch.autograd.Function):
@@ -36,13 +37,20 @@ def _optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
 
 
-def target_oracle(target: NodeData, steps: int, batch_size: int, lr: float, seed: int) -> float:
+def _anneal(opt: torch.optim.Optimizer, lr: float, schedule: str, progress: float) -> None:
+    set_lr(opt, lr * (dann_lr_factor(progress) if schedule == "dann" else 1.0))
+
+
+def target_oracle(
+    target: NodeData, steps: int, batch_size: int, lr: float, schedule: str, seed: int
+) -> float:
     models = build("digits_cnn", ModelShape(target.input_shape, 10), seed=derive_seed(seed, "init"))
     opt = _optimizer([*models.G.parameters(), *models.T.parameters()], lr)
     stream = BatchStream(target.train, batch_size, seed=derive_seed(seed, "oracle"))
     models.G.train()
     models.T.train()
-    for _ in range(steps):
+    for step in range(steps):
+        _anneal(opt, lr, schedule, step / steps)
         x, y = stream.next()
         loss = F.cross_entropy(models.T(models.G(x)), y)
         opt.zero_grad(set_to_none=True)
@@ -57,6 +65,7 @@ def dann_central(
     steps: int,
     batch_size: int,
     lr: float,
+    schedule: str,
     adv_weight: float,
     seed: int,
 ) -> float:
@@ -70,6 +79,7 @@ def dann_central(
     for m in (G, T, D):
         m.train()
     for step in range(steps):
+        _anneal(opt, lr, schedule, step / steps)
         (xs, ys), (xt, _) = src.next(), tgt.next()  # the target's labels are never read
         features = G(torch.cat([xs, xt]))
         task = F.cross_entropy(T(features[: len(xs)]), ys)
