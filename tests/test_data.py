@@ -227,8 +227,11 @@ def test_npz_vectors_keep_their_values(tmp_path: Path) -> None:
 
 def test_npz_precomputed_splits_are_used_as_given(tmp_path: Path) -> None:
     x, y = np.zeros((20, 3), np.float32), np.arange(20) % 2
-    given = load(write_npz(tmp_path / "all.npz", x=x, y=y, x_val=x[:3] + 1, y_val=y[:3], x_test=x[:5] + 2,
-                           y_test=y[:5]))
+    given = load(
+        write_npz(
+            tmp_path / "all.npz", x=x, y=y, x_val=x[:3] + 1, y_val=y[:3], x_test=x[:5] + 2, y_test=y[:5]
+        )
+    )
     assert [len(s) for s in splits_of(given).values()] == [20, 3, 5]
     assert float(given.val.x.min()) == 1.0 and float(given.test.x.min()) == 2.0
     only_test = load(write_npz(tmp_path / "test.npz", x=x, y=y, x_test=x[:5] + 2, y_test=y[:5]))
@@ -245,10 +248,19 @@ def test_npz_precomputed_splits_are_used_as_given(tmp_path: Path) -> None:
         ({"x": np.full((4, 5, 5), 2.0), "y": np.zeros(4, np.int64)}, r"outside \[0, 1\]"),
         ({"x": np.zeros((4, 5, 5, 5)), "y": np.zeros(4, np.int64)}, "C = 1 or 3"),
         ({"x": np.full((4, 3), np.nan), "y": np.zeros(4, np.int64)}, "finite"),
-        ({"x": np.zeros((4, 3)), "y": np.zeros(4, np.int64), "x_val": np.zeros((2, 3))},
-         "'x_val' with 'y_val'"),
-        ({"x": np.zeros((4, 3)), "y": np.zeros(4, np.int64), "x_val": np.zeros((2, 5)),
-          "y_val": np.zeros(2, np.int64)}, "different sample shapes"),
+        (
+            {"x": np.zeros((4, 3)), "y": np.zeros(4, np.int64), "x_val": np.zeros((2, 3))},
+            "'x_val' with 'y_val'",
+        ),
+        (
+            {
+                "x": np.zeros((4, 3)),
+                "y": np.zeros(4, np.int64),
+                "x_val": np.zeros((2, 5)),
+                "y_val": np.zeros(2, np.int64),
+            },
+            "different sample shapes",
+        ),
     ],
 )
 def test_bad_npz_arrays_are_dataset_errors(
@@ -345,7 +357,7 @@ def test_batch_stream_covers_every_sample_once_per_epoch_with_full_batches() -> 
     x, y = stream.next()
     assert x.shape == (3, 1) and y.dtype == torch.int64 and y.tolist() == [int(v) % 2 for v in x[:, 0]]
     ids = [int(v) for v in x[:, 0]] + drawn_ids(stream, 9)  # 30 samples: three epochs, batches wrap
-    epochs = [ids[i:i + 10] for i in range(0, 30, 10)]
+    epochs = [ids[i : i + 10] for i in range(0, 30, 10)]
     assert all(sorted(epoch) == list(range(10)) for epoch in epochs)
     assert len({tuple(epoch) for epoch in epochs}) > 1  # reshuffled between epochs
     assert stream.epoch == 3
@@ -353,7 +365,7 @@ def test_batch_stream_covers_every_sample_once_per_epoch_with_full_batches() -> 
 
 def test_batch_stream_larger_than_split_repeats_whole_permutations() -> None:
     ids = drawn_ids(BatchStream(numbered_split(4), 10, seed=1), 2)
-    assert all(sorted(ids[i:i + 4]) == [0, 1, 2, 3] for i in range(0, 20, 4))
+    assert all(sorted(ids[i : i + 4]) == [0, 1, 2, 3] for i in range(0, 20, 4))
 
 
 def test_batch_stream_rejects_empty_split_and_bad_batch_size() -> None:

@@ -22,8 +22,10 @@ class Split:
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
-            raise DatasetError(f"a split needs one label per sample, got {self.x.shape[0]} samples "
-                               f"and {self.y.shape[0]} labels")
+            raise DatasetError(
+                f"a split needs one label per sample, got {self.x.shape[0]} samples "
+                f"and {self.y.shape[0]} labels"
+            )
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -54,5 +56,11 @@ def node_data(spec: str, train: Split, val: Split, test: Split, num_classes: int
     """Assemble a NodeData; by default the classes are 0..max label seen in any split."""
     if num_classes is None:
         num_classes = 1 + max(int(s.y.max()) for s in (train, val, test) if len(s) > 0)
-    return NodeData(spec=spec, train=train, val=val, test=test, num_classes=num_classes,
-                    input_shape=tuple(train.x.shape[1:]))
+    return NodeData(
+        spec=spec,
+        train=train,
+        val=val,
+        test=test,
+        num_classes=num_classes,
+        input_shape=tuple(train.x.shape[1:]),
+    )

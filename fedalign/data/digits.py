@@ -49,7 +49,12 @@ SYN_IMAGES_PER_CLASS = 500
 # scikit-image's shipped colour photographs (no download needed); their crops are the MNIST-M backgrounds,
 # standing in for the BSDS500 photos of the original.
 TEXTURE_PHOTOS: tuple[str, ...] = (
-    "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
     "stereo_motorcycle",
 )
 # The box the digit is scaled into inside the 28x28 frame, as MNIST does (20x20 with a 4-pixel margin).
@@ -121,7 +126,7 @@ def build_mnistm() -> DomainImages:
         photo = photos[photo_id]
         top = rng.integers(photo.shape[0] - IMAGE_SIZE + 1)
         left = rng.integers(photo.shape[1] - IMAGE_SIZE + 1)
-        crops[i] = photo[top:top + IMAGE_SIZE, left:left + IMAGE_SIZE]
+        crops[i] = photo[top : top + IMAGE_SIZE, left : left + IMAGE_SIZE]
     blended = np.abs(crops - images[index][..., None].astype(np.int16)).astype(np.uint8)
     return DomainImages(blended, labels[index], index)
 
@@ -132,8 +137,9 @@ def build_optdigits() -> DomainImages:
 
     digits = load_digits()
     small = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
-    boxed = torch.nn.functional.interpolate(small, size=(OPTDIGITS_BOX, OPTDIGITS_BOX), mode="bilinear",
-                                            align_corners=False)
+    boxed = torch.nn.functional.interpolate(
+        small, size=(OPTDIGITS_BOX, OPTDIGITS_BOX), mode="bilinear", align_corners=False
+    )
     margin = (IMAGE_SIZE - OPTDIGITS_BOX) // 2
     framed = torch.nn.functional.pad(boxed, (margin, margin, margin, margin))
     grey = framed.squeeze(1).mul(255.0).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -177,8 +183,16 @@ def load_domain(spec: str, domain: str, cache_dir: Path) -> NodeData:
         try:
             write_npz_atomic(path, arrays)
         except OSError as exc:
-            raise DatasetError(f"cannot write the digits cache {path}: {exc}; expected a writable directory "
-                               f"(set FEDALIGN_DATA_DIR or pass cache_dir)") from exc
+            raise DatasetError(
+                f"cannot write the digits cache {path}: {exc}; expected a writable directory "
+                f"(set FEDALIGN_DATA_DIR or pass cache_dir)"
+            ) from exc
     splits = [Split(images_to_tensor(arrays[f"x_{s}"]), labels_to_tensor(arrays[f"y_{s}"])) for s in _SPLITS]
-    return NodeData(spec=spec, train=splits[0], val=splits[1], test=splits[2], num_classes=NUM_CLASSES,
-                    input_shape=(3, IMAGE_SIZE, IMAGE_SIZE))
+    return NodeData(
+        spec=spec,
+        train=splits[0],
+        val=splits[1],
+        test=splits[2],
+        num_classes=NUM_CLASSES,
+        input_shape=(3, IMAGE_SIZE, IMAGE_SIZE),
+    )

@@ -30,8 +30,10 @@ def parse_imagefolder_argument(argument: str) -> tuple[Path, tuple[int, int]]:
         return Path(argument).expanduser(), DEFAULT_IMAGE_SIZE
     match = _SIZE_OPTION.match(option)
     if match is None:
-        raise DatasetError(f"imagefolder option {option!r} is not understood; expected 'size=S' or "
-                           f"'size=HxW' after '?', e.g. 'imagefolder:/data/cats?size=32'")
+        raise DatasetError(
+            f"imagefolder option {option!r} is not understood; expected 'size=S' or "
+            f"'size=HxW' after '?', e.g. 'imagefolder:/data/cats?size=32'"
+        )
     height = int(match.group(1))
     width = int(match.group(2) or height)
     if height < 1 or width < 1:
@@ -41,9 +43,13 @@ def parse_imagefolder_argument(argument: str) -> tuple[Path, tuple[int, int]]:
 
 def _image_files(folder: Path) -> list[Path]:
     # Recursive and sorted so the sample order, hence the split, does not depend on the file system.
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
@@ -72,8 +78,10 @@ def load_imagefolder(spec: str, argument: str) -> NodeData:
         files += found
         labels += [index] * len(found)
     if not files:
-        raise DatasetError(f"imagefolder {root} has no images in its class folders {classes}; "
-                           f"expected files ending in one of {sorted(IMAGE_SUFFIXES)}")
+        raise DatasetError(
+            f"imagefolder {root} has no images in its class folders {classes}; "
+            f"expected files ending in one of {sorted(IMAGE_SUFFIXES)}"
+        )
     images = np.stack([_read_image(path, size) for path in files])
     y = np.asarray(labels, dtype=np.int64)
     parts = [Split(images_to_tensor(images[i]), labels_to_tensor(y[i])) for i in stratified_split(y)]
@@ -99,15 +107,19 @@ def _samples_to_tensor(x: np.ndarray, where: str) -> torch.Tensor:
     elif x.ndim == 4 and x.shape[-1] in _CHANNELS:
         x = x.transpose(0, 3, 1, 2)
     elif x.ndim != 4 or x.shape[1] not in _CHANNELS:
-        raise DatasetError(f"{where} has shape {x.shape}; expected (N, D) vectors or images (N, H, W), "
-                           f"(N, H, W, C) or (N, C, H, W) with C = 1 or 3")
+        raise DatasetError(
+            f"{where} has shape {x.shape}; expected (N, D) vectors or images (N, H, W), "
+            f"(N, H, W, C) or (N, C, H, W) with C = 1 or 3"
+        )
     if np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() > 255):
             raise DatasetError(f"{where} has integer pixels outside 0..255; expected uint8 images")
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / np.float32(255.0))
     if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
-        raise DatasetError(f"{where} has float pixels outside [0, 1] (or NaN); expected float images in "
-                           f"[0, 1] or uint8 images in 0..255")
+        raise DatasetError(
+            f"{where} has float pixels outside [0, 1] (or NaN); expected float images in "
+            f"[0, 1] or uint8 images in 0..255"
+        )
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
@@ -150,10 +162,15 @@ def load_npz(spec: str, argument: str) -> NodeData:
     arrays = _read_archive(path)
     for suffix in ("", "_val", "_test"):
         if (f"x{suffix}" in arrays) != (f"y{suffix}" in arrays) or (not suffix and "x" not in arrays):
-            raise DatasetError(f"npz file {path} has arrays {sorted(arrays)}; expected 'x' with 'y', and "
-                               f"optionally 'x_val' with 'y_val' and 'x_test' with 'y_test'")
-    given = {name: _split_from_arrays(arrays, f"_{name}", path) for name in ("val", "test")
-             if f"x_{name}" in arrays}
+            raise DatasetError(
+                f"npz file {path} has arrays {sorted(arrays)}; expected 'x' with 'y', and "
+                f"optionally 'x_val' with 'y_val' and 'x_test' with 'y_test'"
+            )
+    given = {
+        name: _split_from_arrays(arrays, f"_{name}", path)
+        for name in ("val", "test")
+        if f"x_{name}" in arrays
+    }
     pool = _split_from_arrays(arrays, "", path)
     if len(pool) == 0:
         raise DatasetError(f"npz file {path} has no samples in 'x'")

@@ -40,8 +40,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     if not argument:
         raise DatasetError(f"dataset spec {spec!r} is missing its argument; expected {SCHEMES[scheme]}")
     if scheme == "digits" and argument not in DIGITS_DOMAINS:
-        raise DatasetError(f"dataset spec {spec!r} names unknown digits domain {argument!r}; "
-                           f"expected one of {', '.join(DIGITS_DOMAINS)}")
+        raise DatasetError(
+            f"dataset spec {spec!r} names unknown digits domain {argument!r}; "
+            f"expected one of {', '.join(DIGITS_DOMAINS)}"
+        )
     return scheme, argument
 
 

@@ -44,7 +44,7 @@ class BatchStream:
                 self._position = 0
                 self._epoch += 1
             take = min(wanted, len(self._order) - self._position)
-            chunks.append(self._order[self._position:self._position + take])
+            chunks.append(self._order[self._position : self._position + take])
             self._position += take
             wanted -= take
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks)

@@ -25,11 +25,27 @@ CANVAS = OUTPUT_SIZE * SUPERSAMPLE
 # matplotlib's TTFs whose digits are ordinary lining digits (cmmi10 has old-style digits, the STIX "NonUni"
 # and "Siz" faces and the "Display" faces have no digits at all, LastResort draws placeholder boxes).
 MATPLOTLIB_FONTS: tuple[str, ...] = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
-    "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf",
-    "DejaVuSerif-BoldItalic.ttf", "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf",
-    "STIXGeneralBolIta.ttf", "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmtt10.ttf", "cmti10.ttf",
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
+    "cmti10.ttf",
 )
 PILLOW_DEFAULT_FONT = "<pillow-default>"  # Pillow's built-in scalable font (Aileron)
 
@@ -141,8 +157,14 @@ def _digit_mask(rng: np.random.Generator, label: int, style: SynStyle) -> Image.
 
     mask = Image.new("L", (CANVAS, CANVAS))
     stroke = int(rng.integers(style.max_stroke_px + 1))
-    ImageDraw.Draw(mask).text((origin_x, origin_y), left + label_text + right, font=font, fill=255,
-                              stroke_width=stroke, stroke_fill=255)
+    ImageDraw.Draw(mask).text(
+        (origin_x, origin_y),
+        left + label_text + right,
+        font=font,
+        fill=255,
+        stroke_width=stroke,
+        stroke_fill=255,
+    )
     angle = rng.uniform(-style.max_rotation_deg, style.max_rotation_deg)
     mask = mask.rotate(angle, resample=Image.Resampling.BILINEAR, center=(centre_x, centre_y))
     return mask.filter(ImageFilter.GaussianBlur(rng.uniform(0, style.max_blur_px)))
