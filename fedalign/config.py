@@ -57,6 +57,13 @@ class Hyperparameters(_Strict):
             "'confusion': push D's output to 1/2 for every feature, which cannot overshoot."
         ),
     ] = "flip"
+    conditional: Annotated[
+        bool,
+        Field(
+            description="Class-conditional discrimination (CDAN, Long et al., NeurIPS 2018): D sees the "
+            "outer product of G's features and T's class probabilities instead of the features alone."
+        ),
+    ] = False
     disc_weighting: Weighting = "balanced"
     extractor_weighting: Weighting = "samples"
     source_extractor: Annotated[

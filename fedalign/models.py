@@ -24,6 +24,12 @@ class ModelShape:
     input_shape: tuple[int, ...]
     num_classes: int
     hidden: int = 128
+    # Class-conditional discrimination (CDAN): D reads the outer product of a feature vector and the task
+    # model's class probabilities, so its input is feature_dim * num_classes wide.
+    conditional: bool = False
+
+    def disc_inputs(self, feature_dim: int) -> int:
+        return feature_dim * self.num_classes if self.conditional else feature_dim
 
 
 @dataclass
@@ -70,7 +76,7 @@ def _digits_cnn(shape: ModelShape) -> ModelSet:
         nn.ReLU(),
         nn.Linear(100, shape.num_classes),
     )
-    D = nn.Sequential(nn.Linear(features, 100), nn.ReLU(), nn.Linear(100, 1))
+    D = nn.Sequential(nn.Linear(shape.disc_inputs(features), 100), nn.ReLU(), nn.Linear(100, 1))
     return ModelSet(G, T, D)
 
 
@@ -83,7 +89,7 @@ def _mlp(shape: ModelShape) -> ModelSet:
         nn.Linear(dim, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Linear(h, h), nn.BatchNorm1d(h), nn.ReLU()
     )
     T = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, shape.num_classes))
-    D = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1))
+    D = nn.Sequential(nn.Linear(shape.disc_inputs(h), h), nn.ReLU(), nn.Linear(h, 1))
     return ModelSet(G, T, D)
 
 

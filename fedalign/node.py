@@ -49,7 +49,12 @@ class StepResult:
 
 def model_shape(config: FederationConfig) -> ModelShape:
     m = config.model
-    return ModelShape(input_shape=tuple(m.input_shape), num_classes=m.num_classes, hidden=m.hidden)
+    return ModelShape(
+        input_shape=tuple(m.input_shape),
+        num_classes=m.num_classes,
+        hidden=m.hidden,
+        conditional=config.hyperparameters.conditional,
+    )
 
 
 def initial_models(config: FederationConfig) -> dict[str, State]:
@@ -208,8 +213,13 @@ class NodeRuntime:
             self.hp.disc_steps,
             self.own_label,
             self.device,
+            condition_on=self._condition_on,
         )
         return StepResult(metrics=metrics)
+
+    @property
+    def _condition_on(self) -> nn.Module | None:
+        return self.models.T if self.hp.conditional else None
 
     def _lr(self, base: float, step: StepSpec) -> float:
         return base * (dann_lr_factor(self._progress(step)) if self.hp.lr_schedule == "dann" else 1.0)
@@ -225,14 +235,18 @@ class NodeRuntime:
         if fedalign and step.round > 1 and evaluates(self.config, step.round - 1):
             # disc_acc_fresh of the last evaluated round: this round's D_all on the features it was
             # trained on, before they adapt.
-            fresh = discriminator_accuracy(m.G, m.D, self.data.val, self.own_label, self.device)
+            fresh = discriminator_accuracy(
+                m.G, m.D, self.data.val, self.own_label, self.device, condition_on=self._condition_on
+            )
             metrics["fresh_disc_acc_own"] = fresh["disc_acc_own"]
         stream = self._stream(step)
         adv = self._adv_weight(step) if fedalign else 0.0
         if self.role == "source":
             opt = self.optimizers["GT"]
             set_lr(opt, self._lr(hp.lr, step))
-            metrics |= adapt_source(m.G, m.T, m.D, stream, opt, hp.local_steps, adv, hp.adv_loss, self.device)
+            metrics |= adapt_source(
+                m.G, m.T, m.D, stream, opt, hp.local_steps, adv, hp.adv_loss, self.device, hp.conditional
+            )
         elif fedalign:
             opt = self.optimizers["G"]
             set_lr(opt, self._lr(hp.lr, step))
@@ -249,6 +263,7 @@ class NodeRuntime:
                 pseudo_label_threshold=hp.pseudo_label_threshold,
                 pseudo_label_weight=hp.pseudo_label_weight,
                 device=self.device,
+                conditional=hp.conditional,
             )
         else:
             # fedavg: the target holds no labels; it keeps its own normalisation statistics current.
@@ -259,7 +274,9 @@ class NodeRuntime:
         m = self.models
         metrics: dict[str, float] = {}
         if self.config.algorithm == "fedalign":
-            metrics |= discriminator_accuracy(m.G, m.D, self.data.val, self.own_label, self.device)
+            metrics |= discriminator_accuracy(
+                m.G, m.D, self.data.val, self.own_label, self.device, condition_on=self._condition_on
+            )
         if self.role == "source":
             acc, loss = task_accuracy(m.G, m.T, self.data.val, self.device)
             metrics |= {"source_val_acc": acc, "val_task_loss": loss}

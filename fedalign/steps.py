@@ -13,6 +13,10 @@ gradient reversal written as an explicit two-player step). The target has no lab
 lambda * L_adv, plus, when enabled, the entropy of its predictions and the cross-entropy with its own
 confident predictions (pseudo-labels, as in FixMatch's thresholding, Sohn et al., NeurIPS 2020).
 
+With class-conditional discrimination (CDAN, Long et al., NeurIPS 2018) D reads f ⊗ softmax(T(f)), the
+outer product of the features and the task model's class probabilities, instead of f: aligning the joint
+distribution keeps the classes apart where aligning the marginals alone can fold them onto each other.
+
 Every step is deterministic under the seed it is given: batch order comes from a seeded generator and
 the global RNG is seeded for anything else (dropout).
 """
@@ -102,6 +106,15 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
 
 
+def domain_input(features: torch.Tensor, condition_on: nn.Module | None) -> torch.Tensor:
+    """What D reads: the features, or with a task model to condition on, f ⊗ softmax(T(f)) flattened."""
+    features = features.float()
+    if condition_on is None:
+        return features
+    probs = condition_on(features).float().softmax(dim=1)
+    return torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
+
+
 def _to(device: Device, *tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.to(device.torch_device, non_blocking=True) for t in tensors]
 
@@ -114,6 +127,7 @@ def train_discriminator(
     steps: int,
     own_label: float,
     device: Device = CPU,
+    condition_on: nn.Module | None = None,
 ) -> dict[str, float]:
     """Train D for `steps` steps on this node's features, all labelled with this node's domain.
 
@@ -127,8 +141,8 @@ def train_discriminator(
         (x, _y) = _to(device, *stream.next())
         with device.autocast:
             with torch.no_grad():
-                features = G(x)
-            logits = D(features.float())
+                inputs = domain_input(G(x), condition_on)
+            logits = D(inputs)
             loss = domain_loss(logits, own_label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,6 +163,7 @@ def adapt_source(
     adv_weight: float,
     adv_kind: str,
     device: Device = CPU,
+    conditional: bool = False,
 ) -> dict[str, float]:
     """Task loss plus lambda times the adversarial loss against the fixed D; trains G and T."""
     G.train()
@@ -161,7 +176,11 @@ def adapt_source(
             with device.autocast:
                 features = G(x)
                 task = F.cross_entropy(T(features).float(), y)
-                adv = adversarial_loss(D(features), SOURCE, adv_kind) if adv_weight > 0 else torch.zeros(())
+                adv = (
+                    adversarial_loss(D(domain_input(features, T if conditional else None)), SOURCE, adv_kind)
+                    if adv_weight > 0
+                    else torch.zeros(())
+                )
                 loss = task + adv_weight * adv
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -188,6 +207,7 @@ def adapt_target(
     pseudo_label_threshold: float = 0.0,
     pseudo_label_weight: float = 1.0,
     device: Device = CPU,
+    conditional: bool = False,
 ) -> dict[str, float]:
     """Train the target's G (T and D fixed) with lambda * L_adv and the optional unlabelled terms."""
     G.train()
@@ -204,7 +224,9 @@ def adapt_target(
                 features = G(x)
                 loss = torch.zeros((), device=device.torch_device)
                 if D is not None and adv_weight > 0:
-                    adv = adversarial_loss(D(features), TARGET, adv_kind)
+                    adv = adversarial_loss(
+                        D(domain_input(features, T if conditional else None)), TARGET, adv_kind
+                    )
                     loss = loss + adv_weight * adv
                     sums["adv_loss"] += float(adv.detach()) * len(x)
                 logits = T(features).float() if (entropy_weight > 0 or pseudo_label_threshold > 0) else None
@@ -252,7 +274,12 @@ def _batches(split: Split, batch_size: int = 512) -> Iterator[tuple[torch.Tensor
 
 @torch.no_grad()
 def discriminator_accuracy(
-    G: nn.Module, D: nn.Module, split: Split, own_label: float, device: Device = CPU
+    G: nn.Module,
+    D: nn.Module,
+    split: Split,
+    own_label: float,
+    device: Device = CPU,
+    condition_on: nn.Module | None = None,
 ) -> dict[str, float]:
     """How often D tells this node's held-out features for what they are, and D's loss on them."""
     G.eval()
@@ -261,7 +288,7 @@ def discriminator_accuracy(
     for x, _y in _batches(split):
         (x,) = _to(device, x)
         with device.autocast:
-            logits = D(G(x).float())
+            logits = D(domain_input(G(x), condition_on))
         correct += int(((logits.squeeze(1) > 0).float() == own_label).sum())
         loss_sum += float(domain_loss(logits, own_label)) * len(x)
     n = max(len(split), 1)

@@ -151,3 +151,9 @@ def test_the_published_target_model_holds_shared_and_local_tensors(vector_federa
     model = result.models["target_model"]
     assert "G.1.running_mean" in model, "the target's own normalisation statistics come with its model"
     assert torch.equal(model["T.0.weight"], result.models["T"]["0.weight"])
+
+
+def test_class_conditional_federation_runs_in_both_topologies(vector_federation: Factory) -> None:
+    server = run(vector_federation, hyperparameters={"conditional": True})
+    assert server == run(vector_federation, aggregator="target", hyperparameters={"conditional": True})
+    assert "disc_acc" in server["rounds"][-1]["metrics"]

@@ -15,6 +15,7 @@ from fedalign.steps import (
     adapt_source,
     adapt_target,
     discriminator_accuracy,
+    domain_input,
     domain_loss,
     train_discriminator,
 )
@@ -141,3 +142,18 @@ def test_a_collapsed_discriminator_is_told_apart_from_alignment() -> None:
     on_source = discriminator_accuracy(models.G, models.D, domain(7, 0.0), SOURCE)["disc_acc_own"]
     on_target = discriminator_accuracy(models.G, models.D, domain(8, 1.0), TARGET)["disc_acc_own"]
     assert (on_source, on_target) == (1.0, 0.0)
+
+
+def test_conditional_discriminator_reads_features_times_class_probabilities() -> None:
+    shape = ModelShape(input_shape=(6,), num_classes=3, hidden=12, conditional=True)
+    models = build("mlp", shape, seed=0)
+    assert models.D[0].in_features == 12 * 3
+    split = domain(9, 0.0)
+    features = models.G(split.x[:4])
+    joint = domain_input(features, models.T)
+    probs = models.T(features).softmax(dim=1)
+    torch.testing.assert_close(joint.view(4, 3, 12), probs[:, :, None] * features[:, None, :])
+    metrics = train_discriminator(
+        models.G, models.D, BatchStream(split, 16, 0), sgd(models.D), 3, SOURCE, condition_on=models.T
+    )
+    assert metrics["disc_train_acc"] >= 0
