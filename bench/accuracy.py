@@ -57,6 +57,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_no_adversarial": ("fedalign", {**FEDALIGN, "adv_weight": 0.0}),
     "fedalign_patent_defaults": ("fedalign", PATENT),
     "fedalign_confusion": ("fedalign", {**FEDALIGN, "adv_loss": "confusion"}),
+    "fedalign_conditional": ("fedalign", {**FEDALIGN, "conditional": True}),
     "fedalign_target_local": ("fedalign", {**FEDALIGN, "target_extractor": "local"}),
     "fedalign_target_none": ("fedalign", {**FEDALIGN, "target_extractor": "none"}),
     "fedalign_shared_bn": ("fedalign", {**FEDALIGN, "local_params": "none"}),
