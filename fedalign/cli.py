@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Datasets of the built-in benchmark.")
 app.add_typer(data_app, name="data")
+db_app = typer.Typer(no_args_is_help=True, help="The API service's database schema (FEDALIGN_DATABASE_URL).")
+app.add_typer(db_app, name="db")
 console = Console()
 
 # Columns of the per-round table, in order; a column shows only when some round has it.
@@ -134,6 +136,65 @@ def data_build() -> None:
     for domain in datasets.digits_domains():
         d = datasets.load(f"digits:{domain}")
         console.print(f"digits:{domain}: train {len(d.train)}, val {len(d.val)}, test {len(d.test)}")
+
+
+# The service's commands import `backend` only when they run: `fedalign` itself never depends on it.
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the API service (migrating its database first). Settings come from FEDALIGN_* variables."""
+    import uvicorn
+
+    from backend import migrate
+    from backend.app import create_app
+    from backend.settings import ADMIN_TOKEN_FILE, Settings
+
+    settings = Settings()
+    migrate.upgrade(settings.sqlalchemy_url)
+    if settings.admin_token is None:
+        settings.admin_secret  # noqa: B018 - created now, so its location is printed before serving
+        console.print(f"admin token: in {(settings.data_dir / ADMIN_TOKEN_FILE).resolve()}")
+    console.print(
+        f"FedAlign API on http://{host}:{port} (docs at /docs); database {_safe_url(settings.sqlalchemy_url)}"
+    )
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Migrate the database up to REVISION (default: the newest)."""
+    from backend import migrate
+    from backend.settings import Settings
+
+    settings = Settings()
+    migrate.upgrade(settings.sqlalchemy_url, revision)
+    console.print(f"database {_safe_url(settings.sqlalchemy_url)} upgraded to {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision; 'base' removes every table.")] = "-1",
+) -> None:
+    """Migrate the database down to REVISION (default: one step back)."""
+    from backend import migrate
+    from backend.settings import Settings
+
+    settings = Settings()
+    migrate.downgrade(settings.sqlalchemy_url, revision)
+    console.print(f"database {_safe_url(settings.sqlalchemy_url)} downgraded to {revision}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ models) and ``r{round}/{phase}/{model}/{node}`` for one node's submission.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -204,11 +205,13 @@ class ProtocolState:
     node_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return copy.deepcopy(dict(self.__dict__))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProtocolState:
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        # A copy: handling events mutates the state, and the caller's value (a database column, say)
+        # must not change under it.
+        return cls(**copy.deepcopy({k: v for k, v in data.items() if k in cls.__dataclass_fields__}))
 
 
 # ---------------------------------------------------------------------------------------------- machine

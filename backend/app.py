@@ -1,0 +1,108 @@
+"""The FastAPI application: wiring of settings, database, services and routers.
+
+``create_app(settings)`` builds an app; its lifespan migrates the database (under a lock), starts the
+aggregation executor and the periodic sweep, and stops them on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from backend import errors, migrate
+from backend.database import Database, make_engine
+from backend.deps import Services
+from backend.limits import JsonBodyLimit
+from backend.routers import (
+    aggregations,
+    events,
+    federations,
+    health,
+    metrics,
+    node_api,
+    nodes,
+    published,
+    rounds,
+)
+from backend.services.aggregation import AggregationService, ThreadPoolDispatcher
+from backend.services.events import EventNotifier
+from backend.services.orchestrator import Orchestrator
+from backend.services.store import ArtifactStore
+from backend.services.sweep import Sweeper
+from backend.settings import Settings
+
+log = logging.getLogger("fedalign.backend")
+
+API_DESCRIPTION = """\
+FedAlign trains a model for an unlabelled target domain with the help of labelled source domains held by
+other parties; only model parameters travel.
+
+* **Management** (admin token): federations, their nodes, rounds, metrics, aggregations, the published
+  model, live events.
+* **Registration** (a federation's join token, or the admin token): `POST /api/v1/federations/{id}/nodes`.
+* **Nodes** (a node's own token): `/api/v1/node/...` — poll for a task, download what it needs, upload
+  safetensors results, complete it.
+
+Every error answers `{"error": {"code", "message", "details"}}`.
+"""
+
+
+def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(make_engine(settings.sqlalchemy_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms))
+    store = ArtifactStore(settings.artifacts_dir)
+    notifier = EventNotifier()
+    orchestrator = Orchestrator(db, store, notifier)
+    aggregation = AggregationService(db, store, orchestrator, settings.lease_seconds)
+    dispatcher = ThreadPoolDispatcher(aggregation.run, settings.aggregation_workers)
+    orchestrator.dispatch = dispatcher.dispatch
+    return Services(
+        settings=settings,
+        db=db,
+        store=store,
+        notifier=notifier,
+        orchestrator=orchestrator,
+        aggregation=aggregation,
+        dispatcher=dispatcher,
+        sweeper=Sweeper(db, orchestrator, dispatcher),
+        admin_token=settings.admin_secret,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrate.upgrade, settings.sqlalchemy_url)
+        services = await asyncio.to_thread(build_services, settings)
+        services.notifier.bind(asyncio.get_running_loop())
+        app.state.services = services
+        sweep = asyncio.create_task(services.sweeper.run_forever(settings.sweep_interval_s), name="sweep")
+        try:
+            yield
+        finally:
+            sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweep
+            services.notifier.bind(None)
+            await asyncio.to_thread(services.dispatcher.close)
+            services.db.dispose()
+
+    app = FastAPI(
+        title="FedAlign",
+        version="1",
+        description=API_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
+    for module in (health, federations, nodes, rounds, aggregations, metrics, published, events, node_api):
+        app.include_router(module.router)
+    return app

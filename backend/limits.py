@@ -1,0 +1,78 @@
+"""Request body limits, enforced while the body streams in (ASGI middleware).
+
+JSON bodies are small by nature; one that claims, or turns out, to be larger than ``max_json_bytes`` is
+answered 413 before it is read whole. Parameter uploads have their own, larger limit, enforced by the
+upload route itself as it writes the body to disk.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backend.errors import error_response
+
+UPLOAD_PATH_MARK = "/uploads/"
+LIMITED_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _message(max_bytes: int) -> str:
+    return (
+        f"the request body is over the limit of {max_bytes} bytes for JSON requests "
+        "(FEDALIGN_MAX_JSON_BYTES); send a smaller body"
+    )
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive``: an HTTPException, so FastAPI's body reading passes it on as a 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _message(max_bytes))
+
+
+class JsonBodyLimit:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in LIMITED_METHODS
+            or UPLOAD_PATH_MARK in scope["path"]
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, "too_large", _message(self.max_bytes))
+        await response(scope, receive, send)

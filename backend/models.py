@@ -1,0 +1,236 @@
+"""Database tables (SQLAlchemy 2.0 typed ORM). Request and response shapes live in `backend.schemas`.
+
+The database is the source of truth: a step is a row, not a message, and a federation's whole protocol
+state is one JSON column, so a restarted server carries on from what it finds here.
+
+``nodes`` rows are a node's *membership* of one federation. A node that outlives its federations (one
+organisation's identity across many) can come later as its own table referenced from here, without
+changing how steps, artifacts and metrics point at memberships.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Constraint names fixed by convention, so Alembic can alter them on SQLite (batch mode) and PostgreSQL.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Autoincrement that SQLite also honours with a 64-bit type on PostgreSQL.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive and would return them so)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use aware UTC datetimes")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Federation(Base):
+    __tablename__ = "federations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # FederationConfig as JSON: without nodes until start, with the registered nodes from then on.
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    protocol_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    join_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    stall_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # Final artifact keys per model (Finish action); "target_model" is the published model.
+    final_models: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    phase_opened_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("federation_id", "name"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    dataset: Mapped[str] = mapped_column(String(1024))
+    mode: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    samples: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    state: Mapped[str] = mapped_column(String(16), default="registered")
+    last_seen: Mapped[dt.datetime | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Step(Base):
+    """One node's instruction for one phase; ``kind`` "aggregate" is the target averaging ``model``.
+
+    The target has both its own training step and, when it aggregates, one aggregate step per model in
+    the same phase, so the key is (federation, node, round, phase, kind, model) with ``model`` "" for
+    training steps.
+    """
+
+    __tablename__ = "steps"
+    __table_args__ = (
+        UniqueConstraint("federation_id", "node_id", "round", "phase", "kind", "model"),
+        Index("ix_steps_claim", "federation_id", "node_id", "status"),
+        Index("ix_steps_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"))
+    node_id: Mapped[str] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(16), default="")
+    # downloads/uploads {slot: artifact key}, seed; for aggregate steps also inputs {node: key}, weights.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # pending -> claimed -> done; cancelled when its phase closed without it or the federation ended.
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # What the node reported on completion, kept to recognise a repeated completion.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    done_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Artifact(Base):
+    """Metadata of one stored parameter file; the bytes live in the content-addressed store by sha256."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("federation_id", "key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))  # aggregate | submission | model
+    round: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(32))
+    node: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Aggregation(Base):
+    """A server-side average to compute (Aggregate action with by="server"), claimed with a lease."""
+
+    __tablename__ = "aggregations"
+    __table_args__ = (UniqueConstraint("federation_id", "key"), Index("ix_aggregations_status", "status"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(16))
+    round: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(32))
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
+    weights: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done|failed
+    lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    done_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Metric(Base):
+    """A scalar per round: ``node`` NULL for the federation's own metrics (disc_acc, pad, ...)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (
+        # NULLs are distinct in a plain unique constraint, so each scope gets its own partial index.
+        Index(
+            "uq_metrics_node",
+            "federation_id",
+            "round",
+            "node",
+            "name",
+            unique=True,
+            sqlite_where=text("node IS NOT NULL"),
+            postgresql_where=text("node IS NOT NULL"),
+        ),
+        Index(
+            "uq_metrics_federation",
+            "federation_id",
+            "round",
+            "name",
+            unique=True,
+            sqlite_where=text("node IS NULL"),
+            postgresql_where=text("node IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str | None] = mapped_column(String(64), default=None)
+    name: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float] = mapped_column(Float(precision=53))
+
+
+class Event(Base):
+    """What happened to a federation, in order: the SSE stream's source and its replay log."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_federation", "federation_id", "id"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

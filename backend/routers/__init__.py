@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource; each stays thin and calls `backend.services`."""

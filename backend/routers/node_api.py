@@ -1,0 +1,161 @@
+"""The node-facing API (node token): config, next task, downloads, uploads, completion."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Request, Response, status
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from backend.deps import NodeAuth, ReadSession, ServicesDep
+from backend.errors import ApiError, responses
+from backend.schemas.node_api import CompleteRequest, CompleteResult, NodeFederation, Task, UploadResult
+from backend.services import steps
+from backend.services.store import Staged
+from fedalign import params
+
+router = APIRouter(prefix="/api/v1/node", tags=["node"])
+
+STATUS_HEADER = "FedAlign-Federation-Status"
+SAFETENSORS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+StepId = Annotated[int, PathParam(ge=1, description="The step's id, from the task.")]
+
+
+@router.get("/federation", response_model=NodeFederation, responses=responses(401, 403, 404))
+def node_federation(session: ReadSession, node: NodeAuth) -> NodeFederation:
+    """What the node needs to build its runtime: the config, its own entry, the others' names and roles."""
+    return steps.node_federation(session, node)
+
+
+@router.get(
+    "/task",
+    response_model=Task,
+    responses={
+        204: {
+            "description": "No step for this node now: poll again later. The federation's status is in the "
+            f"{STATUS_HEADER} header (stop polling once it is finished, cancelled or failed).",
+            "headers": {STATUS_HEADER: {"schema": {"type": "string"}}},
+        }
+    }
+    | responses(401, 403, 404),
+)
+def next_task(request: Request, services: ServicesDep, node: NodeAuth) -> Task | Response:
+    """Claim this node's next step with a lease; finish it before ``lease_expires_at``."""
+    with services.db.write() as session:
+        step, federation_status = steps.claim_next(session, node, services.settings.lease_seconds)
+        task = steps.task_of(step, node.node_name or "", services.base_url(request)) if step else None
+    if task is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers={STATUS_HEADER: federation_status})
+    return task
+
+
+@router.get(
+    "/artifacts/{key:path}",
+    response_class=FileResponse,
+    responses={200: {"content": SAFETENSORS, "description": "The artifact as safetensors."}}
+    | responses(401, 403, 404, 422),
+)
+def download_artifact(
+    services: ServicesDep, node: NodeAuth, key: Annotated[str, PathParam(max_length=255)]
+) -> FileResponse:
+    """An aggregate one of this node's open steps downloads (or, for a target aggregating, a submission
+    its aggregate step folds)."""
+    with services.db.read() as session:
+        artifact = steps.artifact_for_node(session, node, key)
+    return FileResponse(
+        services.store.path(artifact.sha256),
+        media_type="application/octet-stream",
+        headers={"ETag": f'"{artifact.sha256}"'},
+    )
+
+
+@router.put(
+    "/steps/{step_id}/uploads/{slot}",
+    response_model=UploadResult,
+    openapi_extra={"requestBody": {"required": True, "content": SAFETENSORS}},
+    responses=responses(401, 403, 404, 409, 413, 422),
+)
+async def upload(
+    request: Request,
+    services: ServicesDep,
+    node: NodeAuth,
+    step_id: StepId,
+    slot: Annotated[
+        str, PathParam(max_length=16, description="A slot of the task's uploads (G, T, D, model).")
+    ],
+) -> UploadResult:
+    """Upload this step's result for ``slot`` as safetensors. It is checked against the federation's
+    manifest (names, shapes, dtypes, finite values, size) and stored only if it passes. Uploading the same
+    bytes again is a no-op."""
+    limit = services.settings.max_upload_bytes
+    with services.db.read() as session:
+        target = steps.upload_target(session, node, step_id, slot)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    staged = await _receive(request, services.store.temp_file(), limit)
+    try:
+        try:
+            await run_in_threadpool(params.validate, staged.path, target.manifest, limit)
+        except params.ParameterError as exc:
+            status_code = 413 if exc.code == "too_large" else 422
+            raise ApiError(
+                status_code,
+                exc.code,
+                f"upload for slot {slot!r} refused: {exc.message}",
+                {"tensor": exc.tensor} if exc.tensor else None,
+            ) from exc
+        return await run_in_threadpool(steps.store_upload, services.orchestrator, node, step_id, slot, staged)
+    finally:
+        staged.discard()  # no-op once the store adopted it
+
+
+@router.post(
+    "/steps/{step_id}/complete",
+    response_model=CompleteResult,
+    responses=responses(401, 403, 404, 409, 413, 422),
+)
+def complete_step(
+    services: ServicesDep, node: NodeAuth, step_id: StepId, body: CompleteRequest
+) -> CompleteResult:
+    """Report the step done, with its metrics (and sample counts for setup). Its uploads must be stored
+    first. Repeating an identical completion is answered the same and changes nothing."""
+    return steps.complete(services.orchestrator, node, step_id, body)
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "too_large",
+        f"the upload is {size} bytes, over the limit of {limit} bytes (FEDALIGN_MAX_UPLOAD_BYTES)",
+    )
+
+
+async def _receive(request: Request, path: Path, limit: int) -> Staged:
+    """Stream the body to a temp file, hashing and counting; refuse as soon as it passes ``limit``."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(path, "wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(
+                        413,
+                        "too_large",
+                        f"the upload passed the limit of {limit} bytes (FEDALIGN_MAX_UPLOAD_BYTES) and was "
+                        "refused without reading the rest",
+                    )
+                digest.update(chunk)
+                fh.write(chunk)
+            fh.flush()
+            await run_in_threadpool(os.fsync, fh.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return Staged(path=path, sha256=digest.hexdigest(), size=size)

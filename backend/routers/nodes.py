@@ -1,0 +1,51 @@
+"""Nodes of a federation: register (admin or join token), list, inspect, remove before the start."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, status
+
+from backend.deps import Admin, AnyCredential, ReadSession, ServicesDep
+from backend.errors import responses
+from backend.schemas.nodes import NodeCreate, NodeCreated, NodeList, NodeOut
+from backend.services import federations
+
+router = APIRouter(prefix="/api/v1/federations/{federation_id}/nodes", tags=["nodes"])
+
+FederationId = Path(description="The federation's id.", max_length=36)
+NodeName = Path(description="The node's name, unique within its federation.", max_length=64)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=NodeCreated,
+    responses=responses(401, 403, 404, 409, 413, 422),
+    summary="Register a node (admin token or the federation's join token); returns its token once",
+)
+def register_node(
+    body: NodeCreate, services: ServicesDep, credential: AnyCredential, federation_id: str = FederationId
+) -> NodeCreated:
+    node, token = federations.register_node(services.orchestrator, federation_id, body, credential)
+    return NodeCreated(**federations.node_out(node).model_dump(), token=token)
+
+
+@router.get("", response_model=NodeList, responses=responses(401, 403, 404, 422))
+def list_nodes(session: ReadSession, _admin: Admin, federation_id: str = FederationId) -> NodeList:
+    federations.get(session, federation_id)
+    return NodeList(items=[federations.node_out(n) for n in federations.nodes_of(session, federation_id)])
+
+
+@router.get("/{name}", response_model=NodeOut, responses=responses(401, 403, 404, 422))
+def get_node(
+    session: ReadSession, _admin: Admin, federation_id: str = FederationId, name: str = NodeName
+) -> NodeOut:
+    return federations.node_out(federations.get_node(session, federation_id, name))
+
+
+@router.delete(
+    "/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(401, 403, 404, 409, 422)
+)
+def delete_node(
+    services: ServicesDep, _admin: Admin, federation_id: str = FederationId, name: str = NodeName
+) -> None:
+    federations.delete_node(services.orchestrator, federation_id, name)

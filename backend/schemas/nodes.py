@@ -1,0 +1,61 @@
+"""Node registration bodies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedalign.config import NAME_PATTERN, Role
+
+NodeMode = Literal["rest", "celery"]
+
+
+class NodeCreate(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "hospital-a", "role": "source", "dataset": "npz:/data/a.npz", "mode": "rest"}
+            ]
+        },
+    )
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Unique within the federation.")]
+    role: Role
+    dataset: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=1024,
+            description="Dataset spec, resolved on the node's own machine (e.g. npz:/data/a.npz).",
+        ),
+    ]
+    mode: Annotated[
+        NodeMode, Field(description="'rest': the node polls the API; 'celery': steps are sent to workers.")
+    ] = "rest"
+
+
+class NodeOut(BaseModel):
+    id: str
+    federation_id: str
+    name: str
+    role: Role
+    dataset: str
+    mode: NodeMode
+    state: str = Field(description="registered, active (has claimed a step) or finished.")
+    samples: dict[str, int] | None = Field(description="Sample counts per split, reported by the setup step.")
+    last_seen: dt.datetime | None
+    created_at: dt.datetime
+
+
+class NodeCreated(NodeOut):
+    token: str = Field(
+        description="This node's own token (Authorization: Bearer) for the /api/v1/node endpoints. Shown "
+        "once; the server keeps only its hash."
+    )
+
+
+class NodeList(BaseModel):
+    items: list[NodeOut]

@@ -1,0 +1,1 @@
+"""The backend's services: artifact store, orchestrator, aggregation, sweep, events; routers call these."""

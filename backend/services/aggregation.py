@@ -1,0 +1,190 @@
+"""Server-side aggregation: averages computed off the request path, then fed back as `AggregateDone`.
+
+An aggregation job is a row (written by the orchestrator in the transaction that closed the phase) and a
+dispatch after the commit. Whoever runs it first claims it with a lease through a conditional UPDATE, so
+a job dispatched twice (by the orchestrator and by the sweep, or by two API processes) runs once; a lease
+that expires (the process died) makes it claimable again. Submissions are folded in node order with
+`fedalign.aggregate.StreamingAverage`, one file open at a time, so the result is the simulator's exactly.
+
+`AggregationDispatcher` is the seam for where jobs run: `ThreadPoolDispatcher` in the API process now;
+a Celery dispatcher on the ``aggregator`` queue when a broker is configured (the workers issue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+from sqlalchemy import and_, or_, select, update
+
+from backend.database import Database
+from backend.errors import ApiError
+from backend.models import Aggregation, Artifact, Federation
+from backend.services.manifests import model_manifests
+from backend.services.orchestrator import Orchestrator, federation_config
+from backend.services.store import ArtifactStore, Staged
+from fedalign.aggregate import StreamingAverage
+from fedalign.protocol import AggregateDone, ProtocolError
+
+log = logging.getLogger("fedalign.backend")
+
+# A job that failed this many times marks its federation failed instead of being retried again.
+MAX_ATTEMPTS = 3
+
+
+class AggregationDispatcher(Protocol):
+    def dispatch(self, job_ids: Iterable[int]) -> None:
+        """Arrange for each job to run soon; a job already queued here is not queued twice."""
+
+    def close(self) -> None:
+        """Stop taking jobs and wait for the running ones."""
+
+
+class ThreadPoolDispatcher:
+    """Runs jobs on a thread pool inside the API process."""
+
+    def __init__(self, run: Callable[[int], None], workers: int) -> None:
+        self._run = run
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aggregate")
+        self._queued: set[int] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def dispatch(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            for job_id in job_ids:
+                if job_id not in self._queued:
+                    self._queued.add(job_id)
+                    self._executor.submit(self._guarded, job_id)
+
+    def _guarded(self, job_id: int) -> None:
+        try:
+            self._run(job_id)
+        except Exception:
+            log.exception("aggregation job %s failed unexpectedly", job_id)
+        finally:
+            with self._lock:
+                self._queued.discard(job_id)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class AggregationService:
+    def __init__(
+        self, db: Database, store: ArtifactStore, orchestrator: Orchestrator, lease_seconds: float
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.orchestrator = orchestrator
+        self.lease = dt.timedelta(seconds=lease_seconds)
+        self.owner = f"api-{uuid.uuid4().hex[:12]}"
+
+    def claim(self, job_id: int) -> bool:
+        now = dt.datetime.now(dt.UTC)
+        with self.db.write() as session:
+            result = session.execute(
+                update(Aggregation)
+                .where(
+                    Aggregation.id == job_id,
+                    or_(
+                        Aggregation.status == "pending",
+                        and_(Aggregation.status == "running", Aggregation.lease_expires_at < now),
+                    ),
+                )
+                .values(
+                    status="running",
+                    lease_owner=self.owner,
+                    lease_expires_at=now + self.lease,
+                    attempts=Aggregation.attempts + 1,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def run(self, job_id: int) -> None:
+        if not self.claim(job_id):
+            return
+        with self.db.read() as session:
+            job = session.get(Aggregation, job_id)
+            federation = session.get(Federation, job.federation_id) if job else None
+            if job is None or federation is None:
+                return
+            config = federation_config(federation)
+            paths = {
+                a.key: a.sha256
+                for a in session.scalars(
+                    select(Artifact).where(
+                        Artifact.federation_id == job.federation_id,
+                        Artifact.key.in_(list(job.inputs.values())),
+                    )
+                )
+            }
+            inputs, weights, model, key = dict(job.inputs), dict(job.weights), job.model, job.key
+            federation_id = job.federation_id
+        try:
+            missing = sorted(k for k in inputs.values() if k not in paths)
+            if missing:
+                raise FileNotFoundError(f"submissions {missing} are not in the store")
+            average = StreamingAverage(model_manifests(config)[model].shared(), weights)
+            for node in sorted(inputs):
+                average.offer(node, self.store.path(paths[inputs[node]]))
+            staged = self.store.stage_state(average.result())
+        except Exception as exc:
+            log.exception("aggregation %s of federation %s failed", key, federation_id)
+            self._failed(job_id, federation_id, f"{type(exc).__name__}: {exc}")
+            return
+        self._complete(job_id, federation_id, key, model, staged)
+
+    def _complete(self, job_id: int, federation_id: str, key: str, model: str, staged: Staged) -> None:
+        try:
+            self._store_result(job_id, federation_id, key, model, staged)
+        except ApiError as exc:
+            staged.discard()
+            if exc.status != 404:
+                raise
+            log.info("federation %s was deleted while aggregating %s", federation_id, key)
+        except Exception:
+            staged.discard()
+            raise
+
+    def _store_result(self, job_id: int, federation_id: str, key: str, model: str, staged: Staged) -> None:
+        with self.orchestrator.transaction(federation_id) as tx:
+            job = tx.session.get(Aggregation, job_id)
+            if job is None or job.status != "running" or job.lease_owner != self.owner:
+                staged.discard()  # another runner took over after our lease expired
+                return
+            job.status, job.done_at, job.error = "done", dt.datetime.now(dt.UTC), None
+            job.lease_owner, job.lease_expires_at = None, None
+            tx.put_artifact(key, staged, kind="aggregate", model=model, round_=job.round, phase=job.phase)
+            tx.event("aggregate", {"key": key, "model": model, "round": job.round, "phase": job.phase})
+            if tx.federation.status in ("finished", "cancelled", "failed"):
+                return
+            try:
+                tx.handle(AggregateDone(key))
+            except ProtocolError as exc:
+                # The machine moved on without it (e.g. a re-run of a finished aggregation).
+                log.info("aggregate %s not needed by the protocol any more: %s", key, exc)
+
+    def _failed(self, job_id: int, federation_id: str, error: str) -> None:
+        with contextlib.suppress(ApiError), self.orchestrator.transaction(federation_id) as tx:
+            job = tx.session.get(Aggregation, job_id)
+            if job is None or job.status != "running" or job.lease_owner != self.owner:
+                return
+            job.error = error
+            job.lease_owner, job.lease_expires_at = None, None
+            if job.attempts >= MAX_ATTEMPTS:
+                job.status = "failed"
+                tx.set_status("failed", f"aggregation {job.key} failed {job.attempts} times: {error}")
+            else:
+                job.status = "pending"  # the sweep dispatches it again

@@ -1,0 +1,63 @@
+"""Live events: rows in the ``events`` table, and a notifier that wakes the SSE streams waiting on them.
+
+Events are written inside the transaction that changes the federation (with its row locked), so their
+ids commit in order per federation and a stream that replays ``id > Last-Event-ID`` misses nothing. The
+notifier only shortens the wait: a stream also polls, which is what serves several API processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from backend.models import Event
+
+
+def record(session: Session, federation_id: str, type_: str, payload: dict[str, Any]) -> None:
+    session.add(Event(federation_id=federation_id, type=type_, payload=payload))
+
+
+class EventNotifier:
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._lock = threading.Lock()
+
+    def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+
+    def notify(self, federation_id: str) -> None:
+        """Wake this federation's streams; callable from any thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        # A closed loop means the app is shutting down: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wake, federation_id)
+
+    def _wake(self, federation_id: str) -> None:
+        with self._lock:
+            waiters = list(self._waiters.get(federation_id, ()))
+        for waiter in waiters:
+            waiter.set()
+
+    @contextmanager
+    def subscribe(self, federation_id: str) -> Iterator[asyncio.Event]:
+        waiter = asyncio.Event()
+        with self._lock:
+            self._waiters.setdefault(federation_id, set()).add(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                group = self._waiters.get(federation_id)
+                if group is not None:
+                    group.discard(waiter)
+                    if not group:
+                        del self._waiters[federation_id]

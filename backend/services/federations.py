@@ -1,0 +1,267 @@
+"""Federation lifecycle: create, register nodes, start / pause / resume / cancel, delete.
+
+Every change to one federation runs in `Orchestrator.transaction`, with its row locked, so a transition
+and a node's completion never interleave.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.database import Database
+from backend.errors import ApiError, conflict, forbidden, not_found
+from backend.models import Aggregation, Artifact, Federation, Node, Step, utcnow
+from backend.schemas.federations import FederationOut
+from backend.schemas.nodes import NodeCreate, NodeOut
+from backend.security import JOIN_PREFIX, NODE_PREFIX, Credential, new_token, token_hash
+from backend.services import events
+from backend.services.orchestrator import (
+    OPEN_STEP,
+    TERMINAL,
+    Orchestrator,
+    federation_config,
+    open_phase,
+    protocol_state,
+)
+from fedalign.config import FederationConfig
+
+ROUTES = "list them with GET /api/v1/federations"
+
+
+def federation_out(federation: Federation, node_names: list[str]) -> FederationOut:
+    round_: int | None = None
+    phase: str | None = None
+    if federation.protocol_state and federation.status != "created":
+        state = protocol_state(federation)
+        if not state.finished:
+            round_, phase = open_phase(federation_config(federation), state)
+    config = {k: v for k, v in federation.config.items() if k != "nodes"}
+    return FederationOut(
+        id=federation.id,
+        name=federation.name,
+        status=federation.status,  # type: ignore[arg-type]
+        stall_reason=federation.stall_reason,
+        config=config,
+        nodes=node_names,
+        round=round_,
+        phase=phase,
+        created_at=federation.created_at,
+        updated_at=federation.updated_at,
+        started_at=federation.started_at,
+        finished_at=federation.finished_at,
+    )
+
+
+def node_out(node: Node) -> NodeOut:
+    return NodeOut(
+        id=node.id,
+        federation_id=node.federation_id,
+        name=node.name,
+        role=node.role,  # type: ignore[arg-type]
+        dataset=node.dataset,
+        mode=node.mode,  # type: ignore[arg-type]
+        state=node.state,
+        samples=node.samples,
+        last_seen=node.last_seen,
+        created_at=node.created_at,
+    )
+
+
+def node_names(session: Session, federation_id: str) -> list[str]:
+    return list(
+        session.scalars(select(Node.name).where(Node.federation_id == federation_id).order_by(Node.name))
+    )
+
+
+def nodes_of(session: Session, federation_id: str) -> list[Node]:
+    return list(session.scalars(select(Node).where(Node.federation_id == federation_id).order_by(Node.name)))
+
+
+def all_federations(session: Session) -> list[Federation]:
+    return list(session.scalars(select(Federation).order_by(Federation.created_at.desc(), Federation.id)))
+
+
+def create(db: Database, settings: dict[str, Any]) -> tuple[Federation, str]:
+    config = FederationConfig.model_validate(settings)
+    token = new_token(JOIN_PREFIX)
+    federation = Federation(
+        id=str(uuid.uuid4()),
+        name=config.name,
+        config=config.model_dump(mode="json", exclude={"nodes"}),
+        status="created",
+        join_token_hash=token_hash(token),
+    )
+    with db.write() as session:
+        session.add(federation)
+        session.flush()
+        events.record(session, federation.id, "status", {"status": "created", "reason": None})
+    return federation, token
+
+
+def get(session: Session, federation_id: str) -> Federation:
+    federation = session.get(Federation, federation_id)
+    if federation is None:
+        raise not_found(f"no federation with id {federation_id!r}; {ROUTES}")
+    return federation
+
+
+def delete(orchestrator: Orchestrator, federation_id: str) -> None:
+    with orchestrator.transaction(federation_id) as tx:
+        shas = set(tx.session.scalars(select(Artifact.sha256).where(Artifact.federation_id == federation_id)))
+        # Rows of steps, artifacts, metrics, events, nodes and jobs go with it (ON DELETE CASCADE).
+        tx.session.delete(tx.federation)
+        tx.after.garbage |= shas
+
+
+# ------------------------------------------------------------------------------------------------ nodes
+
+
+def register_node(
+    orchestrator: Orchestrator, federation_id: str, body: NodeCreate, credential: Credential
+) -> tuple[Node, str]:
+    if credential.kind == "node" or (credential.kind == "join" and credential.federation_id != federation_id):
+        raise forbidden(
+            "this token cannot register nodes here; use the admin token or this federation's join token"
+        )
+    with orchestrator.transaction(federation_id) as tx:
+        fed = tx.federation
+        if fed.status != "created":
+            raise conflict(
+                "already_started",
+                f"federation {fed.name!r} is {fed.status}; nodes register before it starts, so create a "
+                "new federation to add this node",
+            )
+        existing = list(tx.session.scalars(select(Node).where(Node.federation_id == federation_id)))
+        if any(n.name == body.name for n in existing):
+            raise conflict(
+                "duplicate_name", f"a node named {body.name!r} is already registered; choose another name"
+            )
+        if body.role == "target":
+            target = next((n for n in existing if n.role == "target"), None)
+            if target is not None:
+                raise conflict(
+                    "second_target",
+                    f"node {target.name!r} is already this federation's target and a federation has exactly "
+                    "one; register this node as a source or delete the other first",
+                )
+        token = new_token(NODE_PREFIX)
+        node = Node(
+            id=str(uuid.uuid4()),
+            federation_id=federation_id,
+            name=body.name,
+            role=body.role,
+            dataset=body.dataset,
+            mode=body.mode,
+            token_hash=token_hash(token),
+            state="registered",
+        )
+        tx.session.add(node)
+        tx.session.flush()
+        tx.event("node_registered", {"node": node.name, "role": node.role, "mode": node.mode})
+    return node, token
+
+
+def get_node(session: Session, federation_id: str, name: str) -> Node:
+    get(session, federation_id)
+    node = session.scalars(
+        select(Node).where(Node.federation_id == federation_id, Node.name == name)
+    ).one_or_none()
+    if node is None:
+        raise not_found(
+            f"federation {federation_id!r} has no node named {name!r}; "
+            f"list them with GET /api/v1/federations/{federation_id}/nodes"
+        )
+    return node
+
+
+def delete_node(orchestrator: Orchestrator, federation_id: str, name: str) -> None:
+    with orchestrator.transaction(federation_id) as tx:
+        node = get_node(tx.session, federation_id, name)
+        if tx.federation.status != "created":
+            raise conflict(
+                "already_started",
+                f"federation {tx.federation.name!r} is {tx.federation.status}; nodes can only be removed "
+                "before it starts (cancel it instead)",
+            )
+        tx.session.delete(node)
+        tx.event("node_removed", {"node": name})
+
+
+# ------------------------------------------------------------------------------------------- transitions
+
+
+def _illegal(federation: Federation, action: str, allowed: str) -> ApiError:
+    return conflict(
+        "illegal_transition",
+        f"cannot {action} federation {federation.name!r} while it is {federation.status}; "
+        f"{action} applies to a federation that is {allowed}",
+        {"status": federation.status},
+    )
+
+
+def start(orchestrator: Orchestrator, federation_id: str) -> None:
+    with orchestrator.transaction(federation_id) as tx:
+        fed = tx.federation
+        if fed.status != "created":
+            raise _illegal(fed, "start", "created")
+        nodes = list(tx.session.scalars(select(Node).where(Node.federation_id == fed.id).order_by(Node.name)))
+        if not any(n.role == "target" for n in nodes):
+            raise conflict(
+                "no_target", "the federation has no target node; register one (role 'target') before starting"
+            )
+        if not any(n.role == "source" for n in nodes):
+            raise conflict(
+                "no_source", "the federation has no source node; register at least one before starting"
+            )
+        try:
+            config = FederationConfig.model_validate(
+                {
+                    **fed.config,
+                    "nodes": [{"name": n.name, "role": n.role, "dataset": n.dataset} for n in nodes],
+                }
+            )
+        except ValidationError as exc:
+            problems = "; ".join(e["msg"] for e in exc.errors())
+            raise conflict("invalid_federation", f"the federation cannot start: {problems}") from exc
+        fed.started_at = utcnow()
+        tx.set_status("running")
+        tx.start(config)
+
+
+def pause(orchestrator: Orchestrator, federation_id: str) -> None:
+    with orchestrator.transaction(federation_id) as tx:
+        if tx.federation.status not in ("running", "stalled"):
+            raise _illegal(tx.federation, "pause", "running or stalled")
+        tx.set_status("paused")
+
+
+def resume(orchestrator: Orchestrator, federation_id: str) -> None:
+    with orchestrator.transaction(federation_id) as tx:
+        fed = tx.federation
+        if fed.status != "paused":
+            raise _illegal(fed, "resume", "paused")
+        state = protocol_state(fed)
+        # Time spent paused does not count against the phase deadline.
+        fed.phase_opened_at = utcnow()
+        tx.set_status("stalled" if state.stalled else "running", state.stalled)
+
+
+def cancel(orchestrator: Orchestrator, federation_id: str) -> None:
+    with orchestrator.transaction(federation_id) as tx:
+        fed = tx.federation
+        if fed.status in TERMINAL:
+            raise _illegal(fed, "cancel", "created, running, paused or stalled")
+        for step in tx.session.scalars(
+            select(Step).where(Step.federation_id == fed.id, Step.status.in_(OPEN_STEP))
+        ):
+            step.status, step.lease_owner, step.lease_expires_at = "cancelled", None, None
+        for job in tx.session.scalars(
+            select(Aggregation).where(Aggregation.federation_id == fed.id, Aggregation.status == "pending")
+        ):
+            job.status = "cancelled"
+        tx.set_status("cancelled")

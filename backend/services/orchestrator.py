@@ -1,0 +1,391 @@
+"""The orchestrator: feeds what happened to `fedalign.protocol` and carries out its answers as rows.
+
+Feeding one event is one transaction: lock the federation's row, rebuild `Protocol(config, state)` from
+it, handle the event, write every action as rows (steps, aggregation jobs, artifacts, metrics, events,
+status), save the protocol state, commit. Only then does work leave the process (aggregation jobs are
+dispatched, SSE streams woken). The simulator drives the same machine in memory (`fedalign.simulate`);
+this is its database twin, action for action.
+
+A crash before the commit loses nothing that was promised (the event is fed again by whoever retries);
+a crash after it leaves rows the sweep resumes from (pending aggregation jobs, expired leases).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.database import Database, lock_blob, lock_federation
+from backend.errors import not_found
+from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
+from backend.services import events
+from backend.services.events import EventNotifier
+from backend.services.store import ArtifactStore, Staged
+from fedalign.config import FederationConfig
+from fedalign.node import initial_models
+from fedalign.protocol import (
+    Action,
+    Aggregate,
+    Event,
+    Finish,
+    InitialiseModels,
+    PhaseClosed,
+    Protocol,
+    ProtocolState,
+    RecordMetrics,
+    RunStep,
+    Stall,
+)
+
+log = logging.getLogger("fedalign.backend")
+
+OPEN_STEP = ("pending", "claimed")
+ACTIVE = ("running", "stalled", "paused")
+TERMINAL = ("finished", "cancelled", "failed")
+
+
+def federation_config(federation: Federation) -> FederationConfig:
+    return FederationConfig.model_validate(federation.config)
+
+
+def protocol_state(federation: Federation) -> ProtocolState:
+    """The federation's protocol state, as a copy: the machine mutates what it is given, and the ORM must
+    still see the column's old value to notice the change."""
+    return ProtocolState.from_json(copy.deepcopy(federation.protocol_state or {}))
+
+
+def open_phase(config: FederationConfig, state: ProtocolState) -> tuple[int, str]:
+    protocol = Protocol(config, state)
+    return state.round, protocol.phase
+
+
+@dataclass
+class AfterCommit:
+    """Work that must wait for the commit: it would be wrong to do it for a transaction that rolls back."""
+
+    aggregations: set[int] = field(default_factory=set)
+    # Files that may have lost their last reference.
+    garbage: set[str] = field(default_factory=set)
+    # Files moved into the store by this transaction: garbage if it rolls back.
+    adopted: set[str] = field(default_factory=set)
+    notify: bool = False
+
+
+class Transaction:
+    """One locked federation inside one database transaction."""
+
+    def __init__(self, orchestrator: Orchestrator, session: Session, federation: Federation) -> None:
+        self.orchestrator = orchestrator
+        self.session = session
+        self.federation = federation
+        self.after = AfterCommit()
+        self._node_ids: dict[str, str] | None = None
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self.orchestrator.store
+
+    def config(self) -> FederationConfig:
+        return federation_config(self.federation)
+
+    def node_ids(self) -> dict[str, str]:
+        if self._node_ids is None:
+            rows = self.session.execute(
+                select(Node.name, Node.id).where(Node.federation_id == self.federation.id)
+            )
+            self._node_ids = {name: node_id for name, node_id in rows}
+        return self._node_ids
+
+    def event(self, type_: str, payload: dict[str, Any]) -> None:
+        events.record(self.session, self.federation.id, type_, payload)
+        self.after.notify = True
+
+    def set_status(self, status: str, reason: str | None = None) -> None:
+        fed = self.federation
+        if fed.status == status and fed.stall_reason == reason:
+            return
+        fed.status = status
+        fed.stall_reason = reason
+        if status in TERMINAL:
+            fed.finished_at = utcnow()
+        self.event("status", {"status": status, "reason": reason})
+
+    def put_artifact(
+        self,
+        key: str,
+        staged: Staged,
+        *,
+        kind: str,
+        model: str,
+        round_: int,
+        phase: str,
+        node: str | None = None,
+    ) -> tuple[Artifact, bool]:
+        """Store a staged file under ``key``; False when the key already holds these exact bytes."""
+        existing = self.session.scalars(
+            select(Artifact).where(Artifact.federation_id == self.federation.id, Artifact.key == key)
+        ).one_or_none()
+        if existing is not None and existing.sha256 == staged.sha256:
+            staged.discard()
+            return existing, False
+        lock_blob(self.session, staged.sha256)
+        self.store.adopt(staged)
+        self.after.adopted.add(staged.sha256)
+        if existing is not None:
+            self.after.garbage.add(existing.sha256)
+            existing.sha256, existing.size, existing.created_at = staged.sha256, staged.size, utcnow()
+            return existing, True
+        artifact = Artifact(
+            federation_id=self.federation.id,
+            key=key,
+            sha256=staged.sha256,
+            size=staged.size,
+            model=model,
+            kind=kind,
+            round=round_,
+            phase=phase,
+            node=node,
+        )
+        self.session.add(artifact)
+        return artifact, True
+
+    # ------------------------------------------------------------------------------------------ protocol
+
+    def start(self, config: FederationConfig) -> None:
+        """Freeze the config (with its nodes) and run the protocol's start."""
+        self.federation.config = config.model_dump(mode="json")
+        protocol = Protocol(config)
+        actions = protocol.start()
+        self._apply(protocol, actions, before=None)
+
+    def handle(self, event: Event) -> list[Action]:
+        """Feed one event; `fedalign.protocol.ProtocolError` propagates (and the transaction rolls back)."""
+        fed = self.federation
+        protocol = Protocol(self.config(), protocol_state(fed))
+        before = (protocol.state.round, protocol.state.phase_index)
+        actions = protocol.handle(event)
+        self._apply(protocol, actions, before=before)
+        return actions
+
+    def _apply(self, protocol: Protocol, actions: list[Action], before: tuple[int, int] | None) -> None:
+        for action in actions:
+            self._carry_out(protocol, action)
+        state = protocol.state
+        fed = self.federation
+        # A JSON round trip: the column must not share (and later see mutated) the machine's objects.
+        fed.protocol_state = json.loads(json.dumps(state.to_json()))
+        if not state.finished and (before is None or before != (state.round, state.phase_index)):
+            fed.phase_opened_at = utcnow()
+            self.event("phase", {"round": state.round, "phase": protocol.phase})
+        self._cancel_stale_steps(protocol)
+        if not state.finished and fed.status == "stalled" and not state.stalled:
+            self.set_status("running")
+
+    def _carry_out(self, protocol: Protocol, action: Action) -> None:
+        fed = self.federation
+        if isinstance(action, InitialiseModels):
+            for model, state in initial_models(protocol.config).items():
+                staged = self.store.stage_state(state)
+                self.put_artifact(
+                    action.keys[model], staged, kind="aggregate", model=model, round_=0, phase="init"
+                )
+        elif isinstance(action, RunStep):
+            spec = action.step
+            self._add_step(
+                node=spec.node,
+                round_=spec.round,
+                phase=spec.phase,
+                kind=spec.kind,
+                model="",
+                spec={"downloads": spec.downloads, "uploads": spec.uploads, "seed": spec.seed},
+            )
+        elif isinstance(action, Aggregate):
+            round_, phase = protocol.state.round, protocol.phase
+            if action.by == "server":
+                job = Aggregation(
+                    federation_id=fed.id,
+                    key=action.key,
+                    model=action.model,
+                    round=round_,
+                    phase=phase,
+                    inputs=dict(action.inputs),
+                    weights=dict(action.weights),
+                    status="pending",
+                    attempts=0,
+                )
+                self.session.add(job)
+                self.session.flush()
+                self.after.aggregations.add(job.id)
+            else:
+                self._add_step(
+                    node=action.by,
+                    round_=round_,
+                    phase=phase,
+                    kind="aggregate",
+                    model=action.model,
+                    spec={
+                        "downloads": {},
+                        "uploads": {action.model: action.key},
+                        "seed": 0,
+                        "key": action.key,
+                        "inputs": dict(action.inputs),
+                        "weights": dict(action.weights),
+                    },
+                )
+            self.event("aggregation", {"key": action.key, "model": action.model, "by": action.by})
+        elif isinstance(action, RecordMetrics):
+            self._record_metrics(action)
+        elif isinstance(action, PhaseClosed):
+            self.event(
+                "phase_closed",
+                {
+                    "round": action.round,
+                    "phase": action.phase,
+                    "missing": action.missing,
+                    "reason": action.reason,
+                },
+            )
+        elif isinstance(action, Stall):
+            if fed.status in ("running", "stalled"):
+                self.set_status("stalled", action.reason)
+        elif isinstance(action, Finish):
+            fed.final_models = dict(action.models)
+            self.set_status("finished")
+        else:  # pragma: no cover - the protocol's Action union is closed
+            raise TypeError(f"unknown action {action!r}")
+
+    def _add_step(
+        self, *, node: str, round_: int, phase: str, kind: str, model: str, spec: dict[str, Any]
+    ) -> None:
+        node_id = self.node_ids()[node]
+        exists = self.session.scalar(
+            select(func.count())
+            .select_from(Step)
+            .where(
+                Step.federation_id == self.federation.id,
+                Step.node_id == node_id,
+                Step.round == round_,
+                Step.phase == phase,
+                Step.kind == kind,
+                Step.model == model,
+            )
+        )
+        if exists:
+            return
+        self.session.add(
+            Step(
+                federation_id=self.federation.id,
+                node_id=node_id,
+                round=round_,
+                phase=phase,
+                kind=kind,
+                model=model,
+                spec=spec,
+                status="pending",
+                attempts=0,
+            )
+        )
+
+    def _record_metrics(self, action: RecordMetrics) -> None:
+        # A later phase of the round may report a name again: the newest value wins, as in the simulator.
+        rows = {
+            m.name: m
+            for m in self.session.scalars(
+                select(Metric).where(
+                    Metric.federation_id == self.federation.id,
+                    Metric.round == action.round,
+                    Metric.node.is_(None) if action.node is None else Metric.node == action.node,
+                    Metric.name.in_(list(action.metrics)),
+                )
+            )
+        }
+        for name, value in action.metrics.items():
+            if name in rows:
+                rows[name].value = float(value)
+            else:
+                self.session.add(
+                    Metric(
+                        federation_id=self.federation.id,
+                        round=action.round,
+                        node=action.node,
+                        name=name,
+                        value=float(value),
+                    )
+                )
+        self.event("metrics", {"round": action.round, "node": action.node, "metrics": dict(action.metrics)})
+
+    def _cancel_stale_steps(self, protocol: Protocol) -> None:
+        """Steps the protocol no longer waits for: a phase closed without them, or the run ended."""
+        state = protocol.state
+        wanted = {(s.node, s.round, s.phase) for s in protocol.open_steps()}
+        names = {node_id: name for name, node_id in self.node_ids().items()}
+        open_steps = self.session.scalars(
+            select(Step).where(Step.federation_id == self.federation.id, Step.status.in_(OPEN_STEP))
+        )
+        for step in open_steps:
+            if step.kind == "aggregate":
+                stale = state.finished or step.spec.get("key") not in state.pending
+            else:
+                stale = (names[step.node_id], step.round, step.phase) not in wanted
+            if stale:
+                step.status = "cancelled"
+                step.lease_owner = None
+                step.lease_expires_at = None
+
+
+class Orchestrator:
+    def __init__(self, db: Database, store: ArtifactStore, notifier: EventNotifier) -> None:
+        self.db = db
+        self.store = store
+        self.notifier = notifier
+        # Set by the app once the aggregation service exists (it needs the orchestrator too).
+        self.dispatch: Callable[[Iterable[int]], None] = lambda _ids: None
+
+    @contextmanager
+    def transaction(self, federation_id: str) -> Iterator[Transaction]:
+        """Lock a federation for one transaction; after the commit, dispatch what it produced."""
+        tx: Transaction | None = None
+        try:
+            with self.db.write() as session:
+                federation = lock_federation(session, federation_id)
+                if federation is None:
+                    raise not_found(
+                        f"no federation with id {federation_id!r}; list them with GET /api/v1/federations"
+                    )
+                tx = Transaction(self, session, federation)
+                yield tx
+        except BaseException:
+            if tx is not None and tx.after.adopted:
+                self.collect_garbage(tx.after.adopted)
+            raise
+        self._after_commit(federation_id, tx.after)
+
+    def _after_commit(self, federation_id: str, after: AfterCommit) -> None:
+        if after.aggregations:
+            self.dispatch(sorted(after.aggregations))
+        if after.garbage:
+            self.collect_garbage(after.garbage)
+        if after.notify:
+            self.notifier.notify(federation_id)
+
+    def collect_garbage(self, shas: Iterable[str]) -> int:
+        """Delete the files of ``shas`` that no artifact row references; returns how many were deleted."""
+        deleted = 0
+        for sha in sorted(set(shas)):
+            with self.db.write() as session:
+                lock_blob(session, sha)
+                referenced = session.scalar(
+                    select(func.count()).select_from(Artifact).where(Artifact.sha256 == sha)
+                )
+                if not referenced:
+                    self.store.delete(sha)
+                    deleted += 1
+        return deleted

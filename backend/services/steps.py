@@ -1,0 +1,354 @@
+"""A node's side of the API: claim its next step, fetch what the step needs, store what it uploads,
+complete it.
+
+Claiming is a conditional UPDATE (``WHERE status = 'pending' OR the lease expired``) whose row count says
+who won, so two pollers never hold one step. Completing feeds `StepDone` (or `AggregateDone` for a
+target-aggregator step) to the protocol in the same transaction that marks the step done; repeating it
+with the same body is answered as the first time and changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from backend.errors import ApiError, conflict, forbidden, not_found
+from backend.models import Artifact, Federation, Node, Step, utcnow
+from backend.schemas.node_api import (
+    CompleteRequest,
+    CompleteResult,
+    NodeFederation,
+    PeerNode,
+    Task,
+    UploadResult,
+)
+from backend.security import Credential
+from backend.services.manifests import PUBLISHED_SLOT, slot_manifest
+from backend.services.orchestrator import (
+    OPEN_STEP,
+    TERMINAL,
+    Orchestrator,
+    federation_config,
+    open_phase,
+    protocol_state,
+)
+from backend.services.store import Staged
+from fedalign.config import FederationConfig
+from fedalign.manifest import Manifest
+from fedalign.protocol import AggregateDone, ProtocolError, StepDone
+
+# How many claimable steps one poll tries before answering "nothing" (others may win the race for each).
+CLAIM_CANDIDATES = 5
+
+
+def _federation(session: Session, credential: Credential) -> Federation:
+    federation = session.get(Federation, credential.federation_id)
+    if federation is None:  # deleted after the token was resolved
+        raise not_found("this node's federation no longer exists")
+    return federation
+
+
+def node_federation(session: Session, credential: Credential) -> NodeFederation:
+    federation = _federation(session, credential)
+    nodes = list(session.scalars(select(Node).where(Node.federation_id == federation.id).order_by(Node.name)))
+    peers = [
+        PeerNode(name=n.name, role=n.role, dataset=n.dataset if n.id == credential.node_id else None)
+        for n in nodes
+    ]  # type: ignore[arg-type]
+    me = next(p for p in peers if p.name == credential.node_name)
+    return NodeFederation(
+        federation_id=federation.id,
+        status=federation.status,  # type: ignore[arg-type]
+        node=me,
+        config={k: v for k, v in federation.config.items() if k != "nodes"},
+        nodes=peers,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- claiming
+
+
+def claim_next(session: Session, credential: Credential, lease_seconds: float) -> tuple[Step | None, str]:
+    """Claim the caller's oldest claimable step; returns it (or None) and the federation's status."""
+    now = utcnow()
+    federation = _federation(session, credential)
+    step = None
+    if federation.status in ("running", "stalled"):
+        step = _claim(session, credential, federation, now, lease_seconds)
+    # Last: the node's row is locked after the step's, in the order a completion locks them.
+    _seen(session, credential, federation, now)
+    return step, federation.status
+
+
+def _seen(session: Session, credential: Credential, federation: Federation, now: dt.datetime) -> None:
+    node = session.get(Node, credential.node_id)
+    if node is None:
+        return
+    node.last_seen = now
+    if federation.status in TERMINAL:
+        node.state = "finished"
+    elif node.state == "registered" and federation.status != "created":
+        node.state = "active"
+    session.flush()
+
+
+def _claim(
+    session: Session, credential: Credential, federation: Federation, now: dt.datetime, lease_seconds: float
+) -> Step | None:
+    claimable = or_(Step.status == "pending", and_(Step.status == "claimed", Step.lease_expires_at < now))
+    candidates = list(
+        session.scalars(
+            select(Step.id)
+            .where(Step.federation_id == federation.id, Step.node_id == credential.node_id, claimable)
+            .order_by(Step.id)
+            .limit(CLAIM_CANDIDATES)
+        )
+    )
+    for step_id in candidates:
+        result = session.execute(
+            update(Step)
+            .where(Step.id == step_id, claimable)
+            .values(
+                status="claimed",
+                lease_owner=f"node:{credential.node_name}",
+                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                claimed_at=now,
+                attempts=Step.attempts + 1,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            return session.get(Step, step_id, populate_existing=True)
+    return None
+
+
+def task_of(step: Step, node_name: str, base_url: str) -> Task:
+    api = base_url.rstrip("/") + "/api/v1/node"
+    spec: dict[str, Any] = step.spec
+    assert step.lease_expires_at is not None
+    return Task(
+        step_id=step.id,
+        federation_id=step.federation_id,
+        node=node_name,
+        round=step.round,
+        phase=step.phase,
+        kind=step.kind,
+        model=step.model,
+        seed=int(spec.get("seed", 0)),
+        downloads={slot: f"{api}/artifacts/{key}" for slot, key in spec["downloads"].items()},
+        uploads={slot: f"{api}/steps/{step.id}/uploads/{slot}" for slot in spec["uploads"]},
+        complete_url=f"{api}/steps/{step.id}/complete",
+        lease_expires_at=step.lease_expires_at,
+        inputs={node: f"{api}/artifacts/{key}" for node, key in spec.get("inputs", {}).items()},
+        weights={node: float(w) for node, w in spec.get("weights", {}).items()},
+    )
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def own_step(session: Session, credential: Credential, step_id: int) -> Step:
+    step = session.get(Step, step_id)
+    if step is None or step.federation_id != credential.federation_id:
+        raise not_found(f"no step {step_id} in this node's federation; poll GET /api/v1/node/task for work")
+    if step.node_id != credential.node_id:
+        raise forbidden(
+            f"step {step_id} belongs to another node; a node uploads and completes only its own steps"
+        )
+    return step
+
+
+def artifact_for_node(session: Session, credential: Credential, key: str) -> Artifact:
+    """An artifact the caller's open steps need (their downloads, or an aggregate step's inputs)."""
+    steps = session.scalars(
+        select(Step).where(
+            Step.federation_id == credential.federation_id,
+            Step.node_id == credential.node_id,
+            Step.status.in_(OPEN_STEP),
+        )
+    )
+    needed = any(
+        key in s.spec["downloads"].values() or key in s.spec.get("inputs", {}).values() for s in steps
+    )
+    if not needed:
+        raise forbidden(
+            f"none of this node's open steps needs artifact {key!r}; a node downloads only what its "
+            "claimed task lists"
+        )
+    artifact = session.scalars(
+        select(Artifact).where(Artifact.federation_id == credential.federation_id, Artifact.key == key)
+    ).one_or_none()
+    if artifact is None:
+        raise not_found(f"artifact {key!r} is not stored (yet); poll GET /api/v1/node/task again later")
+    return artifact
+
+
+# --------------------------------------------------------------------------------------------- uploading
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    key: str
+    kind: str  # artifact kind
+    model: str
+    round: int
+    phase: str
+    manifest: Manifest
+
+
+def _step_is_open(step: Step, federation: Federation) -> None:
+    if federation.status in TERMINAL:
+        raise conflict(
+            f"federation_{federation.status}",
+            f"the federation is {federation.status}; it takes no more uploads or completions",
+        )
+    if step.status == "cancelled":
+        raise conflict(
+            "wrong_phase",
+            f"round {step.round} phase {step.phase!r} closed without this step; poll GET /api/v1/node/task "
+            "for the current one",
+        )
+
+
+def upload_target(session: Session, credential: Credential, step_id: int, slot: str) -> UploadTarget:
+    """Checks that need no body: whose step, which slot, still open; and the manifest to validate against."""
+    step = own_step(session, credential, step_id)
+    federation = _federation(session, credential)
+    uploads: dict[str, str] = step.spec["uploads"]
+    if slot not in uploads:
+        raise not_found(
+            f"step {step_id} ({step.kind}, round {step.round} phase {step.phase!r}) has no upload slot "
+            f"{slot!r}; its slots are {sorted(uploads)}"
+        )
+    _step_is_open(step, federation)
+    config = federation_config(federation)
+    if step.kind == "aggregate":
+        kind = "aggregate"
+    elif slot == PUBLISHED_SLOT:
+        kind = "model"
+    else:
+        kind = "submission"
+    return UploadTarget(uploads[slot], kind, slot, step.round, step.phase, slot_manifest(config, slot))
+
+
+def store_upload(
+    orchestrator: Orchestrator, credential: Credential, step_id: int, slot: str, staged: Staged
+) -> UploadResult:
+    assert credential.federation_id is not None
+    with orchestrator.transaction(credential.federation_id) as tx:
+        target = upload_target(tx.session, credential, step_id, slot)
+        step = own_step(tx.session, credential, step_id)
+        existing = tx.session.scalars(
+            select(Artifact).where(Artifact.federation_id == tx.federation.id, Artifact.key == target.key)
+        ).one_or_none()
+        if existing is not None and existing.sha256 == staged.sha256:
+            staged.discard()
+            return UploadResult(key=target.key, sha256=staged.sha256, size=staged.size, stored=False)
+        if step.status == "done":
+            raise conflict(
+                "already_completed",
+                f"step {step_id} is complete and its {slot!r} upload differs from the one it completed with; "
+                "an upload cannot change after completion",
+            )
+        tx.put_artifact(
+            target.key,
+            staged,
+            kind=target.kind,
+            model=target.model,
+            round_=target.round,
+            phase=target.phase,
+            node=credential.node_name,
+        )
+        tx.event(
+            "submission",
+            {"node": credential.node_name, "key": target.key, "round": step.round, "phase": step.phase},
+        )
+        return UploadResult(key=target.key, sha256=staged.sha256, size=staged.size, stored=True)
+
+
+# -------------------------------------------------------------------------------------------- completing
+
+
+def complete(
+    orchestrator: Orchestrator, credential: Credential, step_id: int, body: CompleteRequest
+) -> CompleteResult:
+    assert credential.federation_id is not None
+    result = body.model_dump(mode="json")
+    with orchestrator.transaction(credential.federation_id) as tx:
+        step = own_step(tx.session, credential, step_id)
+        federation = tx.federation
+        if step.status == "done":
+            if step.result == result:
+                return _completed(step, federation)
+            raise conflict(
+                "already_completed",
+                f"step {step_id} was already completed with different metrics or samples; a step completes "
+                "once",
+            )
+        _step_is_open(step, federation)
+        spec: dict[str, Any] = step.spec
+        stored = set(
+            tx.session.scalars(
+                select(Artifact.key).where(
+                    Artifact.federation_id == federation.id, Artifact.key.in_(list(spec["uploads"].values()))
+                )
+            )
+        )
+        missing = sorted(slot for slot, key in spec["uploads"].items() if key not in stored)
+        if missing:
+            raise conflict(
+                "missing_uploads",
+                f"step {step_id} cannot complete before its uploads {missing} are stored; PUT them to the "
+                "task's upload URLs first",
+                {"missing": missing},
+            )
+        if step.kind == "setup" and body.samples is None:
+            raise ApiError(
+                422, "missing_samples", "a setup step completes with its sample counts in 'samples'"
+            )
+        step.status, step.result, step.done_at = "done", result, utcnow()
+        step.lease_owner, step.lease_expires_at = None, None
+        tx.event(
+            "step_done",
+            {"node": credential.node_name, "round": step.round, "phase": step.phase, "kind": step.kind},
+        )
+        try:
+            if step.kind == "aggregate":
+                tx.handle(AggregateDone(spec["key"]))
+            else:
+                tx.handle(
+                    StepDone(
+                        node=credential.node_name or "",
+                        round=step.round,
+                        phase=step.phase,
+                        uploads=frozenset(spec["uploads"]),
+                        metrics=dict(body.metrics),
+                        samples=body.samples.model_dump() if body.samples else None,
+                    )
+                )
+        except ProtocolError as exc:
+            raise conflict(exc.code, f"the round schedule refused this completion: {exc}") from exc
+        if body.samples is not None:
+            node = tx.session.get(Node, credential.node_id)
+            if node is not None:
+                node.samples = body.samples.model_dump()
+        return _completed(step, federation)
+
+
+def _completed(step: Step, federation: Federation) -> CompleteResult:
+    round_: int | None = None
+    phase: str | None = None
+    state = protocol_state(federation)
+    if federation.protocol_state and not state.finished:
+        round_, phase = open_phase(FederationConfig.model_validate(federation.config), state)
+    return CompleteResult(
+        step_id=step.id,
+        status=step.status,
+        federation_status=federation.status,  # type: ignore[arg-type]
+        round=round_,
+        phase=phase,
+    )

@@ -1,0 +1,123 @@
+"""The periodic sweep: the recovery mechanism for everything that happens after a commit.
+
+Each pass (1) makes steps whose lease expired claimable again, (2) dispatches aggregation jobs that
+are pending, or whose runner's lease expired (its process died), and (3) feeds `Deadline` to
+federations whose open phase is older than their ``phase_deadline_s``. Every part is a conditional
+UPDATE or a locked transaction, so two sweeps at once (two API processes) and a sweep killed half-way
+are both harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import and_, or_, select, update
+
+from backend.database import Database
+from backend.errors import ApiError
+from backend.models import Aggregation, Federation, Step, utcnow
+from backend.services.aggregation import AggregationDispatcher
+from backend.services.orchestrator import Orchestrator, federation_config, open_phase, protocol_state
+from fedalign.protocol import Deadline, ProtocolError
+
+log = logging.getLogger("fedalign.backend")
+
+
+@dataclass
+class SweepReport:
+    released: int = 0
+    dispatched: int = 0
+    deadlines: int = 0
+
+
+class Sweeper:
+    def __init__(self, db: Database, orchestrator: Orchestrator, dispatcher: AggregationDispatcher) -> None:
+        self.db = db
+        self.orchestrator = orchestrator
+        self.dispatcher = dispatcher
+
+    def sweep_once(self, now: dt.datetime | None = None) -> SweepReport:
+        now = now or utcnow()
+        report = SweepReport()
+        report.released = self._release_leases(now)
+        report.dispatched = self._dispatch_aggregations(now)
+        report.deadlines = self._feed_deadlines(now)
+        return report
+
+    def _release_leases(self, now: dt.datetime) -> int:
+        expired = and_(Step.status == "claimed", Step.lease_expires_at < now)
+        with self.db.read() as session:
+            federation_ids = list(session.scalars(select(Step.federation_id).where(expired).distinct()))
+        released = 0
+        for federation_id in federation_ids:
+            # Under the federation's lock, like every other change of its steps: no lock-order cycles.
+            with contextlib.suppress(ApiError), self.orchestrator.transaction(federation_id) as tx:
+                result = tx.session.execute(
+                    update(Step)
+                    .where(Step.federation_id == federation_id, expired)
+                    .values(status="pending", lease_owner=None, lease_expires_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                released += int(result.rowcount or 0)
+        return released
+
+    def _dispatch_aggregations(self, now: dt.datetime) -> int:
+        with self.db.read() as session:
+            job_ids = list(
+                session.scalars(
+                    select(Aggregation.id).where(
+                        or_(
+                            Aggregation.status == "pending",
+                            and_(Aggregation.status == "running", Aggregation.lease_expires_at < now),
+                        )
+                    )
+                )
+            )
+        if job_ids:
+            self.dispatcher.dispatch(job_ids)
+        return len(job_ids)
+
+    def _feed_deadlines(self, now: dt.datetime) -> int:
+        with self.db.read() as session:
+            candidates = [
+                (f.id, f.phase_opened_at, f.config.get("phase_deadline_s"))
+                for f in session.scalars(
+                    select(Federation).where(
+                        Federation.status.in_(("running", "stalled")), Federation.phase_opened_at.is_not(None)
+                    )
+                )
+            ]
+        fed = 0
+        for federation_id, opened, deadline in candidates:
+            if deadline is None or opened is None or now < opened + dt.timedelta(seconds=float(deadline)):
+                continue
+            try:
+                with self.orchestrator.transaction(federation_id) as tx:
+                    federation = tx.federation
+                    # Checked again under the lock: the phase may have moved on since the read above.
+                    if (
+                        federation.status not in ("running", "stalled")
+                        or federation.phase_opened_at != opened
+                    ):
+                        continue
+                    state = protocol_state(federation)
+                    round_, phase = open_phase(federation_config(federation), state)
+                    tx.handle(Deadline(round_, phase))
+                    fed += 1
+            except (ApiError, ProtocolError) as exc:
+                log.info("deadline of federation %s not applied: %s", federation_id, exc)
+        return fed
+
+    async def run_forever(self, interval_s: float) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.sweep_once)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed; retrying in %.1f s", interval_s)
+            await asyncio.sleep(interval_s)

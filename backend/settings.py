@@ -1,0 +1,93 @@
+"""Every setting of the API service, read from environment variables prefixed ``FEDALIGN_``.
+
+README.md's "Configuration" section documents each variable; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("fedalign.backend")
+
+ADMIN_TOKEN_FILE = "admin_token"
+ADMIN_TOKEN_PREFIX = "fa_admin_"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
+
+    data_dir: Annotated[Path, Field(description="Artifacts, the SQLite file and the admin token file.")] = (
+        Path(".fedalign")
+    )
+    database_url: Annotated[
+        str | None,
+        Field(description="SQLAlchemy URL; default: a SQLite file in data_dir. postgresql:// uses psycopg."),
+    ] = None
+    broker_url: Annotated[str | None, Field(description="Celery broker; unused until workers exist.")] = None
+    admin_token: Annotated[
+        SecretStr | None,
+        Field(description="Bearer token for management; default: generated once into data_dir."),
+    ] = None
+    public_url: Annotated[
+        str | None,
+        Field(description="Base URL nodes reach the API at (behind a proxy); default: the request's."),
+    ] = None
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
+    max_json_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    lease_seconds: Annotated[float, Field(gt=0)] = 600.0
+    sweep_interval_s: Annotated[float, Field(gt=0)] = 5.0
+    aggregation_workers: Annotated[int, Field(ge=1, le=64)] = 2
+    events_poll_s: Annotated[float, Field(gt=0)] = 1.0
+    sse_ping_s: Annotated[float, Field(gt=0)] = 15.0
+    sqlite_busy_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
+    migrate_on_start: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_driver(cls, url: str | None) -> str | None:
+        # psycopg 3 is the driver we ship; a bare postgresql:// would make SQLAlchemy look for psycopg2.
+        if url and url.startswith(("postgresql://", "postgres://")):
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fedalign.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @cached_property
+    def admin_secret(self) -> str:
+        """The admin token: from the environment, else the one stored in data_dir, else a new one there."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        path = self.data_dir / ADMIN_TOKEN_FILE
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        token = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        fd, tmp = tempfile.mkstemp(dir=self.data_dir, prefix=".admin_token.")  # mode 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(token + "\n")
+        try:
+            # link() fails if the name exists: of two processes starting at once, one token wins whole.
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text(encoding="utf-8").strip()
+        finally:
+            os.unlink(tmp)
+        log.warning("generated an admin token; it is in %s (readable by this user only)", path.resolve())
+        return token

@@ -1,0 +1,73 @@
+"""Live events over server-sent events: ordered, persisted, replayed after Last-Event-ID."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+from api_support import ADMIN_TOKEN, Api
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def parse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """SSE messages as dicts (id, event, data), skipping comments (pings)."""
+    message: dict[str, Any] = {}
+    for line in lines:
+        if not line:
+            if "data" in message:
+                message["data"] = json.loads(message["data"])
+                yield message
+            message = {}
+        elif not line.startswith(":"):
+            field, _, value = line.partition(":")
+            message[field] = value[1:] if value.startswith(" ") else value
+
+
+def test_the_event_log_replays_in_order_and_resumes_after_last_event_id(api: Api) -> None:
+    federation, _ = api.federation_with_nodes()
+    fid = federation["id"]
+    api.start(fid)
+    response = api.request("GET", f"/api/v1/federations/{fid}/events?follow=false")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = list(parse(iter(response.text.splitlines())))
+    assert [e["event"] for e in events] == [
+        "status",
+        "node_registered",
+        "node_registered",
+        "node_registered",
+        "status",
+        "phase",
+    ]
+    ids = [int(e["id"]) for e in events]
+    assert ids == sorted(ids) and [e["data"]["id"] for e in events] == ids
+    assert events[-1]["data"]["payload"] == {"round": 0, "phase": "setup"}
+    resumed = api.request(
+        "GET", f"/api/v1/federations/{fid}/events?follow=false", headers={"Last-Event-ID": str(ids[3])}
+    )
+    assert [int(e["id"]) for e in parse(iter(resumed.text.splitlines()))] == ids[4:]
+    assert api.request("GET", "/api/v1/federations/nope/events").status_code == 404
+    assert api.request("GET", f"/api/v1/federations/{fid}/events", token=None).status_code == 401
+    bad = api.request("GET", f"/api/v1/federations/{fid}/events", headers={"Last-Event-ID": "yesterday"})
+    assert bad.status_code == 422
+
+
+def test_a_live_stream_delivers_new_events_as_they_happen(live_server: str) -> None:
+    with httpx.Client(base_url=live_server, headers=ADMIN, timeout=10) as http:
+        created = http.post("/api/v1/federations", json={"name": "live", "architecture": "mlp"}).json()
+        fid = created["id"]
+        with http.stream("GET", f"/api/v1/federations/{fid}/events") as stream:
+            messages = parse(stream.iter_lines())
+            first = next(messages)
+            assert (first["event"], first["data"]["payload"]["status"]) == ("status", "created")
+            http.post(
+                f"/api/v1/federations/{fid}/nodes", json={"name": "omega", "role": "target", "dataset": "x:y"}
+            )
+            second = next(messages)
+            assert second["event"] == "node_registered" and int(second["id"]) > int(first["id"])
+        with http.stream(
+            "GET", f"/api/v1/federations/{fid}/events", headers={"Last-Event-ID": first["id"]}
+        ) as stream:
+            assert next(parse(stream.iter_lines()))["id"] == second["id"]

@@ -1,0 +1,125 @@
+"""Concurrency, bad input and credentials: the service stays consistent and never answers 500."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from api_support import Api
+
+from backend.settings import Settings
+
+SAMPLES = {"train": 40, "val": 10, "test": 10}
+
+
+def in_parallel(calls: list[Callable[[], Any]]) -> list[Any]:
+    results: list[Any] = [None] * len(calls)
+    barrier = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+def test_completions_racing_to_close_a_phase_open_the_next_one_exactly_once(api: Api) -> None:
+    federation, tokens = api.federation_with_nodes()
+    fid = federation["id"]
+    api.start(fid)
+    tasks = {name: api.task(token) for name, token in tokens.items()}
+    responses = in_parallel(
+        [
+            lambda n=name: api.request(
+                "POST", tasks[n]["complete_url"], token=tokens[n], json={"samples": SAMPLES}
+            )
+            for name in tokens
+        ]
+    )
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    events = api.request("GET", f"/api/v1/federations/{fid}/events?follow=false").text
+    assert events.count('"phase": "disc1"') == 1
+    disc = api.ok("GET", f"/api/v1/federations/{fid}/rounds/1")["phases"][0]
+    assert sorted(s["node"] for s in disc["steps"]) == ["alpha", "beta", "omega"]
+
+
+def test_sweeps_running_at_once_release_each_lease_once(api: Api) -> None:
+    federation, tokens = api.federation_with_nodes()
+    api.start(federation["id"])
+    for token in tokens.values():
+        assert api.task(token) is not None
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    reports = in_parallel([lambda: api.services.sweeper.sweep_once(later) for _ in range(3)])
+    assert sum(r.released for r in reports) == 3
+    assert all(api.task(token) is not None for token in tokens.values())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("GET", "/api/v1/federations/{fid}/rounds/abc", {}),
+        ("GET", "/api/v1/federations/" + "x" * 300, {}),
+        ("POST", "/api/v1/federations", {"json": []}),
+        ("POST", "/api/v1/federations", {"json": {"model": {"input_shape": "big"}}}),
+        ("POST", "/api/v1/federations", {"json": {"hyperparameters": {"lr": -1}}}),
+        ("POST", "/api/v1/federations/{fid}/nodes", {"json": {"name": "x" * 100, "role": "source"}}),
+        ("POST", "/api/v1/federations/{fid}/aggregations", {"json": {"key": 5}}),
+        ("GET", "/api/v1/federations/{fid}/metrics?name=" + "x" * 100, {}),
+        ("GET", "/api/v1/federations/{fid}/events", {"headers": {"Last-Event-ID": "-3"}}),
+        ("PUT", "/api/v1/federations", {"json": {}}),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_message_never_a_500(
+    api: Api, method: str, path: str, kwargs: dict
+) -> None:
+    fid = api.create_federation()["id"]
+    response = api.request(method, path.format(fid=fid), **kwargs)
+    assert 400 <= response.status_code < 500, response.text
+    error = response.json()["error"]
+    assert error["code"] and len(error["message"]) > 20
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        ("GET", "/api/v1/node/task", {}),
+        ("GET", "/api/v1/node/steps/abc/complete", {}),
+        ("POST", "/api/v1/node/steps/abc/complete", {"json": {}}),
+        ("POST", "/api/v1/node/steps/1/complete", {"json": {"metrics": {"x": "one"}}}),
+        ("POST", "/api/v1/node/steps/1/complete", {"json": {"metrics": {}, "samples": {"train": -1}}}),
+        ("PUT", "/api/v1/node/steps/1/uploads/D", {"content": b""}),
+        ("PUT", "/api/v1/node/steps/1/uploads/" + "D" * 40, {"content": b"x"}),
+        ("GET", "/api/v1/node/artifacts/../../etc/passwd", {}),
+    ],
+)
+def test_bad_node_requests_get_a_4xx_never_a_500(api: Api, method: str, path: str, kwargs: dict) -> None:
+    federation, tokens = api.federation_with_nodes()
+    api.start(federation["id"])
+    api.task(tokens["alpha"])
+    response = api.request(method, path, token=tokens["alpha"], **kwargs)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert response.json()["error"]["message"]
+
+
+def test_a_generated_admin_token_is_kept_private_in_the_data_dir(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", admin_token=None)
+    token = settings.admin_secret
+    path = tmp_path / "data" / "admin_token"
+    assert path.read_text().strip() == token and token.startswith("fa_admin_")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Settings(data_dir=tmp_path / "data", admin_token=None).admin_secret == token, (
+        "kept across restarts"
+    )
+    assert Settings(database_url="postgresql://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
