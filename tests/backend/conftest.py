@@ -3,7 +3,8 @@
 ``db_url`` is parametrised over SQLite and PostgreSQL, so every API test runs on both. PostgreSQL gets a
 fresh database per test session (``fedalign_test_<random>``, created through the ``postgres`` user and
 dropped at the end); tests share it and start from empty tables. Set FEDALIGN_TEST_POSTGRES to another
-server's admin URL to use it; an unreachable server skips the PostgreSQL cases, saying why.
+server's admin URL to use it; an unreachable server skips the PostgreSQL cases, saying why (with CI set,
+it fails them: CI starts PostgreSQL first).
 """
 
 from __future__ import annotations
