@@ -77,21 +77,18 @@ class Job:
     batch_size: int
     lr: float
     lr_schedule: str
+    domains: tuple[str, ...] = DOMAINS
+
+    @property
+    def sources(self) -> list[str]:
+        return [d for d in self.domains if d != self.target]
 
     @property
     def key(self) -> str:
-        return "|".join(
-            str(v)
-            for v in (
-                self.method,
-                self.target,
-                self.seed,
-                self.steps,
-                self.batch_size,
-                self.lr,
-                self.lr_schedule,
-            )
-        )
+        parts = [self.method, self.target, self.seed, self.steps, self.batch_size, self.lr, self.lr_schedule]
+        if self.domains != DOMAINS:
+            parts.append(",".join(self.domains))
+        return "|".join(str(v) for v in parts)
 
 
 def federated_config(job: Job) -> Any:
@@ -107,7 +104,7 @@ def federated_config(job: Job) -> Any:
     }
     local_steps = hp.get("local_steps", 10)
     hp["eval_every"] = max(1, job.steps // local_steps)  # evaluate once, at the end
-    nodes = [{"name": d, "role": "source", "dataset": f"digits:{d}"} for d in DOMAINS if d != job.target]
+    nodes = [{"name": d, "role": "source", "dataset": f"digits:{d}"} for d in job.sources]
     nodes.append({"name": job.target, "role": "target", "dataset": f"digits:{job.target}"})
     return FederationConfig.model_validate(
         {
@@ -138,7 +135,7 @@ def run_job(job: Job) -> dict[str, Any]:
                 target, job.steps, job.batch_size, job.lr, job.lr_schedule, job.seed
             )
         else:
-            sources = [datasets.load(f"digits:{d}") for d in DOMAINS if d != job.target]
+            sources = [datasets.load(f"digits:{d}") for d in job.sources]
             acc = references.dann_central(
                 sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, 1.0, job.seed
             )
@@ -194,7 +191,16 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*CENTRAL, *FEDERATED])
-    parser.add_argument("--targets", nargs="+", default=list(DOMAINS), choices=DOMAINS)
+    parser.add_argument("--targets", nargs="+", default=None, choices=DOMAINS, help="Default: every domain.")
+    parser.add_argument(
+        "--domains",
+        nargs="+",
+        default=list(DOMAINS),
+        choices=DOMAINS,
+        help="The pool: each target's sources are the others. Leaving the real target out of the pool makes "
+        "a validation task from sources alone (each of them in turn a pseudo-target with labels), the "
+        "way to choose settings without target labels.",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -210,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args(argv)
 
+    args.targets = args.targets or [d for d in DOMAINS if d in args.domains]
+    if not set(args.targets) <= set(args.domains) or len(args.domains) < 2:
+        parser.error("every target must be in --domains, and the pool needs at least two domains")
     log: Path = args.log or args.json.with_suffix(".jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
                 record = json.loads(line)
                 done[record["key"]] = record
     jobs = [
-        Job(m, t, s, args.steps, args.batch_size, args.lr, args.lr_schedule)
+        Job(m, t, s, args.steps, args.batch_size, args.lr, args.lr_schedule, tuple(args.domains))
         for s in args.seeds
         for t in args.targets
         for m in args.methods
@@ -229,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fedalign import data as datasets
 
-    for d in DOMAINS:  # build the caches once, before the workers race for them
+    for d in args.domains:  # build the caches once, before the workers race for them
         datasets.load(f"digits:{d}")
 
     run: Callable[[Job], dict[str, Any]] = run_job
