@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## run: set up, then run the product on its embedded default
+## run: set up, then run the product on its embedded default (API, worker, demo federation)
+# FEDALIGN_DATA_DIR (default ./.fedalign) holds everything; building the digit domains there first (seconds,
+# once) lets the demo start training as soon as it is started.
+DATA_DIR ?= $(or $(FEDALIGN_DATA_DIR),.fedalign)
 run: setup
-	$(BIN)/fedalign simulate examples/digits-mnistm.toml
+	FEDALIGN_DATA_DIR=$(DATA_DIR) $(BIN)/fedalign data build
+	FEDALIGN_DATA_DIR=$(DATA_DIR) $(BIN)/fedalign up
 
 ## test: set up, then lint and run every test
 test: setup

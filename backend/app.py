@@ -29,8 +29,9 @@ from backend.routers import (
     published,
     rounds,
 )
-from backend.services.aggregation import AggregationService, ThreadPoolDispatcher
+from backend.services.aggregation import AggregationDispatcher, AggregationService, ThreadPoolDispatcher
 from backend.services.events import EventNotifier
+from backend.services.messages import CeleryAggregationDispatcher, CeleryMessenger, StepSender
 from backend.services.orchestrator import Orchestrator
 from backend.services.store import ArtifactStore
 from backend.services.sweep import Sweeper
@@ -59,7 +60,15 @@ def build_services(settings: Settings) -> Services:
     notifier = EventNotifier()
     orchestrator = Orchestrator(db, store, notifier)
     aggregation = AggregationService(db, store, orchestrator, settings.lease_seconds)
-    dispatcher = ThreadPoolDispatcher(aggregation.run, settings.aggregation_workers)
+    dispatcher: AggregationDispatcher
+    if settings.broker_url:
+        # Steps of Celery-mode nodes go to their queues, aggregations to the aggregator queue, where
+        # `fedalign worker --aggregator` runs this same AggregationService.
+        messenger = CeleryMessenger(settings.broker_url, settings.data_dir, settings.queue_prefix)
+        orchestrator.send_steps = StepSender(db, messenger)
+        dispatcher = CeleryAggregationDispatcher(messenger, settings.step_resend_s)
+    else:
+        dispatcher = ThreadPoolDispatcher(aggregation.run, settings.aggregation_workers)
     orchestrator.dispatch = dispatcher.dispatch
     return Services(
         settings=settings,
@@ -69,7 +78,7 @@ def build_services(settings: Settings) -> Services:
         orchestrator=orchestrator,
         aggregation=aggregation,
         dispatcher=dispatcher,
-        sweeper=Sweeper(db, orchestrator, dispatcher),
+        sweeper=Sweeper(db, orchestrator, dispatcher, settings.step_resend_s),
         admin_token=settings.admin_secret,
     )
 

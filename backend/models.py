@@ -144,6 +144,9 @@ class Step(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     done_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Celery-mode nodes: when the message pointing at this step was last sent (None: not yet, or its lease
+    # expired). The sweep sends again what is pending and unsent, or sent long ago.
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class Artifact(Base):

@@ -32,7 +32,25 @@ class Settings(BaseSettings):
         str | None,
         Field(description="SQLAlchemy URL; default: a SQLite file in data_dir. postgresql:// uses psycopg."),
     ] = None
-    broker_url: Annotated[str | None, Field(description="Celery broker; unused until workers exist.")] = None
+    broker_url: Annotated[
+        str | None,
+        Field(
+            description="Celery broker (redis://..., or filesystem:// for queues in folders under data_dir); "
+            "set: steps are sent to Celery-mode nodes' queues and aggregations run on the aggregator queue."
+        ),
+    ] = None
+    queue_prefix: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9._-]*$",
+            description="Prepended to every queue name (node.<id>, aggregator): several deployments or test "
+            "runs can share one broker.",
+        ),
+    ] = ""
+    step_resend_s: Annotated[
+        float,
+        Field(gt=0, description="A pending Celery step whose message is older than this is sent again."),
+    ] = 60.0
     admin_token: Annotated[
         SecretStr | None,
         Field(description="Bearer token for management; default: generated once into data_dir."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,6 +25,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets of the built-in benc
 app.add_typer(data_app, name="data")
 db_app = typer.Typer(no_args_is_help=True, help="The API service's database schema (FEDALIGN_DATABASE_URL).")
 app.add_typer(db_app, name="db")
+node_app = typer.Typer(no_args_is_help=True, help="A node outside Celery: it polls the API for its steps.")
+app.add_typer(node_app, name="node")
 console = Console()
 
 # Columns of the per-round table, in order; a column shows only when some round has it.
@@ -195,6 +198,203 @@ def db_downgrade(
     settings = Settings()
     migrate.downgrade(settings.sqlalchemy_url, revision)
     console.print(f"database {_safe_url(settings.sqlalchemy_url)} downgraded to {revision}")
+
+
+# Workers and nodes import `workers` only when they run; `backend` only where they are the server's.
+
+ApiOption = Annotated[
+    str | None,
+    typer.Option("--api", help="The API's base URL (default: FEDALIGN_API_URL, else http://127.0.0.1:8000)."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="FEDALIGN_NODE_TOKEN",
+        help="The node's own token, returned when it registered (or FEDALIGN_NODE_TOKEN, which `ps` does not "
+        "show).",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="This machine's data directory: datasets, node state (default FEDALIGN_DATA_DIR)."
+    ),
+]
+DatasetOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset", "--data", help="The node's dataset spec on this machine; default: the one it registered."
+    ),
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Torch CPU threads. Set explicitly: on a shared CPU, two-thread training was measured 20-40x "
+        "slower when another process competed for the cores.",
+    ),
+]
+
+
+def _use_data_dir(data_dir: Path | None) -> None:
+    if data_dir is not None:
+        # Read by the dataset cache and by every settings class of this process.
+        os.environ["FEDALIGN_DATA_DIR"] = str(data_dir.expanduser().resolve())
+
+
+@app.command()
+def worker(
+    node: Annotated[
+        str | None, typer.Option(help="This worker's node, by name or id (checked against the token).")
+    ] = None,
+    token: TokenOption = None,
+    api: ApiOption = None,
+    data_dir: DataDirOption = None,
+    dataset: DatasetOption = None,
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = 1,
+    aggregator: Annotated[
+        bool,
+        typer.Option(
+            "--aggregator", help="Also run the server's aggregations (needs the server's database and store)."
+        ),
+    ] = False,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(help="A JSON file of node tokens (`fedalign up` writes one): serve every node in it."),
+    ] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
+    _use_data_dir(data_dir)
+    _set_threads(threads)
+    from fedalign.steps import Device
+    from workers import celery_app
+
+    settings = celery_app.WorkerSettings()
+    try:
+        celery_app.configure(settings)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    api_url = (api or settings.api_url).rstrip("/")
+    nodes: list[celery_app.NodeCredential] = []
+    if credentials is not None:
+        listed = celery_app.CredentialsFile.model_validate_json(credentials.read_text(encoding="utf-8"))
+        api_url = (api or listed.api).rstrip("/")
+        nodes += listed.nodes
+    if token is not None:
+        try:
+            nodes.append(celery_app.resolve_node(api_url, token, node))
+        except Exception as exc:
+            console.print(f"[red]error:[/] cannot use this node token at {api_url}: {exc}")
+            raise typer.Exit(2) from exc
+    elif node is not None:
+        console.print("[red]error:[/] --node needs the node's --token (or FEDALIGN_NODE_TOKEN)")
+        raise typer.Exit(2)
+    if not nodes and not aggregator:
+        console.print(
+            "[red]error:[/] nothing to serve: give --node and --token, --credentials, or --aggregator"
+        )
+        raise typer.Exit(2)
+    picked = Device.pick(device)
+    celery_app.serve(
+        [
+            celery_app.ServedNode(
+                node_id=n.node_id,
+                name=n.name,
+                token=n.token,
+                api_url=api_url,
+                state_dir=settings.state_dir,
+                # --dataset is this one node's data; nodes from --credentials use their registered specs.
+                data=dataset if n.token == token else None,
+                device=picked,
+            )
+            for n in nodes
+        ]
+    )
+    queues = [celery_app.node_queue(settings.queue_prefix, n.node_id) for n in nodes]
+    if aggregator:
+        queues.append(celery_app.aggregator_queue(settings.queue_prefix))
+    name = nodes[0].name if len(nodes) == 1 and not aggregator else "fedalign"
+    console.print(f"worker for {', '.join([n.name for n in nodes] + (['aggregator'] if aggregator else []))}")
+    celery_app.start(queues, hostname=f"{name}-{os.getpid()}@%h", loglevel=loglevel)
+
+
+@node_app.command("run")
+def node_run(
+    token: TokenOption = None,
+    api: ApiOption = None,
+    dataset: DatasetOption = None,
+    data_dir: DataDirOption = None,
+    device: DeviceOption = "auto",
+    threads: ThreadsOption = 1,
+    poll_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between polls when idle.")] = 1.0,
+) -> None:
+    """Run one node outside Celery: poll the API for its steps, run them on its own data, upload the results,
+    until its federation ends. Its local state persists under the data directory between steps."""
+    _use_data_dir(data_dir)
+    _set_threads(threads)
+    from fedalign.steps import Device
+    from workers.celery_app import WorkerSettings
+    from workers.client import ClientError, NodeClient, run_node
+
+    if token is None:
+        console.print("[red]error:[/] give the node's --token (or FEDALIGN_NODE_TOKEN)")
+        raise typer.Exit(2)
+    settings = WorkerSettings()
+    api_url = api or settings.api_url
+    try:
+        with NodeClient(api_url, token) as client:
+            steps = run_node(
+                client,
+                dataset,
+                device=Device.pick(device),
+                poll_interval_s=poll_interval,
+                state_dir=settings.state_dir,
+            )
+            status = client.federation_status
+    except ClientError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"ran {steps} steps; the federation is {status}")
+
+
+@app.command()
+def up(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where everything lives (default: FEDALIGN_DATA_DIR, else ./.fedalign)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The API's TCP port.")] = 8000,
+    threads: ThreadsOption = 1,
+    demo_rounds: Annotated[
+        int, typer.Option(min=1, envvar="FEDALIGN_DEMO_ROUNDS", help="Rounds of the demo federation.")
+    ] = 20,
+    start: Annotated[bool, typer.Option("--start", help="Start the demo federation right away.")] = False,
+) -> None:
+    """Run the whole product on this machine: the API, one worker, a demo federation.
+
+    The worker serves the demo federation's nodes and the aggregator; everything is kept under the data
+    directory (SQLite, artifacts, the broker's queues as folders) unless FEDALIGN_DATABASE_URL and
+    FEDALIGN_BROKER_URL say otherwise. Ctrl-C stops it all."""
+    import os
+
+    from backend.embedded import UpError, UpOptions
+    from backend.embedded import up as run_up
+
+    root = data_dir or Path(os.environ.get("FEDALIGN_DATA_DIR", ".fedalign"))
+    options = UpOptions(
+        data_dir=root, host=host, port=port, threads=threads, demo_rounds=demo_rounds, start_demo=start
+    )
+    try:
+        run_up(options, lambda message: console.print(message, soft_wrap=True, highlight=False, markup=False))
+    except UpError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """The node's side of the REST API: a typed HTTP client and the loop that runs a node's steps.
 
-`NodeClient` speaks the backend's ``/api/v1/node`` endpoints with a node token; `run_node` polls for
-tasks, downloads the aggregates a step starts from, runs `fedalign.node.NodeRuntime.run` on the node's
-own data, uploads the results and completes the step. A target that aggregates (aggregator = "target")
-also gets aggregate tasks: it folds the phase's submissions with `fedalign.aggregate.average`, the code
-the server would run, and uploads the average.
+`NodeClient` speaks the backend's ``/api/v1/node`` endpoints with a node token. `NodeRunner` runs one
+claimed task: it downloads the aggregates a step starts from, runs `fedalign.node.NodeRuntime.run` on the
+node's own data, uploads the results and completes the step. A target that aggregates (aggregator =
+"target") also gets aggregate tasks: it folds the phase's submissions with `fedalign.aggregate.average`,
+the code the server would run, and uploads the average. With a state directory the node's local state
+persists between steps on its machine (`workers.state`), so steps may land in different processes.
 
-This module talks to the backend only over HTTP and never imports it; `fedalign node run` and the Celery
-worker build on it.
+Two ways to get tasks, one step code: `run_node` polls ``GET /api/v1/node/task`` (``fedalign node run``);
+the Celery worker claims the step a message points at (`NodeClient.claim`, `workers.celery_app`).
+
+This module talks to the backend only over HTTP and never imports it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,9 +31,10 @@ from fedalign import params
 from fedalign.aggregate import average
 from fedalign.config import FederationConfig
 from fedalign.models import manifests
-from fedalign.node import NodeRuntime, model_shape
+from fedalign.node import NodeRuntime, StepResult, model_shape
 from fedalign.protocol import StepSpec, effective_local_policy
 from fedalign.steps import CPU, Device
+from workers.state import NodeStateFile
 
 log = logging.getLogger("fedalign.workers")
 
@@ -51,10 +56,15 @@ class ClientError(RuntimeError):
         self.details = details
 
 
+class ServerError(ClientError):
+    """A 5xx answer: the server (or a proxy before it) failed; trying again later may succeed."""
+
+
 @dataclass(frozen=True)
 class NodeFederation:
     federation_id: str
     status: str
+    node_id: str
     node: str
     role: str
     dataset: str
@@ -153,11 +163,12 @@ class NodeClient:
     def _check(self, response: httpx.Response) -> httpx.Response:
         if response.is_success:
             return response
+        kind = ServerError if response.status_code >= 500 else ClientError
         try:
             error = response.json()["error"]
-            raise ClientError(response.status_code, error["code"], error["message"], error.get("details"))
+            raise kind(response.status_code, error["code"], error["message"], error.get("details"))
         except (ValueError, KeyError, TypeError):
-            raise ClientError(response.status_code, "http_error", response.text[:500]) from None
+            raise kind(response.status_code, "http_error", response.text[:500]) from None
 
     def federation(self) -> NodeFederation:
         body = self._get("/api/v1/node/federation").json()
@@ -171,6 +182,7 @@ class NodeClient:
         return NodeFederation(
             federation_id=body["federation_id"],
             status=body["status"],
+            node_id=body["node_id"],
             node=me["name"],
             role=me["role"],
             dataset=me.get("dataset") or "",
@@ -185,6 +197,12 @@ class NodeClient:
             return None
         self.federation_status = None
         return Task.from_json(response.json())
+
+    def claim(self, step_id: int) -> Task:
+        """Claim one of this node's steps by id (a Celery message's step); 409 ClientError when it is done,
+        cancelled, or its federation is paused or over."""
+        response = self.http.post(self._url(f"/api/v1/node/steps/{step_id}/claim"), headers=self._auth)
+        return Task.from_json(self._check(response).json())
 
     def download_bytes(self, url: str) -> bytes:
         return self._get(url).content
@@ -210,18 +228,37 @@ class NodeClient:
 
 
 class NodeRunner:
-    """One node: its runtime, built once from the federation's config and its own data."""
+    """One node: its runtime, built from the federation's config and its own data.
+
+    ``state_dir``: where the node's local state persists between steps (`workers.state`); without it
+    the state lives only in this object, as in the simulator.
+    """
 
     def __init__(
-        self, client: NodeClient, data: datasets.NodeData | str | None = None, device: Device = CPU
+        self,
+        client: NodeClient,
+        data: datasets.NodeData | str | None = None,
+        device: Device = CPU,
+        state_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.federation = client.federation()
         if data is None:
             data = self.federation.dataset
-        node_data = datasets.load(data) if isinstance(data, str) else data
-        self.runtime = NodeRuntime(self.federation.node, self.federation.config, node_data, device)
+        self.data = datasets.load(data) if isinstance(data, str) else data
+        self.device = device
+        self.runtime = self._new_runtime()
+        self.state = (
+            NodeStateFile(state_dir, self.federation.federation_id, self.federation.node)
+            if state_dir is not None
+            else None
+        )
+        # The step whose state `runtime` holds: None for a new runtime, which matches no saved file.
+        self._runtime_step: int | None = None
         self.steps_run = 0
+
+    def _new_runtime(self) -> NodeRuntime:
+        return NodeRuntime(self.federation.node, self.federation.config, self.data, self.device)
 
     @property
     def config(self) -> FederationConfig:
@@ -240,11 +277,45 @@ class NodeRunner:
         if task.kind == "aggregate":
             self._aggregate(task)
             return
-        downloads = {slot: self.client.download(url) for slot, url in task.downloads.items()}
-        result = self.runtime.run(task.step_spec(), downloads)
+        result = self._train(task)
         for slot, url in task.uploads.items():
             self.client.upload(url, result.uploads[slot])
         self.client.complete(task.complete_url, result.metrics, result.samples)
+
+    def _train(self, task: Task) -> StepResult:
+        """The step's result: computed from the node's state, or, for a step already run here, the saved
+        one (training twice would move the local state twice)."""
+        if self.state is None:
+            return self._compute(task)
+        saved_step = self.state.step_id()
+        if saved_step != self._runtime_step:
+            # Another process moved the state on (or this is a new process): take the saved state into a
+            # fresh runtime, so that nothing of this one's (momentum of an optimiser the file lacks) stays.
+            saved = self.state.load()
+            self.runtime = self._new_runtime()
+            if saved is not None:
+                self.runtime.load_state_tensors(saved.tensors)
+            self._runtime_step = saved_step
+        if saved_step == task.step_id:
+            log.info("step %s already ran on this node; sending its saved result again", task.step_id)
+            saved = self.state.load()
+            assert saved is not None
+            return saved.result
+        result = self._compute(task)
+        self.state.save(task.step_id, self.runtime.state_tensors(), result)
+        self._runtime_step = task.step_id
+        return result
+
+    def _compute(self, task: Task) -> StepResult:
+        downloads = {slot: self.client.download(url) for slot, url in task.downloads.items()}
+        try:
+            return self.runtime.run(task.step_spec(), downloads)
+        except BaseException:
+            # A step that failed half-way has trained part of its models: start again from the saved state
+            # (or, without a state file, from nothing, as a new node would).
+            self.runtime = self._new_runtime()
+            self._runtime_step = None
+            raise
 
     def _aggregate(self, task: Task) -> None:
         """Average the phase's submissions in node order, exactly as the server would."""
@@ -269,18 +340,20 @@ def run_node(
     poll_interval_s: float = 1.0,
     device: Device = CPU,
     max_steps: int | None = None,
+    state_dir: Path | None = None,
 ) -> int:
     """Run this node's steps until its federation ends (or ``max_steps``); returns how many ran.
 
     ``data``: the node's data set, or a spec to load it from; default: the spec it registered with.
-    Network errors are retried after ``poll_interval_s``; a step the server no longer wants (its phase
-    closed at the deadline) is dropped and the loop goes on.
+    ``state_dir``: where the node's local state persists between steps (a restarted loop continues it).
+    Network errors and 5xx answers are retried after ``poll_interval_s``; a step the server no longer
+    wants (its phase closed at the deadline) is dropped and the loop goes on.
     """
-    runner = NodeRunner(client, data, device)
+    runner = NodeRunner(client, data, device, state_dir)
     while max_steps is None or runner.steps_run < max_steps:
         try:
             ran = runner.step_once()
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ServerError) as exc:
             log.warning("cannot reach the server (%s); retrying in %.1f s", exc, poll_interval_s)
             ran = False
         except ClientError as exc:

@@ -54,6 +54,21 @@ def next_task(request: Request, services: ServicesDep, node: NodeAuth) -> Task |
     return task
 
 
+@router.post(
+    "/steps/{step_id}/claim",
+    response_model=Task,
+    responses=responses(401, 403, 404, 409, 413, 422),
+    summary="Claim one of this node's steps by id (what a Celery message points at)",
+)
+def claim_step(request: Request, services: ServicesDep, node: NodeAuth, step_id: StepId) -> Task:
+    """Claim step ``step_id`` with a fresh lease and get its task. A pending step, or one this node
+    claimed before (a restarted worker, a retried message), is claimable; a done or cancelled step, or a
+    federation that is paused or over, answers 409 with a code that says which: drop the message then."""
+    with services.db.write() as session:
+        step = steps.claim_step(session, node, step_id, services.settings.lease_seconds)
+        return steps.task_of(step, node.node_name or "", services.base_url(request))
+
+
 @router.get(
     "/artifacts/{key:path}",
     response_class=FileResponse,

@@ -24,6 +24,7 @@ class PeerNode(BaseModel):
 class NodeFederation(BaseModel):
     federation_id: str
     status: FederationStatus
+    node_id: str = Field(description="The calling node's id: its Celery queue is node.<id>.")
     node: PeerNode = Field(description="The calling node.")
     config: dict[str, Any] = Field(description="The federation's config without nodes (FederationSettings).")
     nodes: list[PeerNode] = Field(description="Every node of the federation, datasets of others withheld.")

@@ -137,6 +137,13 @@ def register_node(
                 "new federation to add this node",
             )
         existing = list(tx.session.scalars(select(Node).where(Node.federation_id == federation_id)))
+        if body.mode == "celery" and orchestrator.send_steps is None:
+            raise conflict(
+                "no_broker",
+                "a node in mode 'celery' gets its steps as messages, and this server has no broker "
+                "(FEDALIGN_BROKER_URL); register it in mode 'rest' (it polls GET /api/v1/node/task) or "
+                "configure a broker",
+            )
         if any(n.name == body.name for n in existing):
             raise conflict(
                 "duplicate_name", f"a node named {body.name!r} is already registered; choose another name"
@@ -249,6 +256,7 @@ def resume(orchestrator: Orchestrator, federation_id: str) -> None:
         # Time spent paused does not count against the phase deadline.
         fed.phase_opened_at = utcnow()
         tx.set_status("stalled" if state.stalled else "running", state.stalled)
+        tx.resend_pending()
 
 
 def cancel(orchestrator: Orchestrator, federation_id: str) -> None:

@@ -3,8 +3,8 @@
 Feeding one event is one transaction: lock the federation's row, rebuild `Protocol(config, state)` from
 it, handle the event, write every action as rows (steps, aggregation jobs, artifacts, metrics, events,
 status), save the protocol state, commit. Only then does work leave the process (aggregation jobs are
-dispatched, SSE streams woken). The simulator drives the same machine in memory (`fedalign.simulate`);
-this is its database twin, action for action.
+dispatched, step messages sent to Celery-mode nodes' queues, SSE streams woken). The simulator drives
+the same machine in memory (`fedalign.simulate`); this is its database twin, action for action.
 
 A crash before the commit loses nothing that was promised (the event is fed again by whoever retries);
 a crash after it leaves rows the sweep resumes from (pending aggregation jobs, expired leases).
@@ -28,6 +28,7 @@ from backend.errors import not_found
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
 from backend.services import events
 from backend.services.events import EventNotifier
+from backend.services.messages import StepMessage
 from backend.services.store import ArtifactStore, Staged
 from fedalign.config import FederationConfig
 from fedalign.node import initial_models
@@ -72,6 +73,9 @@ class AfterCommit:
     """Work that must wait for the commit: it would be wrong to do it for a transaction that rolls back."""
 
     aggregations: set[int] = field(default_factory=set)
+    # Steps of Celery-mode nodes to send to their queues: a message for a row that rolled back would point
+    # at nothing.
+    steps: list[StepMessage] = field(default_factory=list)
     # Files that may have lost their last reference.
     garbage: set[str] = field(default_factory=set)
     # Files moved into the store by this transaction: garbage if it rolls back.
@@ -88,6 +92,7 @@ class Transaction:
         self.federation = federation
         self.after = AfterCommit()
         self._node_ids: dict[str, str] | None = None
+        self._celery_nodes: set[str] | None = None
 
     @property
     def store(self) -> ArtifactStore:
@@ -98,11 +103,32 @@ class Transaction:
 
     def node_ids(self) -> dict[str, str]:
         if self._node_ids is None:
-            rows = self.session.execute(
-                select(Node.name, Node.id).where(Node.federation_id == self.federation.id)
+            rows = list(
+                self.session.execute(
+                    select(Node.name, Node.id, Node.mode).where(Node.federation_id == self.federation.id)
+                )
             )
-            self._node_ids = {name: node_id for name, node_id in rows}
+            self._node_ids = {name: node_id for name, node_id, _ in rows}
+            self._celery_nodes = {node_id for _, node_id, mode in rows if mode == "celery"}
         return self._node_ids
+
+    def is_celery(self, node_id: str) -> bool:
+        self.node_ids()
+        assert self._celery_nodes is not None
+        return node_id in self._celery_nodes
+
+    def send_after_commit(self, step: Step) -> None:
+        """Send ``step`` to its node's queue once this transaction commits (Celery-mode nodes only)."""
+        if self.orchestrator.send_steps is not None and self.is_celery(step.node_id):
+            self.after.steps.append(StepMessage(step.id, step.node_id, step.federation_id))
+
+    def resend_pending(self) -> None:
+        """Send every pending step of this federation's Celery-mode nodes again (after a resume: the
+        workers dropped their messages while it was paused)."""
+        for step in self.session.scalars(
+            select(Step).where(Step.federation_id == self.federation.id, Step.status == "pending")
+        ):
+            self.send_after_commit(step)
 
     def event(self, type_: str, payload: dict[str, Any]) -> None:
         events.record(self.session, self.federation.id, type_, payload)
@@ -280,19 +306,21 @@ class Transaction:
         )
         if exists:
             return
-        self.session.add(
-            Step(
-                federation_id=self.federation.id,
-                node_id=node_id,
-                round=round_,
-                phase=phase,
-                kind=kind,
-                model=model,
-                spec=spec,
-                status="pending",
-                attempts=0,
-            )
+        step = Step(
+            federation_id=self.federation.id,
+            node_id=node_id,
+            round=round_,
+            phase=phase,
+            kind=kind,
+            model=model,
+            spec=spec,
+            status="pending",
+            attempts=0,
         )
+        self.session.add(step)
+        if self.orchestrator.send_steps is not None and self.is_celery(node_id):
+            self.session.flush()  # the message carries the step's id
+            self.send_after_commit(step)
 
     def _record_metrics(self, action: RecordMetrics) -> None:
         # A later phase of the round may report a name again: the newest value wins, as in the simulator.
@@ -348,6 +376,8 @@ class Orchestrator:
         self.notifier = notifier
         # Set by the app once the aggregation service exists (it needs the orchestrator too).
         self.dispatch: Callable[[Iterable[int]], None] = lambda _ids: None
+        # Set when a broker is configured: sends step messages to Celery-mode nodes' queues.
+        self.send_steps: Callable[[list[StepMessage]], int] | None = None
 
     @contextmanager
     def transaction(self, federation_id: str) -> Iterator[Transaction]:
@@ -371,6 +401,8 @@ class Orchestrator:
     def _after_commit(self, federation_id: str, after: AfterCommit) -> None:
         if after.aggregations:
             self.dispatch(sorted(after.aggregations))
+        if after.steps and self.send_steps is not None:
+            self.send_steps(after.steps)
         if after.garbage:
             self.collect_garbage(after.garbage)
         if after.notify:

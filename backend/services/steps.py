@@ -63,6 +63,7 @@ def node_federation(session: Session, credential: Credential) -> NodeFederation:
     return NodeFederation(
         federation_id=federation.id,
         status=federation.status,  # type: ignore[arg-type]
+        node_id=credential.node_id or "",
         node=me,
         config={k: v for k, v in federation.config.items() if k != "nodes"},
         nodes=peers,
@@ -124,6 +125,53 @@ def _claim(
         if result.rowcount == 1:
             return session.get(Step, step_id, populate_existing=True)
     return None
+
+
+def claim_step(session: Session, credential: Credential, step_id: int, lease_seconds: float) -> Step:
+    """Claim one step by id (what a Celery message points at), with a fresh lease.
+
+    The node's own step is claimable while it is pending or claimed: a claimed one was claimed by this
+    node (a worker that restarted, or a retry after a network error), and one node's steps run on that
+    node's one worker, whose local state follows them in order. Done and cancelled steps, and steps of a
+    federation that is not running, answer 409 with a code the worker acts on (drop the message).
+    """
+    now = utcnow()
+    step = own_step(session, credential, step_id)
+    federation = _federation(session, credential)
+    if federation.status in TERMINAL:
+        raise conflict(
+            f"federation_{federation.status}",
+            f"the federation is {federation.status}; its steps are not run any more",
+        )
+    if federation.status == "paused":
+        raise conflict(
+            "federation_paused",
+            "the federation is paused; its pending steps are sent again when it resumes",
+        )
+    if step.status == "done":
+        raise conflict("already_completed", f"step {step_id} is already complete; there is nothing to run")
+    if step.status == "cancelled":
+        raise conflict(
+            "wrong_phase", f"round {step.round} phase {step.phase!r} closed without step {step_id}"
+        )
+    result = session.execute(
+        update(Step)
+        .where(Step.id == step_id, Step.status.in_(OPEN_STEP))
+        .values(
+            status="claimed",
+            lease_owner=f"node:{credential.node_name}",
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            claimed_at=now,
+            attempts=Step.attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # completed or cancelled between the read and the update
+        raise conflict("not_claimable", f"step {step_id} is no longer open; there is nothing to run")
+    _seen(session, credential, federation, now)
+    claimed = session.get(Step, step_id, populate_existing=True)
+    assert claimed is not None
+    return claimed
 
 
 def task_of(step: Step, node_name: str, base_url: str) -> Task:

@@ -1,8 +1,12 @@
 """The periodic sweep: the recovery mechanism for everything that happens after a commit.
 
-Each pass (1) makes steps whose lease expired claimable again, (2) dispatches aggregation jobs that
-are pending, or whose runner's lease expired (its process died), and (3) feeds `Deadline` to
-federations whose open phase is older than their ``phase_deadline_s``. Every part is a conditional
+Each pass (1) makes steps whose lease expired claimable again, (2) sends the messages of Celery-mode
+nodes' pending steps again: those just released, those whose message was never sent (the broker was down
+after the commit) and those sent more than ``step_resend_s`` ago (a message lost with a worker; the
+filesystem transport deletes a message when it is fetched, Redis redelivers only after an hour), (3)
+dispatches aggregation jobs that are pending, or whose runner's lease expired (its process died), and (4)
+feeds `Deadline` to federations whose open phase is older than their ``phase_deadline_s``. This sweep, not
+the broker's redelivery, is what recovers from a lost message or a dead worker. Every part is a conditional
 UPDATE or a locked transaction, so two sweeps at once (two API processes) and a sweep killed half-way
 are both harmless.
 """
@@ -19,8 +23,9 @@ from sqlalchemy import and_, or_, select, update
 
 from backend.database import Database
 from backend.errors import ApiError
-from backend.models import Aggregation, Federation, Step, utcnow
+from backend.models import Aggregation, Federation, Node, Step, utcnow
 from backend.services.aggregation import AggregationDispatcher
+from backend.services.messages import StepMessage
 from backend.services.orchestrator import Orchestrator, federation_config, open_phase, protocol_state
 from fedalign.protocol import Deadline, ProtocolError
 
@@ -30,20 +35,29 @@ log = logging.getLogger("fedalign.backend")
 @dataclass
 class SweepReport:
     released: int = 0
+    resent: int = 0
     dispatched: int = 0
     deadlines: int = 0
 
 
 class Sweeper:
-    def __init__(self, db: Database, orchestrator: Orchestrator, dispatcher: AggregationDispatcher) -> None:
+    def __init__(
+        self,
+        db: Database,
+        orchestrator: Orchestrator,
+        dispatcher: AggregationDispatcher,
+        step_resend_s: float = 60.0,
+    ) -> None:
         self.db = db
         self.orchestrator = orchestrator
         self.dispatcher = dispatcher
+        self.step_resend = dt.timedelta(seconds=step_resend_s)
 
     def sweep_once(self, now: dt.datetime | None = None) -> SweepReport:
         now = now or utcnow()
         report = SweepReport()
         report.released = self._release_leases(now)
+        report.resent = self._resend_steps(now)
         report.dispatched = self._dispatch_aggregations(now)
         report.deadlines = self._feed_deadlines(now)
         return report
@@ -59,11 +73,33 @@ class Sweeper:
                 result = tx.session.execute(
                     update(Step)
                     .where(Step.federation_id == federation_id, expired)
-                    .values(status="pending", lease_owner=None, lease_expires_at=None)
+                    # dispatched_at cleared: a Celery-mode node's step is sent again right away.
+                    .values(status="pending", lease_owner=None, lease_expires_at=None, dispatched_at=None)
                     .execution_options(synchronize_session=False)
                 )
                 released += int(result.rowcount or 0)
         return released
+
+    def _resend_steps(self, now: dt.datetime) -> int:
+        send = self.orchestrator.send_steps
+        if send is None:
+            return 0
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Step.id, Step.node_id, Step.federation_id)
+                .join(Node, Node.id == Step.node_id)
+                .join(Federation, Federation.id == Step.federation_id)
+                .where(
+                    Step.status == "pending",
+                    Node.mode == "celery",
+                    # Paused: workers would drop the message; resuming sends them all again.
+                    Federation.status.in_(("running", "stalled")),
+                    or_(Step.dispatched_at.is_(None), Step.dispatched_at < now - self.step_resend),
+                )
+                .order_by(Step.id)
+            )
+            messages = [StepMessage(step_id, node_id, fid) for step_id, node_id, fid in rows]
+        return send(messages) if messages else 0
 
     def _dispatch_aggregations(self, now: dt.datetime) -> int:
         with self.db.read() as session:

@@ -1,0 +1,331 @@
+"""A served federation on real Celery workers, end to end, on both brokers.
+
+Real processes: the API (``fedalign serve``), the server's aggregator worker and one worker per node
+(``fedalign worker --node``), each node with a data directory of its own. Redis (a database number of its
+own, flushed, with queue names unique to the run) with PostgreSQL, and the embedded default's filesystem
+transport with SQLite. Two federations of 3 sources and 1 target run side by side, one per topology.
+The nodes reach the API only through a recording proxy, so the tests see every byte they send.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_support import ADMIN_TOKEN, tiny_settings, write_vectors
+from process_support import (
+    REDIS_URL,
+    RUN_TIMEOUT_S,
+    Processes,
+    Recorded,
+    RecordingProxy,
+    child_env,
+    cli,
+    flush_redis,
+    free_port,
+    redis_or_skip,
+    scratch_postgres,
+    wait_ready,
+    wait_until,
+)
+from test_api_end_to_end import served_rounds
+
+from backend.services.manifests import slot_manifest
+from fedalign import params
+from fedalign.config import FederationConfig
+from fedalign.simulate import simulate
+
+TOPOLOGIES = ("server", "target")
+# name, role, data seed, domain shift
+NODES = (
+    ("alpha", "source", 1, 0.0),
+    ("beta", "source", 2, 0.3),
+    ("gamma", "source", 4, 0.6),
+    ("omega", "target", 3, 1.5),
+)
+RECEIVED = re.compile(r"received step (\d+) for node (\S+)")
+
+
+@dataclass
+class ServedRun:
+    broker: str
+    configs: dict[str, FederationConfig]
+    rounds: dict[str, dict[int, dict[str, Any]]]
+    status: dict[str, str]
+    models: dict[str, bytes]
+    node_ids: dict[tuple[str, str], str]
+    # node token -> (topology, node name)
+    tokens: dict[str, tuple[str, str]]
+    records: list[Recorded]
+    worker_logs: dict[tuple[str, str], str]
+
+
+@pytest.fixture(scope="module", params=["redis", "filesystem"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> ServedRun:
+    broker: str = request.param
+    tmp = tmp_path_factory.mktemp(f"celery-{broker}")
+    specs = {name: write_vectors(tmp / f"{name}.npz", seed, shift) for name, _, seed, shift in NODES}
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    with contextlib.ExitStack() as stack:
+        if broker == "redis":
+            redis_or_skip()
+            flush_redis()
+            stack.callback(flush_redis)
+            database_url = stack.enter_context(scratch_postgres())
+            broker_url = REDIS_URL
+        else:
+            database_url = f"sqlite:///{tmp / 'server' / 'fedalign.db'}"
+            broker_url = f"filesystem://{tmp / 'broker'}"
+        processes = Processes(tmp)
+        stack.callback(processes.stop)
+        shared = {
+            "FEDALIGN_BROKER_URL": broker_url,
+            "FEDALIGN_QUEUE_PREFIX": prefix,
+            "FEDALIGN_BROKER_POLL_S": "0.05",
+        }
+        server_env = child_env(
+            **shared,
+            FEDALIGN_DATA_DIR=str(tmp / "server"),
+            FEDALIGN_DATABASE_URL=database_url,
+            FEDALIGN_ADMIN_TOKEN=ADMIN_TOKEN,
+            FEDALIGN_SWEEP_INTERVAL_S="1",
+        )
+        port = free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        processes.start("api", cli("serve", "--port", str(port), "--log-level", "warning"), server_env)
+        processes.start("aggregator", cli("worker", "--aggregator", "--threads", "1"), server_env)
+        wait_ready(api_url, processes)
+        proxy = stack.enter_context(RecordingProxy(api_url))
+        admin = stack.enter_context(
+            httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60)
+        )
+
+        federations: dict[str, str] = {}
+        node_ids: dict[tuple[str, str], str] = {}
+        tokens: dict[str, tuple[str, str]] = {}
+        for topology in TOPOLOGIES:
+            created = admin.post(
+                "/api/v1/federations", json=tiny_settings(name=f"celery-{topology}", aggregator=topology)
+            )
+            assert created.status_code == 201, created.text
+            federations[topology] = created.json()["id"]
+            for name, role, _, _ in NODES:
+                node = admin.post(
+                    f"/api/v1/federations/{federations[topology]}/nodes",
+                    json={"name": name, "role": role, "dataset": specs[name], "mode": "celery"},
+                )
+                assert node.status_code == 201, node.text
+                node_ids[topology, name] = node.json()["id"]
+                tokens[node.json()["token"]] = (topology, name)
+        for token, (topology, name) in tokens.items():
+            env = child_env(
+                **shared, FEDALIGN_DATA_DIR=str(tmp / f"node-{topology}-{name}"), FEDALIGN_NODE_TOKEN=token
+            )
+            argv = cli("worker", "--node", name, "--api", proxy.url, "--threads", "1", "--device", "cpu")
+            processes.start(f"{topology}-{name}", argv, env)
+        for fid in federations.values():
+            assert admin.post(f"/api/v1/federations/{fid}/start").status_code == 200
+
+        def done() -> bool:
+            processes.assert_alive()
+            return all(
+                admin.get(f"/api/v1/federations/{fid}").json()["status"]
+                in ("finished", "failed", "cancelled")
+                for fid in federations.values()
+            )
+
+        wait_until(done, RUN_TIMEOUT_S, "both federations to finish", poll_s=0.5)
+        configs = {
+            topology: FederationConfig.model_validate(
+                {
+                    **tiny_settings(name=f"celery-{topology}", aggregator=topology),
+                    "nodes": [{"name": n, "role": r, "dataset": specs[n]} for n, r, _, _ in NODES],
+                }
+            )
+            for topology in TOPOLOGIES
+        }
+        return ServedRun(
+            broker=broker,
+            configs=configs,
+            rounds={t: served_rounds_http(admin, fid) for t, fid in federations.items()},
+            status={
+                t: admin.get(f"/api/v1/federations/{fid}").json()["status"] for t, fid in federations.items()
+            },
+            models={
+                t: admin.get(f"/api/v1/federations/{fid}/model").content for t, fid in federations.items()
+            },
+            node_ids=node_ids,
+            tokens=tokens,
+            records=list(proxy.records),
+            worker_logs={key: processes.log(f"{key[0]}-{key[1]}") for key in node_ids},
+        )
+
+
+def served_rounds_http(admin: httpx.Client, federation_id: str) -> dict[int, dict[str, Any]]:
+    class Adapter:  # served_rounds reads through the in-process test API's `ok`
+        def ok(self, method: str, path: str) -> Any:
+            response = admin.request(method, path)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+    return served_rounds(Adapter(), federation_id)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_a_federation_on_celery_workers_gives_the_simulators_metrics_exactly(
+    served: ServedRun, topology: str
+) -> None:
+    assert served.status[topology] == "finished"
+    reference = simulate(served.configs[topology])
+    expected = {r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes}
+    # Exact: every process runs one torch thread on the CPU, as the simulation here does, and every random
+    # choice derives from the seed, the node, the round and the phase.
+    assert served.rounds[topology] == expected
+    assert params.from_bytes(served.models[topology]).keys() == reference.models["target_model"].keys()
+    assert served.models[topology] == params.to_bytes(reference.models["target_model"])
+
+
+def test_each_nodes_worker_receives_only_that_nodes_steps(served: ServedRun) -> None:
+    for key, log in served.worker_logs.items():
+        received = RECEIVED.findall(log)
+        assert received, f"worker {key} received no step"
+        assert {node for _, node in received} == {served.node_ids[key]}, f"worker {key} got another's step"
+        assert "does not serve" not in log
+
+
+ALLOWED_JSON = {"metrics", "samples"}
+SAMPLE_SPLITS = {"train", "val", "test"}
+UPLOAD = re.compile(r"^/api/v1/node/steps/\d+/uploads/(\w+)$")
+
+
+def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(served: ServedRun) -> None:
+    assert served.records, "the proxy saw no request"
+    uploads = 0
+    for record in served.records:
+        token = record.headers.get("Authorization", "").removeprefix("Bearer ")
+        assert token in served.tokens, f"{record.method} {record.path} without a node's token"
+        topology, _ = served.tokens[token]
+        assert record.path.startswith("/api/v1/node/") and "?" not in record.path, record.path
+        if record.method == "GET" or record.path.endswith("/claim"):
+            assert record.body == b"", f"{record.method} {record.path} carried a body"
+        elif record.method == "PUT":
+            match = UPLOAD.match(record.path)
+            assert match, record.path
+            manifest = slot_manifest(served.configs[topology], match.group(1))
+            # Names, dtypes and shapes of the manifest's shared tensors, finite values, nothing else.
+            params.validate(record.body, manifest, max_bytes=64 * 1024 * 1024)
+            uploads += 1
+        else:
+            assert record.method == "POST" and record.path.endswith("/complete"), record.path
+            assert_scalar_completion(json.loads(record.body))
+    assert uploads > 0
+
+
+def assert_scalar_completion(body: Any) -> None:
+    assert isinstance(body, dict) and set(body) <= ALLOWED_JSON, body
+    metrics = body.get("metrics", {})
+    assert isinstance(metrics, dict)
+    for name, value in metrics.items():
+        assert isinstance(name, str) and type(value) is float and math.isfinite(value), (name, value)
+    samples = body.get("samples")
+    if samples is not None:
+        assert isinstance(samples, dict) and set(samples) <= SAMPLE_SPLITS, samples
+        assert all(type(v) is int and v >= 0 for v in samples.values()), samples
+
+
+def test_the_recording_proxy_is_in_the_nodes_path(served: ServedRun) -> None:
+    """Every node worker made its requests through the proxy (the other tests would pass vacuously if a
+    worker bypassed it)."""
+    seen = {served.tokens[r.headers["Authorization"].removeprefix("Bearer ")] for r in served.records}
+    assert seen == set(served.tokens.values())
+
+
+def test_a_lost_message_and_a_killed_worker_are_recovered_with_the_same_metrics(tmp_path: Path) -> None:
+    """The filesystem transport deletes a message when a worker fetches it: a worker that dies after
+    claiming its step leaves nothing to redeliver. The sweep sends the step again once its lease expires,
+    and a worker killed mid-run and started again continues from the node's saved state."""
+    specs = {name: write_vectors(tmp_path / f"{name}.npz", seed, shift) for name, _, seed, shift in NODES}
+    broker_url = f"filesystem://{tmp_path / 'broker'}"
+    settings = tiny_settings(name="recovery", rounds=4)
+    processes = Processes(tmp_path)
+    try:
+        env = child_env(
+            FEDALIGN_BROKER_URL=broker_url,
+            FEDALIGN_BROKER_POLL_S="0.05",
+            FEDALIGN_DATA_DIR=str(tmp_path / "server"),
+            FEDALIGN_ADMIN_TOKEN=ADMIN_TOKEN,
+            FEDALIGN_SWEEP_INTERVAL_S="0.5",
+            FEDALIGN_LEASE_SECONDS="3",
+        )
+        port = free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        processes.start("api", cli("serve", "--port", str(port), "--log-level", "warning"), env)
+        processes.start("aggregator", cli("worker", "--aggregator", "--threads", "1"), env)
+        wait_ready(api_url, processes)
+        admin = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=60)
+        fid = admin.post("/api/v1/federations", json=settings).json()["id"]
+        tokens, ids = {}, {}
+        for name, role, _, _ in NODES:
+            body = {"name": name, "role": role, "dataset": specs[name], "mode": "celery"}
+            node = admin.post(f"/api/v1/federations/{fid}/nodes", json=body).json()
+            tokens[name], ids[name] = node["token"], node["id"]
+
+        def start_worker(name: str, label: str) -> None:
+            node_env = child_env(
+                FEDALIGN_BROKER_URL=broker_url,
+                FEDALIGN_BROKER_POLL_S="0.05",
+                FEDALIGN_DATA_DIR=str(tmp_path / f"node-{name}"),
+                FEDALIGN_NODE_TOKEN=tokens[name],
+            )
+            processes.start(
+                label, cli("worker", "--node", name, "--api", api_url, "--threads", "1"), node_env
+            )
+
+        for name in ("beta", "gamma", "omega"):
+            start_worker(name, name)
+        assert admin.post(f"/api/v1/federations/{fid}/start").status_code == 200
+        # alpha's worker "fetched" its setup message and died holding the claim: the message is gone.
+        queue = tmp_path / "broker" / "queue"
+        alphas = f"*.node.{ids['alpha']}.msg"  # the transport's file name: <time>_<uuid>.<queue>.msg
+        wait_until(lambda: any(queue.glob(alphas)), 30, "alpha's message")
+        alpha = httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {tokens['alpha']}"})
+        claimed = alpha.get("/api/v1/node/task")
+        assert claimed.status_code == 200 and claimed.json()["kind"] == "setup"
+        for message in queue.glob(alphas):
+            message.unlink()
+        start_worker("alpha", "alpha")
+
+        def in_round(n: int) -> bool:
+            processes.assert_alive()
+            return (admin.get(f"/api/v1/federations/{fid}").json()["round"] or 0) >= n
+
+        wait_until(lambda: in_round(2), RUN_TIMEOUT_S, "round 2", poll_s=0.2)
+        processes.running["alpha"].kill()  # SIGKILL: no warm shutdown, whatever it was doing
+        processes.running["alpha"].wait()
+        del processes.running["alpha"]
+        start_worker("alpha", "alpha-again")
+
+        def finished() -> bool:
+            processes.assert_alive()
+            return admin.get(f"/api/v1/federations/{fid}").json()["status"] in ("finished", "failed")
+
+        wait_until(finished, RUN_TIMEOUT_S, "the federation to finish", poll_s=0.5)
+        config = FederationConfig.model_validate(
+            {**settings, "nodes": [{"name": n, "role": r, "dataset": specs[n]} for n, r, _, _ in NODES]}
+        )
+        reference = simulate(config)
+        assert served_rounds_http(admin, fid) == {
+            r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes
+        }
+        admin.close()
+        alpha.close()
+    finally:
+        processes.stop()

@@ -1,0 +1,236 @@
+"""Steps are rows, messages point at them: sent after the commit, to Celery-mode nodes only, claimed by id,
+sent again by the sweep when lost; and the server and the workers agree on names and queues."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import threading
+import time
+import tomllib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from api_support import Api
+from kombu import Connection, Exchange, Queue
+
+from backend import embedded
+from backend.models import Step
+from backend.services import broker as server_broker
+from backend.services import messages
+from backend.services.messages import CeleryAggregationDispatcher, StepMessage, StepSender
+from workers import broker as worker_broker
+from workers import celery_app
+
+ROOT = Path(__file__).resolve().parents[2]
+NODES = (("alpha", "source", "celery"), ("beta", "source", "rest"), ("omega", "target", "celery"))
+
+
+class FakeMessenger:
+    """Records what would go to the broker; ``down`` makes sending fail, as with the broker unreachable."""
+
+    def __init__(self, api: Api | None = None) -> None:
+        self.api = api
+        self.steps: list[StepMessage] = []
+        self.jobs: list[int] = []
+        self.down = False
+        self.uncommitted: list[int] = []
+
+    def send_step(self, message: StepMessage) -> None:
+        if self.down:
+            raise ConnectionError("broker unreachable")
+        if self.api is not None:
+            # What the message points at must be visible to others already: committed.
+            with self.api.services.db.read() as session:
+                if session.get(Step, message.step_id) is None:
+                    self.uncommitted.append(message.step_id)
+        self.steps.append(message)
+
+    def send_aggregation(self, job_id: int) -> None:
+        self.jobs.append(job_id)
+
+    def close(self) -> None:
+        pass
+
+
+def with_broker(api: Api) -> FakeMessenger:
+    messenger = FakeMessenger(api)
+    api.services.orchestrator.send_steps = StepSender(api.services.db, messenger)  # type: ignore[arg-type]
+    return messenger
+
+
+def register(api: Api) -> tuple[str, dict[str, dict[str, Any]]]:
+    federation = api.create_federation()
+    nodes = {
+        name: api.ok(
+            "POST",
+            f"/api/v1/federations/{federation['id']}/nodes",
+            201,
+            json={"name": name, "role": role, "dataset": "npz:/data/x.npz", "mode": mode},
+        )
+        for name, role, mode in NODES
+    }
+    return federation["id"], nodes
+
+
+def test_steps_of_celery_nodes_are_sent_to_their_queues_after_the_commit(api: Api) -> None:
+    messenger = with_broker(api)
+    fid, nodes = register(api)
+    api.start(fid)
+
+    sent = {m.node_id for m in messenger.steps}
+    assert sent == {nodes["alpha"]["id"], nodes["omega"]["id"]}, (
+        "REST nodes poll; only Celery nodes get messages"
+    )
+    assert messenger.uncommitted == []
+    assert all(m.federation_id == fid for m in messenger.steps)
+    with api.services.db.read() as session:
+        for message in messenger.steps:
+            step = session.get(Step, message.step_id)
+            assert step is not None and step.node_id == message.node_id and step.dispatched_at is not None
+
+
+def test_a_celery_node_needs_a_broker(api: Api) -> None:
+    federation = api.create_federation()
+    response = api.request(
+        "POST",
+        f"/api/v1/federations/{federation['id']}/nodes",
+        json={"name": "alpha", "role": "source", "dataset": "npz:/x.npz", "mode": "celery"},
+    )
+    assert response.status_code == 409 and response.json()["error"]["code"] == "no_broker"
+
+
+def test_the_sweep_sends_again_what_was_not_sent_or_whose_lease_expired(api: Api) -> None:
+    messenger = with_broker(api)
+    fid, nodes = register(api)
+    messenger.down = True
+    api.start(fid)  # committed, but the broker is down: nothing sent
+    assert messenger.steps == []
+    messenger.down = False
+
+    api.services.sweeper.sweep_once()
+    assert {m.node_id for m in messenger.steps} == {nodes["alpha"]["id"], nodes["omega"]["id"]}
+    api.services.sweeper.sweep_once()
+    assert len(messenger.steps) == 2, "sent a moment ago: not sent again yet"
+
+    alpha_step = next(m.step_id for m in messenger.steps if m.node_id == nodes["alpha"]["id"])
+    api.ok("POST", f"/api/v1/node/steps/{alpha_step}/claim", token=nodes["alpha"]["token"])
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=api.services.settings.lease_seconds + 1)
+    report = api.services.sweeper.sweep_once(later)
+    assert report.released == 1
+    resent = [m.step_id for m in messenger.steps[2:]]
+    assert alpha_step in resent, "a step whose lease expired is sent again at once"
+
+
+def test_resuming_a_paused_federation_sends_its_pending_steps_again(api: Api) -> None:
+    messenger = with_broker(api)
+    fid, _ = register(api)
+    api.start(fid)
+    api.ok("POST", f"/api/v1/federations/{fid}/pause")
+    before = len(messenger.steps)
+    api.ok("POST", f"/api/v1/federations/{fid}/resume")
+    assert len(messenger.steps) == before + 2
+
+
+def test_a_node_claims_its_step_by_id_until_it_is_done(api: Api) -> None:
+    messenger = with_broker(api)
+    fid, nodes = register(api)
+    api.start(fid)
+    step_id = next(m.step_id for m in messenger.steps if m.node_id == nodes["alpha"]["id"])
+    url = f"/api/v1/node/steps/{step_id}/claim"
+    alpha, omega = nodes["alpha"]["token"], nodes["omega"]["token"]
+
+    task = api.ok("POST", url, token=alpha)
+    assert task["step_id"] == step_id and task["kind"] == "setup"
+    # Claimed by this node already (a restarted worker, a retried message): it may claim it again.
+    assert api.ok("POST", url, token=alpha)["step_id"] == step_id
+    other = api.request("POST", url, token=omega)
+    assert other.status_code == 403
+
+    api.ok("POST", f"/api/v1/federations/{fid}/pause")
+    paused = api.request("POST", url, token=alpha)
+    assert paused.status_code == 409 and paused.json()["error"]["code"] == "federation_paused"
+    api.ok("POST", f"/api/v1/federations/{fid}/resume")
+
+    api.ok("POST", task["complete_url"], token=alpha, json={"samples": {"train": 4}})
+    done = api.request("POST", url, token=alpha)
+    assert done.status_code == 409 and done.json()["error"]["code"] == "already_completed"
+
+
+def test_an_aggregation_job_is_sent_once_while_it_waits() -> None:
+    messenger = FakeMessenger()
+    dispatcher = CeleryAggregationDispatcher(messenger, resend_after_s=60)  # type: ignore[arg-type]
+    dispatcher.dispatch([3, 4])
+    dispatcher.dispatch([4, 5])  # the sweep offers the pending jobs again
+    assert messenger.jobs == [3, 4, 5]
+
+
+def test_the_server_and_the_workers_agree_on_task_names_and_queues() -> None:
+    assert messages.STEP_TASK == celery_app.STEP_TASK == celery_app.run_step.name
+    assert messages.AGGREGATE_TASK == celery_app.AGGREGATE_TASK == celery_app.aggregate.name
+    assert messages.node_queue("p.", "n1") == celery_app.node_queue("p.", "n1") == "p.node.n1"
+    assert messages.aggregator_queue("p.") == celery_app.aggregator_queue("p.") == "p.aggregator"
+
+
+def test_the_server_and_the_workers_configure_the_broker_with_the_same_code() -> None:
+    def code(module: ModuleType) -> str:
+        source = inspect.getsource(module)
+        return source[source.index('"""', 3) + 3 :]  # below the module docstring
+
+    assert code(server_broker) == code(worker_broker)
+
+
+def test_a_filesystem_queue_never_shows_a_message_half_written(tmp_path: Path) -> None:
+    """kombu's own filesystem transport hands a consumer polling at the wrong moment an empty message."""
+    settings = worker_broker.celery_broker(f"filesystem://{tmp_path}", tmp_path)
+    options = settings["broker_transport_options"]
+    queue = Queue("q", Exchange("q"), "q")
+    count = 1500
+    received: list[Any] = []
+    errors: list[Exception] = []
+
+    def consume() -> None:
+        transport = {**options, "polling_interval": 0.0}
+        with Connection(
+            "filesystem://", transport=settings["broker_transport"], transport_options=transport
+        ) as c:
+            channel = c.channel()
+            deadline = time.monotonic() + 60
+            while len(received) + len(errors) < count and time.monotonic() < deadline:
+                try:
+                    message = channel.basic_get("q", no_ack=True)
+                except Exception as exc:
+                    errors.append(exc)
+                    continue
+                if message is not None:
+                    received.append(message.decode())
+
+    with Connection("filesystem://", transport=settings["broker_transport"], transport_options=options) as c:
+        producer = c.Producer()
+        producer.publish({"i": -1}, exchange=queue.exchange, routing_key="q", declare=[queue])
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        for i in range(count - 1):
+            producer.publish({"i": i, "padding": "x" * 2000}, exchange=queue.exchange, routing_key="q")
+        consumer.join()
+    assert errors == []
+    assert sorted(m["i"] for m in received) == list(range(-1, count - 1))
+
+
+def test_a_worker_never_runs_a_step_of_a_node_it_does_not_serve() -> None:
+    assert celery_app.run_step.run(step_id=1, node_id="someone-else", federation_id="f") == "not_served"
+
+
+def test_the_demo_federation_is_the_examples_recipe() -> None:
+    example = tomllib.loads((ROOT / "examples" / "digits-mnistm.toml").read_text(encoding="utf-8"))
+    demo = embedded.demo_settings(embedded.DEMO_ROUNDS)
+    assert demo["rounds"] == 20 and demo["hyperparameters"]["eval_every"] == 5
+    for key in ("algorithm", "architecture", "seed", "aggregator"):
+        assert demo[key] == example[key], key
+    assert {k: v for k, v in demo["hyperparameters"].items() if k != "eval_every"} == {
+        k: v for k, v in example["hyperparameters"].items() if k != "eval_every"
+    }
+    assert [(n, r, d) for n, r, d in embedded.DEMO_NODES] == [
+        (n["name"], n["role"], n["dataset"]) for n in example["nodes"]
+    ]
