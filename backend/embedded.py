@@ -9,7 +9,7 @@ no server). ``FEDALIGN_BROKER_URL=redis://...`` and a PostgreSQL ``FEDALIGN_DATA
 command run on those instead.
 
 The demo federation is the recipe of ``examples/digits-mnistm.toml`` (three labelled digit domains as
-sources, unlabelled MNIST-M as target) with 20 rounds, registered with its nodes in mode ``celery`` and
+sources, unlabelled MNIST-M as target) with 100 rounds, registered with its nodes in mode ``celery`` and
 ready to start. Its nodes' tokens go to ``demo-nodes.json`` in the data directory (mode 0600), which the
 worker reads (the format of `workers.celery_app.CredentialsFile`). This module starts the worker as a
 command and never imports `workers`.
@@ -37,8 +37,8 @@ from backend import migrate
 from backend.settings import Settings
 
 DEMO_FILE = "demo-nodes.json"
-DEMO_ROUNDS = 20
-# The recipe of examples/digits-mnistm.toml (a test keeps the two in step), evaluated every 5 rounds.
+DEMO_ROUNDS = 100
+# The recipe of examples/digits-mnistm.toml (a test keeps the two in step), evaluated every 10 rounds.
 DEMO_SETTINGS: dict[str, Any] = {
     "name": "digits to MNIST-M (demo)",
     "algorithm": "fedalign",
@@ -55,7 +55,7 @@ DEMO_SETTINGS: dict[str, Any] = {
         "target_extractor": "average",
         "adv_schedule": "dann",
         "pseudo_label_threshold": 0.95,
-        "eval_every": 5,
+        "eval_every": 10,
     },
 }
 DEMO_NODES = (

@@ -373,7 +373,7 @@ def up(
     threads: ThreadsOption = 1,
     demo_rounds: Annotated[
         int, typer.Option(min=1, envvar="FEDALIGN_DEMO_ROUNDS", help="Rounds of the demo federation.")
-    ] = 20,
+    ] = 100,
     start: Annotated[bool, typer.Option("--start", help="Start the demo federation right away.")] = False,
 ) -> None:
     """Run the whole product on this machine: the API, one worker, a demo federation.

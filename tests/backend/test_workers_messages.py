@@ -225,7 +225,7 @@ def test_a_worker_never_runs_a_step_of_a_node_it_does_not_serve() -> None:
 def test_the_demo_federation_is_the_examples_recipe() -> None:
     example = tomllib.loads((ROOT / "examples" / "digits-mnistm.toml").read_text(encoding="utf-8"))
     demo = embedded.demo_settings(embedded.DEMO_ROUNDS)
-    assert demo["rounds"] == 20 and demo["hyperparameters"]["eval_every"] == 5
+    assert demo["rounds"] == 100 and demo["hyperparameters"]["eval_every"] == 10
     for key in ("algorithm", "architecture", "seed", "aggregator"):
         assert demo[key] == example[key], key
     assert {k: v for k, v in demo["hyperparameters"].items() if k != "eval_every"} == {
