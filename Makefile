@@ -36,10 +36,10 @@ format: setup
 	$(BIN)/ruff format .
 
 bench-accuracy: setup
-	$(BIN)/python bench/accuracy.py --json bench/out/accuracy.json
+	$(BIN)/python bench/accuracy.py --seeds 0 1 --json bench/results/accuracy.json
 
 bench-aggregate: setup
-	$(BIN)/python bench/aggregate_bench.py --json bench/out/aggregate.json
+	$(BIN)/python bench/aggregate_bench.py --json bench/results/aggregate.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -65,7 +65,14 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
 }
 CENTRAL = ("target_oracle", "dann_central")
-DEFAULT_METHODS = ("target_oracle", "source_only", "fedavg", "dann_central", "fedalign")
+DEFAULT_METHODS = (
+    "target_oracle",
+    "source_only",
+    "fedavg",
+    "dann_central",
+    "fedalign",
+    "fedalign_no_adversarial",
+)
 
 
 @dataclass(frozen=True)
