@@ -172,8 +172,9 @@ def _cell(values: list[float]) -> str:
     if not values:
         return "—"
     mean = 100 * statistics.fmean(values)
-    spread = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {spread:.1f}"
+    if len(values) == 1:
+        return f"{mean:.1f} (1 seed)"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def table(results: list[dict[str, Any]], methods: list[str], targets: list[str]) -> str:
