@@ -110,21 +110,33 @@ def _claim(
         )
     )
     for step_id in candidates:
-        result = session.execute(
-            update(Step)
-            .where(Step.id == step_id, claimable)
-            .values(
-                status="claimed",
-                lease_owner=f"node:{credential.node_name}",
-                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-                claimed_at=now,
-                attempts=Step.attempts + 1,
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount == 1:
+        if _take_lease(session, step_id, claimable, credential, now, lease_seconds):
             return session.get(Step, step_id, populate_existing=True)
     return None
+
+
+def _take_lease(
+    session: Session,
+    step_id: int,
+    condition: Any,
+    credential: Credential,
+    now: dt.datetime,
+    lease_seconds: float,
+) -> bool:
+    """The conditional UPDATE that claims a step; its row count says whether this caller won it."""
+    result = session.execute(
+        update(Step)
+        .where(Step.id == step_id, condition)
+        .values(
+            status="claimed",
+            lease_owner=f"node:{credential.node_name}",
+            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            claimed_at=now,
+            attempts=Step.attempts + 1,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def claim_step(session: Session, credential: Credential, step_id: int, lease_seconds: float) -> Step:
@@ -154,19 +166,8 @@ def claim_step(session: Session, credential: Credential, step_id: int, lease_sec
         raise conflict(
             "wrong_phase", f"round {step.round} phase {step.phase!r} closed without step {step_id}"
         )
-    result = session.execute(
-        update(Step)
-        .where(Step.id == step_id, Step.status.in_(OPEN_STEP))
-        .values(
-            status="claimed",
-            lease_owner=f"node:{credential.node_name}",
-            lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-            claimed_at=now,
-            attempts=Step.attempts + 1,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # completed or cancelled between the read and the update
+    # Completed or cancelled between the read and the update: nothing to run.
+    if not _take_lease(session, step_id, Step.status.in_(OPEN_STEP), credential, now, lease_seconds):
         raise conflict("not_claimable", f"step {step_id} is no longer open; there is nothing to run")
     _seen(session, credential, federation, now)
     claimed = session.get(Step, step_id, populate_existing=True)
