@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from backend import errors, migrate
+from backend import dashboard, errors, migrate
 from backend.database import Database, make_engine
 from backend.deps import Services
 from backend.limits import JsonBodyLimit
@@ -28,6 +28,7 @@ from backend.routers import (
     nodes,
     published,
     rounds,
+    session,
 )
 from backend.services.aggregation import AggregationDispatcher, AggregationService, ThreadPoolDispatcher
 from backend.services.events import EventNotifier
@@ -109,9 +110,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=API_DESCRIPTION,
         lifespan=lifespan,
+        # Operation ids are the route functions' names (list_federations, ...): the generated dashboard
+        # client and other clients read better with them than with FastAPI's path-derived ids.
+        generate_unique_id_function=lambda route: route.name,
     )
     errors.install(app)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
-    for module in (health, federations, nodes, rounds, aggregations, metrics, published, events, node_api):
+    for module in (
+        health,
+        session,
+        federations,
+        nodes,
+        rounds,
+        aggregations,
+        metrics,
+        published,
+        events,
+        node_api,
+    ):
         app.include_router(module.router)
+    dashboard.mount(app, settings.frontend_dir)  # last: its catch-all must not shadow a route
     return app

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from backend.database import Database
-from backend.errors import forbidden, unauthorized
+from backend.errors import ApiError, forbidden, unauthorized
 from backend.security import Credential, resolve
 from backend.services.aggregation import AggregationDispatcher, AggregationService
 from backend.services.events import EventNotifier
 from backend.services.orchestrator import Orchestrator
 from backend.services.store import ArtifactStore
 from backend.services.sweep import Sweeper
+from backend.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, csrf_ok, verify
 from backend.settings import Settings
 
 
@@ -59,18 +60,45 @@ bearer = HTTPBearer(
 )
 
 
+session_cookie = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    scheme_name="session",
+    description="The dashboard's session (POST /api/v1/session exchanges the admin token for it); a request "
+    f"that changes state must also send the session's CSRF token in the {CSRF_HEADER} header.",
+)
+
+
 def get_credential(
-    services: ServicesDep, authorization: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    request: Request,
+    services: ServicesDep,
+    authorization: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    cookie: Annotated[str | None, Depends(session_cookie)],
 ) -> Credential:
-    if authorization is None or not authorization.credentials:
-        raise unauthorized("this endpoint needs a token: send the header 'Authorization: Bearer <token>'")
-    with services.db.read() as session:
-        credential = resolve(session, services.admin_token, authorization.credentials)
-    if credential is None:
-        raise unauthorized(
-            "the bearer token is not valid here (revoked, mistyped, or from another server); check the token"
-        )
-    return credential
+    if authorization is not None and authorization.credentials:
+        with services.db.read() as session:
+            credential = resolve(session, services.admin_token, authorization.credentials)
+        if credential is None:
+            raise unauthorized(
+                "the bearer token is not valid here (revoked, mistyped, or from another server); check the "
+                "token"
+            )
+        return credential
+    if cookie:
+        dashboard = verify(services.admin_token, cookie)
+        if dashboard is None:
+            raise unauthorized("the dashboard session has expired or was ended; sign in again")
+        if request.method not in SAFE_METHODS and not csrf_ok(dashboard, request.headers.get(CSRF_HEADER)):
+            # A cookie rides along with any request a browser makes to this origin, even one another site
+            # triggered; only a page of this origin can have read the CSRF token.
+            raise ApiError(
+                403,
+                "csrf",
+                f"a request that changes state with the session cookie must send the session's CSRF token in "
+                f"the {CSRF_HEADER} header (GET /api/v1/session returns it)",
+            )
+        return Credential("admin")
+    raise unauthorized("this endpoint needs a token: send the header 'Authorization: Bearer <token>'")
 
 
 AnyCredential = Annotated[Credential, Depends(get_credential)]

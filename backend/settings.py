@@ -68,6 +68,20 @@ class Settings(BaseSettings):
     sse_ping_s: Annotated[float, Field(gt=0)] = 15.0
     sqlite_busy_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
     migrate_on_start: bool = True
+    session_ttl_s: Annotated[
+        float, Field(gt=0, description="How long a dashboard sign-in lasts (the session cookie's lifetime).")
+    ] = 12 * 3600.0
+    cookie_secure: Annotated[
+        bool | None,
+        Field(description="Mark the session cookie Secure (HTTPS only); default: when the request is HTTPS."),
+    ] = None
+    frontend_dir: Annotated[
+        Path | None,
+        Field(
+            description="The built dashboard (index.html and assets) served at /; default: frontend/dist "
+            "of this checkout."
+        ),
+    ] = None
 
     @field_validator("database_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -172,6 +173,26 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command()
+def openapi(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write here instead of to standard output.")
+    ] = None,
+) -> None:
+    """The API's OpenAPI document as JSON (the dashboard's typed client is generated from it)."""
+    import json
+
+    from backend.app import create_app
+
+    # Sorted keys and a final newline, so a regenerated file diffs only where the API changed.
+    text = json.dumps(create_app().openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out}")
 
 
 @db_app.command("upgrade")

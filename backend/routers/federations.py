@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 
 from backend.deps import Admin, ReadSession, ServicesDep
 from backend.errors import responses
-from backend.schemas.federations import FederationCreated, FederationList, FederationOut, FederationSettings
+from backend.schemas.federations import (
+    FederationClone,
+    FederationCloned,
+    FederationCreated,
+    FederationList,
+    FederationOut,
+    FederationSettings,
+)
+from backend.schemas.nodes import NodeCreated
 from backend.services import federations
+from backend.services.node_commands import run_command
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"])
 
@@ -16,8 +25,7 @@ FederationId = Path(description="The federation's id, as returned when it was cr
 
 def _out(services: ServicesDep, federation_id: str) -> FederationOut:
     with services.db.read() as session:
-        federation = federations.get(session, federation_id)
-        return federations.federation_out(federation, federations.node_names(session, federation_id))
+        return federations.view(session, federations.get(session, federation_id))
 
 
 @router.post(
@@ -40,12 +48,7 @@ def create_federation(
 
 @router.get("", response_model=FederationList, responses=responses(401, 403))
 def list_federations(session: ReadSession, _admin: Admin) -> FederationList:
-    return FederationList(
-        items=[
-            federations.federation_out(f, federations.node_names(session, f.id))
-            for f in federations.all_federations(session)
-        ]
-    )
+    return FederationList(items=federations.views_of(session, federations.all_federations(session)))
 
 
 @router.get("/{federation_id}", response_model=FederationOut, responses=responses(401, 403, 404, 422))
@@ -61,6 +64,37 @@ def get_federation(services: ServicesDep, _admin: Admin, federation_id: str = Fe
 )
 def delete_federation(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> None:
     federations.delete(services.orchestrator, federation_id)
+
+
+@router.post(
+    "/{federation_id}/clone",
+    status_code=status.HTTP_201_CREATED,
+    response_model=FederationCloned,
+    responses=responses(401, 403, 404, 409, 413, 422),
+    summary="Copy a federation's config (and its nodes, under new tokens), e.g. to run a baseline beside it",
+)
+def clone_federation(
+    body: FederationClone,
+    request: Request,
+    services: ServicesDep,
+    _admin: Admin,
+    federation_id: str = FederationId,
+) -> FederationCloned:
+    overrides = body.model_dump(exclude_none=True, exclude={"nodes"})
+    federation, join_token, registered = federations.clone(
+        services.db, services.orchestrator, federation_id, overrides, body.nodes
+    )
+    base = services.base_url(request)
+    node_tokens = [
+        NodeCreated(
+            **federations.node_out(node).model_dump(),
+            token=token,
+            run_command=run_command(node.mode, node.name, token, base, services.settings),
+        )
+        for node, token in registered
+    ]
+    out = _out(services, federation.id)
+    return FederationCloned(**out.model_dump(), join_token=join_token, node_tokens=node_tokens)
 
 
 TRANSITION = responses(401, 403, 404, 409, 413, 422)

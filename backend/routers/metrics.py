@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 
 from backend.deps import Admin, ReadSession
 from backend.errors import responses
 from backend.schemas.metrics import MetricSeriesList
 from backend.services import federations, views
 
-router = APIRouter(prefix="/api/v1/federations/{federation_id}/metrics", tags=["metrics"])
+router = APIRouter(prefix="/api/v1/federations/{federation_id}", tags=["metrics"])
 
 
-@router.get("", response_model=MetricSeriesList, responses=responses(401, 403, 404, 422))
+@router.get("/metrics", response_model=MetricSeriesList, responses=responses(401, 403, 404, 422))
 def get_metrics(
     session: ReadSession,
     _admin: Admin,
@@ -24,3 +24,24 @@ def get_metrics(
 ) -> MetricSeriesList:
     """One series per (node, metric); the federation's own metrics have ``node`` null and come first."""
     return views.metric_series(session, federations.get(session, federation_id), node, name)
+
+
+@router.get(
+    "/metrics.csv",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}, "description": "The metrics."}}
+    | responses(401, 403, 404, 422),
+)
+def export_metrics(
+    session: ReadSession, _admin: Admin, federation_id: Annotated[str, Path(max_length=36)]
+) -> Response:
+    """Every recorded metric as CSV: one row per round and node (empty node: the federation's own), one column
+    per metric name."""
+    federation = federations.get(session, federation_id)
+    body = views.metrics_csv(session, federation)
+    filename = f"{federation.name}-metrics.csv".replace("/", "_").replace('"', "")
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 
 from backend.deps import Admin, AnyCredential, ReadSession, ServicesDep
 from backend.errors import responses
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeList, NodeOut
 from backend.services import federations
+from backend.services.node_commands import run_command
 
 router = APIRouter(prefix="/api/v1/federations/{federation_id}/nodes", tags=["nodes"])
 
@@ -23,10 +24,15 @@ NodeName = Path(description="The node's name, unique within its federation.", ma
     summary="Register a node (admin token or the federation's join token); returns its token once",
 )
 def register_node(
-    body: NodeCreate, services: ServicesDep, credential: AnyCredential, federation_id: str = FederationId
+    body: NodeCreate,
+    request: Request,
+    services: ServicesDep,
+    credential: AnyCredential,
+    federation_id: str = FederationId,
 ) -> NodeCreated:
     node, token = federations.register_node(services.orchestrator, federation_id, body, credential)
-    return NodeCreated(**federations.node_out(node).model_dump(), token=token)
+    command = run_command(node.mode, node.name, token, services.base_url(request), services.settings)
+    return NodeCreated(**federations.node_out(node).model_dump(), token=token, run_command=command)
 
 
 @router.get("", response_model=NodeList, responses=responses(401, 403, 404, 422))

@@ -4,11 +4,12 @@ one by one afterwards (`schemas.nodes`)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from fedalign.config import FederationConfig
+from backend.schemas.nodes import NodeCreated
+from fedalign.config import Algorithm, FederationConfig
 
 FederationStatus = Literal["created", "running", "paused", "stalled", "finished", "cancelled", "failed"]
 
@@ -40,6 +41,15 @@ FederationSettings: type[BaseModel] = create_model(
 )
 
 
+class Progress(BaseModel):
+    rounds_done: int = Field(description="Rounds completed, out of config.rounds.")
+    target_acc: float | None = Field(description="The latest evaluated target accuracy, when there is one.")
+    disc_acc: float | None = Field(
+        description="The latest balanced discriminator accuracy, when there is one."
+    )
+    round_of_metrics: int | None = Field(description="The round those two were measured in.")
+
+
 class FederationOut(BaseModel):
     id: str
     name: str
@@ -49,6 +59,7 @@ class FederationOut(BaseModel):
     nodes: list[str] = Field(description="Registered node names.")
     round: int | None = Field(description="The open round once started.")
     phase: str | None = Field(description="The open phase once started.")
+    progress: Progress
     created_at: dt.datetime
     updated_at: dt.datetime
     started_at: dt.datetime | None
@@ -59,6 +70,28 @@ class FederationCreated(FederationOut):
     join_token: str = Field(
         description="Registers nodes in this federation only (Authorization: Bearer). Shown once; "
         "the server keeps only its hash."
+    )
+
+
+class FederationClone(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[
+        str | None, Field(min_length=1, max_length=200, description="Default: '<name> (copy)'.")
+    ] = None
+    algorithm: Annotated[
+        Algorithm | None,
+        Field(description="Run the copy with another algorithm, e.g. the fedavg baseline on the same nodes."),
+    ] = None
+    seed: Annotated[int | None, Field(ge=0, description="Default: the original's seed.")] = None
+    nodes: Annotated[
+        bool, Field(description="Register the same nodes (name, role, dataset, mode) with new tokens.")
+    ] = True
+
+
+class FederationCloned(FederationCreated):
+    node_tokens: list[NodeCreated] = Field(
+        description="The copied nodes with their new tokens and run commands, shown once."
     )
 
 

@@ -55,6 +55,9 @@ class NodeCreated(NodeOut):
         description="This node's own token (Authorization: Bearer) for the /api/v1/node endpoints. Shown "
         "once; the server keeps only its hash."
     )
+    run_command: str = Field(
+        description="The command that runs this node on its own machine (with its token in the environment)."
+    )
 
 
 class NodeList(BaseModel):

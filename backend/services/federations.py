@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from backend.database import Database
 from backend.errors import ApiError, conflict, forbidden, not_found
-from backend.models import Aggregation, Artifact, Federation, Node, Step, utcnow
-from backend.schemas.federations import FederationOut
+from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
+from backend.schemas.federations import FederationOut, Progress
 from backend.schemas.nodes import NodeCreate, NodeOut
 from backend.security import JOIN_PREFIX, NODE_PREFIX, Credential, new_token, token_hash
 from backend.services import events
@@ -33,7 +33,43 @@ from fedalign.config import FederationConfig
 ROUTES = "list them with GET /api/v1/federations"
 
 
-def federation_out(federation: Federation, node_names: list[str]) -> FederationOut:
+PROGRESS_METRICS = ("target_acc", "disc_acc")
+
+
+def progress_of(session: Session, federations: list[Federation]) -> dict[str, Progress]:
+    """Rounds done and the latest target and discriminator accuracy, for each federation, in one query."""
+    latest: dict[str, dict[str, tuple[int, float]]] = {f.id: {} for f in federations}
+    if federations:
+        rows = session.execute(
+            select(Metric.federation_id, Metric.name, Metric.round, Metric.value).where(
+                Metric.federation_id.in_(list(latest)),
+                Metric.node.is_(None),
+                Metric.name.in_(PROGRESS_METRICS),
+            )
+        )
+        for federation_id, name, round_, value in rows:
+            seen = latest[federation_id].get(name)
+            if seen is None or round_ > seen[0]:
+                latest[federation_id][name] = (round_, value)
+    out = {}
+    for federation in federations:
+        done = 0
+        if federation.protocol_state and federation.status != "created":
+            state = protocol_state(federation)
+            done = federation_config(federation).rounds if state.finished else max(0, state.round - 1)
+        metrics = latest[federation.id]
+        target, disc = metrics.get("target_acc"), metrics.get("disc_acc")
+        rounds = [m[0] for m in (target, disc) if m is not None]
+        out[federation.id] = Progress(
+            rounds_done=done,
+            target_acc=target[1] if target else None,
+            disc_acc=disc[1] if disc else None,
+            round_of_metrics=max(rounds) if rounds else None,
+        )
+    return out
+
+
+def federation_out(federation: Federation, node_names: list[str], progress: Progress) -> FederationOut:
     round_: int | None = None
     phase: str | None = None
     if federation.protocol_state and federation.status != "created":
@@ -50,11 +86,26 @@ def federation_out(federation: Federation, node_names: list[str]) -> FederationO
         nodes=node_names,
         round=round_,
         phase=phase,
+        progress=progress,
         created_at=federation.created_at,
         updated_at=federation.updated_at,
         started_at=federation.started_at,
         finished_at=federation.finished_at,
     )
+
+
+def view(session: Session, federation: Federation) -> FederationOut:
+    progress = progress_of(session, [federation])[federation.id]
+    return federation_out(federation, node_names(session, federation.id), progress)
+
+
+def views_of(session: Session, federations: list[Federation]) -> list[FederationOut]:
+    progress = progress_of(session, federations)
+    names: dict[str, list[str]] = {f.id: [] for f in federations}
+    for federation_id, name in session.execute(select(Node.federation_id, Node.name).order_by(Node.name)):
+        if federation_id in names:
+            names[federation_id].append(name)
+    return [federation_out(f, names[f.id], progress[f.id]) for f in federations]
 
 
 def node_out(node: Node) -> NodeOut:
@@ -116,6 +167,34 @@ def delete(orchestrator: Orchestrator, federation_id: str) -> None:
         # Rows of steps, artifacts, metrics, events, nodes and jobs go with it (ON DELETE CASCADE).
         tx.session.delete(tx.federation)
         tx.after.garbage |= shas
+
+
+def clone(
+    db: Database, orchestrator: Orchestrator, source_id: str, overrides: dict[str, Any], with_nodes: bool
+) -> tuple[Federation, str, list[tuple[Node, str]]]:
+    """A new federation with the same config (and, with_nodes, the same nodes under new tokens)."""
+    with db.read() as session:
+        original = get(session, source_id)
+        settings = {k: v for k, v in original.config.items() if k != "nodes"}
+        name = overrides.pop("name", None) or f"{original.name} (copy)"[:200]
+        nodes = [
+            NodeCreate(name=n.name, role=n.role, dataset=n.dataset, mode=n.mode)  # type: ignore[arg-type]
+            for n in nodes_of(session, source_id)
+        ]
+    try:
+        federation, join_token = create(db, {**settings, **overrides, "name": name})
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"] for e in exc.errors())
+        raise ApiError(422, "invalid_request", f"the copy's settings are invalid: {problems}") from exc
+    registered = []
+    if with_nodes:
+        admin = Credential("admin")
+        try:
+            registered = [register_node(orchestrator, federation.id, n, admin) for n in nodes]
+        except ApiError:
+            delete(orchestrator, federation.id)  # all or nothing: no half-copied federation stays behind
+            raise
+    return federation, join_token, registered
 
 
 # ------------------------------------------------------------------------------------------------ nodes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import defaultdict
 
 from sqlalchemy import select
@@ -174,6 +176,22 @@ def metric_series(
         federation_id=federation.id,
         series=[MetricSeries(name=n, node=nd, points=points) for (nd, n), points in ordered],
     )
+
+
+def metrics_csv(session: Session, federation: Federation) -> str:
+    rows: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
+    names: set[str] = set()
+    for m in session.scalars(select(Metric).where(Metric.federation_id == federation.id)):
+        rows[(m.round, m.node or "")][m.name] = m.value
+        names.add(m.name)
+    columns = sorted(names)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["round", "node", *columns])
+    # The federation's own row first in each round (its node is empty), then nodes by name.
+    for (round_, node), values in sorted(rows.items()):
+        writer.writerow([round_, node, *(repr(values[c]) if c in values else "" for c in columns)])
+    return out.getvalue()
 
 
 def aggregations(session: Session, federation: Federation) -> list[AggregationOut]:

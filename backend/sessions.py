@@ -1,0 +1,75 @@
+"""Dashboard sessions: the admin token exchanged once for a signed, HttpOnly cookie, plus a CSRF token.
+
+A browser's EventSource cannot send an Authorization header, and a token kept in page storage is readable by
+any script that runs there; so the dashboard signs in once and the server answers with a cookie that page
+scripts cannot read (HttpOnly, SameSite=Strict). A cookie is sent with every request to this origin, so a
+request that changes state must also carry the session's CSRF token in `X-CSRF-Token`, which only a page of
+this origin could have read from `GET /api/v1/session`.
+
+Sessions are stateless: ``<id>.<expiry>.<mac>``, the MAC keyed by a key derived from the admin token, so
+rotating the admin token ends every session, and none outlives its expiry (`FEDALIGN_SESSION_TTL_S`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+SESSION_COOKIE = "fedalign_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class DashboardSession:
+    cookie: str
+    csrf_token: str
+    expires_at: dt.datetime
+
+
+def _key(admin_token: str) -> bytes:
+    # Domain-separated, so a MAC made here is never a valid value anywhere else the token is used.
+    return hashlib.sha256(b"fedalign-dashboard-session\x00" + admin_token.encode("utf-8")).digest()
+
+
+def _mac(key: bytes, message: str) -> str:
+    digest = hmac.new(key, message.encode("ascii"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def issue(admin_token: str, ttl_s: float, now: dt.datetime | None = None) -> DashboardSession:
+    now = now or dt.datetime.now(dt.UTC)
+    expires = int((now + dt.timedelta(seconds=ttl_s)).timestamp())
+    session_id = secrets.token_urlsafe(18)
+    key = _key(admin_token)
+    body = f"{session_id}.{expires}"
+    return DashboardSession(
+        cookie=f"{body}.{_mac(key, body)}",
+        csrf_token=_mac(key, f"csrf.{session_id}"),
+        expires_at=dt.datetime.fromtimestamp(expires, dt.UTC),
+    )
+
+
+def verify(admin_token: str, cookie: str, now: dt.datetime | None = None) -> DashboardSession | None:
+    """The session a cookie holds, or None when it is forged, malformed or expired."""
+    parts = cookie.split(".")
+    if len(parts) != 3 or not parts[1].isdigit() or len(cookie) > 256:
+        return None
+    session_id, expires, mac = parts
+    key = _key(admin_token)
+    if not hmac.compare_digest(mac.encode("ascii", "replace"), _mac(key, f"{session_id}.{expires}").encode()):
+        return None
+    expires_at = dt.datetime.fromtimestamp(int(expires), dt.UTC)
+    if expires_at <= (now or dt.datetime.now(dt.UTC)):
+        return None
+    return DashboardSession(cookie=cookie, csrf_token=_mac(key, f"csrf.{session_id}"), expires_at=expires_at)
+
+
+def csrf_ok(session: DashboardSession, presented: str | None) -> bool:
+    return presented is not None and hmac.compare_digest(
+        presented.encode("utf-8", "replace"), session.csrf_token.encode("ascii")
+    )
