@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format bench-accuracy bench-aggregate clean
+.PHONY: setup run test lint format frontend-api bench-accuracy bench-aggregate bench-lambda clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The dashboard: npm packages exactly as locked, then the static build the API serves at /.
+FRONTEND     := frontend
+NPM_STAMP    := $(FRONTEND)/node_modules/.installed-stamp
+DASHBOARD    := $(FRONTEND)/dist/index.html
+FRONTEND_SRC := $(shell find $(FRONTEND)/src $(FRONTEND)/index.html $(FRONTEND)/vite.config.ts \
+                  $(FRONTEND)/tsconfig.json -type f 2>/dev/null)
+
+$(NPM_STAMP): $(FRONTEND)/package.json $(FRONTEND)/package-lock.json
+	cd $(FRONTEND) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NPM_STAMP)
+
+$(DASHBOARD): $(NPM_STAMP) $(FRONTEND_SRC)
+	cd $(FRONTEND) && npm run --silent build
+
+setup: $(STAMP) $(DASHBOARD)
 
 ## run: set up, then run the product on its embedded default (API, worker, demo federation)
 # FEDALIGN_DATA_DIR (default ./.fedalign) holds everything; building the digit domains there first (seconds,
@@ -25,7 +39,13 @@ run: setup
 ## test: set up, then lint and run every test
 test: setup
 	$(BIN)/ruff check .
+	cd $(FRONTEND) && npm run --silent check:api && npm test --silent
+	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
+
+## frontend-api: regenerate the dashboard's typed API client from the backend's OpenAPI document
+frontend-api: setup
+	cd $(FRONTEND) && npm run --silent gen:api
 
 lint: setup
 	$(BIN)/ruff check .
@@ -41,5 +61,10 @@ bench-accuracy: setup
 bench-aggregate: setup
 	$(BIN)/python bench/aggregate_bench.py --json bench/results/aggregate.json
 
+# Choose the adversarial weight per target on source-only validation tasks, then run the choice with two
+# seeds (bench/select_lambda.py; results in bench/results/lambda-*.jsonl).
+bench-lambda: setup
+	bench/lambda_study.sh
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist

@@ -60,6 +60,7 @@ class FederationOut(BaseModel):
     round: int | None = Field(description="The open round once started.")
     phase: str | None = Field(description="The open phase once started.")
     progress: Progress
+    model_published: bool = Field(description="The target's model can be downloaded (GET .../model).")
     created_at: dt.datetime
     updated_at: dt.datetime
     started_at: dt.datetime | None

@@ -19,3 +19,7 @@ class MetricSeries(BaseModel):
 class MetricSeriesList(BaseModel):
     federation_id: str
     series: list[MetricSeries]
+    last_event_id: int = Field(
+        description="The federation's latest event when these series were read (0: none): follow the live "
+        "stream from here (Last-Event-ID or ?after=) instead of replaying its history."
+    )

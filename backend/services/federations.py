@@ -87,6 +87,11 @@ def federation_out(federation: Federation, node_names: list[str], progress: Prog
         round=round_,
         phase=phase,
         progress=progress,
+        model_published=(
+            federation.status == "finished"
+            and bool(federation.config.get("publish_model", True))
+            and "target_model" in (federation.final_models or {})
+        ),
         created_at=federation.created_at,
         updated_at=federation.updated_at,
         started_at=federation.started_at,

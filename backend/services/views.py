@@ -6,11 +6,11 @@ import csv
 import io
 from collections import defaultdict
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.errors import conflict, not_found
-from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step
+from backend.models import Aggregation, Artifact, Event, Federation, Metric, Node, Step
 from backend.schemas.aggregations import AggregationOut
 from backend.schemas.metrics import MetricPoint, MetricSeries, MetricSeriesList
 from backend.schemas.published import ModelCard, TensorOut
@@ -163,6 +163,9 @@ def _artifact_out(artifact: Artifact) -> ArtifactOut:
 def metric_series(
     session: Session, federation: Federation, node: str | None, name: str | None
 ) -> MetricSeriesList:
+    # Read first: a metric recorded after this read comes with a later event, so a client that follows the
+    # stream from here may see a point twice (it replaces its round) but never misses one.
+    last_event = session.scalar(select(func.max(Event.id)).where(Event.federation_id == federation.id))
     query = select(Metric).where(Metric.federation_id == federation.id)
     if node is not None:
         query = query.where(Metric.node == node)
@@ -175,6 +178,7 @@ def metric_series(
     return MetricSeriesList(
         federation_id=federation.id,
         series=[MetricSeries(name=n, node=nd, points=points) for (nd, n), points in ordered],
+        last_event_id=last_event or 0,
     )
 
 

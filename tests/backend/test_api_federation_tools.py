@@ -32,6 +32,21 @@ def test_the_list_shows_rounds_done_and_the_latest_accuracies(
     assert progress["round_of_metrics"] == last
     assert progress["target_acc"] == rounds[last]["target_acc"]
     assert progress["disc_acc"] == rounds[last]["disc_acc"]
+    assert items[fid]["model_published"] and not fresh["model_published"]
+
+
+def test_metric_series_say_which_event_to_follow_the_stream_from(
+    api: Api, vector_specs: Callable[[], dict[str, str]]
+) -> None:
+    fid = run_federation(api, vector_specs())
+    series = api.ok("GET", f"/api/v1/federations/{fid}/metrics")
+    stream = api.request("GET", f"/api/v1/federations/{fid}/events", params={"follow": "false"})
+    ids = [int(line[4:]) for line in stream.text.splitlines() if line.startswith("id: ")]
+    assert series["last_event_id"] == max(ids)
+    after = api.request(
+        "GET", f"/api/v1/federations/{fid}/events", params={"follow": "false", "after": max(ids)}
+    )
+    assert "id: " not in after.text
 
 
 def test_the_metrics_export_has_a_row_per_round_and_node_and_a_column_per_metric(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,3 +77,10 @@ def test_health_and_readiness(api: Api) -> None:
     assert api.request("GET", "/healthz", token=None).json() == {"status": "ok"}
     ready = api.request("GET", "/readyz", token=None)
     assert ready.status_code == 200 and ready.json()["migrations"] is True
+
+
+def test_the_dashboards_typed_client_is_generated_from_this_document(document: dict[str, Any]) -> None:
+    committed = Path(__file__).resolve().parents[2] / "frontend" / "openapi.json"
+    assert json.loads(committed.read_text(encoding="utf-8")) == document, (
+        "frontend/openapi.json is out of date: run `make frontend-api` and commit it with src/api/schema.d.ts"
+    )

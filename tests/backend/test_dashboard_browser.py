@@ -1,0 +1,285 @@
+"""The dashboard in real headless Chromium, against the real API and real Celery workers.
+
+Real processes, as `fedalign up` runs them: the API (``fedalign serve``, serving the built dashboard from
+frontend/dist) on SQLite with the filesystem broker, the server's aggregator worker, and one worker per node
+started from the very command the page shows when the node is registered. A person's path through the
+page: sign in, create a federation, register its nodes, start it, watch the discriminator chart gain a
+point per round without a reload, pause and resume, download the model and the metrics, reload.
+Nothing is mocked. A screenshot of the federation page goes to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import statistics
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_support import ADMIN_TOKEN, write_vectors
+from process_support import (
+    Processes,
+    child_env,
+    cli,
+    free_port,
+    wait_ready,
+    wait_until,
+)
+from safetensors import safe_open
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+DIST = ROOT / "frontend" / "dist"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ROUNDS = 6
+# name, role, data seed, domain shift
+NODES = (("alpha", "source", 1, 0.0), ("beta", "source", 2, 0.3), ("omega", "target", 3, 1.5))
+TIMEOUT_MS = 120_000
+
+
+def missing(reason: str) -> None:
+    if os.environ.get("CI"):  # `make test` builds the dashboard and installs Chromium first
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@dataclass
+class Stack:
+    url: str
+    tmp: Path
+    processes: Processes
+    admin: httpx.Client
+    venv_bin: Path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not (DIST / "index.html").is_file():
+        missing("the dashboard is not built: run `make setup` (npm ci and npm run build in frontend/)")
+    tmp = tmp_path_factory.mktemp("dashboard")
+    processes = Processes(tmp)
+    server_env = child_env(
+        FEDALIGN_DATA_DIR=str(tmp / "server"),
+        FEDALIGN_BROKER_URL=f"filesystem://{tmp / 'broker'}",
+        FEDALIGN_QUEUE_PREFIX=f"t{uuid.uuid4().hex[:10]}.",
+        FEDALIGN_BROKER_POLL_S="0.05",
+        FEDALIGN_ADMIN_TOKEN=ADMIN_TOKEN,
+        FEDALIGN_SWEEP_INTERVAL_S="1",
+        FEDALIGN_FRONTEND_DIR=str(DIST),
+    )
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        processes.start("api", cli("serve", "--port", str(port), "--log-level", "warning"), server_env)
+        processes.start("aggregator", cli("worker", "--aggregator", "--threads", "1"), server_env)
+        wait_ready(url, processes)
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30
+        ) as admin:
+            yield Stack(url, tmp, processes, admin, Path(cli()[0]).parent)
+    finally:
+        processes.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        missing(
+            "Chromium is not installed: scripts/ensure-chromium.sh installs it (apt-get install chromium)"
+        )
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def sign_in(page: Any, url: str) -> None:
+    page.goto(url)
+    page.get_by_label("Admin token", exact=True).fill(ADMIN_TOKEN)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("button", name="Sign out").wait_for()
+
+
+def run_node_command(stack: Stack, name: str, command: str) -> None:
+    """Run the command the page showed, as its user would paste it, with this checkout's `fedalign`."""
+    env = child_env(PATH=f"{stack.venv_bin}{os.pathsep}{os.environ['PATH']}")
+    # The node's own machine: its state goes to a folder of its own (the broker's folder comes in the
+    # command itself), and one torch thread, since everything here shares two cores.
+    env["FEDALIGN_NODE_STATE_DIR"] = str(stack.tmp / f"state-{name}")
+    stack.processes.start(f"node-{name}", ["bash", "-c", f"{command} --threads 1 --device cpu"], env)
+
+
+def federation_status(stack: Stack, federation_id: str) -> str:
+    stack.processes.assert_alive()
+    return str(stack.admin.get(f"/api/v1/federations/{federation_id}").json()["status"])
+
+
+def metric_event_times(stack: Stack, federation_id: str) -> dict[int, dt.datetime]:
+    """When the server recorded each round's federation-level disc_acc (the event's created_at)."""
+    response = stack.admin.get(f"/api/v1/federations/{federation_id}/events", params={"follow": "false"})
+    times = {}
+    for line in response.text.splitlines():
+        if not line.startswith("data: "):
+            continue
+        event = json.loads(line[6:])
+        payload = event["payload"]
+        if event["type"] == "metrics" and payload["node"] is None and "disc_acc" in payload["metrics"]:
+            created = dt.datetime.fromisoformat(event["created_at"])
+            times[payload["round"]] = created if created.tzinfo else created.replace(tzinfo=dt.UTC)
+    return times
+
+
+# Records, in the page, the wall-clock time at which the discriminator chart's point count changed.
+WATCH_POINTS = """() => {
+  window.__points = [];
+  const seen = () => {
+    const chart = document.querySelector('[data-testid="chart-disc-acc"]');
+    const count = chart ? Number(chart.dataset.points) : -1;
+    const last = window.__points[window.__points.length - 1];
+    if (!last || last[0] !== count) window.__points.push([count, Date.now()]);
+  };
+  seen();
+  // The whole page: React may replace the chart's element, which would silence an observer on it.
+  new MutationObserver(seen).observe(document.body, {
+    subtree: true, childList: true, attributes: true, attributeFilter: ['data-points'],
+  });
+}"""
+
+
+POINTS = "() => Number(document.querySelector('[data-testid=\"chart-disc-acc\"]')?.dataset.points ?? -1)"
+
+
+def wait_for_points(page: Any, at_least: int, exactly: bool = False, timeout_ms: int = TIMEOUT_MS) -> None:
+    check = "===" if exactly else ">="
+    page.wait_for_function(f"n => ({POINTS})() {check} n", arg=at_least, timeout=timeout_ms)
+
+
+def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) -> None:
+    # Sign in: a wrong token is refused with a message, the right one opens the federations list.
+    page.goto(stack.url)
+    page.get_by_label("Admin token", exact=True).fill("not-the-token")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("alert").wait_for()
+    sign_in(page, stack.url)
+    assert ADMIN_TOKEN not in page.url
+    assert page.evaluate("() => document.cookie") == "", "the session cookie must be HttpOnly"
+
+    # Create a federation: the tiny mlp on 8-dimensional vectors, so that a round takes a moment.
+    page.get_by_role("button", name="New federation").click()
+    form = page.get_by_role("form", name="Create federation")
+    form.get_by_label("Name", exact=True).fill("browser run")
+    form.get_by_label("Architecture", exact=True).select_option("mlp")
+    form.get_by_label("Rounds", exact=True).fill(str(ROUNDS))
+    form.locator("summary", has_text="Model").click()
+    form.get_by_label("input_shape", exact=True).fill("8")
+    form.get_by_label("num_classes", exact=True).fill("3")
+    form.get_by_label("hidden", exact=True).fill("8")
+    form.locator("summary", has_text="Hyperparameters").click()
+    for name, value in (("local_steps", "2"), ("disc_steps", "2"), ("batch_size", "8")):
+        form.get_by_label(name, exact=True).fill(value)
+    form.get_by_role("button", name="Create federation").click()
+    page.get_by_test_id("join-token").wait_for()
+    page.get_by_role("link", name="Open browser run").click()
+    page.wait_for_url("**/federations/*")
+    federation_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+
+    # Register the nodes; each one's worker runs from the command the page shows, once.
+    for name, role, seed, shift in NODES:
+        spec = write_vectors(stack.tmp / f"{name}.npz", seed, shift)
+        register = page.get_by_role("form", name="Register a node")
+        register.get_by_label("Node name", exact=True).fill(name)
+        register.get_by_label("Role", exact=True).select_option(role)
+        register.get_by_label("Dataset", exact=True).fill(spec)
+        register.get_by_label("Mode", exact=True).select_option("celery")
+        register.get_by_role("button", name="Register node").click()
+        command = page.get_by_test_id("run-command").inner_text()
+        assert page.get_by_test_id("node-token").inner_text() in command
+        run_node_command(stack, name, command)
+        page.get_by_role("button", name="Done").click()
+    nodes = stack.admin.get(f"/api/v1/federations/{federation_id}/nodes").json()["items"]
+    assert sorted(n["name"] for n in nodes) == ["alpha", "beta", "omega"]
+
+    # Start, and watch the chart gain points from the live stream (no reload from here on).
+    chart = page.get_by_test_id("chart-disc-acc")
+    chart.wait_for()
+    page.evaluate(WATCH_POINTS)
+    page.get_by_role("button", name="Start").click()
+    wait_for_points(page, 2)
+    page.get_by_role("button", name="Pause").click()
+    wait_until(lambda: federation_status(stack, federation_id) == "paused", 30, "the pause")
+    page.get_by_role("button", name="Resume").wait_for()
+    assert page.get_by_role("button", name="Resume").is_enabled()
+    page.get_by_role("button", name="Resume").click()
+    wait_until(lambda: federation_status(stack, federation_id) == "finished", TIMEOUT_MS / 1000, "the run")
+    wait_for_points(page, ROUNDS, exactly=True)
+    seen: list[list[int]] = page.evaluate("() => window.__points")
+    counts = [count for count, _ in seen if count >= 0]
+    assert counts == sorted(counts) and set(range(1, ROUNDS + 1)) <= set(counts), counts
+
+    # How long after the server recorded a round's metrics the page showed it.
+    recorded = metric_event_times(stack, federation_id)
+    shown = {}
+    for count, at_ms in seen:
+        shown.setdefault(count, dt.datetime.fromtimestamp(at_ms / 1000, dt.UTC))
+    latencies = [(shown[k] - recorded[r]).total_seconds() for k, r in enumerate(sorted(recorded), start=1)]
+    print(
+        f"\ndashboard latency, metric recorded -> point shown, over {len(latencies)} rounds: "
+        f"median {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms"
+    )
+    assert all(-1.0 < s < 10.0 for s in latencies), latencies
+
+    # The published model and the metrics, as downloads.
+    download_button = page.get_by_role("button", name="Download model")
+    page.wait_for_function(
+        "() => ![...document.querySelectorAll('button')].find(b => b.textContent.trim() === 'Download model')"
+        ".disabled"
+    )
+    with page.expect_download() as model_download:
+        download_button.click()
+    model_path = stack.tmp / "model.safetensors"
+    model_download.value.save_as(model_path)
+    with safe_open(str(model_path), framework="pt") as model:
+        names = set(model.keys())
+    assert names and all(n.startswith(("G.", "T.")) for n in names), names
+    with page.expect_download() as csv_download:
+        page.get_by_role("button", name="Export CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(csv_download.value.path()).read_text())))
+    assert {int(r["round"]) for r in rows if r["node"] == "" and r.get("disc_acc")} == set(
+        range(1, ROUNDS + 1)
+    )
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-federation.png"), full_page=True)
+
+    # A reload keeps the session (the cookie) and redraws every round from the server.
+    page.reload()
+    wait_for_points(page, ROUNDS, exactly=True)
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Admin token", exact=True).wait_for()
