@@ -308,18 +308,19 @@ def up(options: UpOptions, say: Callable[[str], None]) -> None:
 
 
 def banner(api_url: str, admin_token: str, data_dir: Path, federation_id: str, *, started: bool) -> str:
+    page = f"{api_url}/federations/{federation_id}"
     start = (
         "the demo federation is running"
         if started
-        else f"start the demo federation:\n  curl -X POST -H 'Authorization: Bearer {admin_token}' "
-        f"{api_url}/api/v1/federations/{federation_id}/start"
+        else "start the demo federation with Start on its page, or:\n  curl -X POST -H "
+        f"'Authorization: Bearer {admin_token}' {api_url}/api/v1/federations/{federation_id}/start"
     )
     return (
-        f"FedAlign is up on {api_url} (API docs: {api_url}/docs)\n"
-        f"admin sign-in: the admin token {admin_token}\n"
+        f"FedAlign is up: the dashboard on {api_url}/ (API docs: {api_url}/docs)\n"
+        f"sign in with the admin token {admin_token}\n"
         f"  (kept in {data_dir / 'admin_token'})\n"
         f"demo federation {federation_id}: digits -> MNIST-M, 3 sources and 1 target, nodes in Celery mode\n"
         f"{start}\n"
-        f"follow it: {api_url}/api/v1/federations/{federation_id}/metrics (or .../events)\n"
+        f"follow it live: {page}\n"
         "Ctrl-C stops everything."
     )

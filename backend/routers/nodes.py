@@ -37,15 +37,18 @@ def register_node(
 
 @router.get("", response_model=NodeList, responses=responses(401, 403, 404, 422))
 def list_nodes(session: ReadSession, _admin: Admin, federation_id: str = FederationId) -> NodeList:
-    federations.get(session, federation_id)
-    return NodeList(items=[federations.node_out(n) for n in federations.nodes_of(session, federation_id)])
+    status = federations.get(session, federation_id).status
+    return NodeList(
+        items=[federations.node_out(n, status) for n in federations.nodes_of(session, federation_id)]
+    )
 
 
 @router.get("/{name}", response_model=NodeOut, responses=responses(401, 403, 404, 422))
 def get_node(
     session: ReadSession, _admin: Admin, federation_id: str = FederationId, name: str = NodeName
 ) -> NodeOut:
-    return federations.node_out(federations.get_node(session, federation_id, name))
+    node = federations.get_node(session, federation_id, name)
+    return federations.node_out(node, federations.get(session, federation_id).status)
 
 
 @router.delete(

@@ -113,7 +113,9 @@ def views_of(session: Session, federations: list[Federation]) -> list[Federation
     return [federation_out(f, names[f.id], progress[f.id]) for f in federations]
 
 
-def node_out(node: Node) -> NodeOut:
+def node_out(node: Node, federation_status: str | None = None) -> NodeOut:
+    # A Celery-mode node never polls after the last step, so its row alone would stay "active".
+    state = "finished" if federation_status in TERMINAL else node.state
     return NodeOut(
         id=node.id,
         federation_id=node.federation_id,
@@ -121,7 +123,7 @@ def node_out(node: Node) -> NodeOut:
         role=node.role,  # type: ignore[arg-type]
         dataset=node.dataset,
         mode=node.mode,  # type: ignore[arg-type]
-        state=node.state,
+        state=state,
         samples=node.samples,
         last_seen=node.last_seen,
         created_at=node.created_at,

@@ -239,6 +239,8 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     page.get_by_role("button", name="Resume").click()
     wait_until(lambda: federation_status(stack, federation_id) == "finished", TIMEOUT_MS / 1000, "the run")
     wait_for_points(page, ROUNDS, exactly=True)
+    nodes = stack.admin.get(f"/api/v1/federations/{federation_id}/nodes").json()["items"]
+    assert {n["state"] for n in nodes} == {"finished"}, "Celery nodes never poll, yet they are done"
     seen: list[list[int]] = page.evaluate("() => window.__points")
     counts = [count for count, _ in seen if count >= 0]
     assert counts == sorted(counts) and set(range(1, ROUNDS + 1)) <= set(counts), counts
@@ -281,5 +283,13 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     # A reload keeps the session (the cookie) and redraws every round from the server.
     page.reload()
     wait_for_points(page, ROUNDS, exactly=True)
+    # Compare it with a baseline that has no rounds yet: one line per federation with points.
+    baseline = stack.admin.post(f"/api/v1/federations/{federation_id}/clone", json={"algorithm": "fedavg"})
+    assert baseline.status_code == 201, baseline.text
+    page.goto(f"{stack.url}/compare?ids={federation_id},{baseline.json()['id']}")
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"chart-compare-target-acc\"]')?.dataset.lines === '1'"
+    )
+
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Admin token", exact=True).wait_for()

@@ -1,0 +1,74 @@
+/** Query keys and query options for the API's reads, in one place so live events can invalidate them. */
+import { queryOptions } from "@tanstack/react-query";
+import { api, unwrap } from "./client";
+
+export const keys = {
+  federations: ["federations"] as const,
+  // Not ["federation", id]: that would be a prefix of every key below, and invalidating it would refetch
+  // them all (the metrics included, which the event stream keeps current instead).
+  federation: (id: string) => ["federation", id, "detail"] as const,
+  nodes: (id: string) => ["federation", id, "nodes"] as const,
+  rounds: (id: string) => ["federation", id, "rounds"] as const,
+  round: (id: string, n: number) => ["federation", id, "rounds", n] as const,
+  metrics: (id: string) => ["federation", id, "metrics"] as const,
+};
+
+const path = (federation_id: string) => ({ params: { path: { federation_id } } });
+
+export const federationsQuery = () =>
+  queryOptions({
+    queryKey: keys.federations,
+    queryFn: ({ signal }) => unwrap(api.GET("/api/v1/federations", { signal })),
+    // The list has no event stream of its own; a slow poll keeps statuses and progress current.
+    refetchInterval: 5000,
+  });
+
+export const federationQuery = (id: string) =>
+  queryOptions({
+    queryKey: keys.federation(id),
+    queryFn: ({ signal }) => unwrap(api.GET("/api/v1/federations/{federation_id}", { ...path(id), signal })),
+  });
+
+export const nodesQuery = (id: string) =>
+  queryOptions({
+    queryKey: keys.nodes(id),
+    queryFn: ({ signal }) =>
+      unwrap(api.GET("/api/v1/federations/{federation_id}/nodes", { ...path(id), signal })),
+  });
+
+export const roundsQuery = (id: string) =>
+  queryOptions({
+    queryKey: keys.rounds(id),
+    queryFn: ({ signal }) =>
+      unwrap(api.GET("/api/v1/federations/{federation_id}/rounds", { ...path(id), signal })),
+  });
+
+export const roundQuery = (id: string, round: number) =>
+  queryOptions({
+    queryKey: keys.round(id, round),
+    queryFn: ({ signal }) =>
+      unwrap(
+        api.GET("/api/v1/federations/{federation_id}/rounds/{round_number}", {
+          params: { path: { federation_id: id, round_number: round } },
+          signal,
+        }),
+      ),
+  });
+
+export const metricsQuery = (id: string) =>
+  queryOptions({
+    queryKey: keys.metrics(id),
+    queryFn: ({ signal }) =>
+      unwrap(api.GET("/api/v1/federations/{federation_id}/metrics", { ...path(id), signal })),
+    // Fetched once; from then on the event stream, opened after the snapshot's last_event_id, adds the
+    // points (live/useFederationEvents.ts). A refetch would only race with the stream.
+    staleTime: Infinity,
+    refetchOnWindowFocus: false,
+  });
+
+/** Same-origin URLs the browser downloads itself (the cookie authenticates them). */
+export const downloadUrls = {
+  model: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/model`,
+  metricsCsv: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/metrics.csv`,
+  events: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/events`,
+};

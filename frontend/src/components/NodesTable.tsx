@@ -1,0 +1,97 @@
+import { useMutation, useQueryClient } from "@tanstack/react-query";
+import { api, errorMessage, unwrap } from "../api/client";
+import { keys } from "../api/queries";
+import type { Node } from "../api/types";
+import { formatTime } from "../format";
+import { Empty } from "./feedback";
+
+function samplesText(samples: Node["samples"]): string {
+  if (!samples) return "—";
+  return Object.entries(samples)
+    .map(([split, count]) => `${split} ${count.toLocaleString()}`)
+    .join(", ");
+}
+
+/** The federation's nodes; before the start, each can be removed. */
+export function NodesTable({
+  federationId,
+  nodes,
+  removable,
+}: {
+  federationId: string;
+  nodes: Node[];
+  removable: boolean;
+}) {
+  const client = useQueryClient();
+  const remove = useMutation({
+    mutationFn: (name: string) =>
+      unwrap(
+        api.DELETE("/api/v1/federations/{federation_id}/nodes/{name}", {
+          params: { path: { federation_id: federationId, name } },
+        }),
+      ),
+    onSuccess: () => client.invalidateQueries({ queryKey: keys.nodes(federationId) }),
+  });
+
+  if (nodes.length === 0) {
+    return (
+      <Empty>
+        <p>
+          No nodes yet. A federation needs one target and at least one source: register them below, or give
+          the federation's join token to each organisation.
+        </p>
+      </Empty>
+    );
+  }
+  return (
+    <div className="table-wrap">
+      <table>
+        <caption className="visually-hidden">Nodes</caption>
+        <thead>
+          <tr>
+            <th scope="col">Node</th>
+            <th scope="col">Role</th>
+            <th scope="col">Mode</th>
+            <th scope="col">Dataset</th>
+            <th scope="col">Samples</th>
+            <th scope="col">State</th>
+            <th scope="col">Last seen</th>
+            {removable && <th scope="col">Remove</th>}
+          </tr>
+        </thead>
+        <tbody>
+          {nodes.map((node) => (
+            <tr key={node.id}>
+              <th scope="row">{node.name}</th>
+              <td>{node.role}</td>
+              <td>{node.mode}</td>
+              <td>
+                <code>{node.dataset}</code>
+              </td>
+              <td>{samplesText(node.samples)}</td>
+              <td>{node.state}</td>
+              <td>{formatTime(node.last_seen)}</td>
+              {removable && (
+                <td>
+                  <button
+                    type="button"
+                    onClick={() => remove.mutate(node.name)}
+                    disabled={remove.isPending}
+                    aria-label={`Remove node ${node.name}`}
+                  >
+                    Remove
+                  </button>
+                </td>
+              )}
+            </tr>
+          ))}
+        </tbody>
+      </table>
+      {remove.error && (
+        <p className="field-error" role="alert">
+          {errorMessage(remove.error)}
+        </p>
+      )}
+    </div>
+  );
+}
