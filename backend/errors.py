@@ -81,6 +81,7 @@ DESCRIPTIONS = {
     404: "The resource does not exist (or is not visible to these credentials).",
     409: "The request conflicts with the resource's current state (e.g. an illegal status transition).",
     413: "The request body exceeds the configured size limit.",
+    415: "The request body's Content-Type is not one this endpoint reads.",
     422: "The request is well-formed but its content is invalid; `details` lists each problem.",
 }
 

@@ -35,6 +35,27 @@ from fedalign.steps import (
 
 State = dict[str, torch.Tensor]
 
+# Every scalar a node may report with a step: the privacy guarantee's list of what leaves a node besides
+# parameters and sample counts. The server refuses any other name, and a step that produced one fails here.
+REPORTED_METRICS = frozenset(
+    {
+        "disc_loss",  # training D on the node's own features (steps.train_discriminator)
+        "disc_train_acc",
+        "task_loss",  # source adaptation (steps.adapt_source)
+        "adv_loss",  # source and target adaptation
+        "entropy",  # target adaptation's unlabelled terms (steps.adapt_target)
+        "pseudo_label_loss",
+        "pseudo_label_rate",
+        "fresh_disc_acc_own",  # the next round's D_all on this round's features, before adapting
+        "disc_acc_own",  # evaluation (steps.discriminator_accuracy)
+        "disc_n",
+        "disc_eval_loss",
+        "source_val_acc",  # evaluation on the sources' labelled validation split
+        "val_task_loss",
+        "target_acc",  # the target's labelled test split, read for reporting only
+    }
+)
+
 
 class StepError(ValueError):
     """A step that cannot run as asked (a missing download, data that does not fit the model)."""
@@ -196,6 +217,9 @@ class NodeRuntime:
         unexpected = set(result.uploads) - set(step.uploads)
         if unexpected:  # never send more than the step asked for
             raise StepError(f"step produced uploads {sorted(unexpected)} it was not asked for")
+        undeclared = set(result.metrics) - REPORTED_METRICS
+        if undeclared:  # a new metric is declared in REPORTED_METRICS before it may leave the node
+            raise StepError(f"step produced metrics {sorted(undeclared)} that are not in REPORTED_METRICS")
         return result
 
     def _setup(self, step: StepSpec) -> StepResult:

@@ -149,8 +149,15 @@ def _fsync(path: str) -> None:
 # The header, parsed by hand
 
 
+# What safetensors' own writers may put in __metadata__; nothing else is accepted in a submission.
+ALLOWED_METADATA = frozenset({("format", "pt"), ("format", "np")})
+
+
 def read_header(
-    source: bytes | str | os.PathLike[str], max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    source: bytes | str | os.PathLike[str],
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    *,
+    allow_metadata: bool = True,
 ) -> dict[str, TensorEntry]:
     """The tensors a safetensors file declares, after checking the header describes the file exactly.
 
@@ -182,10 +189,12 @@ def read_header(
             )
         raw = prefix_reader(8, header_len)
     data_start = 8 + header_len
-    return _parse_header(raw, data_start, size - data_start)
+    return _parse_header(raw, data_start, size - data_start, allow_metadata)
 
 
-def _parse_header(raw: bytes, data_start: int, data_len: int) -> dict[str, TensorEntry]:
+def _parse_header(
+    raw: bytes, data_start: int, data_len: int, allow_metadata: bool = True
+) -> dict[str, TensorEntry]:
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_refuse_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -199,6 +208,13 @@ def _parse_header(raw: bytes, data_start: int, data_len: int) -> dict[str, Tenso
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise ParameterError("corrupt", "the header's __metadata__ must map strings to strings")
+    if not allow_metadata and set(metadata.items()) - ALLOWED_METADATA:
+        # Free-form metadata travels beside the tensors and could carry anything; parameters travel bare.
+        raise ParameterError(
+            "metadata_not_allowed",
+            f"the header's __metadata__ holds {sorted(metadata)}; submissions carry tensors only (at most "
+            "{'format': 'pt'})",
+        )
     entries = {name: _parse_entry(name, spec) for name, spec in header.items()}
     _check_layout(entries, data_len)
     return {
@@ -318,7 +334,7 @@ def validate(
     size = len(data) if isinstance(data, bytes | bytearray | memoryview) else os.stat(data).st_size
     if size > max_bytes:
         raise ParameterError("too_large", f"the upload is {size} bytes; the limit is {max_bytes}")
-    header = read_header(data, max_header_bytes)
+    header = read_header(data, max_header_bytes, allow_metadata=False)
     shared = manifest.shared()
     _check_names(header, shared, manifest)
     _check_dtypes(header, shared)

@@ -155,6 +155,14 @@ def test_a_matching_upload_passes_from_bytes_and_from_a_file(tmp_path: Path) -> 
     assert set(validate(path, MANIFEST, LIMIT)) == set(shared_state())
 
 
+def test_a_submission_carries_tensors_only_never_free_form_metadata() -> None:
+    smuggling = to_bytes(shared_state(), metadata={"features": "0.12,0.98,0.33"})
+    assert code_of(smuggling) == "metadata_not_allowed"
+    # safetensors' own format tag is harmless, and reading a file for other purposes keeps its metadata.
+    assert set(validate(to_bytes(shared_state(), metadata={"format": "pt"}), MANIFEST, LIMIT))
+    assert set(read_header(smuggling)) == set(shared_state())
+
+
 def test_size_limit_is_checked_before_anything_else() -> None:
     assert code_of(b"\0" * 100, max_bytes=10) == "too_large"
 

@@ -89,11 +89,14 @@ def download_artifact(
     )
 
 
+UPLOAD_TYPES = frozenset({"application/octet-stream", "application/x-safetensors"})
+
+
 @router.put(
     "/steps/{step_id}/uploads/{slot}",
     response_model=UploadResult,
     openapi_extra={"requestBody": {"required": True, "content": SAFETENSORS}},
-    responses=responses(401, 403, 404, 409, 413, 422),
+    responses=responses(401, 403, 404, 409, 413, 415, 422),
 )
 async def upload(
     request: Request,
@@ -108,6 +111,14 @@ async def upload(
     manifest (names, shapes, dtypes, finite values, size) and stored only if it passes. Uploading the same
     bytes again is a no-op."""
     limit = services.settings.max_upload_bytes
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type and media_type not in UPLOAD_TYPES:
+        # A form post or JSON here is a client mixing endpoints up; say so before reading any of it.
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"uploads are raw safetensors bytes with Content-Type application/octet-stream, not {media_type}",
+        )
     with services.db.read() as session:
         target = steps.upload_target(session, node, step_id, slot)
     declared = request.headers.get("content-length")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.schemas.federations import FederationStatus
 from fedalign.config import Role
+from fedalign.node import REPORTED_METRICS
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -77,12 +78,17 @@ class UploadResult(BaseModel):
     stored: bool = Field(description="False when the slot already held exactly these bytes.")
 
 
+# Sample counts weight the averages: a node with no training data has nothing to contribute (and an all-zero
+# weighting divides by zero), and a count beyond any real data set is a bug or an attempt to dominate.
+MAX_SAMPLES = 10**12
+
+
 class Samples(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    train: Annotated[int, Field(ge=0)]
-    val: Annotated[int, Field(ge=0)] = 0
-    test: Annotated[int, Field(ge=0)] = 0
+    train: Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
+    val: Annotated[int, Field(ge=0, le=MAX_SAMPLES)] = 0
+    test: Annotated[int, Field(ge=0, le=MAX_SAMPLES)] = 0
 
 
 class CompleteRequest(BaseModel):
@@ -95,6 +101,17 @@ class CompleteRequest(BaseModel):
         default_factory=dict, max_length=256, description="Scalar metrics of this step, by name."
     )
     samples: Samples | None = Field(default=None, description="Setup steps: sample counts per split.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _declared_names(cls, metrics: dict[str, float]) -> dict[str, float]:
+        # Only the declared scalars leave a node: a free-form name could carry anything.
+        unknown = sorted(set(metrics) - REPORTED_METRICS)
+        if unknown:
+            raise ValueError(
+                f"unknown metric names {unknown}; a node reports only these: {sorted(REPORTED_METRICS)}"
+            )
+        return metrics
 
 
 class CompleteResult(BaseModel):

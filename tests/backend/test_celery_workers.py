@@ -41,6 +41,7 @@ from test_api_end_to_end import served_rounds
 from backend.services.manifests import slot_manifest
 from fedalign import params
 from fedalign.config import FederationConfig
+from fedalign.node import REPORTED_METRICS
 from fedalign.simulate import simulate
 
 TOPOLOGIES = ("server", "target")
@@ -206,10 +207,28 @@ SAMPLE_SPLITS = {"train", "val", "test"}
 UPLOAD = re.compile(r"^/api/v1/node/steps/\d+/uploads/(\w+)$")
 
 
+# Headers an HTTP client sends on its own; anything else a node sent would be a channel out of it.
+ALLOWED_HEADERS = {
+    "host",
+    "accept",
+    "accept-encoding",
+    "connection",
+    "user-agent",
+    "authorization",
+    "content-type",
+    "content-length",
+}
+
+
 def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(served: ServedRun) -> None:
+    """Nothing a node sends could carry its data or features: paths without queries, standard headers only,
+    uploads that are exactly the manifest's shared tensors with no metadata, completions with declared
+    scalar metrics and sample counts only."""
     assert served.records, "the proxy saw no request"
     uploads = 0
     for record in served.records:
+        extra = {h.lower() for h in record.headers} - ALLOWED_HEADERS
+        assert not extra, f"{record.method} {record.path} sent headers {sorted(extra)}"
         token = record.headers.get("Authorization", "").removeprefix("Bearer ")
         assert token in served.tokens, f"{record.method} {record.path} without a node's token"
         topology, _ = served.tokens[token]
@@ -220,7 +239,8 @@ def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(se
             match = UPLOAD.match(record.path)
             assert match, record.path
             manifest = slot_manifest(served.configs[topology], match.group(1))
-            # Names, dtypes and shapes of the manifest's shared tensors, finite values, nothing else.
+            # Names, dtypes and shapes of the manifest's shared tensors, finite values, no metadata, and
+            # not one byte beyond the tensors (validate refuses trailing or unclaimed bytes).
             params.validate(record.body, manifest, max_bytes=64 * 1024 * 1024)
             uploads += 1
         else:
@@ -234,7 +254,7 @@ def assert_scalar_completion(body: Any) -> None:
     metrics = body.get("metrics", {})
     assert isinstance(metrics, dict)
     for name, value in metrics.items():
-        assert isinstance(name, str) and type(value) is float and math.isfinite(value), (name, value)
+        assert name in REPORTED_METRICS and type(value) is float and math.isfinite(value), (name, value)
     samples = body.get("samples")
     if samples is not None:
         assert isinstance(samples, dict) and set(samples) <= SAMPLE_SPLITS, samples
