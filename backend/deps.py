@@ -1,14 +1,12 @@
-"""Typed dependencies: a route's signature says what it needs (`ReadSession`, `Admin`, `NodeAuth`, ...)."""
+"""Typed dependencies: a route's signature says what it needs (`ServicesDep`, `Admin`, `NodeAuth`, ...)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
 
 from backend.database import Database
 from backend.errors import ApiError, forbidden, unauthorized
@@ -45,12 +43,11 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_read_session(services: ServicesDep) -> Iterator[Session]:
-    with services.db.read() as session:
-        yield session
-
-
-ReadSession = Annotated[Session, Depends(get_read_session)]
+# No session dependency: a route opens `services.db.read()` itself and closes it before it returns. A session
+# held by a dependency lives until after the response is serialised, which waits for a worker thread; under a
+# burst, every thread then waited for a pooled connection held by a request waiting for a thread, until the
+# pool's 30 s timeout answered 500 (bench/load_bench.py found it; FastAPI's scope="function" does not end
+# the dependency before serialisation either).
 
 bearer = HTTPBearer(
     auto_error=False,

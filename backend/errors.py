@@ -14,6 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("fedalign.backend")
@@ -120,7 +121,27 @@ def install(app: FastAPI) -> None:
             return error_response(413, "too_large", str(exc.detail))
         if exc.status_code == 405:
             return error_response(405, "method_not_allowed", "this endpoint does not take that HTTP method")
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot decode (not UTF-8); malformed JSON is already a 422
+            # (json_invalid), and 422 is what the OpenAPI document declares for a body that is not valid.
+            return error_response(
+                422, "invalid_request", "the request body cannot be read: send JSON encoded as UTF-8"
+            )
         return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried, e.g. a NUL character, which PostgreSQL's text
+        # cannot hold (SQLite can): the request is invalid, not the server broken. Logged without the
+        # statement's parameters, which are the request's values.
+        refused = type(exc.orig).__name__
+        log.warning("%s %s: the database refused a value (%s)", request.method, request.url.path, refused)
+        return error_response(
+            422,
+            "invalid_request",
+            "a value in this request cannot be stored or looked up (e.g. it holds a NUL character); "
+            "fix it and send the request again",
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

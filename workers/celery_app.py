@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 from celery import Celery
 from celery.signals import task_postrun
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -98,12 +100,38 @@ class WorkerSettings(BaseSettings):
 app = Celery("fedalign-workers", set_as_current=False)
 
 
+class _RedisQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, releasing a message's prefetch credit even when its ack cannot reach Redis.
+
+    kombu frees the credit only after Redis confirmed the ack; a task that ends while Redis is down (or
+    restarting) keeps it forever, and with a prefetch of one the worker never asks Redis for a message
+    again, so it never notices the lost connection either: it hangs, alive and idle (found by
+    tests/backend/test_faults.py). The message's entry in Redis, if Redis kept it, is restored after the
+    visibility timeout as a duplicate, which finds its step (or aggregation job) done and is dropped."""
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+
+class _RedisChannel(kombu_redis.Channel):
+    QoS = _RedisQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = _RedisChannel
+
+
 def configure(settings: WorkerSettings) -> Celery:
     if not settings.broker_url:
         raise ValueError("no broker: set FEDALIGN_BROKER_URL (redis://host:6379/0, or filesystem://)")
     broker = celery_broker(settings.broker_url, settings.data_dir)
     if broker["broker_url"] == FILESYSTEM:
         broker["broker_transport_options"]["polling_interval"] = settings.broker_poll_s
+    elif broker["broker_url"].startswith("redis://"):  # rediss:// takes its TLS settings from the scheme
+        broker["broker_transport"] = RedisTransport
     app.conf.update(
         **broker,
         broker_connection_retry_on_startup=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, status
 from sqlalchemy import select
 
-from backend.deps import Admin, ReadSession, ServicesDep
+from backend.deps import Admin, ServicesDep
 from backend.errors import conflict, not_found, responses
 from backend.models import Aggregation
 from backend.schemas.aggregations import AggregationList, AggregationTrigger
@@ -19,9 +19,10 @@ FederationId = Path(description="The federation's id.", max_length=36)
 
 @router.get("", response_model=AggregationList, responses=responses(401, 403, 404, 422))
 def list_aggregations(
-    session: ReadSession, _admin: Admin, federation_id: str = FederationId
+    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
 ) -> AggregationList:
-    return AggregationList(items=views.aggregations(session, federations.get(session, federation_id)))
+    with services.db.read() as session:
+        return AggregationList(items=views.aggregations(session, federations.get(session, federation_id)))
 
 
 @router.post(

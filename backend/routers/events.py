@@ -14,6 +14,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from backend.deps import Admin, ServicesDep
 from backend.errors import responses
+from backend.limits import Bigint
 from backend.models import Event, Federation
 from backend.services import federations
 
@@ -65,10 +66,10 @@ async def stream_events(
     _admin: Admin,
     federation_id: Annotated[str, Path(max_length=36)],
     last_event_id: Annotated[
-        int | None, Header(alias="Last-Event-ID", ge=0, description="Replay events after this id.")
+        int | None, Header(alias="Last-Event-ID", ge=0, description="Replay events after this id."), Bigint
     ] = None,
     after: Annotated[
-        int | None, Query(ge=0, description="Like Last-Event-ID, for clients that cannot set it.")
+        int | None, Query(ge=0, description="Like Last-Event-ID, for clients that cannot set it."), Bigint
     ] = None,
     follow: Annotated[
         bool, Query(description="Keep the stream open for new events (false: replay and close).")

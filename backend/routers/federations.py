@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request, status
 
-from backend.deps import Admin, ReadSession, ServicesDep
+from backend.deps import Admin, ServicesDep
 from backend.errors import responses
 from backend.schemas.federations import (
     FederationClone,
@@ -47,8 +47,9 @@ def create_federation(
 
 
 @router.get("", response_model=FederationList, responses=responses(401, 403))
-def list_federations(session: ReadSession, _admin: Admin) -> FederationList:
-    return FederationList(items=federations.views_of(session, federations.all_federations(session)))
+def list_federations(services: ServicesDep, _admin: Admin) -> FederationList:
+    with services.db.read() as session:
+        return FederationList(items=federations.views_of(session, federations.all_federations(session)))
 
 
 @router.get("/{federation_id}", response_model=FederationOut, responses=responses(401, 403, 404, 422))

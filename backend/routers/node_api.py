@@ -12,9 +12,11 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from backend.deps import NodeAuth, ReadSession, ServicesDep
+from backend.deps import NodeAuth, ServicesDep
 from backend.errors import ApiError, responses
+from backend.limits import Bigint
 from backend.schemas.node_api import CompleteRequest, CompleteResult, NodeFederation, Task, UploadResult
+from backend.security import Credential
 from backend.services import steps
 from backend.services.store import Staged
 from fedalign import params
@@ -23,13 +25,14 @@ router = APIRouter(prefix="/api/v1/node", tags=["node"])
 
 STATUS_HEADER = "FedAlign-Federation-Status"
 SAFETENSORS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-StepId = Annotated[int, PathParam(ge=1, description="The step's id, from the task.")]
+StepId = Annotated[int, PathParam(ge=1, description="The step's id, from the task."), Bigint]
 
 
 @router.get("/federation", response_model=NodeFederation, responses=responses(401, 403, 404))
-def node_federation(session: ReadSession, node: NodeAuth) -> NodeFederation:
+def node_federation(services: ServicesDep, node: NodeAuth) -> NodeFederation:
     """What the node needs to build its runtime: the config, its own entry, the others' names and roles."""
-    return steps.node_federation(session, node)
+    with services.db.read() as session:
+        return steps.node_federation(session, node)
 
 
 @router.get(
@@ -119,8 +122,8 @@ async def upload(
             "unsupported_media_type",
             f"uploads are raw safetensors bytes with Content-Type application/octet-stream, not {media_type}",
         )
-    with services.db.read() as session:
-        target = steps.upload_target(session, node, step_id, slot)
+    # In a worker thread: a blocking wait for a pooled connection here would stall the event loop itself.
+    target = await run_in_threadpool(_upload_target, services, node, step_id, slot)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
@@ -152,6 +155,11 @@ def complete_step(
     """Report the step done, with its metrics (and sample counts for setup). Its uploads must be stored
     first. Repeating an identical completion is answered the same and changes nothing."""
     return steps.complete(services.orchestrator, node, step_id, body)
+
+
+def _upload_target(services: ServicesDep, node: Credential, step_id: int, slot: str) -> steps.UploadTarget:
+    with services.db.read() as session:
+        return steps.upload_target(session, node, step_id, slot)
 
 
 def _too_large(size: int, limit: int) -> ApiError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request, status
 
-from backend.deps import Admin, AnyCredential, ReadSession, ServicesDep
+from backend.deps import Admin, AnyCredential, ServicesDep
 from backend.errors import responses
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeList, NodeOut
 from backend.services import federations
@@ -36,19 +36,21 @@ def register_node(
 
 
 @router.get("", response_model=NodeList, responses=responses(401, 403, 404, 422))
-def list_nodes(session: ReadSession, _admin: Admin, federation_id: str = FederationId) -> NodeList:
-    status = federations.get(session, federation_id).status
-    return NodeList(
-        items=[federations.node_out(n, status) for n in federations.nodes_of(session, federation_id)]
-    )
+def list_nodes(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> NodeList:
+    with services.db.read() as session:
+        status = federations.get(session, federation_id).status
+        return NodeList(
+            items=[federations.node_out(n, status) for n in federations.nodes_of(session, federation_id)]
+        )
 
 
 @router.get("/{name}", response_model=NodeOut, responses=responses(401, 403, 404, 422))
 def get_node(
-    session: ReadSession, _admin: Admin, federation_id: str = FederationId, name: str = NodeName
+    services: ServicesDep, _admin: Admin, federation_id: str = FederationId, name: str = NodeName
 ) -> NodeOut:
-    node = federations.get_node(session, federation_id, name)
-    return federations.node_out(node, federations.get(session, federation_id).status)
+    with services.db.read() as session:
+        node = federations.get_node(session, federation_id, name)
+        return federations.node_out(node, federations.get(session, federation_id).status)
 
 
 @router.delete(

@@ -7,9 +7,11 @@ import os
 import stat
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from api_support import Api
 
@@ -123,3 +125,23 @@ def test_a_generated_admin_token_is_kept_private_in_the_data_dir(tmp_path: Path)
         "kept across restarts"
     )
     assert Settings(database_url="postgresql://u@h/db").sqlalchemy_url == "postgresql+psycopg://u@h/db"
+
+
+def test_a_burst_of_concurrent_requests_is_answered_without_exhausting_the_pool(
+    api: Api, live_server: str
+) -> None:
+    """More simultaneous requests than worker threads plus pooled connections: each still gets its answer
+    (a session held past the route function once deadlocked them until the pool's 30 s timeout, as 500s)."""
+    _, tokens = api.federation_with_nodes()
+    token = tokens["alpha"]
+
+    def one(_: int) -> int:
+        with httpx.Client(timeout=60) as client:
+            response = client.get(
+                f"{live_server}/api/v1/node/federation", headers={"Authorization": f"Bearer {token}"}
+            )
+            return response.status_code
+
+    with ThreadPoolExecutor(max_workers=80) as pool:
+        statuses = list(pool.map(one, range(80)))
+    assert statuses == [200] * 80
