@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format frontend-api bench-accuracy bench-aggregate bench-lambda clean
+.PHONY: setup run test lint format frontend-api bench-accuracy bench-aggregate bench-lambda bench-load clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-accuracy: setup
 
 bench-aggregate: setup
 	$(BIN)/python bench/aggregate_bench.py --json bench/results/aggregate.json
+
+# 100 simulated REST nodes polling and uploading at once against one API process.
+bench-load: setup
+	$(BIN)/python bench/load_bench.py --json bench/results/load.json
 
 # Choose the adversarial weight per target on source-only validation tasks, then run the choice with two
 # seeds (bench/select_lambda.py; results in bench/results/lambda-*.jsonl).
