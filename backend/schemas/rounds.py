@@ -53,12 +53,21 @@ class RoundOut(BaseModel):
     metrics: MetricsOut
 
 
+class LeftOut(BaseModel):
+    phase: str
+    nodes: list[str] = Field(description="Nodes whose step the phase closed without (quorum and deadline).")
+    reason: str
+
+
 class RoundSummary(BaseModel):
     round: int
     state: RoundState
     phases: list[str]
     open_phase: str | None
     metrics: dict[str, float]
+    left_out: list[LeftOut] = Field(
+        description="Phases of this round that closed without some nodes, and why."
+    )
 
 
 class RoundList(BaseModel):

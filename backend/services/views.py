@@ -16,6 +16,7 @@ from backend.schemas.metrics import MetricPoint, MetricSeries, MetricSeriesList
 from backend.schemas.published import ModelCard, TensorOut
 from backend.schemas.rounds import (
     ArtifactOut,
+    LeftOut,
     MetricsOut,
     PhaseOut,
     RoundList,
@@ -57,6 +58,18 @@ def round_list(session: Session, federation: Federation) -> RoundList:
         select(Metric).where(Metric.federation_id == federation.id, Metric.node.is_(None))
     ):
         by_round[m.round][m.name] = m.value
+    left_out: dict[int, list[LeftOut]] = defaultdict(list)
+    for e in session.scalars(
+        select(Event)
+        .where(Event.federation_id == federation.id, Event.type == "phase_closed")
+        .order_by(Event.id)
+    ):
+        if e.payload.get("missing"):
+            left_out[int(e.payload["round"])].append(
+                LeftOut(
+                    phase=e.payload["phase"], nodes=list(e.payload["missing"]), reason=e.payload["reason"]
+                )
+            )
     items = []
     for r in range(last + 1):
         current = r == state.round and not state.finished
@@ -67,6 +80,7 @@ def round_list(session: Session, federation: Federation) -> RoundList:
                 phases=round_phases(config, r),
                 open_phase=open_phase if current else None,
                 metrics=by_round.get(r, {}),
+                left_out=left_out.get(r, []),
             )
         )
     return RoundList(items=items)

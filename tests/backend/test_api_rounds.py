@@ -17,7 +17,14 @@ def test_rounds_are_empty_before_the_start_and_detailed_after(api: Api) -> None:
     api.task(tokens["alpha"])
     rounds = api.ok("GET", f"/api/v1/federations/{fid}/rounds")["items"]
     assert rounds == [
-        {"round": 0, "state": "open", "phases": ["setup"], "open_phase": "setup", "metrics": {}}
+        {
+            "round": 0,
+            "state": "open",
+            "phases": ["setup"],
+            "open_phase": "setup",
+            "metrics": {},
+            "left_out": [],
+        }
     ]
     setup = api.ok("GET", f"/api/v1/federations/{fid}/rounds/0")["phases"][0]
     assert setup["state"] == "open"

@@ -528,6 +528,11 @@ def test_a_node_that_never_answers_is_left_out_at_each_deadline_and_its_late_res
             detail = admin.get(f"/api/v1/federations/{fid}/rounds/{r}").json()
             beta_steps = [s["status"] for p in detail["phases"] for s in p["steps"] if s["node"] == "beta"]
             assert beta_steps == ["cancelled"] * 3, (r, beta_steps)
+        # What the dashboard's rounds table shows: each round's phases that closed without beta, and why.
+        rounds = admin.get(f"/api/v1/federations/{fid}/rounds").json()["items"]
+        left_out = {r["round"]: [(x["phase"], x["nodes"]) for x in r["left_out"]] for r in rounds}
+        for r in range(1, ROUNDS + 1):
+            assert left_out[r] == [(p, ["beta"]) for p in ("disc1", "adapt", "eval")], left_out
         assert not any(e["type"] == "submission" and e["payload"]["node"] == "beta" for e in events)
 
 

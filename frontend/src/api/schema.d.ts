@@ -1154,6 +1154,18 @@ export interface components {
              */
             eval_every?: number;
         };
+        /** LeftOut */
+        LeftOut: {
+            /** Phase */
+            phase: string;
+            /**
+             * Nodes
+             * @description Nodes whose step the phase closed without (quorum and deadline).
+             */
+            nodes: string[];
+            /** Reason */
+            reason: string;
+        };
         /** MetricPoint */
         MetricPoint: {
             /** Round */
@@ -1535,6 +1547,11 @@ export interface components {
             metrics: {
                 [key: string]: number;
             };
+            /**
+             * Left Out
+             * @description Phases of this round that closed without some nodes, and why.
+             */
+            left_out: components["schemas"]["LeftOut"][];
         };
         /** Samples */
         Samples: {
