@@ -136,8 +136,49 @@ class FederationConfig(_Strict):
         bool,
         Field(description="The target uploads its final model (shared and local tensors) for download."),
     ] = True
+    secure_aggregation: Annotated[
+        bool,
+        Field(
+            description="Secure aggregation (Bonawitz et al., CCS 2017): nodes upload their parameters "
+            "masked, so whoever aggregates (the server or the target node) learns only the weighted "
+            "average of each phase's uploads, never one node's parameters. Protects against an "
+            "honest-but-curious aggregator that colludes with no node. Needs at least two sources in "
+            "every average (two source nodes, min_sources >= 2) and no shared integer tensor (so not "
+            "local_params 'none', nor algorithm 'source_only': both share BatchNorm's batch counters); "
+            "parameter values must stay within +-2^20."
+        ),
+    ] = False
     hyperparameters: Hyperparameters = Hyperparameters()
     nodes: list[NodeSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_secure_aggregation(self) -> FederationConfig:
+        if not self.secure_aggregation:
+            return self
+        # The policy protocol.effective_local_policy applies; under "none" every architecture shares
+        # BatchNorm's integer num_batches_tracked, which is combined by a maximum in the clear and cannot
+        # be masked (secagg.masked_manifest; tests/test_simulate_secagg.py checks this against the
+        # manifests of every architecture).
+        if self.algorithm == "source_only":
+            raise ValueError(
+                "secure_aggregation cannot be used with algorithm 'source_only': it shares BatchNorm's "
+                "integer batch counters, which are combined by a maximum and cannot be masked"
+            )
+        if self.hyperparameters.local_params == "none":
+            raise ValueError(
+                "secure_aggregation cannot be used with local_params 'none': it shares BatchNorm's "
+                "integer batch counters, which are combined by a maximum and cannot be masked; "
+                "keep them local with 'bn_stats' or 'bn'"
+            )
+        # The sources' T (and their G, when the target's stays out of G_agg) is averaged over the sources
+        # alone: over one source, the "average" would be that source's own upload.
+        if self.min_sources is not None and self.min_sources < 2:
+            raise ValueError(
+                f"secure_aggregation needs min_sources of at least 2 (it is {self.min_sources}): the "
+                "sources' models are averaged over the sources alone, and an average over one source is "
+                "its own upload"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_nodes(self) -> FederationConfig:
@@ -155,6 +196,11 @@ class FederationConfig(_Strict):
             raise ValueError("a federation needs at least one source node")
         if self.min_sources is not None and self.min_sources > sources:
             raise ValueError(f"min_sources is {self.min_sources} but there are only {sources} sources")
+        if self.secure_aggregation and sources < 2:
+            raise ValueError(
+                f"secure_aggregation needs at least two source nodes, got {sources}: the sources' models "
+                "are averaged over the sources alone, and an average over one source is its own upload"
+            )
         return self
 
     @property

@@ -419,21 +419,36 @@ class Protocol:
             contributors = sorted(n for n, slots in self.state.done.items() if model in slots)
             if not contributors:
                 continue
-            scheme = {"D": self.hp.disc_weighting, "G": self.hp.extractor_weighting}.get(model, "samples")
-            w = weights(
-                scheme,
-                [Contribution(n, self.nodes[n].role, self.state.samples[n]["train"]) for n in contributors],
-            )
             result.append(
                 Aggregate(
                     key=aggregate_key(r, phase, model),
                     model=model,
                     inputs={n: submission_key(r, phase, model, n) for n in contributors},
-                    weights=w,
+                    weights=self.model_weights(model, contributors),
                     by=by,
                 )
             )
         return result
+
+    def model_weights(self, model: str, nodes: list[str]) -> dict[str, float]:
+        """Normalised weights of ``nodes``' submissions of ``model``, under the model's weighting scheme."""
+        scheme = {"D": self.hp.disc_weighting, "G": self.hp.extractor_weighting}.get(model, "samples")
+        return weights(
+            scheme, [Contribution(n, self.nodes[n].role, self.state.samples[n]["train"]) for n in nodes]
+        )
+
+    def roster_weights(self, round_: int, phase: str) -> dict[str, dict[str, float]]:
+        """model -> {node: weight} over every node that a phase expects a submission of the model from.
+
+        These are the weights fixed when the phase opens, before anyone uploads: secure aggregation has
+        each node pre-multiply its upload by its weight before masking. With every node in, they are the
+        phase's `Aggregate` weights; with nodes missing, an `Aggregate` renormalises over those present.
+        """
+        rosters: dict[str, list[str]] = {}
+        for node in self.participants(round_, phase):
+            for model in self.uploads(node, round_, phase):
+                rosters.setdefault(model, []).append(node)
+        return {m: self.model_weights(m, sorted(rosters[m])) for m in MODELS if m in rosters}
 
     def _on_aggregate_done(self, event: AggregateDone) -> list[Action]:
         if event.key not in self.state.pending:

@@ -3,6 +3,10 @@
 The simulator is the reference for what a served federation computes: it drives the same
 `fedalign.protocol.Protocol` and runs the same `NodeRuntime` steps and the same `fedalign.aggregate`
 code, so a served run of the same config and seed gives the same numbers.
+
+With ``secure_aggregation`` on, every average of nodes' submissions goes through `fedalign.secagg`
+(`SecureAggregation`): a node masks its uploads as its step ends, the store holds only masked uploads,
+and the aggregator folds them, collects the survivors' seed reveals, and decodes the weighted average.
 """
 
 from __future__ import annotations
@@ -17,9 +21,11 @@ from typing import Any
 import torch
 
 from fedalign import data as datasets
+from fedalign import secagg
 from fedalign.aggregate import average_states
 from fedalign.config import FederationConfig
-from fedalign.node import NodeRuntime, State, initial_models
+from fedalign.models import manifests
+from fedalign.node import NodeRuntime, State, initial_models, model_shape
 from fedalign.protocol import (
     Action,
     Aggregate,
@@ -32,6 +38,10 @@ from fedalign.protocol import (
     RunStep,
     Stall,
     StepDone,
+    StepSpec,
+    aggregate_key,
+    effective_local_policy,
+    submission_key,
 )
 from fedalign.steps import CPU, Device
 
@@ -71,6 +81,84 @@ class SimulationResult:
 RoundCallback = Callable[[RoundRecord], None]
 
 
+def mask_context(federation: str, round_: int, phase: str, model: str) -> secagg.MaskContext:
+    """The one context of a phase's uploads of one model: ``discE`` is exchange E of "discriminator"."""
+    if phase.startswith("disc"):
+        return secagg.MaskContext(federation, round_, "discriminator", model, exchange=int(phase[4:]))
+    return secagg.MaskContext(federation, round_, {"adapt": "adaptation"}.get(phase, phase), model)
+
+
+class SecureAggregation:
+    """Both sides of `fedalign.secagg` for a simulated federation.
+
+    Node side: every node's X25519 key pair for this federation (only the public keys are "relayed"),
+    and the `Masker` of each of its submissions, kept until the node reveals its seeds. Aggregator
+    side: one `MaskedSum` per aggregate. The weights a node pre-multiplies by are fixed when the phase
+    opens (`Protocol.roster_weights`); the aggregate is the survivors' average under them.
+    """
+
+    def __init__(self, config: FederationConfig, protocol: Protocol, federation: str | None = None) -> None:
+        self.protocol = protocol
+        # Served federations use their id; the simulator's keys are fresh per run, so no context repeats.
+        self.federation = federation or config.name
+        self.manifests = manifests(config.architecture, model_shape(config), effective_local_policy(config))
+        for manifest in self.manifests.values():
+            secagg.masked_manifest(manifest)  # refuses a shared integer tensor before any training
+        self._keys = {n.name: secagg.KeyPair.generate() for n in config.nodes}
+        self.public_keys = {node: keys.public_bytes for node, keys in self._keys.items()}
+        self._maskers: dict[str, secagg.Masker] = {}  # submission key -> its node's masker
+
+    def mask(self, step: StepSpec, uploads: dict[str, State]) -> dict[str, State]:
+        """A node's side at the end of its step: each upload that is averaged weighted, encoded, masked.
+
+        Uploads that are not averaged (the target's published model, uploaded by its own setting) travel
+        as they are.
+        """
+        rosters = self.protocol.roster_weights(step.round, step.phase)
+        masked: dict[str, State] = {}
+        for model, state in uploads.items():
+            roster = rosters.get(model)
+            if roster is None:
+                masked[model] = state
+                continue
+            masker = secagg.Masker(
+                step.node,
+                self._keys[step.node],
+                {node: self.public_keys[node] for node in roster},
+                roster[step.node],
+                mask_context(self.federation, step.round, step.phase, model),
+            )
+            masked[model] = masker.mask_state(state, self.manifests[model])
+            self._maskers[step.uploads[model]] = masker
+        return masked
+
+    def aggregate(self, action: Aggregate, store: dict[str, State]) -> State:
+        """The aggregator folds the masked submissions, collects the survivors' reveals, decodes."""
+        round_, phase = self.protocol.state.round, self.protocol.phase
+        if action.key != aggregate_key(round_, phase, action.model):
+            raise RuntimeError(f"aggregate {action.key!r} is not of the open phase {round_} {phase!r}")
+        roster = self.protocol.roster_weights(round_, phase)[action.model]
+        total = secagg.MaskedSum(self.manifests[action.model], roster)
+        for node in sorted(action.inputs):
+            total.add_state(node, store[action.inputs[node]])
+        dropped = total.missing
+        if not dropped:
+            # The protocol's weights are the ones every node masked with (with dropouts, the protocol
+            # renormalises over those present, and so does the unmasking).
+            effective = total.effective_weights()
+            if any(abs(effective[n] - w) > 1e-12 for n, w in action.weights.items()):
+                raise RuntimeError(f"aggregate {action.key!r}: weights {action.weights} were not masked with")
+        # When a node aggregates, it knows its own upload: count it, so at least two others stay hidden.
+        min_survivors = secagg.MIN_SURVIVORS + (action.by in roster)
+        reveals = {
+            node: self._maskers.pop(action.inputs[node]).reveal(dropped, min_survivors=min_survivors)
+            for node in total.folded
+        }
+        for node in dropped:  # a dropped node reveals nothing, ever
+            self._maskers.pop(submission_key(round_, phase, action.model, node), None)
+        return total.unmask(reveals)
+
+
 class Simulator:
     def __init__(
         self,
@@ -85,6 +173,7 @@ class Simulator:
             n.name: NodeRuntime(n.name, config, node_data.get(n.name) or datasets.load(n.dataset), device)
             for n in config.nodes
         }
+        self.secure = SecureAggregation(config, self.protocol) if config.secure_aggregation else None
         self.store: dict[str, State] = {}
         self.records: dict[int, RoundRecord] = {}
         self.events: list[str] = []
@@ -118,8 +207,9 @@ class Simulator:
             step = action.step
             runtime = self.nodes[step.node]
             result = runtime.run(step, {slot: self.store[key] for slot, key in step.downloads.items()})
+            uploads = self.secure.mask(step, result.uploads) if self.secure else result.uploads
             for slot, key in step.uploads.items():
-                self.store[key] = result.uploads[slot]
+                self.store[key] = uploads[slot]
             return self.protocol.handle(
                 StepDone(
                     node=step.node,
@@ -131,9 +221,12 @@ class Simulator:
                 )
             )
         if isinstance(action, Aggregate):
-            self.store[action.key] = average_states(
-                {node: self.store[key] for node, key in action.inputs.items()}, action.weights
-            )
+            if self.secure:
+                self.store[action.key] = self.secure.aggregate(action, self.store)
+            else:
+                self.store[action.key] = average_states(
+                    {node: self.store[key] for node, key in action.inputs.items()}, action.weights
+                )
             for key in action.inputs.values():
                 del self.store[key]  # a submission is needed once
             actions = self.protocol.handle(AggregateDone(action.key))

@@ -146,6 +146,15 @@ def all_federations(session: Session) -> list[Federation]:
 
 def create(db: Database, settings: dict[str, Any]) -> tuple[Federation, str]:
     config = FederationConfig.model_validate(settings)
+    if config.secure_aggregation:
+        # The served path (public-key relay, masked uploads, seed reveals) is not built yet; accepting the
+        # setting would promise a privacy the server does not give.
+        raise ApiError(
+            422,
+            "not_supported",
+            "secure_aggregation runs in the simulator only (fedalign simulate) so far; a served federation "
+            "would average in the clear, so it is refused here",
+        )
     token = new_token(JOIN_PREFIX)
     federation = Federation(
         id=str(uuid.uuid4()),

@@ -978,6 +978,12 @@ export interface components {
              */
             publish_model: boolean;
             /**
+             * Secure Aggregation
+             * @description Secure aggregation (Bonawitz et al., CCS 2017): nodes upload their parameters masked, so whoever aggregates (the server or the target node) learns only the weighted average of each phase's uploads, never one node's parameters. Protects against an honest-but-curious aggregator that colludes with no node. Needs at least two sources in every average (two source nodes, min_sources >= 2) and no shared integer tensor (so not local_params 'none', nor algorithm 'source_only': both share BatchNorm's batch counters); parameter values must stay within +-2^20.
+             * @default false
+             */
+            secure_aggregation: boolean;
+            /**
              * @default {
              *       "batch_size": 64,
              *       "lr": 0.01,
