@@ -63,6 +63,10 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_shared_bn": ("fedalign", {**FEDALIGN, "local_params": "none"}),
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
+    # The adversarial weight's ceiling under the DANN ramp: candidates for choosing lambda on the
+    # source-only validation tasks (bench/select_lambda.py), never on the target.
+    "fedalign_lambda0.1": ("fedalign", {**FEDALIGN, "adv_weight": 0.1}),
+    "fedalign_lambda0.3": ("fedalign", {**FEDALIGN, "adv_weight": 0.3}),
 }
 CENTRAL = ("target_oracle", "dann_central")
 DEFAULT_METHODS = (
