@@ -132,6 +132,15 @@ class FederationConfig(_Strict):
             "default: wait indefinitely.",
         ),
     ] = None
+    setup_deadline_s: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="Seconds the setup phase (nodes joining) waits before the quorum rule applies: a "
+            "source that has not finished setup by then takes no part in the run. Default: "
+            "phase_deadline_s (joining often takes longer than a phase: set it apart).",
+        ),
+    ] = None
     publish_model: Annotated[
         bool,
         Field(description="The target uploads its final model (shared and local tensors) for download."),

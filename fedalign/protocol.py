@@ -203,6 +203,8 @@ class ProtocolState:
     latest: dict[str, str] = field(default_factory=dict)
     # per-node metrics of the open round, merged over its phases
     node_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    # sources that had not finished setup at its deadline: they take no part in the run
+    excluded: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return copy.deepcopy(dict(self.__dict__))
@@ -235,7 +237,7 @@ class Protocol:
     def participants(self, round_: int, phase: str) -> list[str]:
         """Nodes that run a step in a phase, in fixed (name) order."""
         target = self.config.target.name
-        sources = [n.name for n in self.config.sources]
+        sources = [n.name for n in self.config.sources if n.name not in self.state.excluded]
         if phase == "adapt" and self.hp.target_extractor == "none":
             return sources
         if phase == "train" and self.config.algorithm == "source_only":
@@ -381,8 +383,6 @@ class Protocol:
         target = self.config.target.name
         present_sources = [n for n in self.state.done if self.nodes[n].role == "source"]
         needed = self.config.min_sources or len(self.config.sources)
-        if self.phase == "setup":
-            needed = len(self.config.sources)  # weights need every node's sample counts
         reason = ""
         if target in missing:
             reason = f"the target node {target!r} has not finished phase {self.phase!r}; waiting for it"
@@ -394,6 +394,14 @@ class Protocol:
         if reason:
             self.state.stalled = reason
             return [Stall(self.state.round, self.phase, reason)]
+        if self.phase == "setup":
+            # No sample counts, no weight: a source that never joined stays out of every later phase
+            # instead of making each of them wait for its deadline.
+            self.state.excluded = sorted({*self.state.excluded, *missing})
+            return self._close_phase(
+                missing=missing,
+                reason=f"setup's deadline passed without {', '.join(missing)}; they take no part in this run",
+            )
         return self._close_phase(
             missing=missing,
             reason=f"deadline passed without {', '.join(missing)}; weights renormalised over the rest",

@@ -237,6 +237,40 @@ def test_too_few_sources_at_the_deadline_stall() -> None:
     assert isinstance(stall, Stall) and "s2" in stall.reason
 
 
+def test_a_source_that_never_joins_is_left_out_of_the_whole_run_at_setups_deadline() -> None:
+    proto = Protocol(make_config(min_sources=1))
+    setup = {a.step.node: a for a in _open_setup(proto)}
+    complete(proto, setup["s1"])
+    complete(proto, setup["t"])
+    actions = proto.handle(Deadline(0, "setup"))
+    (closed,) = [a for a in actions if isinstance(a, PhaseClosed)]
+    assert closed.missing == ["s2"] and "no part in this run" in closed.reason
+    assert proto.state.excluded == ["s2"]
+    restored = Protocol(make_config(min_sources=1), ProtocolState.from_json(proto.state.to_json()))
+    assert restored.state.excluded == ["s2"], "the exclusion survives a restart"
+    # Every later step goes to the others, and the run finishes without another deadline.
+    queue, seen = [a for a in actions if not isinstance(a, PhaseClosed)], []
+    while queue:
+        action = queue.pop(0)
+        seen.append(action)
+        if isinstance(action, RunStep):
+            queue += complete(proto, action)
+        elif isinstance(action, Aggregate):
+            queue += proto.handle(AggregateDone(action.key))
+    assert proto.state.finished
+    assert not any(isinstance(a, RunStep) and a.step.node == "s2" for a in seen)
+    assert all(set(a.weights) <= {"s1", "t"} for a in seen if isinstance(a, Aggregate))
+
+
+def test_setup_still_waits_for_the_target_and_for_min_sources() -> None:
+    proto = Protocol(make_config(min_sources=2))
+    setup = {a.step.node: a for a in _open_setup(proto)}
+    complete(proto, setup["s1"])
+    complete(proto, setup["t"])
+    (stall,) = proto.handle(Deadline(0, "setup"))
+    assert isinstance(stall, Stall) and "s2" in stall.reason and not proto.state.excluded
+
+
 def test_state_survives_a_json_round_trip_mid_run() -> None:
     """A restarted orchestrator rebuilds the machine from its stored state and carries on identically."""
     config = make_config()

@@ -120,7 +120,7 @@ class Sweeper:
     def _feed_deadlines(self, now: dt.datetime) -> int:
         with self.db.read() as session:
             candidates = [
-                (f.id, f.phase_opened_at, f.config.get("phase_deadline_s"))
+                (f.id, f.phase_opened_at, _deadline_s(f))
                 for f in session.scalars(
                     select(Federation).where(
                         Federation.status.in_(("running", "stalled")), Federation.phase_opened_at.is_not(None)
@@ -157,3 +157,12 @@ class Sweeper:
             except Exception:
                 log.exception("sweep failed; retrying in %.1f s", interval_s)
             await asyncio.sleep(interval_s)
+
+
+def _deadline_s(federation: Federation) -> float | None:
+    """The open phase's deadline: setup has one of its own (nodes joining), every other phase the same."""
+    phase_deadline = federation.config.get("phase_deadline_s")
+    if federation.protocol_state and protocol_state(federation).round == 0:
+        setup_deadline = federation.config.get("setup_deadline_s")
+        return setup_deadline if setup_deadline is not None else phase_deadline
+    return phase_deadline

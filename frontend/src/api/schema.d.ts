@@ -972,6 +972,11 @@ export interface components {
              */
             phase_deadline_s?: number | null;
             /**
+             * Setup Deadline S
+             * @description Seconds the setup phase (nodes joining) waits before the quorum rule applies: a source that has not finished setup by then takes no part in the run. Default: phase_deadline_s (joining often takes longer than a phase: set it apart).
+             */
+            setup_deadline_s?: number | null;
+            /**
              * Publish Model
              * @description The target uploads its final model (shared and local tensors) for download.
              * @default true
