@@ -279,6 +279,11 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-federation.png"), full_page=True)
+    # A laptop's width: the page reflows instead of scrolling sideways.
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    page.screenshot(path=str(ARTIFACTS / "dashboard-federation-laptop.png"), full_page=True)
+    page.set_viewport_size({"width": 1440, "height": 1000})
 
     # A reload keeps the session (the cookie) and redraws every round from the server.
     page.reload()
