@@ -14,9 +14,7 @@ from backend.schemas.federations import (
     FederationOut,
     FederationSettings,
 )
-from backend.schemas.nodes import NodeCreated
 from backend.services import federations
-from backend.services.node_commands import run_command
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"])
 
@@ -86,14 +84,7 @@ def clone_federation(
         services.db, services.orchestrator, federation_id, overrides, body.nodes
     )
     base = services.base_url(request)
-    node_tokens = [
-        NodeCreated(
-            **federations.node_out(node).model_dump(),
-            token=token,
-            run_command=run_command(node.mode, node.name, token, base, services.settings),
-        )
-        for node, token in registered
-    ]
+    node_tokens = [federations.node_created(n, token, base, services.settings) for n, token in registered]
     out = _out(services, federation.id)
     return FederationCloned(**out.model_dump(), join_token=join_token, node_tokens=node_tokens)
 

@@ -8,7 +8,6 @@ from backend.deps import Admin, AnyCredential, ServicesDep
 from backend.errors import responses
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeList, NodeOut
 from backend.services import federations
-from backend.services.node_commands import run_command
 
 router = APIRouter(prefix="/api/v1/federations/{federation_id}/nodes", tags=["nodes"])
 
@@ -31,8 +30,7 @@ def register_node(
     federation_id: str = FederationId,
 ) -> NodeCreated:
     node, token = federations.register_node(services.orchestrator, federation_id, body, credential)
-    command = run_command(node.mode, node.name, token, services.base_url(request), services.settings)
-    return NodeCreated(**federations.node_out(node).model_dump(), token=token, run_command=command)
+    return federations.node_created(node, token, services.base_url(request), services.settings)
 
 
 @router.get("", response_model=NodeList, responses=responses(401, 403, 404, 422))

@@ -17,9 +17,10 @@ from backend.database import Database
 from backend.errors import ApiError, conflict, forbidden, not_found
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
 from backend.schemas.federations import FederationOut, Progress
-from backend.schemas.nodes import NodeCreate, NodeOut
+from backend.schemas.nodes import NodeCreate, NodeCreated, NodeOut
 from backend.security import JOIN_PREFIX, NODE_PREFIX, Credential, new_token, token_hash
 from backend.services import events
+from backend.services.node_commands import run_command
 from backend.services.orchestrator import (
     OPEN_STEP,
     TERMINAL,
@@ -28,6 +29,7 @@ from backend.services.orchestrator import (
     open_phase,
     protocol_state,
 )
+from backend.settings import Settings
 from fedalign.config import FederationConfig
 
 ROUTES = "list them with GET /api/v1/federations"
@@ -36,13 +38,16 @@ ROUTES = "list them with GET /api/v1/federations"
 PROGRESS_METRICS = ("target_acc", "disc_acc")
 
 
-def progress_of(session: Session, federations: list[Federation]) -> dict[str, Progress]:
-    """Rounds done and the latest target and discriminator accuracy, for each federation, in one query."""
-    latest: dict[str, dict[str, tuple[int, float]]] = {f.id: {} for f in federations}
-    if federations:
+Latest = dict[str, tuple[int, float]]  # metric name -> (round, value) of its latest record
+
+
+def latest_metrics(session: Session, federation_ids: list[str]) -> dict[str, Latest]:
+    """The latest target and discriminator accuracy of each federation, in one query."""
+    latest: dict[str, Latest] = {fid: {} for fid in federation_ids}
+    if federation_ids:
         rows = session.execute(
             select(Metric.federation_id, Metric.name, Metric.round, Metric.value).where(
-                Metric.federation_id.in_(list(latest)),
+                Metric.federation_id.in_(federation_ids),
                 Metric.node.is_(None),
                 Metric.name.in_(PROGRESS_METRICS),
             )
@@ -51,42 +56,38 @@ def progress_of(session: Session, federations: list[Federation]) -> dict[str, Pr
             seen = latest[federation_id].get(name)
             if seen is None or round_ > seen[0]:
                 latest[federation_id][name] = (round_, value)
-    out = {}
-    for federation in federations:
-        done = 0
-        if federation.protocol_state and federation.status != "created":
-            state = protocol_state(federation)
-            done = federation_config(federation).rounds if state.finished else max(0, state.round - 1)
-        metrics = latest[federation.id]
-        target, disc = metrics.get("target_acc"), metrics.get("disc_acc")
-        rounds = [m[0] for m in (target, disc) if m is not None]
-        out[federation.id] = Progress(
-            rounds_done=done,
-            target_acc=target[1] if target else None,
-            disc_acc=disc[1] if disc else None,
-            round_of_metrics=max(rounds) if rounds else None,
-        )
-    return out
+    return latest
 
 
-def federation_out(federation: Federation, node_names: list[str], progress: Progress) -> FederationOut:
+def federation_out(federation: Federation, node_names: list[str], latest: Latest) -> FederationOut:
     round_: int | None = None
     phase: str | None = None
+    done = 0
     if federation.protocol_state and federation.status != "created":
         state = protocol_state(federation)
-        if not state.finished:
-            round_, phase = open_phase(federation_config(federation), state)
-    config = {k: v for k, v in federation.config.items() if k != "nodes"}
+        config = federation_config(federation)
+        if state.finished:
+            done = config.rounds
+        else:
+            round_, phase = open_phase(config, state)
+            done = max(0, state.round - 1)
+    target, disc = latest.get("target_acc"), latest.get("disc_acc")
+    measured = [m[0] for m in (target, disc) if m is not None]
     return FederationOut(
         id=federation.id,
         name=federation.name,
         status=federation.status,  # type: ignore[arg-type]
         stall_reason=federation.stall_reason,
-        config=config,
+        config={k: v for k, v in federation.config.items() if k != "nodes"},
         nodes=node_names,
         round=round_,
         phase=phase,
-        progress=progress,
+        progress=Progress(
+            rounds_done=done,
+            target_acc=target[1] if target else None,
+            disc_acc=disc[1] if disc else None,
+            round_of_metrics=max(measured) if measured else None,
+        ),
         model_published=(
             federation.status == "finished"
             and bool(federation.config.get("publish_model", True))
@@ -100,17 +101,21 @@ def federation_out(federation: Federation, node_names: list[str], progress: Prog
 
 
 def view(session: Session, federation: Federation) -> FederationOut:
-    progress = progress_of(session, [federation])[federation.id]
-    return federation_out(federation, node_names(session, federation.id), progress)
+    latest = latest_metrics(session, [federation.id])[federation.id]
+    return federation_out(federation, node_names(session, federation.id), latest)
 
 
 def views_of(session: Session, federations: list[Federation]) -> list[FederationOut]:
-    progress = progress_of(session, federations)
-    names: dict[str, list[str]] = {f.id: [] for f in federations}
-    for federation_id, name in session.execute(select(Node.federation_id, Node.name).order_by(Node.name)):
-        if federation_id in names:
+    ids = [f.id for f in federations]
+    latest = latest_metrics(session, ids)
+    names: dict[str, list[str]] = {fid: [] for fid in ids}
+    if ids:
+        rows = session.execute(
+            select(Node.federation_id, Node.name).where(Node.federation_id.in_(ids)).order_by(Node.name)
+        )
+        for federation_id, name in rows:
             names[federation_id].append(name)
-    return [federation_out(f, names[f.id], progress[f.id]) for f in federations]
+    return [federation_out(f, names[f.id], latest[f.id]) for f in federations]
 
 
 def node_out(node: Node, federation_status: str | None = None) -> NodeOut:
@@ -128,6 +133,12 @@ def node_out(node: Node, federation_status: str | None = None) -> NodeOut:
         last_seen=node.last_seen,
         created_at=node.created_at,
     )
+
+
+def node_created(node: Node, token: str, api_url: str, settings: Settings) -> NodeCreated:
+    """A node just registered: its view, its token (shown once) and the command its machine runs."""
+    command = run_command(node.mode, node.name, token, api_url, settings)
+    return NodeCreated(**node_out(node).model_dump(), token=token, run_command=command)
 
 
 def node_names(session: Session, federation_id: str) -> list[str]:

@@ -162,7 +162,8 @@ class Sweeper:
 def _deadline_s(federation: Federation) -> float | None:
     """The open phase's deadline: setup has one of its own (nodes joining), every other phase the same."""
     phase_deadline = federation.config.get("phase_deadline_s")
-    if federation.protocol_state and protocol_state(federation).round == 0:
-        setup_deadline = federation.config.get("setup_deadline_s")
-        return setup_deadline if setup_deadline is not None else phase_deadline
+    setup_deadline = federation.config.get("setup_deadline_s")
+    # The state is read only when it can change the answer: this runs for every running federation.
+    if setup_deadline is not None and federation.protocol_state and protocol_state(federation).round == 0:
+        return float(setup_deadline)
     return phase_deadline

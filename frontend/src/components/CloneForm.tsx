@@ -1,11 +1,12 @@
-import { type FormEvent, useState } from "react";
-import { api, errorMessage, unwrap } from "../api/client";
+import { api, unwrap } from "../api/client";
 import type { Federation, FederationClone, FederationCloned } from "../api/types";
 import { FormProblems } from "../forms/FormProblems";
 import { componentSchema } from "../forms/jsonSchema";
 import { SchemaField } from "../forms/SchemaField";
 import { allFields, formGroups, toBody } from "../forms/schemaForm";
 import { useSchemaForm } from "../forms/useSchemaForm";
+import { useSubmission } from "../forms/useSubmission";
+import { SubmitFailure } from "./feedback";
 
 const cloneGroups = formGroups(componentSchema("FederationClone"), {
   title: "Clone",
@@ -24,8 +25,6 @@ export function CloneForm({
   onCancel(): void;
 }) {
   const { values, problems, shown, setValue, valid } = useSchemaForm(cloneGroups);
-  const [pending, setPending] = useState(false);
-  const [failure, setFailure] = useState<string | null>(null);
   // What an empty field leaves to the server, in the field itself.
   const placeholders: Record<string, string> = {
     name: `${federation.name} (copy)`,
@@ -33,24 +32,15 @@ export function CloneForm({
     seed: String(federation.config.seed ?? ""),
   };
 
-  const submit = async (event: FormEvent) => {
-    event.preventDefault();
-    if (!valid || pending) return;
-    setPending(true);
-    setFailure(null);
-    try {
-      const clone = await unwrap(
-        api.POST("/api/v1/federations/{federation_id}/clone", {
-          params: { path: { federation_id: federation.id } },
-          body: toBody(cloneGroups, values) as FederationClone,
-        }),
-      );
-      onCloned(clone);
-    } catch (error) {
-      setFailure(errorMessage(error));
-      setPending(false);
-    }
-  };
+  const { pending, failure, submit } = useSubmission(valid, async () => {
+    const clone = await unwrap(
+      api.POST("/api/v1/federations/{federation_id}/clone", {
+        params: { path: { federation_id: federation.id } },
+        body: toBody(cloneGroups, values) as FederationClone,
+      }),
+    );
+    onCloned(clone);
+  });
 
   return (
     <form aria-label={`Clone ${federation.name}`} onSubmit={submit} noValidate>
@@ -67,11 +57,7 @@ export function CloneForm({
         ))}
       </div>
       <FormProblems id="clone-problems" groups={cloneGroups} problems={problems} action="clone" />
-      {failure && (
-        <p className="notice error" role="alert">
-          {failure}
-        </p>
-      )}
+      <SubmitFailure failure={failure} />
       <div className="actions">
         <button type="submit" className="primary" disabled={!valid || pending}>
           {pending ? "Cloning…" : "Clone federation"}

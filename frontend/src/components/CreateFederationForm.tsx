@@ -1,11 +1,12 @@
-import { type FormEvent, type ReactNode, useState } from "react";
-import { errorMessage } from "../api/client";
+import { type ReactNode, useState } from "react";
 import type { FederationSettings } from "../api/types";
 import { componentSchema } from "../forms/jsonSchema";
 import { SchemaField } from "../forms/SchemaField";
 import { FormProblems } from "../forms/FormProblems";
 import { type FieldGroup, formGroups, toBody } from "../forms/schemaForm";
 import { useSchemaForm } from "../forms/useSchemaForm";
+import { useSubmission } from "../forms/useSubmission";
+import { SubmitFailure } from "./feedback";
 
 const LABELS = {
   phase_deadline_s: "Phase deadline (seconds)",
@@ -44,22 +45,10 @@ interface Props {
 
 export function CreateFederationForm({ groups = federationSettingsGroups, onSubmit, onCancel }: Props) {
   const { values, problems, shown, setValue, valid } = useSchemaForm(groups);
-  const [pending, setPending] = useState(false);
-  const [failure, setFailure] = useState<string | null>(null);
 
-  const submit = async (event: FormEvent) => {
-    event.preventDefault();
-    if (!valid || pending) return;
-    setPending(true);
-    setFailure(null);
-    try {
-      await onSubmit(toBody(groups, values) as FederationSettings);
-    } catch (error) {
-      setFailure(errorMessage(error));
-    } finally {
-      setPending(false);
-    }
-  };
+  const { pending, failure, submit } = useSubmission(valid, async () => {
+    await onSubmit(toBody(groups, values) as FederationSettings);
+  });
 
   const [top, ...nested] = groups;
   return (
@@ -94,11 +83,7 @@ export function CreateFederationForm({ groups = federationSettingsGroups, onSubm
         </Collapsible>
       ))}
       <FormProblems id="create-problems" groups={groups} problems={problems} action="create the federation" />
-      {failure && (
-        <p className="notice error" role="alert">
-          {failure}
-        </p>
-      )}
+      <SubmitFailure failure={failure} />
       <div className="actions">
         <button
           type="submit"

@@ -1,6 +1,6 @@
 import { useQueryClient } from "@tanstack/react-query";
-import { type FormEvent, useState } from "react";
-import { api, errorMessage, unwrap } from "../api/client";
+import { useState } from "react";
+import { api, unwrap } from "../api/client";
 import { keys } from "../api/queries";
 import type { NodeCreate, NodeCreated } from "../api/types";
 import { componentSchema } from "../forms/jsonSchema";
@@ -8,6 +8,8 @@ import { FormProblems } from "../forms/FormProblems";
 import { SchemaField } from "../forms/SchemaField";
 import { allFields, formGroups, toBody } from "../forms/schemaForm";
 import { useSchemaForm } from "../forms/useSchemaForm";
+import { useSubmission } from "../forms/useSubmission";
+import { SubmitFailure } from "./feedback";
 import { CopyButton } from "./CopyButton";
 import { SecretOnce } from "./SecretOnce";
 
@@ -22,31 +24,19 @@ const PLACEHOLDERS: Record<string, string> = { name: "hospital-a", dataset: "dig
 export function RegisterNodeForm({ federationId }: { federationId: string }) {
   const client = useQueryClient();
   const { values, problems, shown, setValue, reset, valid } = useSchemaForm(nodeGroups);
-  const [pending, setPending] = useState(false);
-  const [failure, setFailure] = useState<string | null>(null);
   const [registered, setRegistered] = useState<NodeCreated | null>(null);
 
-  const submit = async (event: FormEvent) => {
-    event.preventDefault();
-    if (!valid || pending) return;
-    setPending(true);
-    setFailure(null);
-    try {
-      const node = await unwrap(
-        api.POST("/api/v1/federations/{federation_id}/nodes", {
-          params: { path: { federation_id: federationId } },
-          body: toBody(nodeGroups, values) as NodeCreate,
-        }),
-      );
-      setRegistered(node);
-      reset();
-      await client.invalidateQueries({ queryKey: keys.nodes(federationId) });
-    } catch (error) {
-      setFailure(errorMessage(error));
-    } finally {
-      setPending(false);
-    }
-  };
+  const { pending, failure, submit } = useSubmission(valid, async () => {
+    const node = await unwrap(
+      api.POST("/api/v1/federations/{federation_id}/nodes", {
+        params: { path: { federation_id: federationId } },
+        body: toBody(nodeGroups, values) as NodeCreate,
+      }),
+    );
+    setRegistered(node);
+    reset();
+    await client.invalidateQueries({ queryKey: keys.nodes(federationId) });
+  });
 
   if (registered) {
     return (
@@ -91,11 +81,7 @@ export function RegisterNodeForm({ federationId }: { federationId: string }) {
         problems={problems}
         action="register the node"
       />
-      {failure && (
-        <p className="notice error" role="alert">
-          {failure}
-        </p>
-      )}
+      <SubmitFailure failure={failure} />
       <div className="actions">
         <button
           type="submit"

@@ -29,3 +29,13 @@ export function ErrorNotice({ error, retry, what }: { error: unknown; retry?: ()
 export function Empty({ children }: { children: ReactNode }) {
   return <div className="notice empty">{children}</div>;
 }
+
+/** Why the server refused a form's request, read out when it appears. */
+export function SubmitFailure({ failure }: { failure: string | null }) {
+  if (!failure) return null;
+  return (
+    <p className="notice error" role="alert">
+      {failure}
+    </p>
+  );
+}
