@@ -46,6 +46,7 @@ BASE: dict[str, Any] = {
     "adv_schedule": "dann",
 }
 FEDALIGN: dict[str, Any] = {**BASE, "pseudo_label_threshold": 0.95}
+IM: dict[str, Any] = {"entropy_weight": 1.0, "diversity_weight": 1.0}
 
 # name -> (algorithm, hyperparameters); the budget's rounds follow from local_steps.
 FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
@@ -67,6 +68,12 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     # source-only validation tasks (bench/select_lambda.py), never on the target.
     "fedalign_lambda0.1": ("fedalign", {**FEDALIGN, "adv_weight": 0.1}),
     "fedalign_lambda0.3": ("fedalign", {**FEDALIGN, "adv_weight": 0.3}),
+    # Information maximisation on the target (SHOT, Liang et al. 2020: the fixed task model, the target's
+    # extractor trained to confident and diverse predictions), weights 1 and 1 as in that paper, fixed
+    # before any run; on top of the lambda chosen per target (bench/im_study.sh decides per target on the
+    # source-only validation tasks whether it is used).
+    "fedalign_im_lambda0.1": ("fedalign", {**FEDALIGN, **IM, "adv_weight": 0.1}),
+    "fedalign_im_lambda0.3": ("fedalign", {**FEDALIGN, **IM, "adv_weight": 0.3}),
 }
 CENTRAL = ("target_oracle", "dann_central")
 DEFAULT_METHODS = (

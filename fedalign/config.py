@@ -95,6 +95,15 @@ class Hyperparameters(_Strict):
     entropy_weight: Annotated[
         float, Field(ge=0, le=100, description="Weight of target entropy minimisation; 0 is off.")
     ] = 0.0
+    diversity_weight: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=100,
+            description="Weight of the target's batch-marginal entropy, maximised (with entropy_weight: "
+            "information maximisation); 0 is off.",
+        ),
+    ] = 0.0
     eval_every: Annotated[int, Field(ge=1, le=100_000, description="Evaluate every this many rounds.")] = 1
 
 

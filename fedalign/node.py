@@ -44,6 +44,7 @@ REPORTED_METRICS = frozenset(
         "task_loss",  # source adaptation (steps.adapt_source)
         "adv_loss",  # source and target adaptation
         "entropy",  # target adaptation's unlabelled terms (steps.adapt_target)
+        "diversity",
         "pseudo_label_loss",
         "pseudo_label_rate",
         "fresh_disc_acc_own",  # the next round's D_all on this round's features, before adapting
@@ -284,6 +285,7 @@ class NodeRuntime:
                 adv,
                 hp.adv_loss,
                 entropy_weight=hp.entropy_weight,
+                diversity_weight=hp.diversity_weight,
                 pseudo_label_threshold=hp.pseudo_label_threshold,
                 pseudo_label_weight=hp.pseudo_label_weight,
                 device=self.device,

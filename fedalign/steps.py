@@ -106,6 +106,17 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(dim=1).mean()
 
 
+def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the batch's mean prediction: high when the batch spreads over the classes.
+
+    Maximising it beside minimising each prediction's entropy is information maximisation (Liang et al.,
+    SHOT, ICML 2020): confident predictions that do not all fall into one class, the collapse that entropy
+    minimisation alone runs into on a large shift.
+    """
+    p = logits.float().softmax(dim=1).mean(dim=0)
+    return -(p * p.clamp_min(1e-12).log()).sum()
+
+
 def domain_input(features: torch.Tensor, condition_on: nn.Module | None) -> torch.Tensor:
     """What D reads: the features, or with a task model to condition on, f ⊗ softmax(T(f)) flattened."""
     features = features.float()
@@ -208,14 +219,22 @@ def adapt_target(
     pseudo_label_weight: float = 1.0,
     device: Device = CPU,
     conditional: bool = False,
+    diversity_weight: float = 0.0,
 ) -> dict[str, float]:
     """Train the target's G (T and D fixed) with lambda * L_adv and the optional unlabelled terms."""
     G.train()
     T.eval()
     if D is not None:
         D.eval()
-    sums = {"adv_loss": 0.0, "entropy": 0.0, "pseudo_label_loss": 0.0, "pseudo_label_rate": 0.0}
+    sums = {
+        "adv_loss": 0.0,
+        "entropy": 0.0,
+        "diversity": 0.0,
+        "pseudo_label_loss": 0.0,
+        "pseudo_label_rate": 0.0,
+    }
     seen = 0
+    wants_logits = entropy_weight > 0 or diversity_weight > 0 or pseudo_label_threshold > 0
     fixed = [m for m in (T, D) if m is not None]
     with frozen(*fixed):
         for _ in range(steps):
@@ -229,11 +248,15 @@ def adapt_target(
                     )
                     loss = loss + adv_weight * adv
                     sums["adv_loss"] += float(adv.detach()) * len(x)
-                logits = T(features).float() if (entropy_weight > 0 or pseudo_label_threshold > 0) else None
+                logits = T(features).float() if wants_logits else None
                 if logits is not None and entropy_weight > 0:
                     ent = entropy(logits)
                     loss = loss + entropy_weight * ent
                     sums["entropy"] += float(ent.detach()) * len(x)
+                if logits is not None and diversity_weight > 0:
+                    div = marginal_entropy(logits)
+                    loss = loss - diversity_weight * div
+                    sums["diversity"] += float(div.detach()) * len(x)
                 if logits is not None and pseudo_label_threshold > 0:
                     confidence, labels = logits.detach().softmax(dim=1).max(dim=1)
                     mask = (confidence >= pseudo_label_threshold).float()
@@ -251,6 +274,8 @@ def adapt_target(
         metrics["adv_loss"] = sums["adv_loss"] / seen
     if entropy_weight > 0:
         metrics["entropy"] = sums["entropy"] / seen
+    if diversity_weight > 0:
+        metrics["diversity"] = sums["diversity"] / seen
     if pseudo_label_threshold > 0:
         metrics["pseudo_label_loss"] = sums["pseudo_label_loss"] / seen
         metrics["pseudo_label_rate"] = sums["pseudo_label_rate"] / seen

@@ -17,6 +17,7 @@ from fedalign.steps import (
     discriminator_accuracy,
     domain_input,
     domain_loss,
+    marginal_entropy,
     train_discriminator,
 )
 
@@ -103,11 +104,47 @@ def test_target_adaptation_never_reads_the_targets_labels() -> None:
         "confusion",
         entropy_weight=0.1,
         pseudo_label_threshold=0.2,
+        diversity_weight=0.1,
     )
-    assert {"adv_loss", "entropy", "pseudo_label_loss", "pseudo_label_rate"} <= set(metrics)
+    assert {"adv_loss", "entropy", "diversity", "pseudo_label_loss", "pseudo_label_rate"} <= set(metrics)
     assert all(torch.equal(v, t_before[k]) for k, v in models.T.state_dict().items()), (
         "T is fixed on the target"
     )
+
+
+def test_diversity_term_spreads_the_targets_predictions_over_the_classes() -> None:
+    split = domain(4, 1.0)
+
+    def spread_after(diversity_weight: float) -> tuple[float, float, dict[str, float]]:
+        models = build("mlp", SHAPE, seed=0)
+        with torch.no_grad():  # start from a task model that calls most inputs class 0
+            models.T[-1].bias.zero_()
+            models.T[-1].bias[0] = 2.0
+
+        def spread() -> float:
+            with torch.no_grad():
+                return float(marginal_entropy(models.T(models.G(split.x))))
+
+        before = spread()
+        metrics = adapt_target(
+            models.G,
+            models.T,
+            None,
+            BatchStream(split, 32, 0),
+            sgd(models.G, lr=1.0),
+            60,
+            0.0,
+            "flip",
+            entropy_weight=0.1,
+            diversity_weight=diversity_weight,
+        )
+        return before, spread(), metrics
+
+    before, with_diversity, metrics = spread_after(1.0)
+    _, entropy_only, _ = spread_after(0.0)
+    assert with_diversity > before + 0.05, (before, with_diversity)
+    assert with_diversity > entropy_only + 0.1, (entropy_only, with_diversity)
+    assert metrics["diversity"] > 0
 
 
 @pytest.mark.parametrize("kind", ["flip", "confusion"])

@@ -1011,6 +1011,7 @@ export interface components {
              *       "pseudo_label_threshold": 0,
              *       "pseudo_label_weight": 1,
              *       "entropy_weight": 0,
+             *       "diversity_weight": 0,
              *       "eval_every": 1
              *     }
              */
@@ -1158,6 +1159,12 @@ export interface components {
              * @default 0
              */
             entropy_weight?: number;
+            /**
+             * Diversity Weight
+             * @description Weight of the target's batch-marginal entropy, maximised (with entropy_weight: information maximisation); 0 is off.
+             * @default 0
+             */
+            diversity_weight?: number;
             /**
              * Eval Every
              * @description Evaluate every this many rounds.
