@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--log", type=Path, default=Path("bench/results/lambda-validation.jsonl"))
     parser.add_argument("--target", choices=DOMAINS, default=None, help="Print only this target's choice.")
-    parser.add_argument("--lambda-only", action="store_true", help="Print the lambda's method (with --target).")
+    parser.add_argument("--lambda-only", action="store_true", help="With --target: the lambda alone.")
     args = parser.parse_args(argv)
     records = load(args.log)
     if args.target:
