@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format frontend-api bench-accuracy bench-aggregate bench-lambda bench-load clean
+.PHONY: setup run test lint format frontend-api bench-accuracy bench-aggregate bench-lambda bench-load \
+        bench-round bench-transfer bench-steps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +65,18 @@ bench-aggregate: setup
 # 100 simulated REST nodes polling and uploading at once against one API process.
 bench-load: setup
 	$(BIN)/python bench/load_bench.py --json bench/results/load.json
+
+# System performance (README, "System performance"): served rounds (API, Redis, Celery, PostgreSQL) against
+# the in-process simulator; a 100 MB model through the API against a bare socket; the local training step
+# against a bare PyTorch loop (CUDA with bf16 autocast when present).
+bench-round: setup
+	$(BIN)/python bench/round_overhead.py --json bench/results/round-overhead.json
+
+bench-transfer: setup
+	$(BIN)/python bench/transfer_bench.py --json bench/results/transfer.json
+
+bench-steps: setup
+	$(BIN)/python bench/step_throughput.py --json bench/results/step-throughput.json
 
 # Choose the adversarial weight per target on source-only validation tasks, then run the choice with two
 # seeds (bench/select_lambda.py; results in bench/results/lambda-*.jsonl).

@@ -18,6 +18,8 @@ from backend import dashboard, errors, migrate
 from backend.database import Database, make_engine
 from backend.deps import Services
 from backend.limits import JsonBodyLimit
+from backend.observability import exposition
+from backend.observability.queues import QueueCollector
 from backend.routers import (
     aggregations,
     events,
@@ -94,6 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await asyncio.to_thread(build_services, settings)
         services.notifier.bind(asyncio.get_running_loop())
         app.state.services = services
+        app.state.queue_collector = QueueCollector(
+            services.db, settings.broker_url, settings.data_dir, settings.queue_prefix
+        )
         sweep = asyncio.create_task(services.sweeper.run_forever(settings.sweep_interval_s), name="sweep")
         try:
             yield
@@ -102,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await sweep
             services.notifier.bind(None)
+            app.state.queue_collector.close()
             await asyncio.to_thread(services.dispatcher.close)
             services.db.dispose()
 
@@ -116,6 +122,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
+    # After the body limit, so outside it: its refusals are counted too.
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    exposition.install(app, metrics_token)
     for module in (
         health,
         session,

@@ -108,6 +108,9 @@ class Node(Base):
     state: Mapped[str] = mapped_column(String(16), default="registered")
     last_seen: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Secure aggregation: the node's X25519 public key (base64), relayed to its peers; set once. The private
+    # key never leaves the node.
+    public_key: Mapped[str | None] = mapped_column(String(44), default=None)
 
 
 class Step(Base):
@@ -189,6 +192,26 @@ class Aggregation(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     done_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class SeedReveal(Base):
+    """A survivor's answer to a masked phase's Unmasking round (secure aggregation).
+
+    ``seeds`` maps each model the node uploaded masked to ``{"self_seed": b64, "pair_seeds": {dropped node:
+    b64}}``: its self seed, and its pairwise seeds with the dropped nodes only. Kept after the unmasking: with
+    a survivor's self seed its upload is still hidden by its pairwise masks with the other survivors.
+    """
+
+    __tablename__ = "seed_reveals"
+    __table_args__ = (UniqueConstraint("federation_id", "round", "phase", "node"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(32))
+    node: Mapped[str] = mapped_column(String(64))
+    seeds: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Metric(Base):

@@ -11,7 +11,7 @@ import secrets
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -82,6 +82,31 @@ class Settings(BaseSettings):
             "of this checkout."
         ),
     ] = None
+    log_format: Annotated[
+        Literal["text", "json"],
+        Field(
+            description="`fedalign serve`'s logs: text, or one JSON object per line (with federation, "
+            "round and node fields)."
+        ),
+    ] = "text"
+    metrics_token: Annotated[
+        SecretStr | None,
+        Field(description="Bearer token that GET /metrics requires; unset: /metrics is open."),
+    ] = None
+    metrics_addr: Annotated[
+        str | None,
+        Field(
+            pattern=r"^[^:\s]*:[0-9]{1,5}$",
+            description="host:port where `fedalign worker --aggregator` serves its own Prometheus metrics "
+            "(phases it closes); unset: not served.",
+        ),
+    ] = None
+
+    @field_validator("metrics_token", "metrics_addr", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes `${FEDALIGN_METRICS_TOKEN:-}` as an empty string when the operator set nothing.
+        return None if value == "" else value
 
     @field_validator("database_url")
     @classmethod

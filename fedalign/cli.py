@@ -156,6 +156,7 @@ def serve(
 
     from backend import migrate
     from backend.app import create_app
+    from backend.observability.logs import logging_config
     from backend.settings import ADMIN_TOKEN_FILE, Settings
 
     settings = Settings()
@@ -166,7 +167,13 @@ def serve(
     console.print(
         f"FedAlign API on http://{host}:{port} (docs at /docs); database {_safe_url(settings.sqlalchemy_url)}"
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=logging_config(settings.log_format, log_level),
+    )
 
 
 def _safe_url(url: str) -> str:
@@ -339,9 +346,80 @@ def worker(
     queues = [celery_app.node_queue(settings.queue_prefix, n.node_id) for n in nodes]
     if aggregator:
         queues.append(celery_app.aggregator_queue(settings.queue_prefix))
+        _serve_aggregator_metrics()
     name = nodes[0].name if len(nodes) == 1 and not aggregator else "fedalign"
     console.print(f"worker for {', '.join([n.name for n in nodes] + (['aggregator'] if aggregator else []))}")
     celery_app.start(queues, hostname=f"{name}-{os.getpid()}@%h", loglevel=loglevel)
+
+
+def _serve_aggregator_metrics() -> None:
+    """Phases closed by this worker's aggregations are timed here: serve them at FEDALIGN_METRICS_ADDR."""
+    from backend.observability.exposition import serve_worker_metrics
+    from backend.settings import Settings
+
+    address = Settings().metrics_addr
+    if address:
+        serve_worker_metrics(address)
+        console.print(f"metrics on http://{address}/metrics")
+
+
+@app.command()
+def health(
+    url: Annotated[
+        str | None,
+        typer.Option(help="Answer 0 when a GET of this URL answers 2xx (e.g. the API's /healthz)."),
+    ] = None,
+    broker: Annotated[
+        bool,
+        typer.Option("--broker", help="Answer 0 when FEDALIGN_BROKER_URL's broker accepts a connection."),
+    ] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for each answer.")] = 5.0,
+) -> None:
+    """A health probe for containers (their images have no curl): exit 0 if every check passes, else 1."""
+    if url is None and not broker:
+        console.print("[red]error:[/] give --url, --broker, or both")
+        raise typer.Exit(2)
+    failed: list[str] = []
+    if url is not None:
+        import httpx
+
+        try:
+            response = httpx.get(url, timeout=timeout)
+            if not response.is_success:
+                failed.append(f"{url} answered {response.status_code}")
+        except httpx.HTTPError as exc:
+            failed.append(f"{url}: {type(exc).__name__}")
+    if broker:
+        failed += _broker_check(timeout)
+    for reason in failed:
+        console.print(f"[red]unhealthy:[/] {reason}", soft_wrap=True)
+    raise typer.Exit(1 if failed else 0)
+
+
+def _broker_check(timeout: float) -> list[str]:
+    from kombu import Connection
+
+    from workers.broker import celery_broker
+    from workers.celery_app import WorkerSettings
+
+    settings = WorkerSettings()
+    if not settings.broker_url:
+        return ["FEDALIGN_BROKER_URL is not set"]
+    options = celery_broker(settings.broker_url, settings.data_dir)
+    connection = Connection(
+        options["broker_url"],
+        transport=options.get("broker_transport"),
+        transport_options=options["broker_transport_options"],
+        connect_timeout=timeout,
+    )
+    try:
+        # Opens a channel: kombu's Redis channel PINGs on opening, so a wrong password fails here too.
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:
+        return [f"the broker is unreachable ({type(exc).__name__})"]
+    finally:
+        connection.release()
+    return []
 
 
 @node_app.command("run")

@@ -111,6 +111,65 @@ class ModelOptions(_Strict):
     num_classes: Annotated[int, Field(ge=2, le=10_000)] = 10
     input_shape: tuple[int, ...] = (3, 28, 28)
     hidden: Annotated[int, Field(ge=1, le=65_536)] = 128
+    normalization: Annotated[
+        Literal["batch", "group"],
+        Field(
+            description="G's normalisation layers: 'batch' (BatchNorm, the architectures of the literature) "
+            "or 'group' (GroupNorm, each example on its own; what differential privacy needs)."
+        ),
+    ] = "batch"
+
+
+class Privacy(_Strict):
+    """Differential privacy of one training example of a node (DP-SGD in its local steps; fedalign.privacy).
+
+    Every local optimiser step that reads a node's data (training D on its features, the sources' and the
+    target's adaptation) clips each example's gradient to `max_grad_norm` and adds Gaussian noise of
+    standard deviation `noise_multiplier * max_grad_norm`, on a Poisson sample of the node's training set
+    (each example in with probability batch_size / n_train). Opacus's RDP accountant composes every such
+    step of every round into epsilon at `delta`, per node. Metrics a node reports are not privatised.
+    """
+
+    noise_multiplier: Annotated[
+        float,
+        Field(ge=0, le=1000, description="sigma: noise std over the clip norm; 0 turns privacy off."),
+    ] = 0.0
+    max_grad_norm: Annotated[
+        float, Field(gt=0, le=1e6, description="C: every example's gradient is clipped to this L2 norm.")
+    ] = 1.0
+    delta: Annotated[
+        float,
+        Field(
+            gt=0,
+            lt=1,
+            description="The delta epsilon is reported at; keep it below 1 / n_train of every node (a "
+            "node with 1 / delta training examples or more gets a warning when the run starts).",
+        ),
+    ] = 1e-5
+    epsilon_budget: Annotated[
+        float | None,
+        Field(gt=0, description="Epsilon (at delta) a node may spend; default: no budget."),
+    ] = None
+    budget_action: Annotated[
+        Literal["stop", "warn"],
+        Field(
+            description="'stop': the run finishes before a round that would take a node past the budget; "
+            "'warn': it records a warning once and goes on."
+        ),
+    ] = "stop"
+    randomness: Annotated[
+        Literal["secret", "seeded"],
+        Field(
+            description="'secret': a node draws its noise and its Poisson batches from the operating "
+            "system's randomness (not reproducible); 'seeded': from the step's seed, so a run repeats "
+            "exactly, but whoever knows the federation's seed (the server, every node) can recompute the "
+            "noise and the batches, and the guarantee holds only against those who do not."
+        ),
+    ] = "secret"
+
+    @property
+    def enabled(self) -> bool:
+        return self.noise_multiplier > 0
 
 
 class NodeSpec(_Strict):
@@ -166,8 +225,41 @@ class FederationConfig(_Strict):
             "parameter values must stay within +-2^20."
         ),
     ] = False
+    privacy: Privacy = Privacy()
     hyperparameters: Hyperparameters = Hyperparameters()
     nodes: list[NodeSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_privacy(self) -> FederationConfig:
+        if not self.privacy.enabled:
+            if self.privacy.epsilon_budget is not None:
+                raise ValueError(
+                    "privacy.epsilon_budget is set but privacy.noise_multiplier is 0, which turns "
+                    "differential privacy off (epsilon is unbounded); set a noise multiplier above 0"
+                )
+            return self
+        if self.model.normalization != "group":
+            raise ValueError(
+                "differential privacy needs model.normalization 'group': BatchNorm normalises each example "
+                "with its batch's statistics, so one example's gradient depends on the others and clipping "
+                "it per example bounds nothing (and its running statistics record the node's data "
+                "without noise)"
+            )
+        if self.hyperparameters.diversity_weight > 0:
+            raise ValueError(
+                "differential privacy cannot be used with diversity_weight > 0: the batch-marginal entropy "
+                "couples the examples of a batch, so clipping each example's gradient bounds nothing; "
+                "set diversity_weight to 0"
+            )
+        from fedalign.privacy import unsupported_layers  # torch and Opacus load only when privacy is on
+
+        problems = unsupported_layers(self)
+        if problems:
+            raise ValueError(
+                f"differential privacy cannot be used with architecture {self.architecture!r}: Opacus "
+                f"cannot compute per-example gradients of it ({'; '.join(problems)})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_secure_aggregation(self) -> FederationConfig:

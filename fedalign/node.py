@@ -7,12 +7,14 @@ state dicts and returns what it uploads as state dicts (shared tensors only) plu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from fedalign import privacy
 from fedalign.config import FederationConfig, Hyperparameters
 from fedalign.data import BatchStream, NodeData
 from fedalign.models import MODEL_NAMES, ModelSet, ModelShape, build, local_names
@@ -21,13 +23,15 @@ from fedalign.steps import (
     CPU,
     SOURCE,
     TARGET,
+    Batches,
     Device,
     adapt_source,
     adapt_target,
-    dann_lambda,
     dann_lr_factor,
     discriminator_accuracy,
+    progress,
     refresh_statistics,
+    scheduled_adv_weight,
     set_lr,
     task_accuracy,
     train_discriminator,
@@ -54,6 +58,7 @@ REPORTED_METRICS = frozenset(
         "source_val_acc",  # evaluation on the sources' labelled validation split
         "val_task_loss",
         "target_acc",  # the target's labelled test split, read for reporting only
+        "dp_epsilon",  # differential privacy: epsilon spent so far at the federation's delta (its accountant)
     }
 )
 
@@ -76,6 +81,7 @@ def model_shape(config: FederationConfig) -> ModelShape:
         num_classes=m.num_classes,
         hidden=m.hidden,
         conditional=config.hyperparameters.conditional,
+        normalization=m.normalization,
     )
 
 
@@ -139,6 +145,10 @@ class NodeRuntime:
             ),
             "G": torch.optim.SGD(self.models.G.parameters(), lr=hp.lr, **sgd),
         }
+        # Differential privacy: every step that trains on the node's data is DP-SGD; the accountant's
+        # history is (sigma, q, steps taken), and only the count changes.
+        self.privacy = privacy.NodePrivacy.of(config, len(data.train)) if config.privacy.enabled else None
+        self.dp_steps = privacy.StepCounter()
 
     # ----------------------------------------------------------------------------------------- I/O
 
@@ -171,6 +181,8 @@ class NodeRuntime:
                 buf = opt.state.get(p, {}).get("momentum_buffer")
                 if buf is not None:
                     out[f"opt.{opt_name}.{i}"] = buf.detach().cpu().clone()
+        if self.privacy is not None:
+            out[privacy.STEPS_KEY] = torch.tensor(self.dp_steps.steps, dtype=torch.int64)
         return out
 
     def load_state_tensors(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -182,14 +194,34 @@ class NodeRuntime:
                 key = f"opt.{opt_name}.{i}"
                 if key in state:
                     opt.state[p]["momentum_buffer"] = state[key].to(p.device).clone()
+        if privacy.STEPS_KEY in state:
+            self.dp_steps.steps = int(state[privacy.STEPS_KEY])
 
     # ----------------------------------------------------------------------------------------- steps
 
-    def _stream(self, step: StepSpec) -> BatchStream:
+    def _stream(self, step: StepSpec) -> Batches:
+        if self.privacy is not None:
+            # DP-SGD's accounting assumes Poisson sampling, not fixed-size shuffled batches.
+            return self.privacy.batches(self.data.train, derive_seed(step.seed, "dp-batches"))
         return BatchStream(self.data.train, self.hp.batch_size, seed=step.seed)
 
+    def _private(
+        self, step: StepSpec, optimizer: torch.optim.Optimizer, *modules: nn.Module
+    ) -> contextlib.AbstractContextManager[torch.optim.Optimizer]:
+        """`optimizer` as DP-SGD over `modules` (the ones the step trains) when privacy is on, else as is."""
+        if self.privacy is None:
+            return contextlib.nullcontext(optimizer)
+        return self.privacy.step(
+            modules, optimizer, derive_seed(step.seed, "dp-noise"), self.device.torch_device, self.dp_steps
+        )
+
+    def _privacy_metrics(self) -> dict[str, float]:
+        if self.privacy is None:
+            return {}
+        return {"dp_epsilon": self.privacy.epsilon(self.dp_steps.steps)}
+
     def _progress(self, step: StepSpec) -> float:
-        return (step.round - 1) / self.config.rounds
+        return progress(step.round, self.config.rounds)
 
     def run(self, step: StepSpec, downloads: Mapping[str, Mapping[str, torch.Tensor]]) -> StepResult:
         if step.node != self.name:
@@ -230,17 +262,18 @@ class NodeRuntime:
     def _discriminator(self, step: StepSpec) -> StepResult:
         opt = self.optimizers["D"]
         set_lr(opt, self._lr(self.hp.disc_lr, step))
-        metrics = train_discriminator(
-            self.models.G,
-            self.models.D,
-            self._stream(step),
-            opt,
-            self.hp.disc_steps,
-            self.own_label,
-            self.device,
-            condition_on=self._condition_on,
-        )
-        return StepResult(metrics=metrics)
+        with self._private(step, opt, self.models.D) as private_opt:
+            metrics = train_discriminator(
+                self.models.G,
+                self.models.D,
+                self._stream(step),
+                private_opt,
+                self.hp.disc_steps,
+                self.own_label,
+                self.device,
+                condition_on=self._condition_on,
+            )
+        return StepResult(metrics=metrics | self._privacy_metrics())
 
     @property
     def _condition_on(self) -> nn.Module | None:
@@ -250,8 +283,7 @@ class NodeRuntime:
         return base * (dann_lr_factor(self._progress(step)) if self.hp.lr_schedule == "dann" else 1.0)
 
     def _adv_weight(self, step: StepSpec) -> float:
-        ramp = dann_lambda(self._progress(step)) if self.hp.adv_schedule == "dann" else 1.0
-        return self.hp.adv_weight * ramp
+        return scheduled_adv_weight(self.hp, step.round, self.config.rounds)
 
     def _adapt(self, step: StepSpec) -> StepResult:
         hp, m = self.hp, self.models
@@ -269,32 +301,44 @@ class NodeRuntime:
         if self.role == "source":
             opt = self.optimizers["GT"]
             set_lr(opt, self._lr(hp.lr, step))
-            metrics |= adapt_source(
-                m.G, m.T, m.D, stream, opt, hp.local_steps, adv, hp.adv_loss, self.device, hp.conditional
-            )
+            with self._private(step, opt, m.G, m.T) as private_opt:
+                metrics |= adapt_source(
+                    m.G,
+                    m.T,
+                    m.D,
+                    stream,
+                    private_opt,
+                    hp.local_steps,
+                    adv,
+                    hp.adv_loss,
+                    self.device,
+                    hp.conditional,
+                )
         elif fedalign:
             opt = self.optimizers["G"]
             set_lr(opt, self._lr(hp.lr, step))
-            metrics |= adapt_target(
-                m.G,
-                m.T,
-                m.D,
-                stream,
-                opt,
-                hp.local_steps,
-                adv,
-                hp.adv_loss,
-                entropy_weight=hp.entropy_weight,
-                diversity_weight=hp.diversity_weight,
-                pseudo_label_threshold=hp.pseudo_label_threshold,
-                pseudo_label_weight=hp.pseudo_label_weight,
-                device=self.device,
-                conditional=hp.conditional,
-            )
-        else:
-            # fedavg: the target holds no labels; it keeps its own normalisation statistics current.
+            with self._private(step, opt, m.G) as private_opt:
+                metrics |= adapt_target(
+                    m.G,
+                    m.T,
+                    m.D,
+                    stream,
+                    private_opt,
+                    hp.local_steps,
+                    adv,
+                    hp.adv_loss,
+                    entropy_weight=hp.entropy_weight,
+                    diversity_weight=hp.diversity_weight,
+                    pseudo_label_threshold=hp.pseudo_label_threshold,
+                    pseudo_label_weight=hp.pseudo_label_weight,
+                    device=self.device,
+                    conditional=hp.conditional,
+                )
+        elif self.privacy is None:
+            # fedavg: the target holds no labels; it keeps its own normalisation statistics current
+            # (under privacy its GroupNorm keeps none).
             refresh_statistics(m.G, stream, hp.local_steps, self.device)
-        return StepResult(metrics=metrics)
+        return StepResult(metrics=metrics | self._privacy_metrics())
 
     def _evaluate(self, step: StepSpec) -> StepResult:
         m = self.models

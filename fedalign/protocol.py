@@ -17,6 +17,14 @@ sample counts), then rounds 1..R, each a fixed list of phases (`round_phases`):
 
 ``eval`` runs every ``eval_every`` rounds and in the last round.
 
+Secure aggregation, served (``Protocol(..., reveal_steps=True)``; `fedalign.secagg` for the method): a
+phase whose uploads are masked closes into an *unmasking* stage instead of straight into its aggregates.
+Every survivor (a node that finished the phase with a masked upload) gets a ``reveal`` step carrying the
+one dropout list of the phase (per model: the roster's nodes whose uploads are not in the sum); when every
+survivor reported `RevealDone`, the aggregates follow as usual. A survivor that never reveals stalls the run
+at the deadline: without secret sharing its masks cannot be removed. The simulator collects the reveals
+in-process (`fedalign.simulate.SecureAggregation`) and keeps ``reveal_steps`` off.
+
 Artifacts are named by key: ``r{round}/{phase}/{model}`` for an aggregate (``r0/init/G`` for the initial
 models) and ``r{round}/{phase}/{model}/{node}`` for one node's submission.
 """
@@ -31,8 +39,9 @@ from typing import Any, Literal
 
 from fedalign.aggregate import Contribution, weights
 from fedalign.config import FederationConfig, NodeSpec
+from fedalign.privacy import projected_epsilon
 
-StepKind = Literal["setup", "discriminator", "adapt", "evaluate", "publish", "aggregate"]
+StepKind = Literal["setup", "discriminator", "adapt", "evaluate", "publish", "aggregate", "reveal"]
 MODELS = ("G", "T", "D")
 
 
@@ -106,6 +115,8 @@ class StepSpec:
     # For an aggregation run by the target node: the submissions to fold and their weights.
     inputs: dict[str, str] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    # For a reveal step (secure aggregation): model -> the roster's nodes whose uploads are not in the sum.
+    dropped: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,23 @@ class PhaseClosed:
 @dataclass(frozen=True)
 class Finish:
     models: dict[str, str]
+    # Why the run ended before its last round (its privacy budget); empty when it ran every round.
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PrivacyWarning:
+    """Differential privacy: a node's setting or spending the federation should know of; the run goes on.
+
+    `kind` is "budget" (the next round takes a node past `privacy.epsilon_budget`, with `budget_action`
+    "warn") or "delta" (delta is not below 1 / n_train of a node); `values` maps each node concerned to
+    its projected epsilon ("budget") or its training examples ("delta").
+    """
+
+    round: int
+    kind: Literal["budget", "delta"]
+    message: str
+    values: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -157,7 +185,9 @@ class Stall:
     reason: str
 
 
-Action = RunStep | Aggregate | InitialiseModels | RecordMetrics | PhaseClosed | Finish | Stall
+Action = (
+    RunStep | Aggregate | InitialiseModels | RecordMetrics | PhaseClosed | Finish | Stall | PrivacyWarning
+)
 
 
 @dataclass(frozen=True)
@@ -183,7 +213,16 @@ class Deadline:
     phase: str
 
 
-Event = StepDone | AggregateDone | Deadline
+@dataclass(frozen=True)
+class RevealDone:
+    """A survivor's seeds for the closed masked phase are in (secure aggregation's Unmasking round)."""
+
+    node: str
+    round: int
+    phase: str
+
+
+Event = StepDone | AggregateDone | Deadline | RevealDone
 
 
 @dataclass
@@ -205,6 +244,10 @@ class ProtocolState:
     node_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     # sources that had not finished setup at its deadline: they take no part in the run
     excluded: list[str] = field(default_factory=list)
+    # differential privacy: the kinds of PrivacyWarning already given (each is given once)
+    privacy_warned: list[str] = field(default_factory=list)
+    # secure aggregation (reveal steps): the closed phase's survivors and those that revealed their seeds
+    unmasking: dict[str, list[str]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return copy.deepcopy(dict(self.__dict__))
@@ -220,13 +263,17 @@ class ProtocolState:
 
 
 class Protocol:
-    def __init__(self, config: FederationConfig, state: ProtocolState | None = None) -> None:
+    def __init__(
+        self, config: FederationConfig, state: ProtocolState | None = None, *, reveal_steps: bool = False
+    ) -> None:
         if not config.nodes:
             raise ProtocolError("no_nodes", "a federation cannot run without nodes")
         self.config = config
         self.hp = config.hyperparameters
         self.state = state or ProtocolState()
         self.nodes: dict[str, NodeSpec] = {n.name: n for n in config.nodes}
+        # Masked phases unmask through reveal steps (a served federation with secure aggregation).
+        self.reveal_steps = reveal_steps and config.secure_aggregation
 
     # ----------------------------------------------------------------------------------- queries
 
@@ -298,6 +345,9 @@ class Protocol:
         """The steps of the open phase that no node has finished yet (what a sweep re-sends)."""
         if self.state.finished or not self.state.started or self.state.pending:
             return []
+        if self.state.unmasking is not None:
+            revealed = set(self.state.unmasking["revealed"])
+            return [self._reveal_step(n) for n in self.state.unmasking["survivors"] if n not in revealed]
         r, phase = self.state.round, self.phase
         return [self._step(n, r, phase) for n in self.participants(r, phase) if n not in self.state.done]
 
@@ -331,6 +381,8 @@ class Protocol:
             return self._on_step_done(event)
         if isinstance(event, AggregateDone):
             return self._on_aggregate_done(event)
+        if isinstance(event, RevealDone):
+            return self._on_reveal_done(event)
         return self._on_deadline(event)
 
     def _check_open(self, round_: int, phase: str, what: str) -> None:
@@ -346,7 +398,7 @@ class Protocol:
         if node not in self.nodes:
             raise ProtocolError("unknown_node", f"no node named {node!r} in this federation")
         self._check_open(event.round, event.phase, f"node {node!r}'s step")
-        if self.state.pending:
+        if self.state.pending or self.state.unmasking is not None:
             raise ProtocolError("phase_closed", f"phase {self.phase!r} is closed and being aggregated")
         if node not in self.participants(event.round, event.phase):
             raise ProtocolError("not_a_participant", f"node {node!r} has no step in phase {self.phase!r}")
@@ -374,6 +426,8 @@ class Protocol:
 
     def _on_deadline(self, event: Deadline) -> list[Action]:
         self._check_open(event.round, event.phase, "the deadline")
+        if self.state.unmasking is not None:
+            return self._unmasking_deadline()
         if self.state.pending:
             return []
         expected = self.participants(self.state.round, self.phase)
@@ -412,6 +466,8 @@ class Protocol:
         actions: list[Action] = []
         if missing:
             actions.append(PhaseClosed(self.state.round, self.phase, missing, reason))
+        if self.reveal_steps and self._masked_survivors():
+            return actions + self._start_unmasking()
         aggregates = self._aggregates()
         self.state.pending = [a.key for a in aggregates]
         actions += aggregates
@@ -458,6 +514,63 @@ class Protocol:
                 rosters.setdefault(model, []).append(node)
         return {m: self.model_weights(m, sorted(rosters[m])) for m in MODELS if m in rosters}
 
+    # ------------------------------------------------------------------ secure aggregation: unmasking
+
+    def _masked_survivors(self) -> list[str]:
+        """Nodes that finished the open phase with an upload that is averaged (so masked), sorted."""
+        masked = set(self.roster_weights(self.state.round, self.phase))
+        return sorted(n for n, slots in self.state.done.items() if masked & set(slots))
+
+    def _reveal_step(self, node: str) -> StepSpec:
+        r, phase = self.state.round, self.phase
+        done = self.state.done
+        # One dropout list per phase, derived from the saved state: every survivor is told the same.
+        dropped = {
+            model: [n for n in sorted(roster) if n not in done]
+            for model, roster in self.roster_weights(r, phase).items()
+            if model in done[node]
+        }
+        return StepSpec(node, r, phase, "reveal", downloads={}, uploads={}, seed=0, dropped=dropped)
+
+    def _start_unmasking(self) -> list[Action]:
+        survivors = self._masked_survivors()
+        self.state.unmasking = {"survivors": survivors, "revealed": []}
+        return [RunStep(self._reveal_step(n)) for n in survivors]
+
+    def _on_reveal_done(self, event: RevealDone) -> list[Action]:
+        self._check_open(event.round, event.phase, f"node {event.node!r}'s reveal")
+        unmasking = self.state.unmasking
+        if unmasking is None:
+            raise ProtocolError("not_unmasking", f"phase {self.phase!r} is not waiting for seed reveals")
+        if event.node not in unmasking["survivors"]:
+            raise ProtocolError(
+                "not_a_survivor",
+                f"node {event.node!r} has no masked upload in the sum of phase {self.phase!r}",
+            )
+        if event.node in unmasking["revealed"]:
+            raise ProtocolError("duplicate", f"node {event.node!r} already revealed its seeds")
+        unmasking["revealed"] = sorted([*unmasking["revealed"], event.node])
+        if unmasking["revealed"] != unmasking["survivors"]:
+            return []
+        self.state.unmasking = None
+        self.state.stalled = None
+        aggregates = self._aggregates()
+        self.state.pending = [a.key for a in aggregates]
+        return list(aggregates)
+
+    def _unmasking_deadline(self) -> list[Action]:
+        assert self.state.unmasking is not None
+        waiting = [n for n in self.state.unmasking["survivors"] if n not in self.state.unmasking["revealed"]]
+        if not waiting:
+            return []
+        reason = (
+            f"{', '.join(waiting)} uploaded masked parameters in phase {self.phase!r} but did not reveal "
+            "their seeds: without them the phase's sum cannot be unmasked (this secure aggregation has no "
+            "secret sharing to recover them), so the run waits for them; cancel it to give up"
+        )
+        self.state.stalled = reason
+        return [Stall(self.state.round, self.phase, reason)]
+
     def _on_aggregate_done(self, event: AggregateDone) -> list[Action]:
         if event.key not in self.state.pending:
             raise ProtocolError("unexpected_aggregate", f"no aggregation {event.key!r} is pending")
@@ -491,10 +604,57 @@ class Protocol:
             actions.append(Finish(models=models))
             return actions
         else:
+            actions += self._privacy_before(r + 1)
+            if self.state.finished:  # stopped by the privacy budget
+                return actions
             self.state.round += 1
             self.state.phase_index = 0
             self.state.node_metrics = {}
         return actions + self._open_phase()
+
+    def _privacy_before(self, round_: int) -> list[Action]:
+        """Differential privacy's checks before round `round_` opens (every node's sigma, q and DP steps
+        per round are known since setup, so its epsilon after the round is too; `fedalign.privacy`)."""
+        p = self.config.privacy
+        if not p.enabled:
+            return []
+        actions: list[Action] = []
+        samples = {n: s["train"] for n, s in sorted(self.state.samples.items())}
+        if round_ == 1 and "delta" not in self.state.privacy_warned:
+            large = {n: float(k) for n, k in samples.items() if p.delta * k >= 1}
+            if large:
+                self.state.privacy_warned.append("delta")
+                listed = ", ".join(f"{n} ({int(k)})" for n, k in large.items())
+                actions.append(
+                    PrivacyWarning(
+                        round_,
+                        "delta",
+                        f"privacy.delta {p.delta:g} is not below 1 / n_train of {listed}: at that delta the "
+                        "guarantee allows leaking one whole example outright; choose delta well below "
+                        "1 / n_train",
+                        large,
+                    )
+                )
+        if p.epsilon_budget is None:
+            return actions
+        projected = {
+            n: projected_epsilon(self.config, self.nodes[n].role, k, round_) for n, k in samples.items()
+        }
+        over = {n: e for n, e in projected.items() if e > p.epsilon_budget}
+        if not over:
+            return actions
+        spent = ", ".join(f"{n} to {e:.3g}" for n, e in over.items())
+        what = f"round {round_} would take {spent}, above the budget of {p.epsilon_budget:g}"
+        what += f" (epsilon at delta {p.delta:g})"
+        if p.budget_action == "stop":
+            self.state.finished = True
+            reason = f"privacy budget: {what}; the run stopped after round {round_ - 1}"
+            reason += f" of {self.config.rounds}"
+            return [*actions, Finish(models=dict(self.state.latest), reason=reason)]
+        if "budget" not in self.state.privacy_warned:
+            self.state.privacy_warned.append("budget")
+            actions.append(PrivacyWarning(round_, "budget", f"privacy budget: {what}; going on", over))
+        return actions
 
     def _open_phase(self) -> list[Action]:
         r, phase = self.state.round, self.phase

@@ -274,6 +274,39 @@ class KeyPair:
             shared
         )
 
+    def self_seed(self, own_name: str, context: MaskContext) -> bytes:
+        """b_i = HKDF-SHA256(sk_i, info = "self", the context and this node's name), for a served node.
+
+        A node whose step runs again in a new process (a restarted worker) must mask the same upload
+        identically, and answer the Unmasking round with the b_i it masked with, without storing a seed
+        per upload. Deriving b_i from the private key makes it both reproducible and secret: HKDF is a
+        pseudorandom function keyed by sk_i, so b_i is uniform to anyone without sk_i, and revealing it
+        (which the Unmasking round does) says nothing about sk_i, the pairwise seeds, or the b_i of any
+        other context. The one rule a fresh random b_i would not need: a context must never mask two
+        *different* values, or the two uploads' difference would show through the equal masks. A served
+        context is unique per upload (federation id, round, phase, model, exchange), a re-run step
+        uploads the same bytes (its saved result), and the node keeps a ledger that refuses a second,
+        different masked upload in one context (`workers.state.SecAggLedger`).
+        """
+        info = _encode_info("self", *context.fields(), own_name)
+        return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=PROTOCOL_LABEL, info=info).derive(
+            self.private_bytes()
+        )
+
+
+def check_public_key(raw: bytes) -> None:
+    """Refuse what cannot serve as a node's X25519 public key: not 32 bytes, or a low-order point.
+
+    A low-order point makes every Diffie-Hellman result with it the all-zero value, so the "pairwise"
+    masks of every peer with that node would be public; the relay refuses such a key up front.
+    """
+    if len(raw) != SEED_BYTES:
+        raise SecAggError(f"an X25519 public key is {SEED_BYTES} bytes; got {len(raw)}")
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(raw))
+    except ValueError as exc:
+        raise SecAggError("the public key is a low-order point, unusable for key agreement") from exc
+
 
 def expand_mask(seed: bytes, name: str, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     """PRG(seed) for one tensor: uniformly random int64 ring elements of ``shape``.

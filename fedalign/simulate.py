@@ -33,6 +33,7 @@ from fedalign.protocol import (
     Finish,
     InitialiseModels,
     PhaseClosed,
+    PrivacyWarning,
     Protocol,
     RecordMetrics,
     RunStep,
@@ -188,9 +189,9 @@ class Simulator:
         while queue:
             action = queue.popleft()
             queue.extend(self._carry_out(action))
-            done_round = (
-                self.protocol.state.round - 1 if not self.protocol.state.finished else self.config.rounds
-            )
+            # A finished run's last round is its open one (earlier than config.rounds when its privacy
+            # budget stopped it).
+            done_round = self.protocol.state.round - (0 if self.protocol.state.finished else 1)
             while on_round and last_reported < done_round:
                 last_reported += 1
                 on_round(self.record(last_reported))
@@ -246,6 +247,11 @@ class Simulator:
             raise RuntimeError(f"simulation stalled in round {action.round} {action.phase}: {action.reason}")
         if isinstance(action, Finish):
             self.final = dict(action.models)
+            if action.reason:  # ended before its last round (its privacy budget)
+                self.events.append(action.reason)
+            return []
+        if isinstance(action, PrivacyWarning):
+            self.events.append(f"round {action.round}: {action.message}")
             return []
         raise TypeError(f"unknown action {action!r}")
 

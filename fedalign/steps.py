@@ -27,14 +27,23 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedalign.data import BatchStream, Split
+from fedalign.config import Hyperparameters
+from fedalign.data import Split
 
 SOURCE, TARGET = 1.0, 0.0
+
+
+class Batches(Protocol):
+    """Where a step's minibatches come from: `fedalign.data.BatchStream` (fixed-size shuffled batches) or,
+    under differential privacy, `fedalign.privacy.PoissonBatches` (each example in with probability q)."""
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,17 @@ def dann_lambda(progress: float) -> float:
 def dann_lr_factor(progress: float) -> float:
     """Ganin et al.'s annealing 1 / (1 + 10 p)^0.75."""
     return 1.0 / (1.0 + 10.0 * progress) ** 0.75
+
+
+def progress(round_: int, rounds: int) -> float:
+    """Training progress p of a round: 0 in the first, (R - 1) / R in the last."""
+    return (round_ - 1) / rounds
+
+
+def scheduled_adv_weight(hp: Hyperparameters, round_: int, rounds: int) -> float:
+    """lambda in round `round_` under the adversarial weight's schedule."""
+    ramp = dann_lambda(progress(round_, rounds)) if hp.adv_schedule == "dann" else 1.0
+    return hp.adv_weight * ramp
 
 
 @contextlib.contextmanager
@@ -126,6 +146,11 @@ def domain_input(features: torch.Tensor, condition_on: nn.Module | None) -> torc
     return torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
 
 
+def _total(value: torch.Tensor, n: int) -> float:
+    """A batch's mean times its size. A Poisson batch can be empty (its mean is NaN): it adds nothing."""
+    return float(value.detach()) * n if n else 0.0
+
+
 def _to(device: Device, *tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.to(device.torch_device, non_blocking=True) for t in tensors]
 
@@ -133,7 +158,7 @@ def _to(device: Device, *tensors: torch.Tensor) -> list[torch.Tensor]:
 def train_discriminator(
     G: nn.Module,
     D: nn.Module,
-    stream: BatchStream,
+    stream: Batches,
     optimizer: torch.optim.Optimizer,
     steps: int,
     own_label: float,
@@ -158,9 +183,10 @@ def train_discriminator(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss.detach()) * len(x)
+        total_loss += _total(loss, len(x))
         correct += int(((logits.detach().squeeze(1) > 0).float() == own_label).sum())
         seen += len(x)
+    seen = max(seen, 1)
     return {"disc_loss": total_loss / seen, "disc_train_acc": correct / seen}
 
 
@@ -168,7 +194,7 @@ def adapt_source(
     G: nn.Module,
     T: nn.Module,
     D: nn.Module,
-    stream: BatchStream,
+    stream: Batches,
     optimizer: torch.optim.Optimizer,
     steps: int,
     adv_weight: float,
@@ -196,9 +222,10 @@ def adapt_source(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            task_sum += float(task.detach()) * len(x)
-            adv_sum += float(adv.detach()) * len(x)
+            task_sum += _total(task, len(x))
+            adv_sum += _total(adv, len(x))
             seen += len(x)
+    seen = max(seen, 1)
     metrics = {"task_loss": task_sum / seen}
     if adv_weight > 0:
         metrics["adv_loss"] = adv_sum / seen
@@ -209,7 +236,7 @@ def adapt_target(
     G: nn.Module,
     T: nn.Module,
     D: nn.Module | None,
-    stream: BatchStream,
+    stream: Batches,
     optimizer: torch.optim.Optimizer,
     steps: int,
     adv_weight: float,
@@ -247,28 +274,29 @@ def adapt_target(
                         D(domain_input(features, T if conditional else None)), TARGET, adv_kind
                     )
                     loss = loss + adv_weight * adv
-                    sums["adv_loss"] += float(adv.detach()) * len(x)
+                    sums["adv_loss"] += _total(adv, len(x))
                 logits = T(features).float() if wants_logits else None
                 if logits is not None and entropy_weight > 0:
                     ent = entropy(logits)
                     loss = loss + entropy_weight * ent
-                    sums["entropy"] += float(ent.detach()) * len(x)
+                    sums["entropy"] += _total(ent, len(x))
                 if logits is not None and diversity_weight > 0:
                     div = marginal_entropy(logits)
                     loss = loss - diversity_weight * div
-                    sums["diversity"] += float(div.detach()) * len(x)
+                    sums["diversity"] += _total(div, len(x))
                 if logits is not None and pseudo_label_threshold > 0:
                     confidence, labels = logits.detach().softmax(dim=1).max(dim=1)
                     mask = (confidence >= pseudo_label_threshold).float()
                     pl = (F.cross_entropy(logits, labels, reduction="none") * mask).mean()
                     loss = loss + pseudo_label_weight * pl
-                    sums["pseudo_label_loss"] += float(pl.detach()) * len(x)
+                    sums["pseudo_label_loss"] += _total(pl, len(x))
                     sums["pseudo_label_rate"] += float(mask.sum())
             if loss.requires_grad:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
             seen += len(x)
+    seen = max(seen, 1)
     metrics: dict[str, float] = {}
     if D is not None and adv_weight > 0:
         metrics["adv_loss"] = sums["adv_loss"] / seen
@@ -283,7 +311,7 @@ def adapt_target(
 
 
 @torch.no_grad()
-def refresh_statistics(G: nn.Module, stream: BatchStream, steps: int, device: Device = CPU) -> None:
+def refresh_statistics(G: nn.Module, stream: Batches, steps: int, device: Device = CPU) -> None:
     """Move G's BatchNorm running statistics towards this node's data; no parameter changes."""
     G.train()
     for _ in range(steps):

@@ -7,6 +7,12 @@ node's own data, uploads the results and completes the step. A target that aggre
 the code the server would run, and uploads the average. With a state directory the node's local state
 persists between steps on its machine (`workers.state`), so steps may land in different processes.
 
+With secure aggregation (`fedalign.secagg`) the node makes its X25519 key pair at setup (the private key
+stays in its state directory) and sends the public key; it masks every averaged upload with the roster's
+relayed keys and weights its task carries, answers a reveal step with its self seed and its pairwise
+seeds with the dropped nodes, and, as a target that aggregates, unmasks the phase's sum with the survivors'
+reveals.
+
 Two ways to get tasks, one step code: `run_node` polls ``GET /api/v1/node/task`` (``fedalign node run``);
 the Celery worker claims the step a message points at (`NodeClient.claim`, `workers.celery_app`).
 
@@ -15,10 +21,12 @@ This module talks to the backend only over HTTP and never imports it.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +35,14 @@ import httpx
 import torch
 
 from fedalign import data as datasets
-from fedalign import params
+from fedalign import params, secagg
 from fedalign.aggregate import average
 from fedalign.config import FederationConfig
 from fedalign.models import manifests
 from fedalign.node import NodeRuntime, StepResult, model_shape
 from fedalign.protocol import StepSpec, effective_local_policy
 from fedalign.steps import CPU, Device
-from workers.state import NodeStateFile
+from workers.state import NodeStateFile, SecAggLedger
 
 log = logging.getLogger("fedalign.workers")
 
@@ -87,6 +95,8 @@ class Task:
     lease_expires_at: dt.datetime
     inputs: dict[str, str] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    # Secure aggregation: slot -> its mask context, roster weights and public keys, dropped nodes, reveals.
+    secure: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Task:
@@ -105,6 +115,7 @@ class Task:
             lease_expires_at=dt.datetime.fromisoformat(str(body["lease_expires_at"]).replace("Z", "+00:00")),
             inputs=dict(body.get("inputs") or {}),
             weights={k: float(v) for k, v in (body.get("weights") or {}).items()},
+            secure=dict(body.get("secure") or {}),
         )
 
     def step_spec(self) -> StepSpec:
@@ -120,6 +131,24 @@ class Task:
             inputs=dict(self.inputs),
             weights=dict(self.weights),
         )
+
+
+class _Chunks:
+    """A request body sent as 1 MiB views of one buffer.
+
+    Handed a whole ``bytes`` body, the HTTP client re-slices what is left of it after every socket send,
+    which copies the remainder each time (quadratic in the body's size: 2 of 2.4 s of a 100 MB upload).
+    Views copy nothing; iterable again, so a retried request can send the body a second time.
+    """
+
+    SIZE = 1 << 20
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, len(self.view), self.SIZE):
+            yield self.view[start : start + self.SIZE]  # type: ignore[misc]  # sent as a buffer
 
 
 class NodeClient:
@@ -211,12 +240,40 @@ class NodeClient:
         return params.from_bytes(self.download_bytes(url))
 
     def upload(self, url: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-        response = self.http.put(
-            self._url(url),
-            content=params.to_bytes(state),
-            headers={**self._auth, "Content-Type": "application/octet-stream"},
-        )
+        return self.upload_bytes(url, params.to_bytes(state))
+
+    def upload_bytes(self, url: str, data: bytes) -> dict[str, Any]:
+        headers = {
+            **self._auth,
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(data)),
+        }
+        response = self.http.put(self._url(url), content=_Chunks(data), headers=headers)
         return dict(self._check(response).json())
+
+    def put_public_key(self, public_key: bytes) -> dict[str, Any]:
+        """Send this node's X25519 public key (secure aggregation); its private key is never sent."""
+        body = {"public_key": _b64(public_key)}
+        response = self.http.put(self._url("/api/v1/node/public-key"), json=body, headers=self._auth)
+        return dict(self._check(response).json())
+
+    def public_keys(self) -> dict[str, bytes]:
+        """The public keys of this node's federation, as the server relays them."""
+        body = self._get("/api/v1/node/public-keys").json()
+        return {name: _unb64(key) for name, key in body["public_keys"].items()}
+
+    def reveal(self, url: str, reveals: Mapping[str, secagg.SeedReveal]) -> dict[str, Any]:
+        """Answer a reveal step: per model, this node's self seed and its seeds with the dropped nodes."""
+        body = {
+            "seeds": {
+                model: {
+                    "self_seed": _b64(r.self_seed),
+                    "pair_seeds": {peer: _b64(seed) for peer, seed in r.pair_seeds.items()},
+                }
+                for model, r in reveals.items()
+            }
+        }
+        return dict(self._check(self.http.post(self._url(url), json=body, headers=self._auth)).json())
 
     def complete(
         self, url: str, metrics: Mapping[str, float], samples: Mapping[str, int] | None = None
@@ -255,7 +312,13 @@ class NodeRunner:
         )
         # The step whose state `runtime` holds: None for a new runtime, which matches no saved file.
         self._runtime_step: int | None = None
+        self._downloaded: dict[str, bytes] = {}  # the last step's downloads, by URL
         self.steps_run = 0
+        self.secagg = (
+            SecAggLedger(state_dir, self.federation.federation_id, self.federation.node)
+            if self.config.secure_aggregation
+            else None
+        )
 
     def _new_runtime(self) -> NodeRuntime:
         return NodeRuntime(self.federation.node, self.federation.config, self.data, self.device)
@@ -277,10 +340,66 @@ class NodeRunner:
         if task.kind == "aggregate":
             self._aggregate(task)
             return
+        if task.kind == "reveal":
+            self._reveal(task)
+            return
         result = self._train(task)
+        if task.kind == "setup" and self.secagg is not None:
+            self.client.put_public_key(self.secagg.key_pair().public_bytes)
         for slot, url in task.uploads.items():
-            self.client.upload(url, result.uploads[slot])
+            if slot in task.secure:
+                self.client.upload_bytes(url, self._masked(task, slot, result.uploads[slot]))
+            else:
+                self.client.upload(url, result.uploads[slot])
         self.client.complete(task.complete_url, result.metrics, result.samples)
+
+    # ------------------------------------------------------------------------------ secure aggregation
+
+    def _masker(self, masking: Mapping[str, Any]) -> tuple[secagg.Masker, secagg.MaskContext]:
+        """This node's masker for one masked slot of a task: the roster's relayed keys, its own weight, and
+        the self seed derived from its private key and the context (so a re-run masks identically)."""
+        if self.secagg is None:
+            raise secagg.SecAggError("this federation does not use secure aggregation")
+        keys = self.secagg.key_pair()
+        context = secagg.MaskContext(**masking["context"])
+        if context.federation != self.federation.federation_id:
+            raise secagg.SecAggError(f"the mask context {context} is not of this node's federation")
+        node = self.federation.node
+        public_keys = {name: _unb64(key) for name, key in masking["public_keys"].items()}
+        masker = secagg.Masker(
+            node,
+            keys,
+            public_keys,
+            float(masking["weights"][node]),
+            context,
+            self_seed=keys.self_seed(node, context),
+        )
+        return masker, context
+
+    def _masked(self, task: Task, slot: str, state: State) -> bytes:
+        assert self.secagg is not None
+        masker, context = self._masker(task.secure[slot])
+        data = params.to_bytes(masker.mask_state(state, self._manifests()[slot]))
+        self.secagg.record_mask(context, hashlib.sha256(data).hexdigest())
+        return data
+
+    def _reveal(self, task: Task) -> None:
+        """Answer the phase's dropout list: per masked model, the self seed and the dropped nodes' seeds."""
+        assert self.secagg is not None
+        target = self.config.target.name
+        reveals: dict[str, secagg.SeedReveal] = {}
+        for slot, masking in task.secure.items():
+            masker, context = self._masker(masking)
+            # When the target aggregates it knows its own upload: two others must stay hidden in the sum.
+            aggregator_in_sum = self.config.aggregator == "target" and target in masking["weights"]
+            dropped = list(masking["dropped"])
+            reveals[slot] = masker.reveal(dropped, min_survivors=secagg.MIN_SURVIVORS + aggregator_in_sum)
+            self.secagg.record_reveal(context, dropped)
+        self.client.reveal(task.complete_url, reveals)
+
+    def _manifests(self) -> dict[str, Any]:
+        config = self.config
+        return manifests(config.architecture, model_shape(config), effective_local_policy(config))
 
     def _train(self, task: Task) -> StepResult:
         """The step's result: computed from the node's state, or, for a step already run here, the saved
@@ -307,7 +426,14 @@ class NodeRunner:
         return result
 
     def _compute(self, task: Task) -> StepResult:
-        downloads = {slot: self.client.download(url) for slot, url in task.downloads.items()}
+        # An artifact's key never names other bytes, and a step mostly downloads the aggregates its
+        # previous step did: those come from the last step's bytes, not the network.
+        fetched = {
+            url: self._downloaded.get(url) or self.client.download_bytes(url)
+            for url in task.downloads.values()
+        }
+        self._downloaded = fetched
+        downloads = {slot: params.from_bytes(fetched[url]) for slot, url in task.downloads.items()}
         try:
             return self.runtime.run(task.step_spec(), downloads)
         except BaseException:
@@ -318,11 +444,26 @@ class NodeRunner:
             raise
 
     def _aggregate(self, task: Task) -> None:
-        """Average the phase's submissions in node order, exactly as the server would."""
-        config = self.config
-        manifest = manifests(config.architecture, model_shape(config), effective_local_policy(config))
-        inputs = {node: self.client.download_bytes(url) for node, url in task.inputs.items()}
-        result = average(inputs, task.weights, manifest[task.model].shared())
+        """Average the phase's submissions in node order, exactly as the server would (with secure
+        aggregation: fold the masked submissions and unmask their sum with the survivors' reveals)."""
+        manifest = self._manifests()[task.model]
+        masking = task.secure.get(task.model)
+        if masking is not None:
+            total = secagg.MaskedSum(manifest, masking["weights"])
+            for node, url in sorted(task.inputs.items()):
+                total.offer(node, self.client.download_bytes(url))
+            reveals = {
+                node: secagg.SeedReveal(
+                    node,
+                    _unb64(seeds["self_seed"]),
+                    {peer: _unb64(seed) for peer, seed in seeds["pair_seeds"].items()},
+                )
+                for node, seeds in masking["reveals"].items()
+            }
+            result = total.unmask(reveals)
+        else:
+            inputs = {node: self.client.download_bytes(url) for node, url in task.inputs.items()}
+            result = average(inputs, task.weights, manifest.shared())
         for url in task.uploads.values():
             self.client.upload(url, result)
         self.client.complete(task.complete_url, {})
@@ -330,6 +471,14 @@ class NodeRunner:
     @property
     def finished(self) -> bool:
         return self.client.federation_status in TERMINAL
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
 
 
 def run_node(

@@ -12,18 +12,27 @@ completion, so the second run changes nothing.
 
 Written atomically (`fedalign.params.save_file`: temp file, fsync, rename), read through safetensors:
 never pickle.
+
+With secure aggregation the node also keeps, beside that file and readable by its owner only (mode 0600),
+its X25519 private key (`<node>.x25519`, 32 raw bytes; it never leaves the machine, only its public key is
+sent) and a ledger (`<node>.secagg.json`) of what it masked and revealed per mask context: a restarted
+worker reuses the key, masks a re-run step's upload identically, and never answers two different dropout
+lists for one context (`SecAggLedger`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from fedalign import params
+from fedalign import params, secagg
 from fedalign.node import StepResult
 
 State = dict[str, torch.Tensor]
@@ -106,3 +115,106 @@ class NodeStateFile:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         params.save_file(tensors, self.path, metadata)
+
+
+# ------------------------------------------------------------------------------------ secure aggregation
+
+SECRET_MODE = 0o600
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` atomically to ``path``, readable and writable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates the file 0600 already; said again so that no umask or platform can widen it.
+        os.fchmod(fd, SECRET_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _context_key(context: secagg.MaskContext) -> str:
+    return json.dumps(list(context.fields()))
+
+
+class SecAggLedger:
+    """One node's secure-aggregation secrets: its X25519 key pair, and what it masked and revealed.
+
+    ``root`` None keeps everything in memory (a node whose state lives only in its process); otherwise the
+    files sit beside the node's state file, mode 0600. The ledger enforces the two rules that a
+    deterministic self seed (`fedalign.secagg.KeyPair.self_seed`) and a restartable node need: one context
+    masks one value (a re-run step must upload the same bytes), and one context answers one dropout list.
+    """
+
+    def __init__(self, root: Path | None, federation_id: str, node: str) -> None:
+        base = Path(root) / federation_id if root is not None else None
+        self.key_path = base / f"{node}.x25519" if base is not None else None
+        self.ledger_path = base / f"{node}.secagg.json" if base is not None else None
+        self.node = node
+        self._keys: secagg.KeyPair | None = None
+        self._ledger: dict[str, dict[str, object]] | None = None
+
+    def key_pair(self) -> secagg.KeyPair:
+        """The node's key pair for this federation: read from its file, or made (and saved) the first time."""
+        if self._keys is None:
+            if self.key_path is not None and self.key_path.exists():
+                raw = self.key_path.read_bytes()
+                if len(raw) != secagg.SEED_BYTES:
+                    raise ValueError(f"{self.key_path} is not a 32-byte X25519 private key")
+                self._keys = secagg.KeyPair.from_private_bytes(raw)
+            else:
+                self._keys = secagg.KeyPair.generate()
+                if self.key_path is not None:
+                    _write_private(self.key_path, self._keys.private_bytes())
+        return self._keys
+
+    def _entries(self) -> dict[str, dict[str, object]]:
+        if self._ledger is None:
+            if self.ledger_path is not None and self.ledger_path.exists():
+                self._ledger = json.loads(self.ledger_path.read_text(encoding="utf-8"))
+            else:
+                self._ledger = {"masked": {}, "revealed": {}}
+        return self._ledger
+
+    def _save(self) -> None:
+        if self.ledger_path is not None:
+            _write_private(self.ledger_path, json.dumps(self._entries(), sort_keys=True).encode("utf-8"))
+
+    def record_mask(self, context: secagg.MaskContext, digest: str) -> None:
+        """Note that ``context`` masked the upload with sha256 ``digest``; refuse a different one."""
+        masked = self._entries()["masked"]
+        assert isinstance(masked, dict)
+        key = _context_key(context)
+        if masked.get(key, digest) != digest:
+            raise secagg.SecAggError(
+                f"context {context} already masked another upload; masking a second value under the same "
+                "masks would reveal the difference of the two, so it is not sent"
+            )
+        if key not in masked:
+            masked[key] = digest
+            self._save()
+
+    def record_reveal(self, context: secagg.MaskContext, dropped: Collection[str]) -> None:
+        """Note that ``context`` answered dropout list ``dropped``; refuse a different list."""
+        revealed = self._entries()["revealed"]
+        assert isinstance(revealed, dict)
+        key, listed = _context_key(context), sorted(dropped)
+        if revealed.get(key, listed) != listed:
+            raise secagg.SecAggError(
+                f"context {context} already answered dropout list {revealed[key]}; it will not answer a "
+                f"different one ({listed}): two answers could together unmask an upload"
+            )
+        if key not in revealed:
+            revealed[key] = listed
+            self._save()

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from backend.deps import Admin, ServicesDep
 from backend.errors import responses
+from backend.observability import metrics
 from backend.schemas.published import ModelCard
 from backend.services import federations, views
 
@@ -29,6 +30,7 @@ def download_model(
     with services.db.read() as session:
         federation = federations.get(session, federation_id)
         artifact = views.published_artifact(session, federation)
+        metrics.download_served(artifact.kind, artifact.size)
         filename = f"{federation.name}-target-model.safetensors".replace("/", "_").replace('"', "")
     return FileResponse(
         services.store.path(artifact.sha256),

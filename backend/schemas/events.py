@@ -11,7 +11,8 @@ from pydantic import BaseModel, Field
 class EventOut(BaseModel):
     id: int
     type: str = Field(
-        description="status, phase, phase_closed, aggregation, aggregate, submission, step_done, metrics"
+        description="status, phase, phase_closed, unmasking, aggregation, aggregate, submission, step_done, "
+        "metrics, privacy_warning, public_key, node_registered, node_removed"
     )
     federation_id: str
     payload: dict[str, Any]

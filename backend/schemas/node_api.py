@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from backend.schemas.federations import FederationStatus
-from fedalign.config import Role
+from fedalign.config import NAME_PATTERN, Role
 from fedalign.node import REPORTED_METRICS
+from fedalign.protocol import MODELS
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _canonical_32_bytes(value: str) -> str:
+    # One spelling per value: a repeated reveal is recognised by comparing what was stored.
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64: {exc}") from exc
+    if len(raw) != 32 or base64.b64encode(raw).decode("ascii") != value:
+        raise ValueError("must be exactly 32 bytes in canonical base64 (44 characters ending in '=')")
+    return value
+
+
+Bytes32 = Annotated[
+    str,
+    Field(
+        min_length=44,
+        max_length=44,
+        pattern=r"^[A-Za-z0-9+/]{43}=$",
+        description="32 bytes, base64 (RFC 4648, padded).",
+        examples=["3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="],
+    ),
+    AfterValidator(_canonical_32_bytes),
+]
+NodeName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 
 
 class PeerNode(BaseModel):
@@ -29,6 +57,46 @@ class NodeFederation(BaseModel):
     node: PeerNode = Field(description="The calling node.")
     config: dict[str, Any] = Field(description="The federation's config without nodes (FederationSettings).")
     nodes: list[PeerNode] = Field(description="Every node of the federation, datasets of others withheld.")
+
+
+class MaskContextOut(BaseModel):
+    """What one masked upload is for (fedalign.secagg.MaskContext); every seed and mask is bound to it."""
+
+    federation: str
+    round: int
+    phase: str
+    model: str
+    exchange: int
+
+
+class Seeds(BaseModel):
+    """One survivor's seeds for one masked model: its self seed, and its pairwise seeds with the dropped
+    nodes only (never with another survivor)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    self_seed: Bytes32
+    pair_seeds: dict[NodeName, Bytes32] = Field(
+        default_factory=dict, max_length=1024, description="Dropped node -> the pairwise seed shared with it."
+    )
+
+
+class SecureSlot(BaseModel):
+    context: MaskContextOut
+    weights: dict[str, float] = Field(
+        description="Every roster node's normalised weight; a node pre-multiplies its upload by its own."
+    )
+    public_keys: dict[str, str] = Field(
+        description="Every roster node's X25519 public key (base64), relayed as the nodes sent them."
+    )
+    dropped: list[str] = Field(
+        default_factory=list,
+        description="Reveal and aggregate steps: roster nodes whose uploads are not in the sum (the same "
+        "list for every survivor).",
+    )
+    reveals: dict[str, Seeds] = Field(
+        default_factory=dict, description="A target's aggregate step: survivor -> its revealed seeds."
+    )
 
 
 class Task(BaseModel):
@@ -69,6 +137,12 @@ class Task(BaseModel):
     lease_expires_at: dt.datetime = Field(description="Finish before this, or the step is handed out again.")
     inputs: dict[str, str] = Field(description="Aggregate steps: node -> URL of its submission.")
     weights: dict[str, float] = Field(description="Aggregate steps: node -> normalised weight.")
+    secure: dict[str, SecureSlot] = Field(
+        default_factory=dict,
+        description="Secure aggregation, slot -> its masking: for a training step, the uploads to mask "
+        "(fedalign.secagg.Masker); for a reveal step, what to reveal (POST the seeds to complete_url); for a "
+        "target's aggregate step, the survivors' reveals to unmask the sum with (fedalign.secagg.MaskedSum).",
+    )
 
 
 class UploadResult(BaseModel):
@@ -120,3 +194,36 @@ class CompleteResult(BaseModel):
     federation_status: FederationStatus
     round: int | None
     phase: str | None
+
+
+# ------------------------------------------------------------------------------- secure aggregation
+
+
+class PublicKeyIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"public_key": "3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}]},
+    )
+
+    public_key: Bytes32 = Field(description="The node's X25519 public key (32 bytes, base64).")
+
+
+class PublicKeyOut(BaseModel):
+    node: str
+    public_key: str
+    stored: bool = Field(description="False when the node had already sent exactly this key.")
+
+
+class PublicKeys(BaseModel):
+    public_keys: dict[str, str] = Field(
+        description="Every node of the caller's federation that sent its key: name -> X25519 public key."
+    )
+
+
+class RevealRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seeds: dict[Annotated[str, Field(max_length=16)], Seeds] = Field(
+        max_length=len(MODELS),
+        description="Each model the reveal step lists (its 'secure' slots) -> this node's seeds for it.",
+    )

@@ -5,6 +5,9 @@ dispatch after the commit. Whoever runs it first claims it with a lease through 
 a job dispatched twice (by the orchestrator and by the sweep, or by two API processes) runs once; a lease
 that expires (the process died) makes it claimable again. Submissions are folded in node order with
 `fedalign.aggregate.StreamingAverage`, one file open at a time, so the result is the simulator's exactly.
+With secure aggregation the masked submissions fold into a `fedalign.secagg.MaskedSum` (one tensor at a
+time from the artifact store, exact in the ring, so in any order), which the survivors' stored reveals then
+unmask into their weighted average: the simulator's numbers again.
 
 `AggregationDispatcher` is the seam for where jobs run: `ThreadPoolDispatcher` in the API process now;
 a Celery dispatcher on the ``aggregator`` queue when a broker is configured (the workers issue).
@@ -26,9 +29,12 @@ from sqlalchemy import and_, or_, select, update
 from backend.database import Database
 from backend.errors import ApiError
 from backend.models import Aggregation, Artifact, Federation
+from backend.services import secure
 from backend.services.manifests import model_manifests
-from backend.services.orchestrator import Orchestrator, federation_config
+from backend.services.orchestrator import Orchestrator, federation_config, protocol_state
 from backend.services.store import ArtifactStore, Staged
+from fedalign import protocol as schedule
+from fedalign import secagg
 from fedalign.aggregate import StreamingAverage
 from fedalign.protocol import AggregateDone, ProtocolError
 
@@ -132,14 +138,30 @@ class AggregationService:
             }
             inputs, weights, model, key = dict(job.inputs), dict(job.weights), job.model, job.key
             federation_id = job.federation_id
+            masked: tuple[dict[str, float], dict[str, secagg.SeedReveal]] | None = None
+            if config.secure_aggregation:
+                # Every node masked with the weights of the phase's whole roster, fixed when it opened.
+                state = protocol_state(federation)
+                roster = schedule.Protocol(config, state).roster_weights(job.round, job.phase)[model]
+                reveals = secure.load_reveals(
+                    session, federation_id, job.round, job.phase, model, list(inputs)
+                )
+                masked = (roster, reveals)
         try:
             missing = sorted(k for k in inputs.values() if k not in paths)
             if missing:
                 raise FileNotFoundError(f"submissions {missing} are not in the store")
-            average = StreamingAverage(model_manifests(config)[model].shared(), weights)
-            for node in sorted(inputs):
-                average.offer(node, self.store.path(paths[inputs[node]]))
-            staged = self.store.stage_state(average.result())
+            manifest = model_manifests(config)[model]
+            if masked is not None:
+                total = secagg.MaskedSum(manifest, masked[0])
+                for node in sorted(inputs):
+                    total.offer(node, self.store.path(paths[inputs[node]]))
+                staged = self.store.stage_state(total.unmask(masked[1]))
+            else:
+                average = StreamingAverage(manifest.shared(), weights)
+                for node in sorted(inputs):
+                    average.offer(node, self.store.path(paths[inputs[node]]))
+                staged = self.store.stage_state(average.result())
         except Exception as exc:
             log.exception("aggregation %s of federation %s failed", key, federation_id)
             self._failed(job_id, federation_id, f"{type(exc).__name__}: {exc}")

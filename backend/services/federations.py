@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from backend.database import Database
 from backend.errors import ApiError, conflict, forbidden, not_found
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
+from backend.observability import logs
 from backend.schemas.federations import FederationOut, Progress
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeOut
 from backend.security import JOIN_PREFIX, NODE_PREFIX, Credential, new_token, token_hash
@@ -156,16 +157,12 @@ def all_federations(session: Session) -> list[Federation]:
 
 
 def create(db: Database, settings: dict[str, Any]) -> tuple[Federation, str]:
-    config = FederationConfig.model_validate(settings)
-    if config.secure_aggregation:
-        # The served path (public-key relay, masked uploads, seed reveals) is not built yet; accepting the
-        # setting would promise a privacy the server does not give.
-        raise ApiError(
-            422,
-            "not_supported",
-            "secure_aggregation runs in the simulator only (fedalign simulate) so far; a served federation "
-            "would average in the clear, so it is refused here",
-        )
+    try:
+        config = FederationConfig.model_validate(settings)
+    except ValidationError as exc:
+        # The request's schema checks each field; rules across fields (secure aggregation's) are checked here.
+        problems = "; ".join(e["msg"] for e in exc.errors())
+        raise ApiError(422, "invalid_request", f"the federation's settings are invalid: {problems}") from exc
     token = new_token(JOIN_PREFIX)
     federation = Federation(
         id=str(uuid.uuid4()),
@@ -185,6 +182,7 @@ def get(session: Session, federation_id: str) -> Federation:
     federation = session.get(Federation, federation_id)
     if federation is None:
         raise not_found(f"no federation with id {federation_id!r}; {ROUTES}")
+    logs.bind(federation=federation.id)
     return federation
 
 

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session
 from backend.database import Database, lock_blob, lock_federation
 from backend.errors import not_found
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
-from backend.services import events
+from backend.observability import logs, metrics
+from backend.services import events, secure
 from backend.services.events import EventNotifier
 from backend.services.messages import StepMessage
 from backend.services.store import ArtifactStore, Staged
@@ -39,6 +40,7 @@ from fedalign.protocol import (
     Finish,
     InitialiseModels,
     PhaseClosed,
+    PrivacyWarning,
     Protocol,
     ProtocolState,
     RecordMetrics,
@@ -81,6 +83,8 @@ class AfterCommit:
     # Files moved into the store by this transaction: garbage if it rolls back.
     adopted: set[str] = field(default_factory=set)
     notify: bool = False
+    # Metrics and log lines about what committed (`backend.observability.metrics`).
+    record: list[Callable[[], None]] = field(default_factory=list)
 
 
 class Transaction:
@@ -93,6 +97,7 @@ class Transaction:
         self.after = AfterCommit()
         self._node_ids: dict[str, str] | None = None
         self._celery_nodes: set[str] | None = None
+        self._public_keys: dict[str, str] | None = None
 
     @property
     def store(self) -> ArtifactStore:
@@ -111,6 +116,12 @@ class Transaction:
             self._node_ids = {name: node_id for name, node_id, _ in rows}
             self._celery_nodes = {node_id for _, node_id, mode in rows if mode == "celery"}
         return self._node_ids
+
+    def public_keys(self) -> dict[str, str]:
+        """The nodes' relayed public keys (secure aggregation); read once per transaction."""
+        if self._public_keys is None:
+            self._public_keys = secure.public_keys(self.session, self.federation.id)
+        return self._public_keys
 
     def is_celery(self, node_id: str) -> bool:
         self.node_ids()
@@ -188,17 +199,30 @@ class Transaction:
     def start(self, config: FederationConfig) -> None:
         """Freeze the config (with its nodes) and run the protocol's start."""
         self.federation.config = config.model_dump(mode="json")
-        protocol = Protocol(config)
+        protocol = Protocol(config, reveal_steps=True)
         actions = protocol.start()
         self._apply(protocol, actions, before=None)
 
     def handle(self, event: Event) -> list[Action]:
         """Feed one event; `fedalign.protocol.ProtocolError` propagates (and the transaction rolls back)."""
         fed = self.federation
-        protocol = Protocol(self.config(), protocol_state(fed))
+        protocol = Protocol(self.config(), protocol_state(fed), reveal_steps=True)
         before = (protocol.state.round, protocol.state.phase_index)
+        logs.bind(round=protocol.state.round)
+        unmasking_before = protocol.state.unmasking is not None
         actions = protocol.handle(event)
         self._apply(protocol, actions, before=before)
+        if protocol.state.unmasking is not None and not unmasking_before:
+            # The survivors get a whole phase deadline to reveal, counted from now.
+            fed.phase_opened_at = utcnow()
+            self.event(
+                "unmasking",
+                {
+                    "round": protocol.state.round,
+                    "phase": protocol.phase,
+                    "survivors": list(protocol.state.unmasking["survivors"]),
+                },
+            )
         return actions
 
     def _apply(self, protocol: Protocol, actions: list[Action], before: tuple[int, int] | None) -> None:
@@ -208,6 +232,9 @@ class Transaction:
         fed = self.federation
         # A JSON round trip: the column must not share (and later see mutated) the machine's objects.
         fed.protocol_state = json.loads(json.dumps(state.to_json()))
+        if before is not None and (state.finished or before != (state.round, state.phase_index)):
+            closed = metrics.phase_closed(fed.id, protocol.config, before, fed.phase_opened_at)
+            self.after.record.append(closed)
         if not state.finished and (before is None or before != (state.round, state.phase_index)):
             fed.phase_opened_at = utcnow()
             self.event("phase", {"round": state.round, "phase": protocol.phase})
@@ -225,13 +252,22 @@ class Transaction:
                 )
         elif isinstance(action, RunStep):
             spec = action.step
+            step_spec: dict[str, Any] = {
+                "downloads": spec.downloads,
+                "uploads": spec.uploads,
+                "seed": spec.seed,
+            }
+            if protocol.reveal_steps:
+                masking = secure.step_masking(fed.id, protocol, spec, self.public_keys())
+                if masking:
+                    step_spec["secure"] = masking
             self._add_step(
                 node=spec.node,
                 round_=spec.round,
                 phase=spec.phase,
                 kind=spec.kind,
                 model="",
-                spec={"downloads": spec.downloads, "uploads": spec.uploads, "seed": spec.seed},
+                spec=step_spec,
             )
         elif isinstance(action, Aggregate):
             round_, phase = protocol.state.round, protocol.phase
@@ -251,20 +287,25 @@ class Transaction:
                 self.session.flush()
                 self.after.aggregations.add(job.id)
             else:
+                aggregate_spec: dict[str, Any] = {
+                    "downloads": {},
+                    "uploads": {action.model: action.key},
+                    "seed": 0,
+                    "key": action.key,
+                    "inputs": dict(action.inputs),
+                    "weights": dict(action.weights),
+                }
+                if protocol.reveal_steps:
+                    aggregate_spec["secure"] = secure.aggregate_masking(
+                        self.session, fed.id, protocol, action, self.public_keys()
+                    )
                 self._add_step(
                     node=action.by,
                     round_=round_,
                     phase=phase,
                     kind="aggregate",
                     model=action.model,
-                    spec={
-                        "downloads": {},
-                        "uploads": {action.model: action.key},
-                        "seed": 0,
-                        "key": action.key,
-                        "inputs": dict(action.inputs),
-                        "weights": dict(action.weights),
-                    },
+                    spec=aggregate_spec,
                 )
             self.event("aggregation", {"key": action.key, "model": action.model, "by": action.by})
         elif isinstance(action, RecordMetrics):
@@ -284,7 +325,11 @@ class Transaction:
                 self.set_status("stalled", action.reason)
         elif isinstance(action, Finish):
             fed.final_models = dict(action.models)
-            self.set_status("finished")
+            # A run its privacy budget stopped early says why (stall_reason holds a run ending's reason).
+            self.set_status("finished", action.reason or None)
+        elif isinstance(action, PrivacyWarning):
+            payload = {"round": action.round, "kind": action.kind, "message": action.message}
+            self.event("privacy_warning", {**payload, "values": action.values})
         else:  # pragma: no cover - the protocol's Action union is closed
             raise TypeError(f"unknown action {action!r}")
 
@@ -390,6 +435,7 @@ class Orchestrator:
                     raise not_found(
                         f"no federation with id {federation_id!r}; list them with GET /api/v1/federations"
                     )
+                logs.bind(federation=federation_id)
                 tx = Transaction(self, session, federation)
                 yield tx
         except BaseException:
@@ -407,6 +453,8 @@ class Orchestrator:
             self.collect_garbage(after.garbage)
         if after.notify:
             self.notifier.notify(federation_id)
+        for record in after.record:
+            record()
 
     def collect_garbage(self, shas: Iterable[str]) -> int:
         """Delete the files of ``shas`` that no artifact row references; returns how many were deleted."""

@@ -10,6 +10,7 @@ with the same body is answered as the first time and changes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,16 +18,22 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.errors import ApiError, conflict, forbidden, not_found
-from backend.models import Artifact, Federation, Node, Step, utcnow
+from backend.models import Artifact, Federation, Node, SeedReveal, Step, utcnow
+from backend.observability import logs, metrics
 from backend.schemas.node_api import (
     CompleteRequest,
     CompleteResult,
     NodeFederation,
     PeerNode,
+    PublicKeyIn,
+    PublicKeyOut,
+    PublicKeys,
+    RevealRequest,
     Task,
     UploadResult,
 )
 from backend.security import Credential
+from backend.services import secure
 from backend.services.manifests import PUBLISHED_SLOT, slot_manifest
 from backend.services.orchestrator import (
     OPEN_STEP,
@@ -37,9 +44,10 @@ from backend.services.orchestrator import (
     protocol_state,
 )
 from backend.services.store import Staged
+from fedalign import secagg
 from fedalign.config import FederationConfig
 from fedalign.manifest import Manifest
-from fedalign.protocol import AggregateDone, ProtocolError, StepDone
+from fedalign.protocol import AggregateDone, ProtocolError, RevealDone, StepDone
 
 # How many claimable steps one poll tries before answering "nothing" (others may win the race for each).
 CLAIM_CANDIDATES = 5
@@ -49,6 +57,7 @@ def _federation(session: Session, credential: Credential) -> Federation:
     federation = session.get(Federation, credential.federation_id)
     if federation is None:  # deleted after the token was resolved
         raise not_found("this node's federation no longer exists")
+    logs.bind(federation=federation.id, node=credential.node_name)
     return federation
 
 
@@ -80,6 +89,7 @@ def claim_next(session: Session, credential: Credential, lease_seconds: float) -
     step = None
     if federation.status in ("running", "stalled"):
         step = _claim(session, credential, federation, now, lease_seconds)
+        logs.bind(round=step.round if step else None)
     # Last: the node's row is locked after the step's, in the order a completion locks them.
     _seen(session, credential, federation, now)
     return step, federation.status
@@ -179,6 +189,8 @@ def task_of(step: Step, node_name: str, base_url: str) -> Task:
     api = base_url.rstrip("/") + "/api/v1/node"
     spec: dict[str, Any] = step.spec
     assert step.lease_expires_at is not None
+    # A reveal step is answered with the node's seeds, at its own endpoint.
+    answer = "reveal" if step.kind == "reveal" else "complete"
     return Task(
         step_id=step.id,
         federation_id=step.federation_id,
@@ -190,10 +202,11 @@ def task_of(step: Step, node_name: str, base_url: str) -> Task:
         seed=int(spec.get("seed", 0)),
         downloads={slot: f"{api}/artifacts/{key}" for slot, key in spec["downloads"].items()},
         uploads={slot: f"{api}/steps/{step.id}/uploads/{slot}" for slot in spec["uploads"]},
-        complete_url=f"{api}/steps/{step.id}/complete",
+        complete_url=f"{api}/steps/{step.id}/{answer}",
         lease_expires_at=step.lease_expires_at,
         inputs={node: f"{api}/artifacts/{key}" for node, key in spec.get("inputs", {}).items()},
         weights={node: float(w) for node, w in spec.get("weights", {}).items()},
+        secure=spec.get("secure", {}),
     )
 
 
@@ -208,6 +221,7 @@ def own_step(session: Session, credential: Credential, step_id: int) -> Step:
         raise forbidden(
             f"step {step_id} belongs to another node; a node uploads and completes only its own steps"
         )
+    logs.bind(federation=step.federation_id, node=credential.node_name, round=step.round)
     return step
 
 
@@ -233,6 +247,8 @@ def artifact_for_node(session: Session, credential: Credential, key: str) -> Art
     ).one_or_none()
     if artifact is None:
         raise not_found(f"artifact {key!r} is not stored (yet); poll GET /api/v1/node/task again later")
+    logs.bind(federation=artifact.federation_id, node=credential.node_name)
+    metrics.download_served(artifact.kind, artifact.size)
     return artifact
 
 
@@ -247,6 +263,8 @@ class UploadTarget:
     round: int
     phase: str
     manifest: Manifest
+    # Secure aggregation: the upload is masked (int64 ring elements, `fedalign.secagg.validate_masked`).
+    masked: bool = False
 
 
 def _step_is_open(step: Step, federation: Federation) -> None:
@@ -281,7 +299,15 @@ def upload_target(session: Session, credential: Credential, step_id: int, slot: 
         kind = "model"
     else:
         kind = "submission"
-    return UploadTarget(uploads[slot], kind, slot, step.round, step.phase, slot_manifest(config, slot))
+    return UploadTarget(
+        uploads[slot],
+        kind,
+        slot,
+        step.round,
+        step.phase,
+        slot_manifest(config, slot),
+        masked=secure.is_masked(config, step.kind, slot),
+    )
 
 
 def store_upload(
@@ -290,6 +316,7 @@ def store_upload(
     assert credential.federation_id is not None
     with orchestrator.transaction(credential.federation_id) as tx:
         target = upload_target(tx.session, credential, step_id, slot)
+        tx.after.record.append(functools.partial(metrics.upload_accepted, slot, staged.size))
         step = own_step(tx.session, credential, step_id)
         existing = tx.session.scalars(
             select(Artifact).where(Artifact.federation_id == tx.federation.id, Artifact.key == target.key)
@@ -302,6 +329,13 @@ def store_upload(
                 "already_completed",
                 f"step {step_id} is complete and its {slot!r} upload differs from the one it completed with; "
                 "an upload cannot change after completion",
+            )
+        if existing is not None and target.masked:
+            raise conflict(
+                "masked_upload_frozen",
+                f"step {step_id} already uploaded different masked {slot!r} parameters; a masked upload "
+                "cannot be replaced, since two different uploads under the same masks would reveal their "
+                "difference",
             )
         tx.put_artifact(
             target.key,
@@ -359,7 +393,23 @@ def complete(
             raise ApiError(
                 422, "missing_samples", "a setup step completes with its sample counts in 'samples'"
             )
+        if step.kind == "reveal":
+            raise conflict(
+                "reveal_step",
+                f"step {step_id} is a reveal step; it completes with the node's seeds at "
+                f"POST /api/v1/node/steps/{step_id}/reveal",
+            )
+        if step.kind == "setup" and federation_config(federation).secure_aggregation:
+            node = tx.session.get(Node, credential.node_id)
+            if node is None or node.public_key is None:
+                raise conflict(
+                    "missing_public_key",
+                    "this federation uses secure aggregation: PUT the node's X25519 public key to "
+                    "/api/v1/node/public-key before completing setup",
+                )
         step.status, step.result, step.done_at = "done", result, utcnow()
+        timing = (step.kind, credential.node_name or "", step.round, step.claimed_at, step.done_at)
+        tx.after.record.append(metrics.step_done(step.federation_id, *timing))
         step.lease_owner, step.lease_expires_at = None, None
         tx.event(
             "step_done",
@@ -401,3 +451,127 @@ def _completed(step: Step, federation: Federation) -> CompleteResult:
         round=round_,
         phase=phase,
     )
+
+
+# ------------------------------------------------------------------------------------ secure aggregation
+
+
+def _secure_federation(federation: Federation) -> FederationConfig:
+    config = federation_config(federation)
+    if not config.secure_aggregation:
+        raise conflict(
+            "not_secure_aggregation",
+            "this federation does not use secure aggregation; its nodes upload plain parameters and have no "
+            "keys to exchange or seeds to reveal",
+        )
+    return config
+
+
+def put_public_key(orchestrator: Orchestrator, credential: Credential, body: PublicKeyIn) -> PublicKeyOut:
+    """Store the caller's X25519 public key (AdvertiseKeys): the same key again is a no-op, another one
+    refused."""
+    assert credential.federation_id is not None
+    try:
+        secagg.check_public_key(secure.unb64(body.public_key))
+    except secagg.SecAggError as exc:
+        raise ApiError(422, "invalid_public_key", f"the public key is refused: {exc}") from exc
+    with orchestrator.transaction(credential.federation_id) as tx:
+        federation = tx.federation
+        _secure_federation(federation)
+        if federation.status in TERMINAL:
+            raise conflict(
+                f"federation_{federation.status}",
+                f"the federation is {federation.status}; it takes no more keys",
+            )
+        node = tx.session.get(Node, credential.node_id)
+        if node is None:
+            raise not_found("this node no longer exists")
+        if node.public_key == body.public_key:
+            return PublicKeyOut(node=node.name, public_key=node.public_key, stored=False)
+        if node.public_key is not None:
+            raise conflict(
+                "key_already_set",
+                f"node {node.name!r} already sent another public key, and its peers may have masked against "
+                "it; a node keeps one key per federation (its private key lives in the node's state "
+                "directory: restore it, or register the node in a new federation)",
+            )
+        node.public_key = body.public_key
+        tx.event("public_key", {"node": node.name})
+        return PublicKeyOut(node=node.name, public_key=body.public_key, stored=True)
+
+
+def public_keys_of(session: Session, credential: Credential) -> PublicKeys:
+    federation = _federation(session, credential)
+    return PublicKeys(public_keys=secure.public_keys(session, federation.id))
+
+
+def reveal(
+    orchestrator: Orchestrator, credential: Credential, step_id: int, body: RevealRequest
+) -> CompleteResult:
+    """A survivor's seeds for its reveal step (Unmasking): checked against the step, stored, fed as
+    `RevealDone`. The same answer again is answered as the first time; a different one is refused."""
+    assert credential.federation_id is not None
+    seeds = body.model_dump(mode="json")["seeds"]
+    with orchestrator.transaction(credential.federation_id) as tx:
+        step = own_step(tx.session, credential, step_id)
+        federation = tx.federation
+        if step.kind != "reveal":
+            raise conflict(
+                "not_a_reveal_step",
+                f"step {step_id} is a {step.kind} step; seeds are revealed only to a reveal step, which a "
+                "node gets after a masked phase closes",
+            )
+        stored = tx.session.scalars(
+            select(SeedReveal).where(
+                SeedReveal.federation_id == federation.id,
+                SeedReveal.round == step.round,
+                SeedReveal.phase == step.phase,
+                SeedReveal.node == credential.node_name,
+            )
+        ).one_or_none()
+        if step.status == "done":
+            if stored is not None and stored.seeds == seeds:
+                return _completed(step, federation)
+            raise conflict(
+                "already_revealed",
+                f"step {step_id} was already answered with other seeds; a survivor reveals once, since two "
+                "answers could together unmask its upload",
+            )
+        _step_is_open(step, federation)
+        masking: dict[str, Any] = step.spec.get("secure", {})
+        if set(seeds) != set(masking):
+            raise ApiError(
+                422,
+                "invalid_reveal",
+                f"the reveal must hold seeds for exactly the models {sorted(masking)} of this step; it holds "
+                f"{sorted(seeds)}",
+            )
+        for model, entry in seeds.items():
+            dropped = sorted(masking[model]["dropped"])
+            if sorted(entry["pair_seeds"]) != dropped:
+                raise ApiError(
+                    422,
+                    "invalid_reveal",
+                    f"the seeds for {model!r} must hold pairwise seeds with exactly the dropped nodes "
+                    f"{dropped} (never with a survivor); they hold {sorted(entry['pair_seeds'])}",
+                )
+        tx.session.add(
+            SeedReveal(
+                federation_id=federation.id,
+                round=step.round,
+                phase=step.phase,
+                node=credential.node_name or "",
+                seeds=seeds,
+            )
+        )
+        step.status, step.result, step.done_at = "done", {"revealed": sorted(seeds)}, utcnow()
+        step.lease_owner, step.lease_expires_at = None, None
+        tx.event(
+            "step_done",
+            {"node": credential.node_name, "round": step.round, "phase": step.phase, "kind": step.kind},
+        )
+        try:
+            tx.handle(RevealDone(credential.node_name or "", step.round, step.phase))
+        except ProtocolError as exc:
+            raise conflict(exc.code, f"the round schedule refused this reveal: {exc}") from exc
+        return _completed(step, federation)

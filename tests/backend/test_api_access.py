@@ -14,6 +14,7 @@ every table as it was.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import secrets
@@ -29,7 +30,7 @@ from sqlalchemy import text
 from backend.models import Base
 from backend.security import NODE_PREFIX
 from backend.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE
-from fedalign import params
+from fedalign import params, secagg
 from fedalign.config import FederationConfig
 from fedalign.node import initial_models
 
@@ -53,6 +54,11 @@ CALLERS = (
 ANYONE = frozenset(CALLERS)
 MANAGE = frozenset({"admin", "session"})  # the session without CSRF joins them on safe methods
 NODES = frozenset({"own", "peer", "other_node"})  # each asks about itself
+
+
+# Secure aggregation's bodies: a usable X25519 public key, and a seed (both 32 bytes, base64).
+A_PUBLIC_KEY = base64.b64encode(secagg.KeyPair.from_private_bytes(bytes(range(32))).public_bytes).decode()
+A_SEED = base64.b64encode(bytes(32)).decode()
 
 
 def valid_d() -> bytes:
@@ -272,6 +278,22 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ),
     ("POST", N + "/steps/{step_id}/complete"): Rule(
         frozenset({"own"}), (200,), "running", hidden=frozenset({"other_node"}), call=uploaded_then_complete
+    ),
+    # Secure aggregation: a node sends its own key (the token says whose) and reads its federation's keys;
+    # it reveals seeds to its own reveal step only. `running` averages in the clear, so a call that got
+    # past the credentials answers 409 (test_api_secagg.py drives the secure ones).
+    ("PUT", N + "/public-key"): Rule(
+        NODES, (409,), "running", call=lambda w: Call(f"{N}/public-key", json={"public_key": A_PUBLIC_KEY})
+    ),
+    ("GET", N + "/public-keys"): Rule(NODES, (200,), "running"),
+    ("POST", N + "/steps/{step_id}/reveal"): Rule(
+        frozenset({"own"}),
+        (409,),
+        "running",
+        hidden=frozenset({"other_node"}),
+        call=lambda w: Call(
+            f"{N}/steps/{w.step['step_id']}/reveal", json={"seeds": {"D": {"self_seed": A_SEED}}}
+        ),
     ),
 }
 

@@ -132,10 +132,3 @@ def test_an_oversized_json_body_is_refused_before_it_is_read(api: Api) -> None:
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
     )
     assert streamed.status_code == 413 and error_of(streamed)["code"] == "too_large"
-
-
-def test_secure_aggregation_is_refused_until_the_server_can_honour_it(api: Api) -> None:
-    body = {"name": "private", "secure_aggregation": True}
-    response = api.request("POST", "/api/v1/federations", json=body)
-    assert response.status_code == 422 and response.json()["error"]["code"] == "not_supported"
-    assert api.ok("GET", "/api/v1/federations")["items"] == []

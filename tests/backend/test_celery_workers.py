@@ -3,12 +3,15 @@
 Real processes: the API (``fedalign serve``), the server's aggregator worker and one worker per node
 (``fedalign worker --node``), each node with a data directory of its own. Redis (a database number of its
 own, flushed, with queue names unique to the run) with PostgreSQL, and the embedded default's filesystem
-transport with SQLite. Two federations of 3 sources and 1 target run side by side, one per topology.
-The nodes reach the API only through a recording proxy, so the tests see every byte they send.
+transport with SQLite. Three federations of 3 sources and 1 target run side by side: one per topology, and
+one with secure aggregation (masked uploads, keys and seed reveals through the API, unmasked by the
+aggregator worker). The nodes reach the API only through a recording proxy, so the tests see every byte
+they send.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
@@ -38,13 +41,19 @@ from process_support import (
 )
 from test_api_end_to_end import served_rounds
 
-from backend.services.manifests import slot_manifest
-from fedalign import params
+from backend.services.manifests import model_manifests, slot_manifest
+from fedalign import params, secagg
 from fedalign.config import FederationConfig
 from fedalign.node import REPORTED_METRICS
 from fedalign.simulate import simulate
 
 TOPOLOGIES = ("server", "target")
+SECURE = "secure"  # a third federation: secure aggregation, aggregated by the server's aggregator worker
+SETTINGS = {
+    "server": {"aggregator": "server"},
+    "target": {"aggregator": "target"},
+    SECURE: {"aggregator": "server", "secure_aggregation": True},
+}
 # name, role, data seed, domain shift
 NODES = (
     ("alpha", "source", 1, 0.0),
@@ -112,9 +121,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         federations: dict[str, str] = {}
         node_ids: dict[tuple[str, str], str] = {}
         tokens: dict[str, tuple[str, str]] = {}
-        for topology in TOPOLOGIES:
+        for topology, overrides in SETTINGS.items():
             created = admin.post(
-                "/api/v1/federations", json=tiny_settings(name=f"celery-{topology}", aggregator=topology)
+                "/api/v1/federations", json=tiny_settings(name=f"celery-{topology}", **overrides)
             )
             assert created.status_code == 201, created.text
             federations[topology] = created.json()["id"]
@@ -147,11 +156,11 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         configs = {
             topology: FederationConfig.model_validate(
                 {
-                    **tiny_settings(name=f"celery-{topology}", aggregator=topology),
+                    **tiny_settings(name=f"celery-{topology}", **overrides),
                     "nodes": [{"name": n, "role": r, "dataset": specs[n]} for n, r, _, _ in NODES],
                 }
             )
-            for topology in TOPOLOGIES
+            for topology, overrides in SETTINGS.items()
         }
         return ServedRun(
             broker=broker,
@@ -194,6 +203,17 @@ def test_a_federation_on_celery_workers_gives_the_simulators_metrics_exactly(
     assert served.models[topology] == params.to_bytes(reference.models["target_model"])
 
 
+def test_a_secure_federation_on_celery_workers_gives_the_simulators_metrics_exactly(
+    served: ServedRun,
+) -> None:
+    """The masks cancel exactly in the ring, so the simulator's secure run is matched bit for bit: keys
+    relayed, uploads masked on the nodes' workers, seeds revealed, the sums unmasked by the aggregator."""
+    assert served.status[SECURE] == "finished"
+    reference = simulate(served.configs[SECURE])
+    assert served.rounds[SECURE] == {r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes}
+    assert served.models[SECURE] == params.to_bytes(reference.models["target_model"])
+
+
 def test_each_nodes_worker_receives_only_that_nodes_steps(served: ServedRun) -> None:
     for key, log in served.worker_logs.items():
         received = RECEIVED.findall(log)
@@ -205,6 +225,8 @@ def test_each_nodes_worker_receives_only_that_nodes_steps(served: ServedRun) -> 
 ALLOWED_JSON = {"metrics", "samples"}
 SAMPLE_SPLITS = {"train", "val", "test"}
 UPLOAD = re.compile(r"^/api/v1/node/steps/\d+/uploads/(\w+)$")
+PUBLIC_KEY = "/api/v1/node/public-key"
+REVEAL = re.compile(r"^/api/v1/node/steps/\d+/reveal$")
 
 
 # Headers an HTTP client sends on its own; anything else a node sent would be a channel out of it.
@@ -223,9 +245,15 @@ ALLOWED_HEADERS = {
 def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(served: ServedRun) -> None:
     """Nothing a node sends could carry its data or features: paths without queries, standard headers only,
     uploads that are exactly the manifest's shared tensors with no metadata, completions with declared
-    scalar metrics and sample counts only."""
+    scalar metrics and sample counts only.
+
+    With secure aggregation a node also sends protocol data, allowed here on purpose and checked as
+    tightly: its uploads are the same tensors masked (int64, exactly the masked manifest); its X25519
+    public key (32 bytes, from a random private key); and its reveals (per model, 32-byte seeds: its self
+    seed and one per dropped node, each derived by HKDF from its private key and the mask context). None is
+    a function of the node's data or features, and a fixed-size byte string leaves no room to hide any."""
     assert served.records, "the proxy saw no request"
-    uploads = 0
+    uploads = masked = reveals = 0
     for record in served.records:
         extra = {h.lower() for h in record.headers} - ALLOWED_HEADERS
         assert not extra, f"{record.method} {record.path} sent headers {sorted(extra)}"
@@ -233,20 +261,54 @@ def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(se
         assert token in served.tokens, f"{record.method} {record.path} without a node's token"
         topology, _ = served.tokens[token]
         assert record.path.startswith("/api/v1/node/") and "?" not in record.path, record.path
+        secure = served.configs[topology].secure_aggregation
         if record.method == "GET" or record.path.endswith("/claim"):
             assert record.body == b"", f"{record.method} {record.path} carried a body"
+        elif record.method == "PUT" and record.path == PUBLIC_KEY:
+            assert secure, f"a node of a plain federation sent {record.path}"
+            body = json.loads(record.body)
+            assert set(body) == {"public_key"} and len(b64_32(body["public_key"])) == 32, body
         elif record.method == "PUT":
             match = UPLOAD.match(record.path)
             assert match, record.path
-            manifest = slot_manifest(served.configs[topology], match.group(1))
-            # Names, dtypes and shapes of the manifest's shared tensors, finite values, no metadata, and
-            # not one byte beyond the tensors (validate refuses trailing or unclaimed bytes).
-            params.validate(record.body, manifest, max_bytes=64 * 1024 * 1024)
+            slot = match.group(1)
+            manifest = slot_manifest(served.configs[topology], slot)
+            if secure and slot != "model":
+                # Exactly the masked manifest (the shared tensors as int64), no metadata, no stray bytes.
+                secagg.validate_masked(record.body, model_manifests(served.configs[topology])[slot], 1 << 26)
+                masked += 1
+            else:
+                # Names, dtypes and shapes of the manifest's shared tensors, finite values, no metadata, and
+                # not one byte beyond the tensors (validate refuses trailing or unclaimed bytes).
+                params.validate(record.body, manifest, max_bytes=64 * 1024 * 1024)
             uploads += 1
+        elif record.method == "POST" and REVEAL.match(record.path):
+            assert secure, f"a node of a plain federation sent {record.path}"
+            assert_seeds_only(json.loads(record.body))
+            reveals += 1
         else:
             assert record.method == "POST" and record.path.endswith("/complete"), record.path
             assert_scalar_completion(json.loads(record.body))
-    assert uploads > 0
+    assert uploads > 0 and masked > 0 and reveals > 0
+
+
+def b64_32(text: Any) -> bytes:
+    assert isinstance(text, str) and len(text) == 44, text
+    raw = base64.b64decode(text, validate=True)
+    assert len(raw) == 32
+    return raw
+
+
+def assert_seeds_only(body: Any) -> None:
+    """A reveal: per model, a 32-byte self seed and 32-byte seeds keyed by node names, nothing else."""
+    assert isinstance(body, dict) and set(body) == {"seeds"}, body
+    assert isinstance(body["seeds"], dict) and set(body["seeds"]) <= {"G", "T", "D"}, body
+    for seeds in body["seeds"].values():
+        assert isinstance(seeds, dict) and set(seeds) <= {"self_seed", "pair_seeds"}, seeds
+        b64_32(seeds["self_seed"])
+        for node, seed in seeds.get("pair_seeds", {}).items():
+            assert node in {name for name, _, _, _ in NODES}, node
+            b64_32(seed)
 
 
 def assert_scalar_completion(body: Any) -> None:

@@ -493,7 +493,9 @@ export interface paths {
          * Upload
          * @description Upload this step's result for ``slot`` as safetensors. It is checked against the federation's
          *     manifest (names, shapes, dtypes, finite values, size) and stored only if it passes. Uploading the same
-         *     bytes again is a no-op.
+         *     bytes again is a no-op. With secure aggregation, a submission that is averaged is masked: the manifest's
+         *     shared tensors as int64 ring elements (`fedalign.secagg`), whose values cannot be checked; a masked
+         *     upload cannot be replaced by a different one.
          */
         put: operations["upload"];
         post?: never;
@@ -518,6 +520,70 @@ export interface paths {
          *     first. Repeating an identical completion is answered the same and changes nothing.
          */
         post: operations["complete_step"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/node/public-key": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Send this node's X25519 public key (secure aggregation)
+         * @description Secure aggregation's AdvertiseKeys: the node's public key, relayed to its peers in the steps of masked
+         *     phases; its private key never leaves the node. Sent before setup completes; the same key again is a
+         *     no-op, a different one is refused (409): peers may have masked against the first.
+         */
+        put: operations["put_public_key"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/node/public-keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Public Keys
+         * @description The public keys of this node's federation, as the server relays them (secure aggregation).
+         */
+        get: operations["public_keys"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/node/steps/{step_id}/reveal": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Answer a reveal step with this node's seeds (secure aggregation)
+         * @description Secure aggregation's Unmasking: for each model the reveal step lists, this survivor's self seed and
+         *     its pairwise seeds with the step's dropped nodes only. Completes the step; the same answer again is
+         *     answered the same, a different one is refused (409).
+         */
+        post: operations["reveal_seeds"];
         delete?: never;
         options?: never;
         head?: never;
@@ -941,7 +1007,8 @@ export interface components {
              *         28,
              *         28
              *       ],
-             *       "hidden": 128
+             *       "hidden": 128,
+             *       "normalization": "batch"
              *     }
              */
             model: components["schemas"]["ModelOptions"];
@@ -988,6 +1055,16 @@ export interface components {
              * @default false
              */
             secure_aggregation: boolean;
+            /**
+             * @default {
+             *       "noise_multiplier": 0,
+             *       "max_grad_norm": 1,
+             *       "delta": 0.00001,
+             *       "budget_action": "stop",
+             *       "randomness": "secret"
+             *     }
+             */
+            privacy: components["schemas"]["Privacy"];
             /**
              * @default {
              *       "batch_size": 64,
@@ -1184,6 +1261,22 @@ export interface components {
             /** Reason */
             reason: string;
         };
+        /**
+         * MaskContextOut
+         * @description What one masked upload is for (fedalign.secagg.MaskContext); every seed and mask is bound to it.
+         */
+        MaskContextOut: {
+            /** Federation */
+            federation: string;
+            /** Round */
+            round: number;
+            /** Phase */
+            phase: string;
+            /** Model */
+            model: string;
+            /** Exchange */
+            exchange: number;
+        };
         /** MetricPoint */
         MetricPoint: {
             /** Round */
@@ -1304,6 +1397,13 @@ export interface components {
              * @default 128
              */
             hidden: number;
+            /**
+             * Normalization
+             * @description G's normalisation layers: 'batch' (BatchNorm, the architectures of the literature) or 'group' (GroupNorm, each example on its own; what differential privacy needs).
+             * @default batch
+             * @enum {string}
+             */
+            normalization: "batch" | "group";
         };
         /**
          * NodeCreate
@@ -1493,6 +1593,55 @@ export interface components {
             /** Aggregates */
             aggregates: components["schemas"]["ArtifactOut"][];
         };
+        /**
+         * Privacy
+         * @description Differential privacy of one training example of a node (DP-SGD in its local steps; fedalign.privacy).
+         *
+         *     Every local optimiser step that reads a node's data (training D on its features, the sources' and the
+         *     target's adaptation) clips each example's gradient to `max_grad_norm` and adds Gaussian noise of
+         *     standard deviation `noise_multiplier * max_grad_norm`, on a Poisson sample of the node's training set
+         *     (each example in with probability batch_size / n_train). Opacus's RDP accountant composes every such
+         *     step of every round into epsilon at `delta`, per node. Metrics a node reports are not privatised.
+         */
+        Privacy: {
+            /**
+             * Noise Multiplier
+             * @description sigma: noise std over the clip norm; 0 turns privacy off.
+             * @default 0
+             */
+            noise_multiplier: number;
+            /**
+             * Max Grad Norm
+             * @description C: every example's gradient is clipped to this L2 norm.
+             * @default 1
+             */
+            max_grad_norm: number;
+            /**
+             * Delta
+             * @description The delta epsilon is reported at; keep it below 1 / n_train of every node (a node with 1 / delta training examples or more gets a warning when the run starts).
+             * @default 0.00001
+             */
+            delta: number;
+            /**
+             * Epsilon Budget
+             * @description Epsilon (at delta) a node may spend; default: no budget.
+             */
+            epsilon_budget?: number | null;
+            /**
+             * Budget Action
+             * @description 'stop': the run finishes before a round that would take a node past the budget; 'warn': it records a warning once and goes on.
+             * @default stop
+             * @enum {string}
+             */
+            budget_action: "stop" | "warn";
+            /**
+             * Randomness
+             * @description 'secret': a node draws its noise and its Poisson batches from the operating system's randomness (not reproducible); 'seeded': from the step's seed, so a run repeats exactly, but whoever knows the federation's seed (the server, every node) can recompute the noise and the batches, and the guarantee holds only against those who do not.
+             * @default secret
+             * @enum {string}
+             */
+            randomness: "secret" | "seeded";
+        };
         /** Progress */
         Progress: {
             /**
@@ -1516,6 +1665,42 @@ export interface components {
              */
             round_of_metrics: number | null;
         };
+        /**
+         * PublicKeyIn
+         * @example {
+         *       "public_key": "3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+         *     }
+         */
+        PublicKeyIn: {
+            /**
+             * Public Key
+             * @description The node's X25519 public key (32 bytes, base64).
+             * @example 3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=
+             */
+            public_key: string;
+        };
+        /** PublicKeyOut */
+        PublicKeyOut: {
+            /** Node */
+            node: string;
+            /** Public Key */
+            public_key: string;
+            /**
+             * Stored
+             * @description False when the node had already sent exactly this key.
+             */
+            stored: boolean;
+        };
+        /** PublicKeys */
+        PublicKeys: {
+            /**
+             * Public Keys
+             * @description Every node of the caller's federation that sent its key: name -> X25519 public key.
+             */
+            public_keys: {
+                [key: string]: string;
+            };
+        };
         /** Readiness */
         Readiness: {
             /**
@@ -1529,6 +1714,16 @@ export interface components {
             migrations: boolean;
             /** Detail */
             detail?: string | null;
+        };
+        /** RevealRequest */
+        RevealRequest: {
+            /**
+             * Seeds
+             * @description Each model the reveal step lists (its 'secure' slots) -> this node's seeds for it.
+             */
+            seeds: {
+                [key: string]: components["schemas"]["Seeds"];
+            };
         };
         /** RoundList */
         RoundList: {
@@ -1585,6 +1780,56 @@ export interface components {
              * @default 0
              */
             test: number;
+        };
+        /** SecureSlot */
+        SecureSlot: {
+            context: components["schemas"]["MaskContextOut"];
+            /**
+             * Weights
+             * @description Every roster node's normalised weight; a node pre-multiplies its upload by its own.
+             */
+            weights: {
+                [key: string]: number;
+            };
+            /**
+             * Public Keys
+             * @description Every roster node's X25519 public key (base64), relayed as the nodes sent them.
+             */
+            public_keys: {
+                [key: string]: string;
+            };
+            /**
+             * Dropped
+             * @description Reveal and aggregate steps: roster nodes whose uploads are not in the sum (the same list for every survivor).
+             */
+            dropped?: string[];
+            /**
+             * Reveals
+             * @description A target's aggregate step: survivor -> its revealed seeds.
+             */
+            reveals?: {
+                [key: string]: components["schemas"]["Seeds"];
+            };
+        };
+        /**
+         * Seeds
+         * @description One survivor's seeds for one masked model: its self seed, and its pairwise seeds with the dropped
+         *     nodes only (never with another survivor).
+         */
+        Seeds: {
+            /**
+             * Self Seed
+             * @description 32 bytes, base64 (RFC 4648, padded).
+             * @example 3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=
+             */
+            self_seed: string;
+            /**
+             * Pair Seeds
+             * @description Dropped node -> the pairwise seed shared with it.
+             */
+            pair_seeds?: {
+                [key: string]: string;
+            };
         };
         /** SessionCreate */
         SessionCreate: {
@@ -1715,6 +1960,13 @@ export interface components {
              */
             weights: {
                 [key: string]: number;
+            };
+            /**
+             * Secure
+             * @description Secure aggregation, slot -> its masking: for a training step, the uploads to mask (fedalign.secagg.Masker); for a reveal step, what to reveal (POST the seeds to complete_url); for a target's aggregate step, the survivors' reveals to unmask the sum with (fedalign.secagg.MaskedSum).
+             */
+            secure?: {
+                [key: string]: components["schemas"]["SecureSlot"];
             };
         };
         /** TensorOut */
@@ -3710,6 +3962,212 @@ export interface operations {
         requestBody: {
             content: {
                 "application/json": components["schemas"]["CompleteRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CompleteResult"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_public_key: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PublicKeyIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicKeyOut"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    public_keys: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PublicKeys"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reveal_seeds: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The step's id, from the task. */
+                step_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RevealRequest"];
             };
         };
         responses: {

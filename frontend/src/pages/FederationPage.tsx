@@ -8,6 +8,7 @@ import { download } from "../components/download";
 import { FederationControls } from "../components/FederationControls";
 import { ErrorNotice, Loading } from "../components/feedback";
 import { NodesTable } from "../components/NodesTable";
+import { PrivacyChart } from "../components/PrivacyChart";
 import { RegisterNodeForm } from "../components/RegisterNodeForm";
 import { RoundsTable } from "../components/RoundsTable";
 import { StatusBadge } from "../components/StatusBadge";
@@ -64,6 +65,7 @@ function FederationView({ federation }: { federation: Federation }) {
           {FEDERATION_CHARTS.map((spec) => (
             <MetricChart key={spec.testId} spec={spec} metrics={metrics.data} />
           ))}
+          <PrivacyChart federation={federation} metrics={metrics.data} />
         </div>
       )}
     </section>
