@@ -54,7 +54,10 @@ DEMO_SETTINGS: dict[str, Any] = {
         "source_extractor": "restart",
         "target_extractor": "average",
         "adv_schedule": "dann",
+        "adv_weight": 0.1,
         "pseudo_label_threshold": 0.95,
+        "entropy_weight": 1.0,
+        "diversity_weight": 1.0,
         "eval_every": 10,
     },
 }
