@@ -25,6 +25,10 @@ that load from other processes falls on every arm alike. DP arms draw their nois
 
     python bench/privacy_bench.py --seeds 0 1 --json bench/results/privacy.json
 
+Two diagnostics change only how the plain average is rounded: `--scale-bits N` (secure aggregation's
+fixed point at 2^-N instead of `fedalign.secagg`'s 2^-24) and `--threads N` (torch threads, so float sums run
+in another order); the README's Privacy section reads them beside the table.
+
 Results go to a JSON-lines log as each run finishes (`--log`, default beside `--json`); a rerun skips the
 runs already logged with the same settings.
 """
@@ -76,6 +80,7 @@ class Job:
     lr: float
     # Secure aggregation's fixed-point resolution, 2^-scale_bits; None: fedalign.secagg's default.
     scale_bits: int | None = None
+    threads: int = 1
 
     @property
     def key(self) -> str:
@@ -84,6 +89,8 @@ class Job:
         parts += [self.seed, self.steps, self.batch_size, self.lr]
         if self.scale_bits is not None:
             parts.append(f"scale_bits={self.scale_bits}")
+        if self.threads != 1:
+            parts.append(f"threads={self.threads}")
         return "|".join(str(v) for v in parts)
 
 
@@ -135,7 +142,7 @@ def run(job: Job) -> dict[str, Any]:
     from fedalign import data as datasets
     from fedalign.simulate import simulate
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(job.threads)
     cfg = config(job)
     node_data = {n.name: datasets.load(n.dataset) for n in cfg.nodes}
     start = time.perf_counter()
@@ -158,6 +165,7 @@ def run(job: Job) -> dict[str, Any]:
         "batch_size": job.batch_size,
         "lr": job.lr,
         "scale_bits": job.scale_bits,
+        "threads": job.threads,
         "target_acc": final["target_acc"],
         "seconds": seconds,
         "seconds_per_round": seconds / cfg.rounds,
@@ -222,6 +230,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="Diagnostic: secure aggregation's fixed-point resolution 2^-N instead of fedalign.secagg's.",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="Diagnostic: torch threads per run; float sums then run in another order (default 1).",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/out/privacy.json"))
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -244,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_size,
             args.lr if a.normalization == "batch" else args.group_lr,
             args.scale_bits if a.secure_aggregation else None,
+            args.threads,
         )
         for s in args.seeds
         for a in arm_list

@@ -1,9 +1,11 @@
-"""A served federation with differential privacy: nodes' epsilon recorded per round, the budget's stop."""
+"""A served federation with differential privacy: nodes' epsilon recorded per round, the budget's stop,
+with and without secure aggregation."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from api_support import Api, drive, runners_for, tiny_settings
 from test_api_end_to_end import served_rounds
 
@@ -15,8 +17,9 @@ DP = {"noise_multiplier": 1.0, "randomness": "seeded"}
 GROUP = {"num_classes": 3, "input_shape": [8], "hidden": 8, "normalization": "group"}
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure_aggregation"])
 def test_a_served_dp_federation_records_epsilon_and_stops_at_its_budget(
-    api: Api, vector_specs: Callable[[], dict[str, str]]
+    api: Api, vector_specs: Callable[[], dict[str, str]], secure: bool
 ) -> None:
     specs = vector_specs()
     nodes = [
@@ -29,7 +32,9 @@ def test_a_served_dp_federation_records_epsilon_and_stops_at_its_budget(
     )
     # Between the sources' epsilon after round 1 and after round 2 (40 training examples each).
     budget = sum(privacy.projected_epsilon(unbounded, "source", 40, r) for r in (1, 2)) / 2
-    settings = tiny_settings(model=GROUP, rounds=3, privacy={**DP, "epsilon_budget": budget})
+    settings = tiny_settings(
+        model=GROUP, rounds=3, privacy={**DP, "epsilon_budget": budget}, secure_aggregation=secure
+    )
     federation, tokens = api.federation_with_nodes(specs, **settings)
     fid = federation["id"]
     api.start(fid)
