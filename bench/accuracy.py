@@ -74,7 +74,15 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     # source-only validation tasks whether it is used).
     "fedalign_im_lambda0.1": ("fedalign", {**FEDALIGN, **IM, "adv_weight": 0.1}),
     "fedalign_im_lambda0.3": ("fedalign", {**FEDALIGN, **IM, "adv_weight": 0.3}),
+    # The paired ablation of the adversarial term: the same pipeline with lambda = 0 (the discriminator
+    # still trains, nothing reads it), and FedAvg with the same unlabelled target terms (no discriminator).
+    "fedalign_im_lambda0": ("fedalign", {**FEDALIGN, **IM, "adv_weight": 0.0}),
+    "fedavg_im": ("fedavg", {"local_steps": 1, "pseudo_label_threshold": 0.95, **IM}),
 }
+# The recipe with lambda chosen per target on the source-only validation tasks (bench/select_lambda.py,
+# bench/im_study.sh; bench/results/lambda-validation.jsonl), never on the target.
+SELECTED_LAMBDA = {"mnist": 0.1, "mnistm": 0.1, "optdigits": 0.1, "syn": 0.3}
+FEDERATED_PER_TARGET = {"fedalign_im_selected"}
 CENTRAL = ("target_oracle", "dann_central")
 DEFAULT_METHODS = (
     "target_oracle",
@@ -112,7 +120,10 @@ class Job:
 def federated_config(job: Job) -> Any:
     from fedalign.config import FederationConfig
 
-    algorithm, overrides = FEDERATED[job.method]
+    if job.method == "fedalign_im_selected":
+        algorithm, overrides = "fedalign", {**FEDALIGN, **IM, "adv_weight": SELECTED_LAMBDA[job.target]}
+    else:
+        algorithm, overrides = FEDERATED[job.method]
     hp: dict[str, Any] = {
         "batch_size": job.batch_size,
         "lr": job.lr,
@@ -209,7 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=[*CENTRAL, *FEDERATED])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        choices=[*CENTRAL, *FEDERATED, *FEDERATED_PER_TARGET],
+    )
     parser.add_argument("--targets", nargs="+", default=None, choices=DOMAINS, help="Default: every domain.")
     parser.add_argument(
         "--domains",

@@ -106,6 +106,11 @@ class Hyperparameters(_Strict):
     ] = 0.0
     eval_every: Annotated[int, Field(ge=1, le=100_000, description="Evaluate every this many rounds.")] = 1
 
+    @property
+    def target_terms(self) -> bool:
+        """Whether the target trains on its own predictions (entropy, diversity or pseudo-labels)."""
+        return self.entropy_weight > 0 or self.diversity_weight > 0 or self.pseudo_label_threshold > 0
+
 
 class ModelOptions(_Strict):
     num_classes: Annotated[int, Field(ge=2, le=10_000)] = 10

@@ -18,7 +18,7 @@ from fedalign import privacy
 from fedalign.config import FederationConfig, Hyperparameters
 from fedalign.data import BatchStream, NodeData
 from fedalign.models import MODEL_NAMES, ModelSet, ModelShape, build, local_names
-from fedalign.protocol import StepSpec, derive_seed, effective_local_policy, evaluates
+from fedalign.protocol import StepSpec, derive_seed, effective_local_policy, evaluates, target_trains
 from fedalign.steps import (
     CPU,
     SOURCE,
@@ -314,14 +314,15 @@ class NodeRuntime:
                     self.device,
                     hp.conditional,
                 )
-        elif fedalign:
+        elif target_trains(self.config):
+            # fedalign against D_all; fedavg with target terms trains on the target's own predictions alone.
             opt = self.optimizers["G"]
             set_lr(opt, self._lr(hp.lr, step))
             with self._private(step, opt, m.G) as private_opt:
                 metrics |= adapt_target(
                     m.G,
                     m.T,
-                    m.D,
+                    m.D if fedalign else None,
                     stream,
                     private_opt,
                     hp.local_steps,

@@ -95,9 +95,10 @@ def _target_trains_g(hp: Hyperparameters, round_: int, rounds: int) -> bool:
 
 def _round_steps(hp: Hyperparameters, algorithm: str, rounds: int, role: Role, round_: int) -> int:
     if algorithm != "fedalign":
-        # fedavg's target only refreshes normalisation statistics (GroupNorm has none: no step); the
-        # source_only target takes no part in training.
-        return hp.local_steps if role == "source" else 0
+        # fedavg's target only refreshes normalisation statistics (GroupNorm has none: no step) unless it
+        # trains on its own predictions; the source_only target takes no part in training.
+        target_adapts = algorithm == "fedavg" and hp.target_extractor != "none" and hp.target_terms
+        return hp.local_steps if role == "source" or target_adapts else 0
     steps = hp.disc_exchanges * hp.disc_steps  # every node trains D on its own features
     target_adapts = hp.target_extractor != "none" and _target_trains_g(hp, round_, rounds)
     if role == "source" or target_adapts:

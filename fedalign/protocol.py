@@ -12,7 +12,8 @@ sample counts), then rounds 1..R, each a fixed list of phases (`round_phases`):
   the average of the uploads), ``adapt`` (every node trains against the fixed D_all; G and T are
   averaged), ``eval`` (every node reports scalar metrics of its model on its own held-out data).
 * ``fedavg``: ``train`` (sources train G and T on labels; the target only refreshes its local
-  normalisation statistics), ``eval``.
+  normalisation statistics, or, with target terms on (entropy, diversity, pseudo-labels), trains its G
+  on them as in ``fedalign`` without the discriminator), ``eval``.
 * ``source_only``: ``train`` over the sources alone, ``eval``; the target applies the sources' model.
 
 ``eval`` runs every ``eval_every`` rounds and in the last round.
@@ -78,6 +79,15 @@ def initial_keys() -> dict[str, str]:
 def effective_local_policy(config: FederationConfig) -> str:
     """`source_only` is the pure source model: the target applies it with the sources' statistics."""
     return "none" if config.algorithm == "source_only" else config.hyperparameters.local_params
+
+
+def target_trains(config: FederationConfig) -> bool:
+    """Whether the target trains its G in the adaptation phase: always under ``fedalign`` (unless its
+    extractor is ``none``), under ``fedavg`` when it has terms on its own predictions (FedAvg plus the
+    same unlabelled target terms: the baseline that isolates what the discriminator adds)."""
+    if config.hyperparameters.target_extractor == "none" or config.algorithm == "source_only":
+        return False
+    return config.algorithm == "fedalign" or config.hyperparameters.target_terms
 
 
 def evaluates(config: FederationConfig, round_: int) -> bool:
@@ -300,7 +310,7 @@ class Protocol:
         elif phase in ("adapt", "train"):
             if role == "source":
                 models = ["G", "T"]
-            elif self.config.algorithm == "fedalign" and self.hp.target_extractor == "average":
+            elif target_trains(self.config) and self.hp.target_extractor == "average":
                 models = ["G"]
             else:
                 models = []
@@ -325,7 +335,7 @@ class Protocol:
             if not (fedalign and self.hp.source_extractor == "keep"):
                 wanted += ["G", "T"]
         else:
-            if not (fedalign and self.hp.target_extractor == "local"):
+            if not (target_trains(self.config) and self.hp.target_extractor == "local"):
                 wanted.append("G")
             wanted.append("T")
         return {m: self.state.latest[m] for m in wanted if m in self.state.latest}

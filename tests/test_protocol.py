@@ -140,6 +140,16 @@ def test_target_extractor_local_and_none_change_who_uploads_g() -> None:
     assert adapt_nodes == {"s1", "s2"}
 
 
+def test_fedavg_target_trains_and_enters_g_agg_only_with_target_terms() -> None:
+    plain = drive(Protocol(make_config(algorithm="fedavg")))
+    g = next(a for a in plain if isinstance(a, Aggregate) and a.model == "G")
+    assert set(g.inputs) == {"s1", "s2"}, "plain FedAvg: the target only refreshes its statistics"
+    terms = drive(Protocol(make_config(algorithm="fedavg", hyperparameters={"entropy_weight": 1.0})))
+    g = next(a for a in terms if isinstance(a, Aggregate) and a.model == "G")
+    assert set(g.inputs) == {"s1", "s2", "t"}
+    assert not any(isinstance(a, Aggregate) and a.model == "D" for a in terms), "no discriminator"
+
+
 def test_round_metrics_balance_source_and_target_discriminator_accuracy() -> None:
     actions = drive(Protocol(make_config()))
     records = [a for a in actions if isinstance(a, RecordMetrics) and a.node is None]

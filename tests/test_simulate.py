@@ -40,6 +40,16 @@ def test_server_and_target_aggregation_give_the_same_numbers(
     assert server["rounds"][-1]["metrics"]["target_acc"] > 0
 
 
+def test_fedavg_with_target_terms_trains_the_targets_extractor(vector_federation: Factory) -> None:
+    plain = run(vector_federation, algorithm="fedavg")
+    im = {"entropy_weight": 1.0, "diversity_weight": 1.0}
+    terms = run(vector_federation, algorithm="fedavg", hyperparameters=im)
+    target = terms["rounds"][-1]["nodes"]["omega"]
+    assert target["entropy"] > 0 and target["diversity"] > 0
+    assert "entropy" not in plain["rounds"][-1]["nodes"]["omega"]
+    assert terms["rounds"][-1]["metrics"]["target_acc"] != plain["rounds"][-1]["metrics"]["target_acc"]
+
+
 def test_rounds_report_discriminator_accuracy_per_domain_and_target_accuracy(
     vector_federation: Factory,
 ) -> None:
