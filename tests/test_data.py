@@ -373,3 +373,34 @@ def test_batch_stream_rejects_empty_split_and_bad_batch_size() -> None:
         BatchStream(numbered_split(4), 0, seed=0)
     with pytest.raises(DatasetError, match="empty split"):
         BatchStream(numbered_split(0), 2, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------- signals
+
+
+def test_signals_domains_are_labelled_vectors_of_six_balanced_waveforms() -> None:
+    for domain in ("lab", "field", "fast", "smooth"):
+        data = load(f"signals:{domain}")
+        assert data.input_shape == (64,) and data.num_classes == 6
+        assert len(data.train) + len(data.val) + len(data.test) == 6 * 500
+        assert torch.bincount(data.test.y, minlength=6).tolist() == [75] * 6
+        assert torch.isfinite(data.train.x).all()
+
+
+def test_signals_are_the_same_on_every_load_and_differ_by_sensor() -> None:
+    first, again = load("signals:fast"), load("signals:fast")
+    assert torch.equal(first.train.x, again.train.x) and torch.equal(first.train.y, again.train.y)
+    lab, fast, field = load("signals:lab"), load("signals:fast"), load("signals:field")
+
+    def crossings(x: torch.Tensor) -> float:
+        centred = x - x.mean(dim=1, keepdim=True)
+        return float((centred[:, 1:].sign() != centred[:, :-1].sign()).float().sum(dim=1).mean())
+
+    # The slower sampling rate puts more cycles in a window; the drifting baseline moves each window's mean.
+    assert crossings(fast.train.x) > 1.5 * crossings(lab.train.x)
+    assert field.train.x.mean(dim=1).std() > 3 * lab.train.x.mean(dim=1).std()
+
+
+def test_unknown_signals_domain_names_the_domains() -> None:
+    with pytest.raises(DatasetError, match="lab, field, fast, smooth"):
+        load("signals:ocean")

