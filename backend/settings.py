@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from messaging.broker import BrokerSettings
 
 log = logging.getLogger("fedalign.backend")
 
@@ -22,7 +24,10 @@ ADMIN_TOKEN_FILE = "admin_token"
 ADMIN_TOKEN_PREFIX = "fa_admin_"
 
 
-class Settings(BaseSettings):
+class Settings(BrokerSettings):
+    """The server's settings; the broker's (`BrokerSettings`: broker_url, queue_prefix, broker_poll_s) are
+    the workers' too."""
+
     model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
 
     data_dir: Annotated[Path, Field(description="Artifacts, the SQLite file and the admin token file.")] = (
@@ -32,21 +37,6 @@ class Settings(BaseSettings):
         str | None,
         Field(description="SQLAlchemy URL; default: a SQLite file in data_dir. postgresql:// uses psycopg."),
     ] = None
-    broker_url: Annotated[
-        str | None,
-        Field(
-            description="Celery broker (redis://..., or filesystem:// for queues in folders under data_dir); "
-            "set: steps are sent to Celery-mode nodes' queues and aggregations run on the aggregator queue."
-        ),
-    ] = None
-    queue_prefix: Annotated[
-        str,
-        Field(
-            pattern=r"^[A-Za-z0-9._-]*$",
-            description="Prepended to every queue name (node.<id>, aggregator): several deployments or test "
-            "runs can share one broker.",
-        ),
-    ] = ""
     step_resend_s: Annotated[
         float,
         Field(gt=0, description="A pending Celery step whose message is older than this is sent again."),

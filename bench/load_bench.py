@@ -257,7 +257,7 @@ def free_port() -> int:
 def serve_argv(port: int, log_level: str) -> list[str]:
     """``.venv/bin/fedalign serve`` beside this interpreter; the module where the script is missing."""
     script = Path(sys.executable).parent / "fedalign"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "fedalign.cli"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
     return [*head, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
 
 

@@ -92,7 +92,7 @@ def free_port() -> int:
 def cli(*args: str) -> list[str]:
     """``.venv/bin/fedalign`` beside this interpreter; the module where the script is missing."""
     script = Path(sys.executable).parent / "fedalign"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "fedalign.cli"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
     return [*head, *args]
 
 

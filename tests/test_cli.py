@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from typer.testing import CliRunner
 
-from fedalign.cli import app
+from cli.main import app
 
 CONFIG = """
 name = "vectors"

@@ -43,7 +43,7 @@ from process_support import (
 )
 
 from backend.settings import Settings
-from fedalign.cli import app
+from cli.main import app
 from workers.celery_app import WorkerSettings
 from workers.client import NodeClient, NodeRunner
 

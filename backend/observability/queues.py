@@ -22,8 +22,9 @@ from sqlalchemy import func, select
 
 from backend.database import Database
 from backend.models import Aggregation, Federation, Node, Step
-from backend.services.broker import FILESYSTEM, celery_broker
-from backend.services.messages import aggregator_queue, node_queue
+from messaging.broker import celery_broker
+from messaging.celery_contract import aggregator_queue, node_queue
+from messaging.filesystem import FILESYSTEM
 
 log = logging.getLogger("fedalign.backend")
 

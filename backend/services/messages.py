@@ -3,10 +3,9 @@
 A message only points at a row (a step, an aggregation job) that is already committed; whoever receives it
 claims that row with a lease before doing anything, so a message sent twice, late, or to a step that is
 already done changes nothing. Messages are sent by task *name* with the server's own Celery client: the
-server never imports `workers`. What receives them: ``fedalign worker`` (`workers.celery_app`).
-
-The queue names and task names below are the contract with `workers.celery_app`, which defines the same
-ones (a test checks that both sides agree).
+server never imports `workers`. Task and queue names are the contract in `messaging.celery_contract`; what
+receives the messages: a node's ``fedalign worker`` (`workers.celery_app`), and for aggregation jobs the
+server's own task (`backend.celery_app`) on ``fedalign worker --aggregator``.
 """
 
 from __future__ import annotations
@@ -22,23 +21,14 @@ from sqlalchemy import update
 
 from backend.database import Database
 from backend.models import Step, utcnow
-from backend.services.broker import celery_broker
+from messaging.broker import celery_broker
+from messaging.celery_contract import AGGREGATE_TASK, STEP_TASK, aggregator_queue, node_queue
 
 log = logging.getLogger("fedalign.backend")
 
-STEP_TASK = "fedalign.node.run_step"
-AGGREGATE_TASK = "fedalign.server.aggregate"
 # Publishing gives up quickly when the broker is down: the sweep sends again, and a request that
 # committed must not hang on the broker.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.0, "interval_step": 0.5, "interval_max": 1.0}
-
-
-def node_queue(prefix: str, node_id: str) -> str:
-    return f"{prefix}node.{node_id}"
-
-
-def aggregator_queue(prefix: str) -> str:
-    return f"{prefix}aggregator"
 
 
 @dataclass(frozen=True)

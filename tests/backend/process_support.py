@@ -44,7 +44,7 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedalign.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from backend import migrate
 from backend.models import Base
-from fedalign.cli import app
+from cli.main import app
 
 TABLES = {"federations", "nodes", "steps", "artifacts", "aggregations", "metrics", "events"}
 

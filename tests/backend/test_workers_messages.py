@@ -1,26 +1,21 @@
 """Steps are rows, messages point at them: sent after the commit, to Celery-mode nodes only, claimed by id,
-sent again by the sweep when lost; and the server and the workers agree on names and queues."""
+sent again by the sweep when lost; and each task is registered under the name the server sends it by."""
 
 from __future__ import annotations
 
 import datetime as dt
-import inspect
-import threading
-import time
 import tomllib
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from api_support import Api
-from kombu import Connection, Exchange, Queue
+from celery import Celery
 
-from backend import embedded
+from backend import celery_app as server_app
 from backend.models import Step
-from backend.services import broker as server_broker
-from backend.services import messages
 from backend.services.messages import CeleryAggregationDispatcher, StepMessage, StepSender
-from workers import broker as worker_broker
+from cli import demo as up_demo
+from messaging.celery_contract import AGGREGATE_TASK, STEP_TASK, aggregator_queue, node_queue
 from workers import celery_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,56 +161,18 @@ def test_an_aggregation_job_is_sent_once_while_it_waits() -> None:
     assert messenger.jobs == [3, 4, 5]
 
 
-def test_the_server_and_the_workers_agree_on_task_names_and_queues() -> None:
-    assert messages.STEP_TASK == celery_app.STEP_TASK == celery_app.run_step.name
-    assert messages.AGGREGATE_TASK == celery_app.AGGREGATE_TASK == celery_app.aggregate.name
-    assert messages.node_queue("p.", "n1") == celery_app.node_queue("p.", "n1") == "p.node.n1"
-    assert messages.aggregator_queue("p.") == celery_app.aggregator_queue("p.") == "p.aggregator"
+def test_each_task_is_registered_under_the_name_the_server_sends_it_by() -> None:
+    assert celery_app.run_step.name == STEP_TASK
+    assert server_app.aggregate.name == AGGREGATE_TASK
+    assert node_queue("p.", "n1") == "p.node.n1"
+    assert aggregator_queue("p.") == "p.aggregator"
 
 
-def test_the_server_and_the_workers_configure_the_broker_with_the_same_code() -> None:
-    def code(module: ModuleType) -> str:
-        source = inspect.getsource(module)
-        return source[source.index('"""', 3) + 3 :]  # below the module docstring
-
-    assert code(server_broker) == code(worker_broker)
-
-
-def test_a_filesystem_queue_never_shows_a_message_half_written(tmp_path: Path) -> None:
-    """kombu's own filesystem transport hands a consumer polling at the wrong moment an empty message."""
-    settings = worker_broker.celery_broker(f"filesystem://{tmp_path}", tmp_path)
-    options = settings["broker_transport_options"]
-    queue = Queue("q", Exchange("q"), "q")
-    count = 1500
-    received: list[Any] = []
-    errors: list[Exception] = []
-
-    def consume() -> None:
-        transport = {**options, "polling_interval": 0.0}
-        with Connection(
-            "filesystem://", transport=settings["broker_transport"], transport_options=transport
-        ) as c:
-            channel = c.channel()
-            deadline = time.monotonic() + 60
-            while len(received) + len(errors) < count and time.monotonic() < deadline:
-                try:
-                    message = channel.basic_get("q", no_ack=True)
-                except Exception as exc:
-                    errors.append(exc)
-                    continue
-                if message is not None:
-                    received.append(message.decode())
-
-    with Connection("filesystem://", transport=settings["broker_transport"], transport_options=options) as c:
-        producer = c.Producer()
-        producer.publish({"i": -1}, exchange=queue.exchange, routing_key="q", declare=[queue])
-        consumer = threading.Thread(target=consume)
-        consumer.start()
-        for i in range(count - 1):
-            producer.publish({"i": i, "padding": "x" * 2000}, exchange=queue.exchange, routing_key="q")
-        consumer.join()
-    assert errors == []
-    assert sorted(m["i"] for m in received) == list(range(-1, count - 1))
+def test_the_aggregation_task_joins_another_app_under_its_name() -> None:
+    """`fedalign up` runs its demo nodes and the aggregator in one worker process, on the nodes' app."""
+    app = Celery("nodes-and-aggregator", set_as_current=False)
+    server_app.add_server_tasks(app)
+    assert app.tasks[AGGREGATE_TASK].run is server_app.run_aggregation
 
 
 def test_a_worker_never_runs_a_step_of_a_node_it_does_not_serve() -> None:
@@ -224,13 +181,13 @@ def test_a_worker_never_runs_a_step_of_a_node_it_does_not_serve() -> None:
 
 def test_the_demo_federation_is_the_examples_recipe() -> None:
     example = tomllib.loads((ROOT / "examples" / "digits-mnistm.toml").read_text(encoding="utf-8"))
-    demo = embedded.demo_settings(embedded.DEMO_ROUNDS)
+    demo = up_demo.demo_settings(up_demo.DEMO_ROUNDS)
     assert demo["rounds"] == 100 and demo["hyperparameters"]["eval_every"] == 10
     for key in ("algorithm", "architecture", "seed", "aggregator"):
         assert demo[key] == example[key], key
     assert {k: v for k, v in demo["hyperparameters"].items() if k != "eval_every"} == {
         k: v for k, v in example["hyperparameters"].items() if k != "eval_every"
     }
-    assert [(n, r, d) for n, r, d in embedded.DEMO_NODES] == [
+    assert [(n, r, d) for n, r, d in up_demo.DEMO_NODES] == [
         (n["name"], n["role"], n["dataset"]) for n in example["nodes"]
     ]

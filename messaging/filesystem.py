@@ -1,15 +1,16 @@
-"""The broker as the workers see it: FEDALIGN_BROKER_URL to Celery's settings, and a filesystem transport
-that never shows a message half-written.
+"""The broker of the embedded default: kombu's filesystem transport, never showing a message half-written.
 
-Twin of `backend.services.broker`: the server publishes and the workers consume on the same folders, and
-neither package may import the other, so each has this module; a test checks that the two are the same
-code below their docstrings.
+``filesystem://`` keeps every queue as files in one folder; publishers (the server) and consumers (the
+workers) share it, and the exchange table (which queue a routing key goes to) lives beside it, so
+per-queue routing works across processes. Consumed messages are moved to a ``processed`` folder (a rename
+on one file system: exactly one consumer wins a message), which `prune_processed` empties of old ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from pathlib import Path
 from time import monotonic
@@ -64,18 +65,9 @@ class AtomicFilesystemTransport(filesystem.Transport):
     Channel = AtomicFilesystemChannel
 
 
-def celery_broker(url: str, data_dir: Path) -> dict[str, Any]:
-    """Celery settings for broker ``url``: ``broker_url``, ``broker_transport_options``, and for the
-    filesystem transport the transport class.
-
-    ``filesystem://`` keeps every queue as files in ``data_dir/broker`` (``filesystem:///some/dir``: in
-    that folder); publishers and consumers share the folder, and the exchange table (which queue a routing
-    key goes to) lives beside it, so per-queue routing works across processes. Consumed messages are moved
-    to ``processed`` (a rename on one file system: exactly one consumer wins a message), which the workers
-    prune.
-    """
-    if not url.startswith(FILESYSTEM):
-        return {"broker_url": url, "broker_transport_options": {}}
+def filesystem_broker(url: str, data_dir: Path) -> dict[str, Any]:
+    """Celery's broker settings for a ``filesystem://`` URL: its folders under ``data_dir/broker``
+    (``filesystem:///some/dir``: under that folder), created if missing, and the atomic transport."""
     rest = url[len(FILESYSTEM) :]
     root = Path(rest) if rest else data_dir / "broker"
     folders = {name: root / name for name in ("queue", "processed", "control")}
@@ -92,3 +84,18 @@ def celery_broker(url: str, data_dir: Path) -> dict[str, Any]:
             "control_folder": str(folders["control"]),
         },
     }
+
+
+def prune_processed(folder: str | Path, keep_s: float, now: float | None = None) -> int:
+    """Delete the consumed messages in ``folder`` older than ``keep_s`` seconds; returns how many."""
+    now = time.time() if now is None else now
+    removed = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                if entry.is_file() and now - entry.stat().st_mtime > keep_s:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:  # another worker pruned it first
+                continue
+    return removed

@@ -1,0 +1,111 @@
+"""``fedalign simulate``: a whole federation in this process, its metrics round by round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cli.console import console
+from cli.options import set_threads
+from fedalign.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from fedalign.simulate import RoundRecord
+
+# Columns of the per-round table, in order; a column shows only when some round has it.
+TABLE_METRICS = (
+    ("disc_acc", "D acc"),
+    ("disc_acc_source", "D acc src"),
+    ("disc_acc_target", "D acc tgt"),
+    ("disc_acc_fresh", "D fresh"),
+    ("pad", "PAD"),
+    ("task_loss", "task loss"),
+    ("adv_loss", "adv loss"),
+    ("source_val_acc", "src val acc"),
+    ("target_acc", "target acc"),
+)
+
+
+def simulate(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Federation config (TOML).")],
+    rounds: Annotated[int | None, typer.Option(help="Override the config's number of rounds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as JSON.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
+) -> None:
+    """Run a whole federation in this process and print its metrics round by round."""
+    # torch and the models load only when a simulation runs.
+    from fedalign.simulate import simulate as run_simulation
+    from fedalign.steps import Device
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    updates: dict[str, int] = {}
+    if rounds is not None:
+        updates["rounds"] = rounds
+    if seed is not None:
+        updates["seed"] = seed
+    if updates:
+        config = config.model_validate({**config.model_dump(), **updates})
+    set_threads(threads)
+    console.print(
+        f"[bold]{config.name}[/]: {config.algorithm} on {config.architecture}, {config.rounds} rounds, "
+        f"seed {config.seed}, aggregator {config.aggregator}, nodes: "
+        + ", ".join(f"{n.name} ({n.role}, {n.dataset})" for n in config.nodes)
+    )
+    records: list[RoundRecord] = []
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("rounds", total=config.rounds, last="")
+
+        def on_round(record: RoundRecord) -> None:
+            records.append(record)
+            last = "  ".join(
+                f"{label} {record.metrics[k]:.3f}"
+                for k, label in TABLE_METRICS[:1] + TABLE_METRICS[-1:]
+                if k in record.metrics
+            )
+            progress.update(task, advance=1, last=last)
+
+        try:
+            result = run_simulation(config, device=Device.pick(device), on_round=on_round)
+        except (ValueError, RuntimeError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(1) from exc
+    console.print(metrics_table(result.rounds))
+    for event in result.events:
+        console.print(f"[yellow]{event}[/]")
+    if json_path:
+        result.write_json(json_path)
+        console.print(f"metrics written to {json_path}")
+
+
+def metrics_table(rounds: list[RoundRecord]) -> Table:
+    shown = [(k, label) for k, label in TABLE_METRICS if any(k in r.metrics for r in rounds)]
+    table = Table(title="per-round metrics")
+    table.add_column("round", justify="right")
+    for _, label in shown:
+        table.add_column(label, justify="right")
+    for record in rounds:
+        if record.round == 0 or not record.metrics:
+            continue
+        table.add_row(
+            str(record.round),
+            *(f"{record.metrics[k]:.3f}" if k in record.metrics else "" for k, _ in shown),
+        )
+    return table

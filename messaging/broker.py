@@ -1,0 +1,51 @@
+"""The broker that the server and the workers share: its settings, and Celery's settings for it.
+
+Both sides read the same ``FEDALIGN_`` variables through `BrokerSettings` (the server's settings and the
+workers' settings extend it), and turn the URL into Celery's settings with `celery_broker`, so a message
+the server publishes lands where the workers consume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from messaging.filesystem import FILESYSTEM, filesystem_broker
+
+
+class BrokerSettings(BaseSettings):
+    """The broker's settings, from ``FEDALIGN_`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
+
+    broker_url: Annotated[
+        str | None,
+        Field(
+            description="Celery broker: redis://... (rediss:// for TLS), or filesystem:// for queues in "
+            "folders under data_dir (filesystem:///some/dir: under that folder). On the server, set: steps "
+            "are sent to Celery-mode nodes' queues and aggregations run on the aggregator queue."
+        ),
+    ] = None
+    queue_prefix: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9._-]*$",
+            description="Prepended to every queue name (node.<id>, aggregator): several deployments or test "
+            "runs can share one broker.",
+        ),
+    ] = ""
+    broker_poll_s: Annotated[
+        float, Field(gt=0, description="How often a worker on the filesystem transport looks for messages.")
+    ] = 0.1
+
+
+def celery_broker(url: str, data_dir: Path) -> dict[str, Any]:
+    """Celery settings for broker ``url``: ``broker_url``, ``broker_transport_options``, and for the
+    filesystem transport (`messaging.filesystem`) its folders under ``data_dir`` and its transport class.
+    """
+    if url.startswith(FILESYSTEM):
+        return filesystem_broker(url, data_dir)
+    return {"broker_url": url, "broker_transport_options": {}}

@@ -1,0 +1,119 @@
+"""What every FedAlign Celery worker does alike, whichever app it runs: the node workers'
+(`workers.celery_app`) or the server's aggregator (`backend.celery_app`).
+
+A message is acknowledged after its task ran and one at a time; kombu's Redis transport releases a
+message's prefetch credit even when Redis is down at the ack; the filesystem transport's consumed
+messages are pruned; and the worker runs in the calling process on the solo pool.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import task_postrun
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+
+from messaging.broker import BrokerSettings, celery_broker
+from messaging.filesystem import FILESYSTEM, prune_processed
+
+# Consumed messages of the filesystem transport older than this are deleted (at most once a minute).
+PROCESSED_KEEP_S = 600.0
+PRUNE_EVERY_S = 60.0
+
+
+class _RedisQoS(kombu_redis.QoS):
+    """kombu's Redis QoS, releasing a message's prefetch credit even when its ack cannot reach Redis.
+
+    kombu frees the credit only after Redis confirmed the ack; a task that ends while Redis is down (or
+    restarting) keeps it forever, and with a prefetch of one the worker never asks Redis for a message
+    again, so it never notices the lost connection either: it hangs, alive and idle (found by
+    tests/backend/test_faults.py). The message's entry in Redis, if Redis kept it, is restored after the
+    visibility timeout as a duplicate, which finds its step (or aggregation job) done and is dropped."""
+
+    def ack(self, delivery_tag: str) -> None:
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        finally:
+            virtual.QoS.ack(self, delivery_tag)
+
+
+class _RedisChannel(kombu_redis.Channel):
+    QoS = _RedisQoS
+
+
+class RedisTransport(kombu_redis.Transport):
+    Channel = _RedisChannel
+
+
+def configure_worker(
+    app: Celery, broker: BrokerSettings, data_dir: Path, time_limit_s: float | None = None
+) -> Celery:
+    """Configure ``app`` to consume from ``broker``'s queues (``data_dir`` holds the filesystem broker's
+    folders); ``time_limit_s`` is Celery's hard limit per task, for pools that enforce one.
+
+    Raises ValueError when no broker is set."""
+    if not broker.broker_url:
+        raise ValueError("no broker: set FEDALIGN_BROKER_URL (redis://host:6379/0, or filesystem://)")
+    options = celery_broker(broker.broker_url, data_dir)
+    if options["broker_url"] == FILESYSTEM:
+        options["broker_transport_options"]["polling_interval"] = broker.broker_poll_s
+    elif options["broker_url"].startswith("redis://"):  # rediss:// takes its TLS settings from the scheme
+        options["broker_transport"] = RedisTransport
+    limits: dict[str, float] = {}
+    if time_limit_s is not None:
+        limits = {"task_time_limit": time_limit_s, "task_soft_time_limit": time_limit_s * 0.9}
+    app.conf.update(
+        **options,
+        **limits,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        # A message is acknowledged after its task ran, and one whose worker died is not acknowledged;
+        # one message at a time, so nothing waits in a busy worker's buffer while another could run it.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # No broadcast traffic: the filesystem transport has no use for it, and Redis is spared it.
+        worker_enable_remote_control=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+_pruned = {"at": 0.0}
+
+
+@task_postrun.connect
+def _prune_processed(sender: Any = None, **_: Any) -> None:
+    """Consumed messages of the filesystem transport are moved aside, not deleted; delete the old ones."""
+    conf = getattr(getattr(sender, "app", None), "conf", None)
+    folder = (conf.broker_transport_options or {}).get("processed_folder") if conf is not None else None
+    now = time.time()
+    if not folder or now - _pruned["at"] < PRUNE_EVERY_S:
+        return
+    _pruned["at"] = now
+    prune_processed(folder, PROCESSED_KEEP_S, now)
+
+
+def start_worker(app: Celery, queues: list[str], hostname: str, loglevel: str = "INFO") -> None:
+    """Run a Celery worker of ``app`` in this process on ``queues``: the solo pool, one task at a time (CUDA
+    does not survive a fork, and a node's steps run in order on its state)."""
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--prefetch-multiplier=1",
+            f"--queues={','.join(queues)}",
+            f"--hostname={hostname}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
