@@ -4,13 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format frontend-api bench-accuracy bench-aggregate bench-lambda bench-load \
-        bench-privacy bench-round bench-transfer bench-steps clean
+.PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
+        bench-load bench-privacy bench-round bench-transfer bench-steps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,docs]'
 	touch $(STAMP)
 
 # The dashboard: npm packages exactly as locked, then the static build the API serves at /.
@@ -37,12 +37,21 @@ run: setup
 	FEDALIGN_DATA_DIR=$(DATA_DIR) $(BIN)/fedalign data build
 	FEDALIGN_DATA_DIR=$(DATA_DIR) $(BIN)/fedalign up
 
-## test: set up, then lint and run every test
-test: setup
+## test: set up, then lint, build the docs site (warnings are errors) and run every test
+test: setup docs
 	$(BIN)/ruff check .
 	cd $(FRONTEND) && npm run --silent check:api && npm test --silent
 	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
+
+## docs: build the documentation site (docs/, mkdocs.yml) into build/site; offline, warnings are errors
+DOCS_SITE := build/site
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
+
+## docs-serve: the documentation site on http://127.0.0.1:8001, rebuilt as pages change
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 ## frontend-api: regenerate the dashboard's typed API client from the backend's OpenAPI document
 frontend-api: setup
@@ -90,4 +99,4 @@ bench-lambda: setup
 	PY=$(BIN)/python bench/lambda_study.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist $(DOCS_SITE)

@@ -75,7 +75,10 @@ class WorkerSettings(BaseSettings):
     data_dir: Annotated[Path, Field(description="This machine's data: datasets, node state.")] = Path(
         ".fedalign"
     )
-    queue_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]*$")] = ""
+    queue_prefix: Annotated[
+        str,
+        Field(pattern=r"^[A-Za-z0-9._-]*$", description="Prepended to every queue name; as the server's."),
+    ] = ""
     api_url: Annotated[str, Field(description="Where node workers reach the API.")] = "http://127.0.0.1:8000"
     node_state_dir: Annotated[
         Path | None, Field(description="Node state between steps; default data_dir/node-state.")
