@@ -4,13 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint format frontend-api bench-accuracy bench-aggregate bench-lambda bench-load \
-        bench-round bench-transfer bench-steps clean
+.PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
+        bench-load bench-privacy bench-round bench-transfer bench-steps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,docs]'
 	touch $(STAMP)
 
 # The dashboard: npm packages exactly as locked, then the static build the API serves at /.
@@ -37,12 +37,21 @@ run: setup
 	FEDALIGN_DATA_DIR=$(DATA_DIR) $(BIN)/fedalign data build
 	FEDALIGN_DATA_DIR=$(DATA_DIR) $(BIN)/fedalign up
 
-## test: set up, then lint and run every test
-test: setup
+## test: set up, then lint, build the docs site (warnings are errors) and run every test
+test: setup docs
 	$(BIN)/ruff check .
 	cd $(FRONTEND) && npm run --silent check:api && npm test --silent
 	scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
+
+## docs: build the documentation site (docs/, mkdocs.yml) into build/site; offline, warnings are errors
+DOCS_SITE := build/site
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(DOCS_SITE)
+
+## docs-serve: the documentation site on http://127.0.0.1:8001, rebuilt as pages change
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:8001
 
 ## frontend-api: regenerate the dashboard's typed API client from the backend's OpenAPI document
 frontend-api: setup
@@ -57,32 +66,38 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Benchmarks (docs: Benchmarks) are modules of the `bench` package, run from the repository root; each
+# writes its figures with the date, commit and command that produced them.
 bench-accuracy: setup
-	$(BIN)/python bench/accuracy.py --seeds 0 1 --json bench/results/accuracy.json
+	$(BIN)/python -m bench.accuracy --seeds 0 1 --json bench/results/accuracy.json
 
 bench-aggregate: setup
-	$(BIN)/python bench/aggregate_bench.py --json bench/results/aggregate.json
+	$(BIN)/python -m bench.aggregate_bench --json bench/results/aggregate.json
 
 # 100 simulated REST nodes polling and uploading at once against one API process.
 bench-load: setup
-	$(BIN)/python bench/load_bench.py --json bench/results/load.json
+	$(BIN)/python -m bench.load_bench --json bench/results/load.json
 
-# System performance (README, "System performance"): served rounds (API, Redis, Celery, PostgreSQL) against
-# the in-process simulator; a 100 MB model through the API against a bare socket; the local training step
-# against a bare PyTorch loop (CUDA with bf16 autocast when present).
+# What differential privacy and secure aggregation cost on digits (target mnistm), four seeds.
+bench-privacy: setup
+	$(BIN)/python -m bench.privacy_bench --seeds 0 1 2 3 --steps 300 --json bench/results/privacy.json
+
+# System performance: served rounds (API, Redis, Celery, PostgreSQL) against the in-process simulator; a
+# 100 MB model through the API against a bare socket; the local training step against a bare PyTorch loop
+# (CUDA with bf16 autocast when present).
 bench-round: setup
-	$(BIN)/python bench/round_overhead.py --json bench/results/round-overhead.json
+	$(BIN)/python -m bench.round_overhead --json bench/results/round-overhead.json
 
 bench-transfer: setup
-	$(BIN)/python bench/transfer_bench.py --json bench/results/transfer.json
+	$(BIN)/python -m bench.transfer_bench --json bench/results/transfer.json
 
 bench-steps: setup
-	$(BIN)/python bench/step_throughput.py --json bench/results/step-throughput.json
+	$(BIN)/python -m bench.step_throughput --json bench/results/step-throughput.json
 
 # Choose the adversarial weight per target on source-only validation tasks, then run the choice with two
-# seeds (bench/select_lambda.py; results in bench/results/lambda-*.jsonl).
+# seeds (bench.select_lambda; results in bench/results/lambda-*.jsonl).
 bench-lambda: setup
-	bench/lambda_study.sh
+	PY=$(BIN)/python bench/lambda_study.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist $(DOCS_SITE)

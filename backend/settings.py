@@ -1,6 +1,7 @@
 """Every setting of the API service, read from environment variables prefixed ``FEDALIGN_``.
 
-README.md's "Configuration" section documents each variable; keep the two in step.
+The documentation's configuration reference is generated from these fields (their types, defaults, bounds
+and descriptions) when the docs site is built: describe a new setting here, and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ ADMIN_TOKEN_PREFIX = "fa_admin_"
 
 
 class Settings(BrokerSettings):
-    """The server's settings; the broker's (`BrokerSettings`: broker_url, queue_prefix, broker_poll_s) are
-    the workers' too."""
+    """The API service's settings: each field is the environment variable FEDALIGN_<FIELD NAME>; the
+    broker's (`BrokerSettings`: broker_url, queue_prefix, broker_poll_s) are the workers' too."""
 
     model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
 
@@ -49,15 +50,45 @@ class Settings(BrokerSettings):
         str | None,
         Field(description="Base URL nodes reach the API at (behind a proxy); default: the request's."),
     ] = None
-    max_upload_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
-    max_json_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
-    lease_seconds: Annotated[float, Field(gt=0)] = 600.0
-    sweep_interval_s: Annotated[float, Field(gt=0)] = 5.0
-    aggregation_workers: Annotated[int, Field(ge=1, le=64)] = 2
-    events_poll_s: Annotated[float, Field(gt=0)] = 1.0
-    sse_ping_s: Annotated[float, Field(gt=0)] = 15.0
-    sqlite_busy_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
-    migrate_on_start: bool = True
+    max_upload_bytes: Annotated[
+        int,
+        Field(ge=1024, description="Largest parameter upload; a larger one is refused (413) as it streams."),
+    ] = 256 * 1024 * 1024
+    max_json_bytes: Annotated[
+        int, Field(ge=1024, description="Largest JSON request body, counted while it streams (413 beyond).")
+    ] = 1024 * 1024
+    lease_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="How long a claimed step (or a running aggregation) is held before it can be claimed "
+            "again; longer than a step takes.",
+        ),
+    ] = 600.0
+    sweep_interval_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Period of the sweep that releases expired leases, re-dispatches pending "
+            "aggregations and applies phase deadlines.",
+        ),
+    ] = 5.0
+    aggregation_workers: Annotated[
+        int, Field(ge=1, le=64, description="Threads computing aggregations in the API process (no broker).")
+    ] = 2
+    events_poll_s: Annotated[
+        float,
+        Field(
+            gt=0, description="How often a live event stream also polls the database (other API processes)."
+        ),
+    ] = 1.0
+    sse_ping_s: Annotated[float, Field(gt=0, description="Keep-alive comment interval on event streams.")] = (
+        15.0
+    )
+    sqlite_busy_timeout_ms: Annotated[
+        int, Field(ge=0, description="How long a SQLite writer waits for the lock before failing.")
+    ] = 30_000
+    migrate_on_start: Annotated[bool, Field(description="Migrate the database when the API starts.")] = True
     session_ttl_s: Annotated[
         float, Field(gt=0, description="How long a dashboard sign-in lasts (the session cookie's lifetime).")
     ] = 12 * 3600.0

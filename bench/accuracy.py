@@ -6,7 +6,7 @@ optimiser steps of G and T per node (a federated run of k local steps per round 
 trains on them or chooses a setting with them (except `target_oracle`, the upper bound, which is its
 purpose).
 
-    python bench/accuracy.py --seeds 0 1 --json bench/out/accuracy.json
+    python -m bench.accuracy --seeds 0 1 --json bench/out/accuracy.json
 
 Results go to a JSON-lines log as each run finishes (`--log`, default beside `--json`); a rerun skips the
 runs already logged with the same budget, so a long benchmark can be resumed.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,18 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.harness import stamped, write_json
 
 DOMAINS = ("mnist", "mnistm", "optdigits", "syn")
 
-# The method's defaults (DESIGN.md section 1): the schema's defaults, nothing added.
+# The method's defaults (docs/method.md): the schema's defaults, nothing added.
 PATENT: dict[str, Any] = {}
 
 # The recipe this benchmark proposes for `fedalign`, fixed before the full run from the method's own
-# analysis (DESIGN.md, "a measured warning"), not tuned on target accuracy: one discriminator step per
-# exchange and one extractor step per round, so that averaging the copies is one centralised step on the
-# balanced union; sources restart from the aggregates; lambda ramps up as in DANN; the target adds its
-# own confident predictions (pseudo-labels above 0.95) to the adversarial loss.
+# analysis (docs/method.md, "Why the discriminator is exchanged often"), not tuned on target accuracy:
+# one discriminator step per exchange and one extractor step per round, so that averaging the copies is
+# one centralised step on the balanced union; sources restart from the aggregates; lambda ramps up as in
+# DANN; the target adds its own confident predictions (pseudo-labels above 0.95) to the adversarial loss.
 BASE: dict[str, Any] = {
     "local_steps": 1,
     "disc_steps": 1,
@@ -65,7 +64,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
     # The adversarial weight's ceiling under the DANN ramp: candidates for choosing lambda on the
-    # source-only validation tasks (bench/select_lambda.py), never on the target.
+    # source-only validation tasks (bench.select_lambda), never on the target.
     "fedalign_lambda0.1": ("fedalign", {**FEDALIGN, "adv_weight": 0.1}),
     "fedalign_lambda0.3": ("fedalign", {**FEDALIGN, "adv_weight": 0.3}),
     # Information maximisation on the target (SHOT, Liang et al. 2020: the fixed task model, the target's
@@ -79,7 +78,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_im_lambda0": ("fedalign", {**FEDALIGN, **IM, "adv_weight": 0.0}),
     "fedavg_im": ("fedavg", {"local_steps": 1, "pseudo_label_threshold": 0.95, **IM}),
 }
-# The recipe with lambda chosen per target on the source-only validation tasks (bench/select_lambda.py,
+# The recipe with lambda chosen per target on the source-only validation tasks (bench.select_lambda,
 # bench/im_study.sh; bench/results/lambda-validation.jsonl), never on the target.
 SELECTED_LAMBDA = {"mnist": 0.1, "mnistm": 0.1, "optdigits": 0.1, "syn": 0.3}
 FEDERATED_PER_TARGET = {"fedalign_im_selected"}
@@ -156,7 +155,7 @@ def run_job(job: Job) -> dict[str, Any]:
     start = time.perf_counter()
     extra: dict[str, float] = {}
     if job.method in CENTRAL:
-        import references
+        from bench import references
 
         target = datasets.load(f"digits:{job.target}")
         if job.method == "target_oracle":
@@ -297,11 +296,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.batch_size} per node:\n"
     )
     print(text)
-    args.json.write_text(
-        json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "runs": results, "table": text}, indent=2
-        )
-        + "\n"
+    write_json(
+        args.json,
+        stamped({"args": {k: str(v) for k, v in vars(args).items()}, "runs": results, "table": text}),
+        allow_nan=True,
     )
 
 

@@ -2,7 +2,7 @@
 
 Run with the project's interpreter::
 
-    /work/main/.venv/bin/python bench/aggregate_bench.py --json bench/out/aggregate.json
+    .venv/bin/python -m bench.aggregate_bench --json bench/out/aggregate.json
 
 It writes N inputs of a ~25M-parameter float32 model (160 tensors) as safetensors files, then measures
 each method in its own subprocess, so that each peak resident set size (``ru_maxrss``) belongs to one
@@ -19,8 +19,8 @@ on all of them alike; the main rows use one thread (numpy's element-wise ops are
 ``fedalign.aggregate.FOLD_THREADS`` explains why ours are), and a row with torch's two threads shows why.
 The machine's memory bandwidth is measured in the same run, and so is whether the inputs sit in the
 page cache (they do, having just been written; a cold-cache row drops them first with
-``posix_fadvise(DONTNEED)`` to show what a disk read costs). This file imports only the standard
-library at the top, because its Flower worker runs under the other virtualenv.
+``posix_fadvise(DONTNEED)`` to show what a disk read costs). This module (and `bench.harness`) imports only
+the standard library at the top, because its Flower worker runs under the other virtualenv.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.harness import REPO, stamped, write_json
+
 FLWR_VENV = REPO / "bench" / ".venv-flwr"
 FLWR_REQUIREMENTS = ["flwr>=1.8,<2", "numpy", "safetensors"]
 
@@ -328,7 +329,7 @@ def worker_flower(directory: Path, repeats: int) -> None:
 
 
 def run_worker(python: Path | str, args: list[str]) -> dict[str, Any]:
-    command = [str(python), str(Path(__file__).resolve()), "worker", *args]
+    command = [str(python), "-m", "bench.aggregate_bench", "worker", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -438,7 +439,6 @@ def main_driver(args: argparse.Namespace) -> None:
     agreement = {n: max_relative_difference(ours, r["checksums"]) for n, r in raws[1:]}
     print_report(args, generated, model_bytes, input_bytes, bw, rows, agreement, residency_after)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "machine": {
                 "cpus": os.cpu_count(),
@@ -454,7 +454,7 @@ def main_driver(args: argparse.Namespace) -> None:
             "rows": rows,
             "checksum_agreement_vs_ours": agreement,
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+        write_json(args.json, stamped(payload), allow_nan=True)
 
 
 def print_report(

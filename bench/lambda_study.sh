@@ -1,19 +1,19 @@
 #!/bin/bash
 # Choose lambda per target on source-only validation tasks (the target left out of the pool), then run
-# the choice on the real target with two seeds. Resumable: bench/accuracy.py skips logged runs.
+# the choice on the real target with two seeds. Resumable: bench.accuracy skips logged runs.
 set -e
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}
 for T in mnist mnistm optdigits syn; do
   POOL=$(for d in mnist mnistm optdigits syn; do [ $d != $T ] && echo -n "$d "; done)
-  $PY bench/accuracy.py --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
+  $PY -m bench.accuracy --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
      --methods fedalign_lambda0.1 fedalign_lambda0.3 fedalign \
      --json bench/results/lambda-validation.json --log bench/results/lambda-validation.jsonl
-  CH=$($PY bench/select_lambda.py --target $T)
+  CH=$($PY -m bench.select_lambda --target $T)
   echo "CHOSEN $T $CH"
   if [ "$CH" != "fedalign" ]; then
-    $PY bench/accuracy.py --workers "${WORKERS:-1}" --seeds 0 1 --targets $T --methods $CH \
+    $PY -m bench.accuracy --workers "${WORKERS:-1}" --seeds 0 1 --targets $T --methods $CH \
        --json bench/results/lambda-final.json --log bench/results/lambda-final.jsonl
   fi
 done
-$PY bench/select_lambda.py
+$PY -m bench.select_lambda

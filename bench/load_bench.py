@@ -2,7 +2,7 @@
 
 Run with the project's interpreter::
 
-    /work/main/.venv/bin/python bench/load_bench.py --json bench/results/load.json
+    .venv/bin/python -m bench.load_bench --json bench/results/load.json
 
 It starts the API as a subprocess (SQLite in a temporary data directory, or ``--db postgres``: a scratch
 database created on the server at ``--postgres-url`` and dropped at the end), creates a federation of the
@@ -45,21 +45,16 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
 import math
 import os
 import platform
 import random
 import resource
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,16 +65,26 @@ import httpx
 import torch
 
 from backend.services.manifests import slot_manifest
+from bench.harness import (
+    POSTGRES_ADMIN_URL,
+    REPO,
+    child_env,
+    cpu_seconds,
+    fedalign_command,
+    free_port,
+    scratch_postgres,
+    stamped,
+    start_child,
+    stop_child,
+    wait_ready,
+    write_json,
+)
 from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
 from fedalign.protocol import Protocol, round_phases
 
-REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "load-bench-admin-token-0123456789"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "FEDALIGN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 STATUS_HEADER = "FedAlign-Federation-Status"
 TERMINAL = frozenset({"finished", "cancelled", "failed"})
 KINDS = ("federation", "poll", "claim", "claim_by_id", "download", "upload", "complete")
@@ -248,24 +253,9 @@ def status_counts(calls: list[Call]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def serve_argv(port: int, log_level: str) -> list[str]:
-    """``.venv/bin/fedalign serve`` beside this interpreter; the module where the script is missing."""
-    script = Path(sys.executable).parent / "fedalign"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
-    return [*head, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
-
-
 def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDALIGN_")}
     # One torch thread: the server's aggregations share two cores with the client and other benchmarks.
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(FEDALIGN_DATA_DIR=str(data_dir), FEDALIGN_ADMIN_TOKEN=ADMIN_TOKEN)
+    env = child_env(FEDALIGN_DATA_DIR=str(data_dir), FEDALIGN_ADMIN_TOKEN=ADMIN_TOKEN)
     if database_url:
         env["FEDALIGN_DATABASE_URL"] = database_url
     return env
@@ -275,46 +265,14 @@ def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
 def api_process(data_dir: Path, database_url: str | None, log_level: str) -> Iterator[tuple[str, int, Path]]:
     """The API on a free port; yields its URL, pid and log file, and stops its process group at the end."""
     port = free_port()
-    log_path = data_dir / "serve.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            serve_argv(port, log_level),
-            env=server_env(data_dir, database_url),
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    argv = fedalign_command("serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level)
+    child = start_child("serve", argv, server_env(data_dir, database_url), data_dir, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process, log_path)
-        yield url, process.pid, log_path
+        wait_ready(url, [child], START_TIMEOUT_S)
+        yield url, child.process.pid, child.log
     finally:
-        stop(process)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"fedalign serve exited with {process.returncode}:\n{tail}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the API at {url} was not ready after {START_TIMEOUT_S:.0f} s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stop_child(child)
 
 
 def server_log_summary(log_path: Path) -> dict[str, Any]:
@@ -341,32 +299,9 @@ def exception_lines(lines: list[str]) -> Iterator[str]:
             yield line[:300]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (its threads included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-@contextlib.contextmanager
-def scratch_postgres(admin_url: str) -> Iterator[str]:
-    """A new database on the PostgreSQL server, dropped at the end (even when the run fails)."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"fedalign_load_{uuid.uuid4().hex[:12]}"
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
 
 
 # ----------------------------------------------------------------------------------- the federation
@@ -865,7 +800,6 @@ def report(
         figures["ratio_to_healthz"] = figures["rate_per_s"] / reference
     return {
         "config": {k: v for k, v in vars(args).items() if k != "json"},
-        "command": " ".join(sys.argv),
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg_at_start": t.loadavg_at_start,
@@ -1007,7 +941,11 @@ def main() -> int:
     torch.set_num_threads(1)  # the client builds small tensors; more threads would only contend
     wall = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="fedalign-load-") as tmp, contextlib.ExitStack() as stack:
-        database = stack.enter_context(scratch_postgres(args.postgres_url)) if args.db == "postgres" else None
+        database = (
+            stack.enter_context(scratch_postgres(args.postgres_url, "fedalign_load"))
+            if args.db == "postgres"
+            else None
+        )
         url, pid, log_path = stack.enter_context(api_process(Path(tmp), database, args.log_level))
         result = asyncio.run(benchmark(args, url, pid))
         result["server_log"] = server_log_summary(log_path)
@@ -1017,8 +955,7 @@ def main() -> int:
     print_markdown(result)
     print(f"\nWall time {result['seconds']['wall']:.1f} s.")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_json(args.json, stamped(result))
     return 0 if result["nothing_lost"]["ok"] and result["requests"]["failures"] == 0 else 1
 
 

@@ -1,6 +1,6 @@
 """Privacy benchmark: what differential privacy and secure aggregation cost on digits. Not a test.
 
-One target (default `mnistm`), the other three domains as labelled sources, `bench/accuracy.py`'s `fedalign`
+One target (default `mnistm`), the other three domains as labelled sources, `bench.accuracy`'s `fedalign`
 recipe (its `FEDALIGN` hyperparameters, one extractor and one discriminator step per round) for `--steps`
 rounds, in these arms:
 
@@ -23,11 +23,11 @@ of the simulation (data loading excluded), one torch thread, runs one after anot
 that load from other processes falls on every arm alike. DP arms draw their noise from the step's seed
 (``privacy.randomness = "seeded"``), so a rerun repeats them exactly.
 
-    python bench/privacy_bench.py --seeds 0 1 --json bench/results/privacy.json
+    python -m bench.privacy_bench --seeds 0 1 --json bench/results/privacy.json
 
 Two diagnostics change only how the plain average is rounded: `--scale-bits N` (secure aggregation's
 fixed point at 2^-N instead of `fedalign.secagg`'s 2^-24) and `--threads N` (torch threads, so float sums run
-in another order); the README's Privacy section reads them beside the table.
+in another order); the Privacy benchmark page of the docs reads them beside the table.
 
 Results go to a JSON-lines log as each run finishes (`--log`, default beside `--json`); a rerun skips the
 runs already logged with the same settings.
@@ -38,15 +38,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from accuracy import DOMAINS, FEDALIGN  # bench/ is not a package
+from bench.accuracy import DOMAINS, FEDALIGN
+from bench.harness import stamped, write_json
 
 DELTA = 1e-5
 CLIP = 1.0
@@ -287,12 +285,10 @@ def main(argv: list[str] | None = None) -> None:
         f"seeds {args.seeds}:\n"
     )
     print(text)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "runs": results, "table": text}, indent=2
-        )
-        + "\n"
+    write_json(
+        args.json,
+        stamped({"args": {k: str(v) for k, v in vars(args).items()}, "runs": results, "table": text}),
+        allow_nan=True,
     )
 
 

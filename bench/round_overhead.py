@@ -2,7 +2,7 @@
 
 Run with the project's interpreter::
 
-    /work/main/.venv/bin/python bench/round_overhead.py --json bench/results/round-overhead.json
+    .venv/bin/python -m bench.round_overhead --json bench/results/round-overhead.json
 
 For each scale (``--local-steps``: k_G = k_D steps per round; 1 is ``examples/digits-mnistm.toml`` as
 shipped) the same config and seed run in two arms, alternately, ``--repeats`` times each:
@@ -47,16 +47,12 @@ import json
 import os
 import platform
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,127 +60,33 @@ from typing import Any
 import httpx
 import torch
 
+from bench.harness import (
+    POSTGRES_ADMIN_URL,
+    REPO,
+    Child,
+    child_env,
+    cpu_seconds,
+    fedalign_command,
+    free_port,
+    scratch_postgres,
+    scratch_redis,
+    stamped,
+    start_child,
+    stop_child,
+    wait_ready,
+    wait_until,
+    write_json,
+)
 from fedalign import data as datasets
 from fedalign.config import FederationConfig, load_config
 from fedalign.protocol import Action, Aggregate, Finish, RunStep
 from fedalign.simulate import Simulator
 
-REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "round-overhead-bench-admin-token-0123"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "FEDALIGN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 REDIS_URL = "redis://127.0.0.1:6379/14"
 TERMINAL = frozenset({"finished", "cancelled", "failed"})
 START_TIMEOUT_S = 120.0
 READY = re.compile(rb"\bready\.")
-
-
-# ------------------------------------------------------------------------------------------ processes
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def cli(*args: str) -> list[str]:
-    """``.venv/bin/fedalign`` beside this interpreter; the module where the script is missing."""
-    script = Path(sys.executable).parent / "fedalign"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
-    return [*head, *args]
-
-
-def child_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDALIGN_")}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(variables)
-    return env
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-
-def start(name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> Child:
-    log = log_dir / f"{name}.log"
-    with open(log, "wb") as fh:
-        process = subprocess.Popen(
-            argv, env=env, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Child(name, process, log)
-
-
-def stop(child: Child) -> None:
-    """SIGTERM to the child's process group (it started one of its own), SIGKILL after 20 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(child.process.pid, signal.SIGTERM)
-    try:
-        child.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.process.pid, signal.SIGKILL)
-        child.process.wait()
-
-
-def wait_for(
-    condition: Any, what: str, children: list[Child], timeout_s: float = START_TIMEOUT_S, poll_s: float = 0.1
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        for child in children:
-            if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with {child.process.returncode}:\n{child.tail()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def scratch_postgres(admin_url: str) -> Iterator[str]:
-    """A new database on the PostgreSQL server, dropped at the end (even when the run fails)."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"fedalign_round_{uuid.uuid4().hex[:12]}"
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with engine.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-
-
-@contextlib.contextmanager
-def scratch_redis(url: str) -> Iterator[str]:
-    """The bench's own Redis database number, emptied before and after: no earlier run's queue leaks in."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=3)
-    client.flushdb()
-    try:
-        yield url
-    finally:
-        client.flushdb()
-        client.close()
 
 
 # ------------------------------------------------------------------------------------------- timelines
@@ -370,29 +272,30 @@ def served_arm(
         federation_id, nodes = register(admin, config, "celery")
         workers_up = start_workers(server, nodes, workers, tag)
         try:
-            wait_for(
+            wait_until(
                 lambda: all(READY.search(w.log.read_bytes()) for w in workers_up),
                 "the workers to be ready",
-                [server.api, *workers_up],
+                START_TIMEOUT_S,
+                children=[server.api, *workers_up],
             )
             pids = {"API": server.api.process.pid} | {w.name: w.process.pid for w in workers_up}
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             admin.post(f"/api/v1/federations/{federation_id}/start").raise_for_status()
-            wait_for(
+            wait_until(
                 lambda: status_of(admin, federation_id) in TERMINAL,
                 f"federation {federation_id} to end",
-                [server.api, *workers_up],
                 timeout_s,
                 # Seldom: each poll is a request the API serves beside the workers' (the times come from
                 # the database, so polling more often would only load the server being measured).
                 poll_s=2.0,
+                children=[server.api, *workers_up],
             )
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
             if (status := status_of(admin, federation_id)) != "finished":
                 raise RuntimeError(f"the served federation ended {status}")
         finally:
             for w in workers_up:
-                stop(w)
+                stop_child(w)
     timeline = served_timeline(server.database_url, federation_id)
     timeline.cpu_s = cpu
     return timeline
@@ -477,14 +380,20 @@ def anatomy(server: Server, config: FederationConfig, timeout_s: float) -> dict[
     times: dict[str, list[float]] = defaultdict(list)
     with admin_client(server) as admin:
         federation_id, nodes = register(admin, config, "rest")
-        aggregator = start(
+        aggregator = start_child(
             "aggregator-anatomy",
-            cli("worker", "--aggregator", "--threads", "1", "--loglevel", "INFO"),
+            fedalign_command("worker", "--aggregator", "--threads", "1", "--loglevel", "INFO"),
             server.env,
             server.log_dir,
+            cwd=REPO,
         )
         try:
-            wait_for(lambda: READY.search(aggregator.log.read_bytes()), "the aggregator", [aggregator])
+            wait_until(
+                lambda: bool(READY.search(aggregator.log.read_bytes())),
+                "the aggregator",
+                START_TIMEOUT_S,
+                children=[aggregator],
+            )
             admin.post(f"/api/v1/federations/{federation_id}/start").raise_for_status()
             http = TimedHttp(times)
             runners = [
@@ -503,7 +412,7 @@ def anatomy(server: Server, config: FederationConfig, timeout_s: float) -> dict[
             if (status := status_of(admin, federation_id)) != "finished":
                 raise RuntimeError(f"the anatomy federation ended {status}")
         finally:
-            stop(aggregator)
+            stop_child(aggregator)
     steps = len(times["step: claimed to completed"])
     return {
         "steps": steps,
@@ -524,16 +433,17 @@ def start_workers(server: Server, nodes: list[dict[str, str]], workers: str, tag
         credentials = server.data_dir / f"credentials-{tag}.json"
         credentials.write_text(json.dumps({"api": server.url, "nodes": nodes}))
         credentials.chmod(0o600)
-        argv = cli("worker", "--credentials", str(credentials), "--aggregator", *threads)
-        return [start(f"worker-{tag}", argv, server.env, server.log_dir)]
-    out = [start(f"aggregator-{tag}", cli("worker", "--aggregator", *threads), server.env, server.log_dir)]
+        argv = fedalign_command("worker", "--credentials", str(credentials), "--aggregator", *threads)
+        return [start_child(f"worker-{tag}", argv, server.env, server.log_dir, cwd=REPO)]
+    argv = fedalign_command("worker", "--aggregator", *threads)
+    out = [start_child(f"aggregator-{tag}", argv, server.env, server.log_dir, cwd=REPO)]
     for n in nodes:
         data_dir = server.log_dir / f"node-{tag}-{n['name']}"
         data_dir.mkdir()
         (data_dir / "datasets").symlink_to(datasets.default_cache_dir())
         env = {**server.env, "FEDALIGN_DATA_DIR": str(data_dir), "FEDALIGN_NODE_TOKEN": n["token"]}
-        argv = cli("worker", "--node", n["name"], "--api", server.url, *threads)
-        out.append(start(f"{n['name']}-{tag}", argv, env, server.log_dir))
+        argv = fedalign_command("worker", "--node", n["name"], "--api", server.url, *threads)
+        out.append(start_child(f"{n['name']}-{tag}", argv, env, server.log_dir, cwd=REPO))
     return out
 
 
@@ -802,7 +712,7 @@ def main() -> int:
         data_dir.mkdir()
         (data_dir / "datasets").symlink_to(datasets.default_cache_dir())
         if args.db == "postgres":
-            database_url = stack.enter_context(scratch_postgres(args.postgres_url))
+            database_url = stack.enter_context(scratch_postgres(args.postgres_url, "fedalign_round"))
         else:
             database_url = f"sqlite:///{data_dir / 'fedalign.db'}"
         broker = stack.enter_context(scratch_redis(args.redis_url))
@@ -814,17 +724,11 @@ def main() -> int:
             FEDALIGN_ADMIN_TOKEN=ADMIN_TOKEN,
         )
         port = free_port()
-        api = start("api", cli("serve", "--host", "127.0.0.1", "--port", str(port)), env, root)
-        stack.callback(stop, api)
+        api_argv = fedalign_command("serve", "--host", "127.0.0.1", "--port", str(port))
+        api = start_child("api", api_argv, env, root, cwd=REPO)
+        stack.callback(stop_child, api)
         url = f"http://127.0.0.1:{port}"
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, "the API", [api])
+        wait_ready(url, [api], START_TIMEOUT_S)
         server = Server(url, database_url, data_dir, env, api, root)
         for k in args.local_steps:
             config = scaled(base, args.rounds, k)
@@ -862,7 +766,6 @@ def main() -> int:
             "broker": "redis",
             "torch_threads": 1,
         },
-        "command": " ".join(sys.argv),
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg_at_start": load_at_start,
@@ -875,8 +778,7 @@ def main() -> int:
     }
     print_markdown(result)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_json(args.json, stamped(result))
     return 0 if all(all(s["metrics_equal"]) for s in results) else 1
 
 

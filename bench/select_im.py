@@ -1,11 +1,11 @@
 """Decide per target, without its labels, whether information maximisation joins the chosen lambda.
 
 For a real target T with its lambda already chosen on the source-only validation tasks
-(`bench/select_lambda.py`), the same tasks run `fedalign_im_lambda<λ>`; it is adopted for T when its mean
+(`bench.select_lambda`), the same tasks run `fedalign_im_lambda<λ>`; it is adopted for T when its mean
 pseudo-target accuracy is higher than `fedalign_lambda<λ>`'s (ties keep the simpler recipe). T's own labels
 are never read. Not a test.
 
-    python bench/select_im.py --log bench/results/lambda-validation.jsonl
+    python -m bench.select_im --log bench/results/lambda-validation.jsonl
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from select_lambda import CANDIDATES, DOMAINS, choose, load, pool_of
+from bench.select_lambda import CANDIDATES, DOMAINS, choose, load, pool_of
 
 
 def im_choice(records: list[dict[str, Any]], target: str) -> tuple[str | None, str | None, dict[str, float]]:

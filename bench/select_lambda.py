@@ -1,11 +1,11 @@
 """Choose the adversarial weight for each target without its labels. Not a test.
 
 For a real target T, the validation tasks use the other three domains only: each in turn is a labelled
-pseudo-target and the remaining two are the sources (`bench/accuracy.py --domains`, T left out of the
+pseudo-target and the remaining two are the sources (`python -m bench.accuracy --domains`, T left out of the
 pool). The candidate with the best mean pseudo-target accuracy is chosen for T; T's own labels are never
 read. Ties go to the smaller weight.
 
-    python bench/select_lambda.py --log bench/results/lambda-validation.jsonl
+    python -m bench.select_lambda --log bench/results/lambda-validation.jsonl
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-DOMAINS = ("mnist", "mnistm", "optdigits", "syn")
+from bench.accuracy import DOMAINS
+
 CANDIDATES = {"fedalign_lambda0.1": 0.1, "fedalign_lambda0.3": 0.3, "fedalign": 1.0}
 
 

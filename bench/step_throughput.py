@@ -2,7 +2,7 @@
 
 Run with the project's interpreter::
 
-    /work/main/.venv/bin/python bench/step_throughput.py --json bench/results/step-throughput.json
+    .venv/bin/python -m bench.step_throughput --json bench/results/step-throughput.json
 
 The step measured is a source node's adaptation step (the bulk of a round's compute): ``digits_cnn``'s
 extractor G and task model T trained on a labelled digits domain (``--domain``, default ``mnist``) with
@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.harness import stamped, write_json
 from fedalign import data as datasets
 from fedalign.config import FederationConfig
 from fedalign.models import ModelSet, ModelShape, build
@@ -226,7 +227,6 @@ def main() -> int:
             "warmup_runs": args.warmup,
             "threads": args.threads,
         },
-        "command": " ".join(sys.argv),
         "machine": {
             "cpus": os.cpu_count(),
             "loadavg_at_start": load_at_start,
@@ -246,11 +246,10 @@ def main() -> int:
         )
     if args.json:
         path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
         existing = json.loads(path.read_text()) if path.exists() else {}
         # One file, one entry per device type: a GPU run adds its figures beside the CPU's.
-        existing[device.torch_device.type] = result
-        path.write_text(json.dumps(existing, indent=2, allow_nan=False) + "\n")
+        existing[device.torch_device.type] = stamped(result)
+        write_json(path, existing)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Run with the project's interpreter::
 
-    /work/main/.venv/bin/python bench/transfer_bench.py --json bench/results/transfer.json
+    .venv/bin/python -m bench.transfer_bench --json bench/results/transfer.json
 
 The model: the ``mlp`` architecture with ``hidden`` chosen so that its discriminator D (a hidden x hidden
 linear layer and a hidden x 1 one) is ``--megabytes`` of float32 (5000 for 100 MB); no registered
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import math
 import os
 import platform
@@ -53,11 +52,19 @@ from typing import Any
 import httpx
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from round_overhead import REPO, Child, child_env, cli, free_port, start, stop, wait_for
-
 from backend.services.manifests import slot_manifest
+from bench.harness import (
+    REPO,
+    Child,
+    child_env,
+    fedalign_command,
+    free_port,
+    stamped,
+    start_child,
+    stop_child,
+    wait_ready,
+    write_json,
+)
 from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
@@ -66,6 +73,7 @@ ADMIN_TOKEN = "transfer-bench-admin-token-0123456789"
 MB = 1_000_000
 CHUNK = 1 << 20
 HEADER = struct.Struct("!cQ")  # command, length
+START_TIMEOUT_S = 120.0
 
 
 # ----------------------------------------------------------------------------------- bare socket server
@@ -188,20 +196,14 @@ def api(data_dir: Path, max_upload_bytes: int) -> Iterator[tuple[str, Child]]:
         FEDALIGN_LEASE_SECONDS="7200",  # the claimed step is held for the whole bench
     )
     port = free_port()
-    child = start("api", cli("serve", "--host", "127.0.0.1", "--port", str(port)), env, data_dir)
+    argv = fedalign_command("serve", "--host", "127.0.0.1", "--port", str(port))
+    child = start_child("api", argv, env, data_dir, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, "the API", [child])
+        wait_ready(url, [child], START_TIMEOUT_S)
         yield url, child
     finally:
-        stop(child)
+        stop_child(child)
 
 
 def claimed_step(url: str, config: FederationConfig) -> tuple[dict[str, str], dict[str, Any]]:
@@ -336,7 +338,14 @@ def main() -> int:
         payload_path = root / "payload.safetensors"
         payload_path.write_bytes(payloads[0])
         server = subprocess.Popen(
-            [sys.executable, __file__, "--socket-server", str(payload_path), str(root / "sink")],
+            [
+                sys.executable,
+                "-m",
+                "bench.transfer_bench",
+                "--socket-server",
+                str(payload_path),
+                str(root / "sink"),
+            ],
             stdout=subprocess.PIPE,
             cwd=REPO,
         )
@@ -449,7 +458,6 @@ def main() -> int:
         f["ratio_to_bare_socket"] = f["mb_per_s"] / (up_ref if f["direction"] == "up" else down_ref)
     result = {
         "config": {"megabytes": args.megabytes, "hidden": config.model.hidden, "repeats": args.repeats},
-        "command": " ".join(sys.argv),
         "payload_bytes": size,
         "upload_limit_bytes": limit,
         "machine": {
@@ -464,8 +472,7 @@ def main() -> int:
     }
     print_markdown(result)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        write_json(args.json, stamped(result))
     return 0
 
 

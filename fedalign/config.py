@@ -29,8 +29,13 @@ class Hyperparameters(_Strict):
 
     batch_size: Annotated[int, Field(ge=1, le=4096, description="Minibatch size of every local step.")] = 64
     lr: Annotated[float, Field(gt=0, le=10, description="SGD learning rate of G and T.")] = 0.01
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0, le=1)] = 5e-4
+    momentum: Annotated[
+        float,
+        Field(ge=0, lt=1, description="SGD momentum of every local optimiser; its buffers stay on the node."),
+    ] = 0.9
+    weight_decay: Annotated[
+        float, Field(ge=0, le=1, description="SGD weight decay (L2) of every local optimiser.")
+    ] = 5e-4
     lr_schedule: Annotated[
         Literal["constant", "dann"],
         Field(description="'dann': lr / (1 + 10 p)^0.75 over training progress p (Ganin et al.)."),
@@ -64,8 +69,18 @@ class Hyperparameters(_Strict):
             "outer product of G's features and T's class probabilities instead of the features alone."
         ),
     ] = False
-    disc_weighting: Weighting = "balanced"
-    extractor_weighting: Weighting = "samples"
+    disc_weighting: Annotated[
+        Weighting,
+        Field(
+            description="How the copies of D are averaged: 'balanced' (the target's copy carries half the "
+            "weight, the sources share the other half by sample count), 'samples' (by sample count) or "
+            "'uniform'."
+        ),
+    ] = "balanced"
+    extractor_weighting: Annotated[
+        Weighting,
+        Field(description="How the copies of G (and T) are averaged: 'samples', 'uniform' or 'balanced'."),
+    ] = "samples"
     source_extractor: Annotated[
         Literal["keep", "restart"],
         Field(
@@ -91,7 +106,12 @@ class Hyperparameters(_Strict):
             ge=0, le=1, description="Target pseudo-labels above this confidence train G; 0 turns them off."
         ),
     ] = 0.0
-    pseudo_label_weight: Annotated[float, Field(ge=0, le=100)] = 1.0
+    pseudo_label_weight: Annotated[
+        float,
+        Field(
+            ge=0, le=100, description="Weight of the target's pseudo-label loss, when pseudo-labels are on."
+        ),
+    ] = 1.0
     entropy_weight: Annotated[
         float, Field(ge=0, le=100, description="Weight of target entropy minimisation; 0 is off.")
     ] = 0.0
@@ -113,9 +133,16 @@ class Hyperparameters(_Strict):
 
 
 class ModelOptions(_Strict):
-    num_classes: Annotated[int, Field(ge=2, le=10_000)] = 10
-    input_shape: tuple[int, ...] = (3, 28, 28)
-    hidden: Annotated[int, Field(ge=1, le=65_536)] = 128
+    """The networks' shapes: G (the feature extractor), T (the task model) and D (the discriminator)."""
+
+    num_classes: Annotated[int, Field(ge=2, le=10_000, description="Classes the task model T predicts.")] = 10
+    input_shape: Annotated[
+        tuple[int, ...],
+        Field(description="Shape of one input: channels, height, width for images; one length for vectors."),
+    ] = (3, 28, 28)
+    hidden: Annotated[
+        int, Field(ge=1, le=65_536, description="Width of the hidden layers (the mlp's, and D's).")
+    ] = 128
     normalization: Annotated[
         Literal["batch", "group"],
         Field(
@@ -178,8 +205,13 @@ class Privacy(_Strict):
 
 
 class NodeSpec(_Strict):
+    """One node of the federation (in a TOML file; the API registers nodes one by one instead)."""
+
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="Unique within the federation.")]
-    role: Role
+    role: Annotated[
+        Role,
+        Field(description="'source' (labelled data) or 'target' (unlabelled; exactly one per federation)."),
+    ]
     dataset: Annotated[
         str,
         Field(min_length=1, max_length=1024, description="Dataset spec, resolved on the node's own machine."),
@@ -187,13 +219,43 @@ class NodeSpec(_Strict):
 
 
 class FederationConfig(_Strict):
-    name: Annotated[str, Field(min_length=1, max_length=200)] = "federation"
-    algorithm: Algorithm = "fedalign"
-    architecture: Literal["digits_cnn", "mlp"] = "digits_cnn"
+    """A federation: who takes part, which models, for how many rounds, with which settings."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200, description="A name for people to read.")] = (
+        "federation"
+    )
+    algorithm: Annotated[
+        Algorithm,
+        Field(
+            description="'fedalign' (adversarial alignment); baselines 'fedavg' (FedAvg with BatchNorm "
+            "statistics kept on each node, no discriminator) and 'source_only' (FedAvg over the sources, "
+            "every tensor shared; the target applies the sources' model)."
+        ),
+    ] = "fedalign"
+    architecture: Annotated[
+        Literal["digits_cnn", "mlp"],
+        Field(
+            description="'digits_cnn' (the LeNet-style network of digit adaptation) or 'mlp' (for vectors)."
+        ),
+    ] = "digits_cnn"
     model: ModelOptions = ModelOptions()
-    rounds: Annotated[int, Field(ge=1, le=100_000)] = 10
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
-    aggregator: Aggregator = "server"
+    rounds: Annotated[int, Field(ge=1, le=100_000, description="Rounds of training.")] = 10
+    seed: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=2**31 - 1,
+            description="Every random choice (initialisation, batch order) derives from it, with the node's "
+            "name, the round and the phase: a served run repeats a simulated one exactly.",
+        ),
+    ] = 0
+    aggregator: Annotated[
+        Aggregator,
+        Field(
+            description="Who computes the averages: 'server' (a third party), or 'target' (the target "
+            "node). Both give the same numbers."
+        ),
+    ] = "server"
     min_sources: Annotated[
         int | None, Field(ge=1, description="Sources a phase needs at its deadline; default: all.")
     ] = None

@@ -11,31 +11,21 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
+from bench import harness
 from workers.client import NodeClient, NodeRunner
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "FEDALIGN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 
 
-def postgres_admin() -> Any:
-    """An AUTOCOMMIT engine on the PostgreSQL server's admin database; skips the test if unreachable."""
-    engine = create_engine(
-        POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
-    )
+def postgres_or_skip() -> None:
+    """Skips the test when the PostgreSQL server (FEDALIGN_TEST_POSTGRES) is unreachable, saying why."""
     try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except Exception as exc:
-        engine.dispose()
-        reason = f"PostgreSQL at {POSTGRES_ADMIN_URL} is unreachable ({type(exc).__name__}: {exc})"
+        harness.postgres_admin_engine().dispose()
+    except harness.ServiceUnavailable as exc:
         if os.environ.get("CI"):  # CI starts PostgreSQL first (.ci/run): there, a skip would hide a gap
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return engine
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 class Api:

@@ -9,22 +9,21 @@ it fails them: CI starts PostgreSQL first).
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import uvicorn
-from api_support import ADMIN_TOKEN, POSTGRES_ADMIN_URL, Api, postgres_admin, write_vectors
+from api_support import ADMIN_TOKEN, Api, postgres_or_skip, write_vectors
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from backend import migrate
 from backend.app import create_app
 from backend.settings import Settings
+from bench import harness
 
 TABLES = ("events", "metrics", "aggregations", "artifacts", "steps", "nodes", "federations")
 
@@ -32,17 +31,9 @@ TABLES = ("events", "metrics", "aggregations", "artifacts", "steps", "nodes", "f
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this session; dropped at the end."""
-    admin = postgres_admin()
-    name = f"fedalign_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    postgres_or_skip()
+    with harness.scratch_postgres(harness.POSTGRES_ADMIN_URL, "fedalign_test") as url:
         yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -103,9 +94,7 @@ def vector_specs(tmp_path: Path) -> Callable[[], dict[str, str]]:
 @pytest.fixture
 def live_server(settings: Settings) -> Iterator[str]:
     """The app served by a real uvicorn on a free loopback port; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = harness.free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

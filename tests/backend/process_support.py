@@ -1,6 +1,8 @@
 """Real processes for the worker tests: the API (``fedalign serve``), Celery workers (``fedalign worker``),
 ``fedalign up``; a recording reverse proxy that sees every byte a node sends; Redis and PostgreSQL
-scratch space.
+scratch space. Ports, child processes and scratch space come from `bench.harness`, which the benchmarks
+share; what is here adds the tests' choices (skip or fail when a service is down, the tests' Redis
+database number).
 """
 
 from __future__ import annotations
@@ -8,21 +10,22 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-from api_support import POSTGRES_ADMIN_URL, postgres_admin
-from sqlalchemy import text
+from api_support import postgres_or_skip
+
+from bench import harness
+from bench.harness import api_ready, start_child, stop_processes
+
+# Shared with the benchmarks; the tests import them from here.
+from bench.harness import child_env as child_env
+from bench.harness import free_port as free_port
 
 REDIS_URL = os.environ.get("FEDALIGN_TEST_REDIS", "redis://127.0.0.1:6379/11")
 # Generous: these tests share two cores with whatever else the machine runs.
@@ -30,21 +33,13 @@ START_TIMEOUT_S = 120.0
 RUN_TIMEOUT_S = 240.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(poll_s)
+    harness.wait_until(condition, what, timeout_s, poll_s)
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", *args]
+    """The `fedalign` command beside this interpreter, with `args`."""
+    return harness.fedalign_command(*args)
 
 
 @dataclass
@@ -55,11 +50,7 @@ class Processes:
     running: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(
-            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()  # the child has its own descriptor
+        process = start_child(name, argv, env, self.log_dir).process
         self.running[name] = process
         return process
 
@@ -73,35 +64,13 @@ class Processes:
         )
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        for process in self.running.values():
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for process in self.running.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def child_env(**variables: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDALIGN_")}
-    # One torch thread per process: several processes share two cores here.
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.update(variables)
-    return env
+        stop_processes(self.running.values(), timeout_s)
 
 
 def wait_ready(url: str, processes: Processes) -> None:
     def ready() -> bool:
         processes.assert_alive()
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
+        return api_ready(url)
 
     wait_until(ready, START_TIMEOUT_S, f"the API at {url}", poll_s=0.2)
 
@@ -185,33 +154,21 @@ class RecordingProxy:
 
 
 def redis_or_skip() -> None:
-    import redis
-
     try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except Exception as exc:
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable ({type(exc).__name__}: {exc})")
+        harness.check_redis(REDIS_URL)
+    except harness.ServiceUnavailable as exc:
+        pytest.skip(str(exc))
 
 
 def flush_redis() -> None:
     """This test's Redis database (a number of its own) emptied: queues of earlier runs do not leak in."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    client.close()
+    harness.flush_redis(REDIS_URL)
 
 
 @contextlib.contextmanager
 def scratch_postgres() -> Iterator[str]:
-    """A new PostgreSQL database (skips when the server is unreachable); dropped at the end."""
-    admin = postgres_admin()
-    name = f"fedalign_workers_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """A new PostgreSQL database (skips when the server is unreachable, fails under CI); dropped at the
+    end."""
+    postgres_or_skip()
+    with harness.scratch_postgres(harness.POSTGRES_ADMIN_URL, "fedalign_workers") as url:
+        yield url

@@ -984,17 +984,20 @@ export interface components {
         FederationSettings: {
             /**
              * Name
+             * @description A name for people to read.
              * @default federation
              */
             name: string;
             /**
              * Algorithm
+             * @description 'fedalign' (adversarial alignment); baselines 'fedavg' (FedAvg with BatchNorm statistics kept on each node, no discriminator) and 'source_only' (FedAvg over the sources, every tensor shared; the target applies the sources' model).
              * @default fedalign
              * @enum {string}
              */
             algorithm: "fedalign" | "fedavg" | "source_only";
             /**
              * Architecture
+             * @description 'digits_cnn' (the LeNet-style network of digit adaptation) or 'mlp' (for vectors).
              * @default digits_cnn
              * @enum {string}
              */
@@ -1014,16 +1017,19 @@ export interface components {
             model: components["schemas"]["ModelOptions"];
             /**
              * Rounds
+             * @description Rounds of training.
              * @default 10
              */
             rounds: number;
             /**
              * Seed
+             * @description Every random choice (initialisation, batch order) derives from it, with the node's name, the round and the phase: a served run repeats a simulated one exactly.
              * @default 0
              */
             seed: number;
             /**
              * Aggregator
+             * @description Who computes the averages: 'server' (a third party), or 'target' (the target node). Both give the same numbers.
              * @default server
              * @enum {string}
              */
@@ -1121,11 +1127,13 @@ export interface components {
             lr?: number;
             /**
              * Momentum
+             * @description SGD momentum of every local optimiser; its buffers stay on the node.
              * @default 0.9
              */
             momentum?: number;
             /**
              * Weight Decay
+             * @description SGD weight decay (L2) of every local optimiser.
              * @default 0.0005
              */
             weight_decay?: number;
@@ -1188,12 +1196,14 @@ export interface components {
             conditional?: boolean;
             /**
              * Disc Weighting
+             * @description How the copies of D are averaged: 'balanced' (the target's copy carries half the weight, the sources share the other half by sample count), 'samples' (by sample count) or 'uniform'.
              * @default balanced
              * @enum {string}
              */
             disc_weighting?: "samples" | "uniform" | "balanced";
             /**
              * Extractor Weighting
+             * @description How the copies of G (and T) are averaged: 'samples', 'uniform' or 'balanced'.
              * @default samples
              * @enum {string}
              */
@@ -1227,6 +1237,7 @@ export interface components {
             pseudo_label_threshold?: number;
             /**
              * Pseudo Label Weight
+             * @description Weight of the target's pseudo-label loss, when pseudo-labels are on.
              * @default 1
              */
             pseudo_label_weight?: number;
@@ -1376,15 +1387,20 @@ export interface components {
              */
             manifest: components["schemas"]["TensorOut"][];
         };
-        /** ModelOptions */
+        /**
+         * ModelOptions
+         * @description The networks' shapes: G (the feature extractor), T (the task model) and D (the discriminator).
+         */
         ModelOptions: {
             /**
              * Num Classes
+             * @description Classes the task model T predicts.
              * @default 10
              */
             num_classes: number;
             /**
              * Input Shape
+             * @description Shape of one input: channels, height, width for images; one length for vectors.
              * @default [
              *       3,
              *       28,
@@ -1394,6 +1410,7 @@ export interface components {
             input_shape: number[];
             /**
              * Hidden
+             * @description Width of the hidden layers (the mlp's, and D's).
              * @default 128
              */
             hidden: number;

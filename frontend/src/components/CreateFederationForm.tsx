@@ -15,8 +15,8 @@ const LABELS = {
 };
 
 /** The create form's fields, from the backend's FederationSettings schema (openapi.json). Model options and
- * hyperparameters are labelled with their own names (batch_size, adv_weight), as the README and TOML files
- * spell them. */
+ * hyperparameters are labelled with their own names (batch_size, adv_weight), as the configuration reference
+ * and TOML files spell them. */
 export const federationSettingsGroups: FieldGroup[] = formGroups(componentSchema("FederationSettings"), {
   title: "Federation",
   labels: LABELS,

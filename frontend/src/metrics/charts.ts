@@ -1,5 +1,5 @@
 /**
- * Which series each chart of a federation draws. The names are the method's metric names (README,
+ * Which series each chart of a federation draws. The names are the method's metric names (docs/method.md,
  * "Metrics"); the first federation-level line of a chart is the one its `data-points` counts.
  */
 import type { MetricSeriesList } from "../api/types";
