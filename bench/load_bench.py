@@ -73,7 +73,8 @@ from backend.services.manifests import slot_manifest
 from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
-from fedalign.protocol import Protocol, round_phases
+from fedalign.phases import round_phases
+from fedalign.protocol import Protocol
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "load-bench-admin-token-0123456789"

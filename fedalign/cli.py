@@ -61,8 +61,8 @@ def simulate(
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
 ) -> None:
     """Run a whole federation in this process and print its metrics round by round."""
+    from fedalign.device import Device
     from fedalign.simulate import simulate as run_simulation
-    from fedalign.steps import Device
 
     try:
         config = load_config(config_path)
@@ -298,7 +298,7 @@ def worker(
     """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
     _use_data_dir(data_dir)
     _set_threads(threads)
-    from fedalign.steps import Device
+    from fedalign.device import Device
     from workers import celery_app
 
     settings = celery_app.WorkerSettings()
@@ -436,7 +436,7 @@ def node_run(
     until its federation ends. Its local state persists under the data directory between steps."""
     _use_data_dir(data_dir)
     _set_threads(threads)
-    from fedalign.steps import Device
+    from fedalign.device import Device
     from workers.celery_app import WorkerSettings
     from workers.client import ClientError, NodeClient, run_node
 

@@ -256,7 +256,7 @@ class FederationConfig(_Strict):
                 "couples the examples of a batch, so clipping each example's gradient bounds nothing; "
                 "set diversity_weight to 0"
             )
-        from fedalign.privacy import unsupported_layers  # torch and Opacus load only when privacy is on
+        from fedalign.privacy_layers import unsupported_layers  # torch and Opacus load only when privacy is on
 
         problems = unsupported_layers(self)
         if problems:

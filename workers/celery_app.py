@@ -36,7 +36,7 @@ from kombu.transport import virtual
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedalign.steps import CPU, Device
+from fedalign.device import CPU, Device
 from workers.broker import FILESYSTEM, celery_broker
 from workers.client import ClientError, NodeClient, NodeRunner, ServerError
 
