@@ -209,9 +209,10 @@ def _checksums(tensors: dict[str, Any]) -> dict[str, float]:
 def worker_ours(directory: Path, repeats: int, threads: int | None, cold: bool) -> None:
     import torch
 
-    from fedalign.aggregate import FOLD_THREADS, Contribution, StreamingAverage, weights
+    from fedalign.aggregate import FOLD_THREADS, StreamingAverage
     from fedalign.manifest import Manifest, TensorSpec
     from fedalign.params import read_header
+    from fedalign.weighting import Contribution, weights
 
     paths = input_paths(directory)
     header = read_header(next(iter(paths.values())))

@@ -82,7 +82,8 @@ from bench.harness import (
 from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
-from fedalign.protocol import Protocol, round_phases
+from fedalign.phases import round_phases
+from fedalign.protocol import Protocol
 
 ADMIN_TOKEN = "load-bench-admin-token-0123456789"
 STATUS_HEADER = "FedAlign-Federation-Status"

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from fedalign.data import BatchStream, NodeData, Split
 from fedalign.models import ModelShape, build
 from fedalign.protocol import derive_seed
-from fedalign.steps import dann_lambda, dann_lr_factor, set_lr, task_accuracy
+from fedalign.schedules import dann_lambda, dann_lr_factor
+from fedalign.steps import set_lr, task_accuracy
 
 
 class _GradReverse(torch.autograd.Function):

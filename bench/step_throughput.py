@@ -17,7 +17,7 @@ and weight decay 5e-4. Three ways, each on its own copy of the same initial mode
   every step, which on a GPU is a synchronisation).
 
 On CUDA (``--device auto`` picks it when present) every way runs under the same bf16 autocast that
-`fedalign.steps.Device` uses, the batches are copied from the same host tensors, and the clock waits
+`fedalign.device.Device` uses, the batches are copied from the same host tensors, and the clock waits
 for the device (``torch.cuda.synchronize``) before it stops. On the CPU torch runs ``--threads`` threads
 (1 by default, as ``fedalign worker --threads 1`` does). Warm-up runs are left out; then the ways run
 interleaved, ``--repeats`` times, the order rotated each time, so that load from other processes falls
@@ -44,10 +44,11 @@ from torch import nn
 from bench.harness import stamped, write_json
 from fedalign import data as datasets
 from fedalign.config import FederationConfig
+from fedalign.device import Device
 from fedalign.models import ModelSet, ModelShape, build
 from fedalign.node import NodeRuntime, initial_models
 from fedalign.protocol import StepSpec
-from fedalign.steps import SOURCE, Device, adapt_source
+from fedalign.steps import SOURCE, adapt_source
 
 BATCH = 64
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4

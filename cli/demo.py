@@ -18,28 +18,14 @@ from cli.supervisor import UpError
 
 DEMO_FILE = "demo-nodes.json"
 DEMO_ROUNDS = 100
-# The recipe of examples/digits-mnistm.toml (a test keeps the two in step), evaluated every 10 rounds.
+# The recipe of examples/digits-mnistm.toml (the preset fedalign.presets names), evaluated every 10 rounds.
 DEMO_SETTINGS: dict[str, Any] = {
     "name": "digits to MNIST-M (demo)",
     "algorithm": "fedalign",
     "architecture": "digits_cnn",
     "seed": 0,
     "aggregator": "server",
-    "hyperparameters": {
-        "batch_size": 64,
-        "lr": 0.01,
-        "local_steps": 1,
-        "disc_steps": 1,
-        "disc_exchanges": 1,
-        "source_extractor": "restart",
-        "target_extractor": "average",
-        "adv_schedule": "dann",
-        "adv_weight": 0.1,
-        "pseudo_label_threshold": 0.95,
-        "entropy_weight": 1.0,
-        "diversity_weight": 1.0,
-        "eval_every": 10,
-    },
+    "hyperparameters": {"preset": "digits_recipe", "batch_size": 64, "lr": 0.01, "eval_every": 10},
 }
 DEMO_NODES = (
     ("mnist", "source", "digits:mnist"),

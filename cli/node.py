@@ -35,7 +35,7 @@ def node_run(
     until its federation ends. Its local state persists under the data directory between steps."""
     use_data_dir(data_dir)
     set_threads(threads)
-    from fedalign.steps import Device
+    from fedalign.device import Device
     from workers.celery_app import WorkerSettings
     from workers.client import ClientError, NodeClient, run_node
 

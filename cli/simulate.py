@@ -40,8 +40,8 @@ def simulate(
 ) -> None:
     """Run a whole federation in this process and print its metrics round by round."""
     # torch and the models load only when a simulation runs.
+    from fedalign.device import Device
     from fedalign.simulate import simulate as run_simulation
-    from fedalign.steps import Device
 
     try:
         config = load_config(config_path)

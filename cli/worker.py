@@ -47,7 +47,7 @@ def worker(
     """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
     use_data_dir(data_dir)
     set_threads(threads)
-    from fedalign.steps import Device
+    from fedalign.device import Device
     from messaging.celery_contract import aggregator_queue, node_queue
     from workers import celery_app
 

@@ -11,17 +11,17 @@ with the number of nodes. Files are read through ``safetensors.safe_open``, whic
 pages of the open input are read as they are added and count towards the resident set only while that
 input is open (they are clean page-cache pages the kernel can drop). Bytes inputs are parsed whole, one
 input at a time; files are the memory-bounded path for large models.
+
+The weights come from the caller (the protocol fixes them with `fedalign.weighting`'s schemes).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import safetensors.torch
 import torch
@@ -29,15 +29,10 @@ from safetensors import safe_open
 
 from fedalign import params
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, dtype_name, is_floating
+from fedalign.weighting import WEIGHT_SUM_TOLERANCE, AggregationError
 
-Role = Literal["source", "target"]
 Source = Path | str | bytes
 
-SCHEMES = ("samples", "uniform", "balanced")
-# Balanced weighting: the share of the whole weight the target's copy carries (DESIGN.md 1, step 2).
-BALANCED_TARGET_SHARE = 0.5
-# How far from 1 a caller's weights may sum before they are taken for a mistake rather than rounding.
-WEIGHT_SUM_TOLERANCE = 1e-6
 # Torch threads while folding. A fold is memory-bound: on an idle machine a second thread at most doubles
 # its rate, but a parallel region waits for its slowest thread, so on CPUs shared with other processes
 # (the API, workers, other folds) torch's default made folds up to 25x slower in bench/aggregate_bench.py,
@@ -50,71 +45,8 @@ FOLD_THREADS: int | None = 1
 TORCH_GRAIN_SIZE = 32768
 
 
-class AggregationError(ValueError):
-    """A misuse of an aggregation: unknown node, a node offered twice, bad weights, result too early."""
-
-
-@dataclass(frozen=True)
-class Contribution:
-    """What one node brings to an average: its role and how many samples its update saw."""
-
-    node: str
-    role: Role
-    samples: int
-
-
 # ---------------------------------------------------------------------------------------------------------
-# Weights
-
-
-def weights(scheme: str, contributions: Sequence[Contribution]) -> dict[str, float]:
-    """Normalised weights (summing to 1) per node under a weighting scheme.
-
-    ``samples``: by sample count. ``uniform``: equal. ``balanced`` (the discriminator's default): the
-    target's copy carries half of the weight and the sources share the other half by sample count,
-    because each copy of D saw one label only and by sample count alone the average calls everything
-    "source". With no target present, or no source, ``balanced`` falls back to by-sample-count.
-    """
-    _check_contributions(contributions)
-    if scheme == "uniform":
-        raw = {c.node: 1.0 for c in contributions}
-    elif scheme == "samples":
-        raw = {c.node: float(c.samples) for c in contributions}
-    elif scheme == "balanced":
-        raw = _balanced(contributions)
-    else:
-        raise AggregationError(f"unknown weighting scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
-    total = math.fsum(raw.values())
-    return {node: w / total for node, w in raw.items()}
-
-
-def _balanced(contributions: Sequence[Contribution]) -> dict[str, float]:
-    sources = [c for c in contributions if c.role == "source"]
-    targets = [c for c in contributions if c.role == "target"]
-    if not sources or not targets:
-        return {c.node: float(c.samples) for c in contributions}
-    source_samples = math.fsum(c.samples for c in sources)
-    out = {c.node: (1.0 - BALANCED_TARGET_SHARE) * c.samples / source_samples for c in sources}
-    out[targets[0].node] = BALANCED_TARGET_SHARE
-    return out
-
-
-def _check_contributions(contributions: Sequence[Contribution]) -> None:
-    if not contributions:
-        raise AggregationError("nothing to average: no contributions")
-    seen: set[str] = set()
-    for c in contributions:
-        if c.node in seen:
-            raise AggregationError(f"node {c.node!r} contributes twice")
-        seen.add(c.node)
-        if c.role not in ("source", "target"):
-            raise AggregationError(f"node {c.node!r} has role {c.role!r}; expected 'source' or 'target'")
-        if isinstance(c.samples, bool) or not isinstance(c.samples, int) or c.samples <= 0:
-            raise AggregationError(
-                f"node {c.node!r} reports {c.samples!r} samples; expected a positive count"
-            )
-    if sum(c.role == "target" for c in contributions) > 1:
-        raise AggregationError("more than one target contributes; a federation has exactly one")
+# The caller's weights (from `fedalign.weighting`'s schemes, fixed by the protocol)
 
 
 def _check_weights(node_weights: Mapping[str, float]) -> dict[str, float]:

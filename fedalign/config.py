@@ -8,16 +8,24 @@ never an edit to a training loop.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+
+from fedalign import presets
 
 Algorithm = Literal["fedalign", "fedavg", "source_only"]
 Role = Literal["source", "target"]
 Aggregator = Literal["server", "target"]
 Weighting = Literal["samples", "uniform", "balanced"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# The names of fedalign.presets; listed as a choice (an enum) even while there is only one.
+PresetName = Annotated[
+    Literal[tuple(presets.PRESETS)],  # type: ignore[valid-type]
+    WithJsonSchema({"type": "string", "enum": list(presets.PRESETS)}),
+]
 
 
 class _Strict(BaseModel):
@@ -25,8 +33,17 @@ class _Strict(BaseModel):
 
 
 class Hyperparameters(_Strict):
-    """Local-step and aggregation settings. Defaults reproduce the method as patented."""
+    """Local-step and aggregation settings. Defaults reproduce the method as patented; a preset
+    (`fedalign.presets`) gives named values instead, and what is set explicitly overrides it."""
 
+    preset: Annotated[
+        PresetName | None,
+        Field(
+            description="Named hyperparameter values (fedalign.presets; 'digits_recipe': the recipe that "
+            "works on the digits benchmark). A hyperparameter set explicitly beside it overrides the "
+            "preset's value."
+        ),
+    ] = None
     batch_size: Annotated[int, Field(ge=1, le=4096, description="Minibatch size of every local step.")] = 64
     lr: Annotated[float, Field(gt=0, le=10, description="SGD learning rate of G and T.")] = 0.01
     momentum: Annotated[
@@ -125,6 +142,12 @@ class Hyperparameters(_Strict):
         ),
     ] = 0.0
     eval_every: Annotated[int, Field(ge=1, le=100_000, description="Evaluate every this many rounds.")] = 1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        # The preset's values under the explicit ones; the validated model keeps the preset's name.
+        return presets.expand(data) if isinstance(data, Mapping) else data
 
     @property
     def target_terms(self) -> bool:
@@ -318,7 +341,9 @@ class FederationConfig(_Strict):
                 "couples the examples of a batch, so clipping each example's gradient bounds nothing; "
                 "set diversity_weight to 0"
             )
-        from fedalign.privacy import unsupported_layers  # torch and Opacus load only when privacy is on
+        from fedalign.privacy_layers import (
+            unsupported_layers,  # torch and Opacus load only when privacy is on
+        )
 
         problems = unsupported_layers(self)
         if problems:

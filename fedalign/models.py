@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from fedalign.manifest import Manifest
-
-MODEL_NAMES = ("G", "T", "D")
+from fedalign.model_names import MODELS
 
 
 @dataclass(frozen=True)
@@ -58,12 +57,12 @@ class ModelSet:
     D: nn.Module
 
     def __getitem__(self, name: str) -> nn.Module:
-        if name not in MODEL_NAMES:
-            raise KeyError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
+        if name not in MODELS:
+            raise KeyError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
         return getattr(self, name)
 
     def items(self) -> list[tuple[str, nn.Module]]:
-        return [(name, self[name]) for name in MODEL_NAMES]
+        return [(name, self[name]) for name in MODELS]
 
     def to(self, device: torch.device) -> ModelSet:
         for _, module in self.items():

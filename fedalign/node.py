@@ -17,50 +17,27 @@ from torch import nn
 from fedalign import privacy
 from fedalign.config import FederationConfig, Hyperparameters
 from fedalign.data import BatchStream, NodeData
-from fedalign.models import MODEL_NAMES, ModelSet, ModelShape, build, local_names
-from fedalign.protocol import StepSpec, derive_seed, effective_local_policy, evaluates, target_trains
+from fedalign.device import CPU, Device
+from fedalign.metrics import REPORTED_METRICS
+from fedalign.model_names import MODELS
+from fedalign.models import ModelSet, ModelShape, build, local_names
+from fedalign.phases import Schedule
+from fedalign.protocol import StepSpec, derive_seed, effective_local_policy
+from fedalign.schedules import scheduled_adv_weight, scheduled_lr
 from fedalign.steps import (
-    CPU,
     SOURCE,
     TARGET,
     Batches,
-    Device,
     adapt_source,
     adapt_target,
-    dann_lr_factor,
     discriminator_accuracy,
-    progress,
     refresh_statistics,
-    scheduled_adv_weight,
     set_lr,
     task_accuracy,
     train_discriminator,
 )
 
 State = dict[str, torch.Tensor]
-
-# Every scalar a node may report with a step: the privacy guarantee's list of what leaves a node besides
-# parameters and sample counts. The server refuses any other name, and a step that produced one fails here.
-REPORTED_METRICS = frozenset(
-    {
-        "disc_loss",  # training D on the node's own features (steps.train_discriminator)
-        "disc_train_acc",
-        "task_loss",  # source adaptation (steps.adapt_source)
-        "adv_loss",  # source and target adaptation
-        "entropy",  # target adaptation's unlabelled terms (steps.adapt_target)
-        "diversity",
-        "pseudo_label_loss",
-        "pseudo_label_rate",
-        "fresh_disc_acc_own",  # the next round's D_all on this round's features, before adapting
-        "disc_acc_own",  # evaluation (steps.discriminator_accuracy)
-        "disc_n",
-        "disc_eval_loss",
-        "source_val_acc",  # evaluation on the sources' labelled validation split
-        "val_task_loss",
-        "target_acc",  # the target's labelled test split, read for reporting only
-        "dp_epsilon",  # differential privacy: epsilon spent so far at the federation's delta (its accountant)
-    }
-)
 
 
 class StepError(ValueError):
@@ -129,6 +106,7 @@ class NodeRuntime:
         self.role = spec.role
         self.config = config
         self.hp: Hyperparameters = config.hyperparameters
+        self.schedule = Schedule.of(config)
         self.data = data
         self.device = device
         self.own_label = SOURCE if self.role == "source" else TARGET
@@ -220,16 +198,13 @@ class NodeRuntime:
             return {}
         return {"dp_epsilon": self.privacy.epsilon(self.dp_steps.steps)}
 
-    def _progress(self, step: StepSpec) -> float:
-        return progress(step.round, self.config.rounds)
-
     def run(self, step: StepSpec, downloads: Mapping[str, Mapping[str, torch.Tensor]]) -> StepResult:
         if step.node != self.name:
             raise StepError(f"step for node {step.node!r} sent to node {self.name!r}")
         missing = set(step.downloads) - set(downloads)
         if missing:
             raise StepError(f"step {step.round}/{step.phase} needs downloads {sorted(missing)}")
-        for model in MODEL_NAMES:
+        for model in MODELS:
             if model in step.downloads:
                 self.load(model, downloads[model])
         # Seed the global RNG too, for anything a model draws on its own (dropout).
@@ -280,7 +255,7 @@ class NodeRuntime:
         return self.models.T if self.hp.conditional else None
 
     def _lr(self, base: float, step: StepSpec) -> float:
-        return base * (dann_lr_factor(self._progress(step)) if self.hp.lr_schedule == "dann" else 1.0)
+        return scheduled_lr(self.hp, base, step.round, self.config.rounds)
 
     def _adv_weight(self, step: StepSpec) -> float:
         return scheduled_adv_weight(self.hp, step.round, self.config.rounds)
@@ -289,7 +264,7 @@ class NodeRuntime:
         hp, m = self.hp, self.models
         metrics: dict[str, float] = {}
         fedalign = self.config.algorithm == "fedalign"
-        if fedalign and step.round > 1 and evaluates(self.config, step.round - 1):
+        if fedalign and step.round > 1 and self.schedule.evaluates(step.round - 1):
             # disc_acc_fresh of the last evaluated round: this round's D_all on the features it was
             # trained on, before they adapt.
             fresh = discriminator_accuracy(
@@ -314,7 +289,7 @@ class NodeRuntime:
                     self.device,
                     hp.conditional,
                 )
-        elif target_trains(self.config):
+        elif self.schedule.target_trains:
             # fedalign against D_all; fedavg with target terms trains on the target's own predictions alone.
             opt = self.optimizers["G"]
             set_lr(opt, self._lr(hp.lr, step))

@@ -13,8 +13,9 @@ into epsilon at the federation's delta. What is not protected: the scalar metric
 Opacus does the per-example gradients (`GradSampleHooks`, attached to the trained modules only for the
 step, so the models stay plain modules with plain state dicts) and the clipping and noise (`DPOptimizer`,
 wrapping the node's own SGD optimiser: the momentum buffers are the wrapped optimiser's, so
-`NodeRuntime.state_tensors` saves and restores them unchanged). The accountant is Opacus's
-`RDPAccountant`.
+`NodeRuntime.state_tensors` saves and restores them unchanged). The accounting (Opacus's `RDPAccountant`
+over the steps the round schedule gives each node) is `fedalign.privacy_accounting`; which layers Opacus
+cannot make private, `fedalign.privacy_layers`.
 
 Randomness (`Privacy.randomness`): with "secret" a node draws its noise and its Poisson samples from
 generators seeded by the operating system (`secrets`), and the noise is drawn with Opacus's
@@ -29,7 +30,6 @@ for experiments, never for data that needs the guarantee.
 from __future__ import annotations
 
 import contextlib
-import functools
 import secrets
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,142 +39,18 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fedalign.config import FederationConfig, Hyperparameters, Privacy, Role
+from fedalign.config import FederationConfig, Privacy
 from fedalign.data import Split
-from fedalign.models import ModelShape, build
-from fedalign.steps import scheduled_adv_weight
+from fedalign.privacy_accounting import epsilon, sample_rate
 
 if TYPE_CHECKING:
     from opacus.optimizers import DPOptimizer
 
-# Opacus is imported where it is used: it takes seconds to import, and a federation without privacy (and
-# the protocol, the backend, the CLI) never needs it.
+# Opacus is imported where it is used: it takes seconds to import, and a federation without privacy never
+# needs it.
 
 # The names of what a private step counts, for a node's saved state.
 STEPS_KEY = "privacy.steps"
-
-
-# ---------------------------------------------------------------------------------------------- accounting
-
-
-def sample_rate(batch_size: int, n_train: int) -> float:
-    """q: the probability that one example is in a step's Poisson sample (1 when a batch holds them all)."""
-    if n_train < 1:
-        raise ValueError(f"a node needs training examples to sample from, got {n_train}")
-    return min(1.0, batch_size / n_train)
-
-
-@functools.lru_cache(maxsize=4096)
-def epsilon(noise_multiplier: float, q: float, steps: int, delta: float) -> float:
-    """Epsilon at `delta` after `steps` DP-SGD steps of sample rate q and noise multiplier sigma.
-
-    Opacus's RDP accountant (Mironov, CSF 2017; Mironov, Talwar and Zhang 2019 for the subsampled
-    Gaussian), fed the steps as one history entry; 0 before any step.
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be non-negative, got {steps}")
-    if steps == 0:
-        return 0.0
-    from opacus.accountants import RDPAccountant
-
-    accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, q, steps)]
-    return float(accountant.get_epsilon(delta=delta))
-
-
-def _target_trains_g(hp: Hyperparameters, round_: int, rounds: int) -> bool:
-    """Whether the target's adaptation loss has a gradient in `round_` (`steps.adapt_target` skips the
-    optimiser step when it has none)."""
-    return (
-        scheduled_adv_weight(hp, round_, rounds) > 0
-        or hp.entropy_weight > 0
-        or hp.diversity_weight > 0
-        or hp.pseudo_label_threshold > 0
-    )
-
-
-def _round_steps(hp: Hyperparameters, algorithm: str, rounds: int, role: Role, round_: int) -> int:
-    if algorithm != "fedalign":
-        # fedavg's target only refreshes normalisation statistics (GroupNorm has none: no step) unless it
-        # trains on its own predictions; the source_only target takes no part in training.
-        target_adapts = algorithm == "fedavg" and hp.target_extractor != "none" and hp.target_terms
-        return hp.local_steps if role == "source" or target_adapts else 0
-    steps = hp.disc_exchanges * hp.disc_steps  # every node trains D on its own features
-    target_adapts = hp.target_extractor != "none" and _target_trains_g(hp, round_, rounds)
-    if role == "source" or target_adapts:
-        steps += hp.local_steps
-    return steps
-
-
-@functools.lru_cache(maxsize=64)
-def _cumulative_steps(hp: Hyperparameters, algorithm: str, rounds: int, role: Role) -> tuple[int, ...]:
-    totals = [0]
-    for r in range(1, rounds + 1):
-        totals.append(totals[-1] + _round_steps(hp, algorithm, rounds, role, r))
-    return tuple(totals)
-
-
-def dp_steps(config: FederationConfig, role: Role, round_: int) -> int:
-    """DP-SGD steps a node of `role` takes in round `round_` (>= 1): the steps that read its data and
-    change a model. The schedule fixes them all, so the protocol can project epsilon before a round."""
-    if not config.privacy.enabled or round_ < 1:
-        return 0
-    return _round_steps(config.hyperparameters, config.algorithm, config.rounds, role, round_)
-
-
-def cumulative_dp_steps(config: FederationConfig, role: Role, round_: int) -> int:
-    """DP-SGD steps of a node of `role` in rounds 1..`round_`."""
-    if not config.privacy.enabled or round_ < 1:
-        return 0
-    totals = _cumulative_steps(config.hyperparameters, config.algorithm, config.rounds, role)
-    return totals[min(round_, config.rounds)]
-
-
-def projected_epsilon(config: FederationConfig, role: Role, n_train: int, round_: int) -> float:
-    """A node's epsilon at the federation's delta once rounds 1..`round_` have run (every step the
-    schedule gives it: a node left out of a phase has spent less)."""
-    p = config.privacy
-    q = sample_rate(config.hyperparameters.batch_size, n_train)
-    return epsilon(p.noise_multiplier, q, cumulative_dp_steps(config, role, round_), p.delta)
-
-
-# ---------------------------------------------------------------------------------------------- validation
-
-
-# Which layers Opacus supports does not depend on their sizes: the check builds each architecture small, so
-# that a config with absurd sizes (the API validates what anyone sends) costs nothing here.
-_PROBE_INPUTS: dict[str, tuple[int, ...]] = {"digits_cnn": (1, 28, 28), "mlp": (4,)}
-
-
-@functools.lru_cache(maxsize=64)
-def _unsupported(architecture: str, shape: ModelShape) -> tuple[str, ...]:
-    from opacus.validators import ModuleValidator
-
-    try:
-        models = build(architecture, shape, seed=0)
-    except ValueError:
-        return ()  # a shape that does not fit the architecture fails with its own message where it is built
-    return tuple(
-        f"{name}: {error}"
-        for name, module in models.items()
-        for error in ModuleValidator.validate(module, strict=False)
-    )
-
-
-def unsupported_layers(config: FederationConfig) -> list[str]:
-    """What Opacus cannot make private in the federation's models (empty when it can)."""
-    m = config.model
-    shape = ModelShape(
-        _PROBE_INPUTS.get(config.architecture, tuple(m.input_shape)),
-        num_classes=2,
-        hidden=4,
-        conditional=config.hyperparameters.conditional,
-        normalization=m.normalization,
-    )
-    return list(_unsupported(config.architecture, shape))
-
-
-# ---------------------------------------------------------------------------------------------- steps
 
 
 def generator(privacy: Privacy, seed: int, device: torch.device) -> torch.Generator:

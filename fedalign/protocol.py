@@ -1,30 +1,17 @@
 """The round schedule as a pure state machine: events in, actions out, no I/O.
 
 One machine serves the in-process simulator and the backend's orchestrator. A caller feeds it what happened
-(`StepDone`, `AggregateDone`, `Deadline`) and carries out what it answers (`RunStep`, `Aggregate`,
-`RecordMetrics`, `PhaseClosed`, `Finish`, `Stall`). Its whole state is a small JSON-able value, so a
-server that is killed at any point rebuilds the machine from its database and carries on.
+(`StepDone`, `AggregateDone`, `RevealDone`, `Deadline`) and carries out what it answers (`InitialiseModels`,
+`RunStep`, `Aggregate`, `RecordMetrics`, `PhaseClosed`, `PrivacyWarning`, `Finish`, `Stall`). Its whole
+state is a small JSON-able value, so a server that is killed at any point rebuilds the machine from its
+database and carries on.
 
-A run is: round 0 with one ``setup`` phase (every node starts from the initial models and reports its
-sample counts), then rounds 1..R, each a fixed list of phases (`round_phases`):
-
-* ``fedalign``: ``disc1`` .. ``discE`` (every node trains D on its own domain from the last D_all, D_all is
-  the average of the uploads), ``adapt`` (every node trains against the fixed D_all; G and T are
-  averaged), ``eval`` (every node reports scalar metrics of its model on its own held-out data).
-* ``fedavg``: ``train`` (sources train G and T on labels; the target only refreshes its local
-  normalisation statistics, or, with target terms on (entropy, diversity, pseudo-labels), trains its G
-  on them as in ``fedalign`` without the discriminator), ``eval``.
-* ``source_only``: ``train`` over the sources alone, ``eval``; the target applies the sources' model.
-
-``eval`` runs every ``eval_every`` rounds and in the last round.
-
-Secure aggregation, served (``Protocol(..., reveal_steps=True)``; `fedalign.secagg` for the method): a
-phase whose uploads are masked closes into an *unmasking* stage instead of straight into its aggregates.
-Every survivor (a node that finished the phase with a masked upload) gets a ``reveal`` step carrying the
-one dropout list of the phase (per model: the roster's nodes whose uploads are not in the sum); when every
-survivor reported `RevealDone`, the aggregates follow as usual. A survivor that never reveals stalls the run
-at the deadline: without secret sharing its masks cannot be removed. The simulator collects the reveals
-in-process (`fedalign.simulate.SecureAggregation`) and keeps ``reveal_steps`` off.
+The round's schedule is `fedalign.phases`: each phase a value that says which roles take part and which
+models each role downloads and uploads; the machine reads those values and fixes every average's weights
+(`fedalign.weighting`). Two stages have small modules of their own: secure aggregation's unmasking of a
+masked phase before its aggregates (`fedalign.unmasking`, with ``Protocol(..., reveal_steps=True)``) and
+differential privacy's checks before a round opens (`fedalign.privacy_accounting`). The federation-level
+metrics it records are `fedalign.metrics`' formulas over what the nodes report.
 
 Artifacts are named by key: ``r{round}/{phase}/{model}`` for an aggregate (``r0/init/G`` for the initial
 models) and ``r{round}/{phase}/{model}/{node}`` for one node's submission.
@@ -38,12 +25,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fedalign.aggregate import Contribution, weights
+from fedalign import unmasking
 from fedalign.config import FederationConfig, NodeSpec
-from fedalign.privacy import projected_epsilon
+from fedalign.metrics import fresh_metrics, round_metrics
+from fedalign.model_names import MODELS
+from fedalign.phases import PUBLISHED_MODEL, Phase, PhaseKind, Schedule
+from fedalign.privacy_accounting import check_before_round
+from fedalign.unmasking import Unmasking
+from fedalign.weighting import Contribution, weights
 
-StepKind = Literal["setup", "discriminator", "adapt", "evaluate", "publish", "aggregate", "reveal"]
-MODELS = ("G", "T", "D")
+# A node runs its phase's kind of step, an aggregate step when it aggregates for the federation (the target
+# as aggregator), or a reveal step (secure aggregation's unmasking).
+StepKind = PhaseKind | Literal["aggregate", "reveal"]
 
 
 class ProtocolError(ValueError):
@@ -79,33 +72,6 @@ def initial_keys() -> dict[str, str]:
 def effective_local_policy(config: FederationConfig) -> str:
     """`source_only` is the pure source model: the target applies it with the sources' statistics."""
     return "none" if config.algorithm == "source_only" else config.hyperparameters.local_params
-
-
-def target_trains(config: FederationConfig) -> bool:
-    """Whether the target trains its G in the adaptation phase: always under ``fedalign`` (unless its
-    extractor is ``none``), under ``fedavg`` when it has terms on its own predictions (FedAvg plus the
-    same unlabelled target terms: the baseline that isolates what the discriminator adds)."""
-    if config.hyperparameters.target_extractor == "none" or config.algorithm == "source_only":
-        return False
-    return config.algorithm == "fedalign" or config.hyperparameters.target_terms
-
-
-def evaluates(config: FederationConfig, round_: int) -> bool:
-    return round_ == config.rounds or round_ % config.hyperparameters.eval_every == 0
-
-
-def round_phases(config: FederationConfig, round_: int) -> list[str]:
-    if round_ == 0:
-        return ["setup"]
-    if config.algorithm == "fedalign":
-        phases = [f"disc{e}" for e in range(1, config.hyperparameters.disc_exchanges + 1)] + ["adapt"]
-    else:
-        phases = ["train"]
-    if evaluates(config, round_):
-        phases.append("eval")
-    if round_ == config.rounds and config.publish_model:
-        phases.append("publish")
-    return phases
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -280,6 +246,7 @@ class Protocol:
             raise ProtocolError("no_nodes", "a federation cannot run without nodes")
         self.config = config
         self.hp = config.hyperparameters
+        self.schedule = Schedule.of(config)
         self.state = state or ProtocolState()
         self.nodes: dict[str, NodeSpec] = {n.name: n for n in config.nodes}
         # Masked phases unmask through reveal steps (a served federation with secure aggregation).
@@ -289,75 +256,44 @@ class Protocol:
 
     @property
     def phase(self) -> str:
-        return round_phases(self.config, self.state.round)[self.state.phase_index]
+        """The open phase's name."""
+        return self.current.name
+
+    @property
+    def current(self) -> Phase:
+        """The open phase."""
+        return self.schedule.round(self.state.round)[self.state.phase_index]
+
+    def phase_of(self, round_: int, name: str) -> Phase:
+        """Round `round_`'s phase called `name`."""
+        for phase in self.schedule.round(round_):
+            if phase.name == name:
+                return phase
+        raise ProtocolError("unknown_phase", f"round {round_} has no phase {name!r}")
 
     def participants(self, round_: int, phase: str) -> list[str]:
         """Nodes that run a step in a phase, in fixed (name) order."""
-        target = self.config.target.name
-        sources = [n.name for n in self.config.sources if n.name not in self.state.excluded]
-        if phase == "adapt" and self.hp.target_extractor == "none":
-            return sources
-        if phase == "train" and self.config.algorithm == "source_only":
-            return sources
-        if phase == "publish":
-            return [target]
-        return sorted([*sources, target])
+        parts = self.phase_of(round_, phase).parts
+        return sorted(
+            n.name for n in self.config.nodes if n.role in parts and n.name not in self.state.excluded
+        )
 
     def uploads(self, node: str, round_: int, phase: str) -> dict[str, str]:
-        role = self.nodes[node].role
-        if phase.startswith("disc"):
-            models: list[str] = ["D"]
-        elif phase in ("adapt", "train"):
-            if role == "source":
-                models = ["G", "T"]
-            elif target_trains(self.config) and self.hp.target_extractor == "average":
-                models = ["G"]
-            else:
-                models = []
-        elif phase == "publish":
-            models = ["model"]
-        else:
-            models = []
-        return {m: submission_key(round_, phase, m, node) for m in models}
+        part = self.phase_of(round_, phase).part(self.nodes[node].role)
+        return {m: submission_key(round_, phase, m, node) for m in (part.uploads if part else ())}
 
-    def downloads(self, node: str, phase: str) -> dict[str, str]:
-        """The newest aggregates a node's step starts from.
-
-        Sources that keep their own G and T between rounds download only D; everyone else also takes the
-        newest G_agg and T_agg (loading the same aggregate twice is a no-op, so the rule needs no
-        per-phase exceptions). A target that keeps its own extractor never takes G_agg.
-        """
-        if phase == "setup":
-            return dict(self.state.latest)
-        fedalign = self.config.algorithm == "fedalign"
-        wanted = ["D"] if fedalign else []
-        if self.nodes[node].role == "source":
-            if not (fedalign and self.hp.source_extractor == "keep"):
-                wanted += ["G", "T"]
-        else:
-            if not (target_trains(self.config) and self.hp.target_extractor == "local"):
-                wanted.append("G")
-            wanted.append("T")
+    def downloads(self, node: str, round_: int, phase: str) -> dict[str, str]:
+        """The newest aggregates of the models a node's step starts from."""
+        part = self.phase_of(round_, phase).part(self.nodes[node].role)
+        wanted = part.downloads if part else ()
         return {m: self.state.latest[m] for m in wanted if m in self.state.latest}
-
-    def step_kind(self, phase: str) -> StepKind:
-        if phase == "setup":
-            return "setup"
-        if phase.startswith("disc"):
-            return "discriminator"
-        if phase in ("adapt", "train"):
-            return "adapt"
-        if phase == "publish":
-            return "publish"
-        return "evaluate"
 
     def open_steps(self) -> list[StepSpec]:
         """The steps of the open phase that no node has finished yet (what a sweep re-sends)."""
         if self.state.finished or not self.state.started or self.state.pending:
             return []
         if self.state.unmasking is not None:
-            revealed = set(self.state.unmasking["revealed"])
-            return [self._reveal_step(n) for n in self.state.unmasking["survivors"] if n not in revealed]
+            return [self._reveal_step(n) for n in Unmasking.from_json(self.state.unmasking).waiting]
         r, phase = self.state.round, self.phase
         return [self._step(n, r, phase) for n in self.participants(r, phase) if n not in self.state.done]
 
@@ -366,8 +302,8 @@ class Protocol:
             node=node,
             round=round_,
             phase=phase,
-            kind=self.step_kind(phase),
-            downloads=self.downloads(node, phase),
+            kind=self.phase_of(round_, phase).kind,
+            downloads=self.downloads(node, round_, phase),
             uploads=self.uploads(node, round_, phase),
             seed=derive_seed(self.config.seed, node, round_, phase),
         )
@@ -421,7 +357,7 @@ class Protocol:
                 f"phase {self.phase!r} expects uploads {sorted(expected)} from {node!r}, "
                 f"got {sorted(event.uploads)}",
             )
-        if self.phase == "setup":
+        if self.current.kind == "setup":
             if not event.samples or event.samples.get("train", 0) < 1:
                 raise ProtocolError("no_samples", f"node {node!r} reported no training samples")
             self.state.samples[node] = {k: int(v) for k, v in event.samples.items()}
@@ -458,7 +394,7 @@ class Protocol:
         if reason:
             self.state.stalled = reason
             return [Stall(self.state.round, self.phase, reason)]
-        if self.phase == "setup":
+        if self.current.kind == "setup":
             # No sample counts, no weight: a source that never joined stays out of every later phase
             # instead of making each of them wait for its deadline.
             self.state.excluded = sorted({*self.state.excluded, *missing})
@@ -476,8 +412,12 @@ class Protocol:
         actions: list[Action] = []
         if missing:
             actions.append(PhaseClosed(self.state.round, self.phase, missing, reason))
-        if self.reveal_steps and self._masked_survivors():
-            return actions + self._start_unmasking()
+        if self.reveal_steps:
+            survivors = unmasking.survivors(
+                self.roster_weights(self.state.round, self.phase), self.state.done
+            )
+            if survivors:
+                return actions + self._start_unmasking(survivors)
         aggregates = self._aggregates()
         self.state.pending = [a.key for a in aggregates]
         actions += aggregates
@@ -526,41 +466,30 @@ class Protocol:
 
     # ------------------------------------------------------------------ secure aggregation: unmasking
 
-    def _masked_survivors(self) -> list[str]:
-        """Nodes that finished the open phase with an upload that is averaged (so masked), sorted."""
-        masked = set(self.roster_weights(self.state.round, self.phase))
-        return sorted(n for n, slots in self.state.done.items() if masked & set(slots))
-
     def _reveal_step(self, node: str) -> StepSpec:
         r, phase = self.state.round, self.phase
-        done = self.state.done
-        # One dropout list per phase, derived from the saved state: every survivor is told the same.
-        dropped = {
-            model: [n for n in sorted(roster) if n not in done]
-            for model, roster in self.roster_weights(r, phase).items()
-            if model in done[node]
-        }
+        dropped = unmasking.dropped(self.roster_weights(r, phase), self.state.done, node)
         return StepSpec(node, r, phase, "reveal", downloads={}, uploads={}, seed=0, dropped=dropped)
 
-    def _start_unmasking(self) -> list[Action]:
-        survivors = self._masked_survivors()
-        self.state.unmasking = {"survivors": survivors, "revealed": []}
+    def _start_unmasking(self, survivors: list[str]) -> list[Action]:
+        self.state.unmasking = Unmasking(survivors).to_json()
         return [RunStep(self._reveal_step(n)) for n in survivors]
 
     def _on_reveal_done(self, event: RevealDone) -> list[Action]:
         self._check_open(event.round, event.phase, f"node {event.node!r}'s reveal")
-        unmasking = self.state.unmasking
-        if unmasking is None:
+        if self.state.unmasking is None:
             raise ProtocolError("not_unmasking", f"phase {self.phase!r} is not waiting for seed reveals")
-        if event.node not in unmasking["survivors"]:
+        stage = Unmasking.from_json(self.state.unmasking)
+        if event.node not in stage.survivors:
             raise ProtocolError(
                 "not_a_survivor",
                 f"node {event.node!r} has no masked upload in the sum of phase {self.phase!r}",
             )
-        if event.node in unmasking["revealed"]:
+        if event.node in stage.revealed:
             raise ProtocolError("duplicate", f"node {event.node!r} already revealed its seeds")
-        unmasking["revealed"] = sorted([*unmasking["revealed"], event.node])
-        if unmasking["revealed"] != unmasking["survivors"]:
+        stage.reveal(event.node)
+        self.state.unmasking = stage.to_json()
+        if not stage.complete:
             return []
         self.state.unmasking = None
         self.state.stalled = None
@@ -570,16 +499,14 @@ class Protocol:
 
     def _unmasking_deadline(self) -> list[Action]:
         assert self.state.unmasking is not None
-        waiting = [n for n in self.state.unmasking["survivors"] if n not in self.state.unmasking["revealed"]]
-        if not waiting:
+        stage = Unmasking.from_json(self.state.unmasking)
+        if not stage.waiting:
             return []
-        reason = (
-            f"{', '.join(waiting)} uploaded masked parameters in phase {self.phase!r} but did not reveal "
-            "their seeds: without them the phase's sum cannot be unmasked (this secure aggregation has no "
-            "secret sharing to recover them), so the run waits for them; cancel it to give up"
-        )
+        reason = stage.stall_reason(self.phase)
         self.state.stalled = reason
         return [Stall(self.state.round, self.phase, reason)]
+
+    # ----------------------------------------------------------------------------------- advancing
 
     def _on_aggregate_done(self, event: AggregateDone) -> list[Action]:
         if event.key not in self.state.pending:
@@ -593,24 +520,26 @@ class Protocol:
 
     def _advance(self) -> list[Action]:
         actions: list[Action] = []
-        r, phase = self.state.round, self.phase
-        if phase == "adapt" and r > 1:
+        r, phase = self.state.round, self.current
+        if phase.kind == "adapt" and r > 1:
+            # Nodes measured the previous round's features with this round's D_all before adapting.
             fresh = fresh_metrics(self.config, self.state.node_metrics, self.state.samples)
             if fresh:
                 actions.append(RecordMetrics(r - 1, fresh))
-        if phase == "eval":
+        if phase.kind == "evaluate":
             round_level = round_metrics(self.config, self.state.node_metrics, self.state.samples)
             if round_level:
                 actions.append(RecordMetrics(r, round_level))
         self.state.done = {}
-        phases = round_phases(self.config, r)
-        if self.state.phase_index + 1 < len(phases):
+        if self.state.phase_index + 1 < len(self.schedule.round(r)):
             self.state.phase_index += 1
         elif r == self.config.rounds:
             self.state.finished = True
             models = dict(self.state.latest)
-            if phase == "publish":
-                models["target_model"] = submission_key(r, phase, "model", self.config.target.name)
+            if phase.kind == "publish":
+                models["target_model"] = submission_key(
+                    r, phase.name, PUBLISHED_MODEL, self.config.target.name
+                )
             actions.append(Finish(models=models))
             return actions
         else:
@@ -624,118 +553,18 @@ class Protocol:
 
     def _privacy_before(self, round_: int) -> list[Action]:
         """Differential privacy's checks before round `round_` opens (every node's sigma, q and DP steps
-        per round are known since setup, so its epsilon after the round is too; `fedalign.privacy`)."""
-        p = self.config.privacy
-        if not p.enabled:
-            return []
+        per round are known since setup, so its epsilon after the round is too)."""
+        nodes = {n: (self.nodes[n].role, s["train"]) for n, s in sorted(self.state.samples.items())}
+        check = check_before_round(self.config, round_, nodes, given=self.state.privacy_warned)
         actions: list[Action] = []
-        samples = {n: s["train"] for n, s in sorted(self.state.samples.items())}
-        if round_ == 1 and "delta" not in self.state.privacy_warned:
-            large = {n: float(k) for n, k in samples.items() if p.delta * k >= 1}
-            if large:
-                self.state.privacy_warned.append("delta")
-                listed = ", ".join(f"{n} ({int(k)})" for n, k in large.items())
-                actions.append(
-                    PrivacyWarning(
-                        round_,
-                        "delta",
-                        f"privacy.delta {p.delta:g} is not below 1 / n_train of {listed}: at that delta the "
-                        "guarantee allows leaking one whole example outright; choose delta well below "
-                        "1 / n_train",
-                        large,
-                    )
-                )
-        if p.epsilon_budget is None:
-            return actions
-        projected = {
-            n: projected_epsilon(self.config, self.nodes[n].role, k, round_) for n, k in samples.items()
-        }
-        over = {n: e for n, e in projected.items() if e > p.epsilon_budget}
-        if not over:
-            return actions
-        spent = ", ".join(f"{n} to {e:.3g}" for n, e in over.items())
-        what = f"round {round_} would take {spent}, above the budget of {p.epsilon_budget:g}"
-        what += f" (epsilon at delta {p.delta:g})"
-        if p.budget_action == "stop":
+        for notice in check.notices:
+            self.state.privacy_warned.append(notice.kind)
+            actions.append(PrivacyWarning(round_, notice.kind, notice.message, notice.values))
+        if check.stop is not None:
             self.state.finished = True
-            reason = f"privacy budget: {what}; the run stopped after round {round_ - 1}"
-            reason += f" of {self.config.rounds}"
-            return [*actions, Finish(models=dict(self.state.latest), reason=reason)]
-        if "budget" not in self.state.privacy_warned:
-            self.state.privacy_warned.append("budget")
-            actions.append(PrivacyWarning(round_, "budget", f"privacy budget: {what}; going on", over))
+            actions.append(Finish(models=dict(self.state.latest), reason=check.stop))
         return actions
 
     def _open_phase(self) -> list[Action]:
         r, phase = self.state.round, self.phase
         return [RunStep(self._step(n, r, phase)) for n in self.participants(r, phase)]
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def _weighted(values: list[tuple[float, float]]) -> float | None:
-    total = sum(w for _, w in values)
-    return sum(v * w for v, w in values) / total if total > 0 else None
-
-
-def _disc_parts(
-    config: FederationConfig, node_metrics: Mapping[str, Mapping[str, float]], key: str
-) -> tuple[float, float] | None:
-    """Source-side (pooled, by held-out sample count) and target-side accuracy of D_all."""
-    target = config.target.name
-    src = [(m[key], m.get("disc_n", 1.0)) for n, m in node_metrics.items() if n != target and key in m]
-    tgt = node_metrics.get(target, {}).get(key)
-    acc_source = _weighted(src)
-    if acc_source is None or tgt is None:
-        return None
-    return acc_source, tgt
-
-
-def round_metrics(
-    config: FederationConfig,
-    node_metrics: Mapping[str, Mapping[str, float]],
-    samples: Mapping[str, Mapping[str, int]],
-) -> dict[str, float]:
-    """A round's federation-level metrics from what each node reported (DESIGN.md section 1)."""
-    out: dict[str, float] = {}
-    parts = _disc_parts(config, node_metrics, "disc_acc_own")
-    if parts:
-        out["disc_acc_source"], out["disc_acc_target"] = parts
-        out["disc_acc"] = 0.5 * (parts[0] + parts[1])
-    target = config.target.name
-    if "target_acc" in node_metrics.get(target, {}):
-        out["target_acc"] = node_metrics[target]["target_acc"]
-    sources = [n.name for n in config.sources]
-    for name in ("source_val_acc", "task_loss"):
-        value = _weighted(
-            [
-                (node_metrics[n][name], samples.get(n, {}).get("val", 1))
-                for n in sources
-                if name in node_metrics.get(n, {})
-            ]
-        )
-        if value is not None:
-            out[name] = value
-    adv = [m["adv_loss"] for m in node_metrics.values() if "adv_loss" in m]
-    if adv:
-        out["adv_loss"] = sum(adv) / len(adv)
-    return out
-
-
-def fresh_metrics(
-    config: FederationConfig,
-    node_metrics: Mapping[str, Mapping[str, float]],
-    samples: Mapping[str, Mapping[str, int]],
-) -> dict[str, float]:
-    """`disc_acc_fresh` and proxy A-distance of the previous round, measured by this round's D_all."""
-    parts = _disc_parts(config, node_metrics, "fresh_disc_acc_own")
-    if not parts:
-        return {}
-    acc = 0.5 * (parts[0] + parts[1])
-    return {
-        "disc_acc_fresh": acc,
-        "disc_acc_fresh_source": parts[0],
-        "disc_acc_fresh_target": parts[1],
-        "pad": 2.0 * (1.0 - 2.0 * (1.0 - acc)),
-    }

@@ -69,8 +69,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from safetensors import safe_open
 
 from fedalign import params
-from fedalign.aggregate import WEIGHT_SUM_TOLERANCE
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, TensorSpec, is_floating
+from fedalign.phases import Phase
+from fedalign.weighting import WEIGHT_SUM_TOLERANCE
 
 Source = Path | str | bytes
 
@@ -217,6 +218,14 @@ class MaskContext:
 
     def fields(self) -> tuple[str, ...]:
         return (self.federation, str(self.round), self.phase, self.model, str(self.exchange))
+
+    @classmethod
+    def of_phase(cls, federation: str, round_: int, phase: Phase, model: str) -> MaskContext:
+        """The one context of a phase's uploads of one model (discriminator exchanges apart by number)."""
+        if phase.kind == "discriminator":
+            return cls(federation, round_, "discriminator", model, exchange=phase.exchange)
+        # fedalign's adaptation phase is "adaptation" in its masks; fedavg's "train" keeps its own name.
+        return cls(federation, round_, "adaptation" if phase.name == "adapt" else phase.name, model)
 
 
 def _encode_info(*parts: str | bytes) -> bytes:

@@ -24,6 +24,7 @@ from fedalign import data as datasets
 from fedalign import secagg
 from fedalign.aggregate import average_states
 from fedalign.config import FederationConfig
+from fedalign.device import CPU, Device
 from fedalign.models import manifests
 from fedalign.node import NodeRuntime, State, initial_models, model_shape
 from fedalign.protocol import (
@@ -44,7 +45,6 @@ from fedalign.protocol import (
     effective_local_policy,
     submission_key,
 )
-from fedalign.steps import CPU, Device
 
 
 @dataclass
@@ -80,13 +80,6 @@ class SimulationResult:
 
 
 RoundCallback = Callable[[RoundRecord], None]
-
-
-def mask_context(federation: str, round_: int, phase: str, model: str) -> secagg.MaskContext:
-    """The one context of a phase's uploads of one model: ``discE`` is exchange E of "discriminator"."""
-    if phase.startswith("disc"):
-        return secagg.MaskContext(federation, round_, "discriminator", model, exchange=int(phase[4:]))
-    return secagg.MaskContext(federation, round_, {"adapt": "adaptation"}.get(phase, phase), model)
 
 
 class SecureAggregation:
@@ -127,7 +120,9 @@ class SecureAggregation:
                 self._keys[step.node],
                 {node: self.public_keys[node] for node in roster},
                 roster[step.node],
-                mask_context(self.federation, step.round, step.phase, model),
+                secagg.MaskContext.of_phase(
+                    self.federation, step.round, self.protocol.phase_of(step.round, step.phase), model
+                ),
             )
             masked[model] = masker.mask_state(state, self.manifests[model])
             self._maskers[step.uploads[model]] = masker

@@ -24,17 +24,15 @@ the global RNG is seeded for anything else (dropout).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedalign.config import Hyperparameters
 from fedalign.data import Split
+from fedalign.device import CPU, Device
 
 SOURCE, TARGET = 1.0, 0.0
 
@@ -44,49 +42,6 @@ class Batches(Protocol):
     under differential privacy, `fedalign.privacy.PoissonBatches` (each example in with probability q)."""
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-@dataclass(frozen=True)
-class Device:
-    """Where steps run; CUDA gets bf16 autocast, the CPU runs fp32."""
-
-    torch_device: torch.device
-
-    @classmethod
-    def pick(cls, name: str = "auto") -> Device:
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(torch.device(name))
-
-    @property
-    def autocast(self) -> contextlib.AbstractContextManager[object]:
-        if self.torch_device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-CPU = Device(torch.device("cpu"))
-
-
-def dann_lambda(progress: float) -> float:
-    """Ganin et al.'s ramp 2 / (1 + exp(-10 p)) - 1, from 0 at the start to nearly 1 at the end."""
-    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
-
-
-def dann_lr_factor(progress: float) -> float:
-    """Ganin et al.'s annealing 1 / (1 + 10 p)^0.75."""
-    return 1.0 / (1.0 + 10.0 * progress) ** 0.75
-
-
-def progress(round_: int, rounds: int) -> float:
-    """Training progress p of a round: 0 in the first, (R - 1) / R in the last."""
-    return (round_ - 1) / rounds
-
-
-def scheduled_adv_weight(hp: Hyperparameters, round_: int, rounds: int) -> float:
-    """lambda in round `round_` under the adversarial weight's schedule."""
-    ramp = dann_lambda(progress(round_, rounds)) if hp.adv_schedule == "dann" else 1.0
-    return hp.adv_weight * ramp
 
 
 @contextlib.contextmanager

@@ -11,14 +11,13 @@ import torch
 from fedalign.aggregate import (
     TORCH_GRAIN_SIZE,
     AggregationError,
-    Contribution,
     StreamingAverage,
     average,
     average_states,
-    weights,
 )
 from fedalign.manifest import Manifest
 from fedalign.params import ParameterError, load_file, save_file, to_bytes
+from fedalign.weighting import Contribution, weights
 
 NODES = ("alpha", "beta", "gamma", "target")
 CONTRIBUTIONS = [

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from scipy.stats import chi2
 from torch import nn
 
-from fedalign import privacy
+from fedalign import privacy, privacy_accounting, privacy_layers
 from fedalign.config import FederationConfig
 from fedalign.data import NodeData, Split
 from fedalign.node import NodeRuntime
@@ -111,11 +111,13 @@ def test_epsilon_is_opacus_rdp_accountant_and_behaves() -> None:
     stepped = RDPAccountant()
     for _ in range(steps):
         stepped.step(noise_multiplier=sigma, sample_rate=q)
-    assert privacy.epsilon(sigma, q, steps, delta) == pytest.approx(stepped.get_epsilon(delta), rel=1e-12)
-    assert privacy.epsilon(sigma, q, 0, delta) == 0.0
-    by_steps = [privacy.epsilon(sigma, q, n, delta) for n in (1, 10, 100, 1000)]
+    assert privacy_accounting.epsilon(sigma, q, steps, delta) == pytest.approx(
+        stepped.get_epsilon(delta), rel=1e-12
+    )
+    assert privacy_accounting.epsilon(sigma, q, 0, delta) == 0.0
+    by_steps = [privacy_accounting.epsilon(sigma, q, n, delta) for n in (1, 10, 100, 1000)]
     assert by_steps == sorted(by_steps) and len(set(by_steps)) == 4
-    by_sigma = [privacy.epsilon(s, q, steps, delta) for s in (0.7, 1.0, 2.0, 4.0)]
+    by_sigma = [privacy_accounting.epsilon(s, q, steps, delta) for s in (0.7, 1.0, 2.0, 4.0)]
     assert by_sigma == sorted(by_sigma, reverse=True) and len(set(by_sigma)) == 4
 
 
@@ -153,9 +155,9 @@ def test_opacus_finds_nothing_unsupported_in_the_group_normalised_architectures(
                     "hyperparameters": {"conditional": conditional},
                 }
             )
-            assert privacy.unsupported_layers(config) == []
+            assert privacy_layers.unsupported_layers(config) == []
     batch_norm = FederationConfig.model_validate({"architecture": "mlp", "model": {"input_shape": [8]}})
-    assert any("BatchNorm" in p for p in privacy.unsupported_layers(batch_norm))
+    assert any("BatchNorm" in p for p in privacy_layers.unsupported_layers(batch_norm))
 
 
 def _federation(factory: Factory, rounds: int = 2, **privacy_settings: Any) -> tuple[FederationConfig, dict]:
@@ -175,7 +177,9 @@ def test_every_node_reports_the_epsilon_the_protocol_projects(vector_federation:
     for record in result.rounds:
         for node in config.nodes:
             reported = record.nodes[node.name]["dp_epsilon"]
-            projected = privacy.projected_epsilon(config, node.role, len(data[node.name].train), record.round)
+            projected = privacy_accounting.projected_epsilon(
+                config, node.role, len(data[node.name].train), record.round
+            )
             assert reported == pytest.approx(projected, rel=1e-12), (record.round, node.name)
     target = result.rounds[0].nodes["omega"]["dp_epsilon"]
     assert 0 < target < result.rounds[0].nodes["alpha"]["dp_epsilon"]  # D's steps only, in round 1
@@ -192,7 +196,7 @@ def test_every_node_reports_the_epsilon_the_protocol_projects(vector_federation:
 def test_the_budget_stops_the_run_before_the_round_that_would_exceed_it(vector_federation: Factory) -> None:
     config, data = _federation(vector_federation, rounds=3)
     n = len(data["alpha"].train)
-    after = [privacy.projected_epsilon(config, "source", n, r) for r in (1, 2)]
+    after = [privacy_accounting.projected_epsilon(config, "source", n, r) for r in (1, 2)]
     budget = (after[0] + after[1]) / 2  # the sources pass it in round 2
     config, data = _federation(vector_federation, rounds=3, epsilon_budget=budget)
 

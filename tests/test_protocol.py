@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from fedalign.config import FederationConfig
+from fedalign.phases import round_phases
 from fedalign.protocol import (
     Action,
     Aggregate,
@@ -22,7 +23,6 @@ from fedalign.protocol import (
     RunStep,
     Stall,
     StepDone,
-    round_phases,
 )
 
 SAMPLES = {"s1": 100, "s2": 300, "t": 200}

@@ -11,8 +11,10 @@ import torch
 from scipy import stats
 
 from fedalign.aggregate import average_states
+from fedalign.config import FederationConfig
 from fedalign.manifest import Manifest
 from fedalign.params import ParameterError, to_bytes
+from fedalign.phases import Schedule
 from fedalign.secagg import (
     DEFAULT_FIXED_POINT,
     FixedPoint,
@@ -312,6 +314,16 @@ def test_pairwise_seeds_agree_between_the_two_ends_only_and_per_context() -> Non
     assert torch.equal(expand_mask(ab, "w", (4, 16)).ravel(), expand_mask(ab, "w", (64,)))
     with pytest.raises(SecAggError, match="own key"):
         Masker("alpha", KEYS["alpha"], {**PUBLIC, "alpha": PUBLIC["beta"]}, 0.5, CONTEXT)
+
+
+def test_each_phase_masks_under_its_own_context_told_apart_by_exchange() -> None:
+    schedule = Schedule.of(FederationConfig.model_validate({"hyperparameters": {"disc_exchanges": 2}}))
+    disc1, disc2, adapt, *_ = schedule.round(1)
+    assert MaskContext.of_phase("fed-1", 1, disc1, "D") == MaskContext("fed-1", 1, "discriminator", "D", 1)
+    assert MaskContext.of_phase("fed-1", 1, disc2, "D") == MaskContext("fed-1", 1, "discriminator", "D", 2)
+    assert MaskContext.of_phase("fed-1", 1, adapt, "G") == MaskContext("fed-1", 1, "adaptation", "G")
+    (train, *_) = Schedule.of(FederationConfig.model_validate({"algorithm": "fedavg"})).round(1)
+    assert MaskContext.of_phase("fed-1", 1, train, "T") == MaskContext("fed-1", 1, "train", "T")
 
 
 # ---------------------------------------------------------------------------------------------------------

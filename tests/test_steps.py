@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedalign.aggregate import Contribution, average_states, weights
+from fedalign.aggregate import average_states
 from fedalign.data import BatchStream, Split
 from fedalign.models import ModelShape, build
 from fedalign.steps import (
@@ -20,6 +20,7 @@ from fedalign.steps import (
     marginal_entropy,
     train_discriminator,
 )
+from fedalign.weighting import Contribution, weights
 
 SHAPE = ModelShape(input_shape=(6,), num_classes=3, hidden=12)
 

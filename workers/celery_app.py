@@ -25,7 +25,7 @@ from celery import Celery
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
-from fedalign.steps import CPU, Device
+from fedalign.device import CPU, Device
 from messaging.broker import BrokerSettings
 from messaging.celery_contract import STEP_TASK
 from messaging.celery_worker import configure_worker, start_worker

@@ -38,10 +38,10 @@ from fedalign import data as datasets
 from fedalign import params, secagg
 from fedalign.aggregate import average
 from fedalign.config import FederationConfig
+from fedalign.device import CPU, Device
 from fedalign.models import manifests
 from fedalign.node import NodeRuntime, StepResult, model_shape
 from fedalign.protocol import StepSpec, effective_local_policy
-from fedalign.steps import CPU, Device
 from workers.state import NodeStateFile, SecAggLedger
 
 log = logging.getLogger("fedalign.workers")

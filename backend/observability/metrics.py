@@ -19,7 +19,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from fedalign.config import FederationConfig
-from fedalign.protocol import round_phases
+from fedalign.phases import round_phases
 
 log = logging.getLogger("fedalign.backend")
 

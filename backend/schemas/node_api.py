@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from backend.schemas.federations import FederationStatus
 from fedalign.config import NAME_PATTERN, Role
-from fedalign.node import REPORTED_METRICS
+from fedalign.metrics import REPORTED_METRICS
 from fedalign.protocol import MODELS
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 from backend.models import Node, SeedReveal
 from fedalign import secagg
 from fedalign.config import FederationConfig
+from fedalign.phases import Phase
 from fedalign.protocol import MODELS, Aggregate, Protocol, StepSpec
-from fedalign.simulate import mask_context
 
 
 def b64(raw: bytes) -> str:
@@ -53,10 +53,10 @@ def public_keys(session: Session, federation_id: str) -> dict[str, str]:
 
 
 def _slot(
-    federation_id: str, round_: int, phase: str, model: str, roster: dict[str, float], keys: dict[str, str]
+    federation_id: str, round_: int, phase: Phase, model: str, roster: dict[str, float], keys: dict[str, str]
 ) -> dict[str, Any]:
     return {
-        "context": asdict(mask_context(federation_id, round_, phase, model)),
+        "context": asdict(secagg.MaskContext.of_phase(federation_id, round_, phase, model)),
         "weights": dict(roster),
         "public_keys": {node: keys[node] for node in sorted(roster)},
         "dropped": [],
@@ -74,7 +74,8 @@ def step_masking(
         slots = {m: [] for m in step.uploads if m in rosters}
     out: dict[str, Any] = {}
     for model, dropped in slots.items():
-        entry = _slot(federation_id, step.round, step.phase, model, rosters[model], keys)
+        phase = protocol.phase_of(step.round, step.phase)
+        entry = _slot(federation_id, step.round, phase, model, rosters[model], keys)
         entry["dropped"] = sorted(dropped)
         out[model] = entry
     return out
@@ -86,7 +87,7 @@ def aggregate_masking(
     """``spec["secure"]`` of a target's aggregate step: the roster, the dropped nodes and the reveals."""
     round_, phase = protocol.state.round, protocol.phase
     roster = protocol.roster_weights(round_, phase)[action.model]
-    entry = _slot(federation_id, round_, phase, action.model, roster, keys)
+    entry = _slot(federation_id, round_, protocol.current, action.model, roster, keys)
     entry["dropped"] = sorted(set(roster) - set(action.inputs))
     rows = session.scalars(
         select(SeedReveal).where(

@@ -26,7 +26,8 @@ from backend.schemas.rounds import (
 )
 from backend.services.manifests import published_manifest
 from backend.services.orchestrator import federation_config, protocol_state
-from fedalign.protocol import Protocol, ProtocolState, round_phases
+from fedalign.phases import round_phases
+from fedalign.protocol import Protocol, ProtocolState
 
 INIT_PHASE = "init"
 

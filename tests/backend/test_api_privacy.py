@@ -9,7 +9,7 @@ import pytest
 from api_support import Api, drive, runners_for, tiny_settings
 from test_api_end_to_end import served_rounds
 
-from fedalign import privacy
+from fedalign import privacy_accounting
 from fedalign.config import FederationConfig
 from fedalign.simulate import simulate
 
@@ -31,7 +31,7 @@ def test_a_served_dp_federation_records_epsilon_and_stops_at_its_budget(
         {**tiny_settings(model=GROUP, rounds=3, privacy=DP), "nodes": nodes}
     )
     # Between the sources' epsilon after round 1 and after round 2 (40 training examples each).
-    budget = sum(privacy.projected_epsilon(unbounded, "source", 40, r) for r in (1, 2)) / 2
+    budget = sum(privacy_accounting.projected_epsilon(unbounded, "source", 40, r) for r in (1, 2)) / 2
     settings = tiny_settings(
         model=GROUP, rounds=3, privacy={**DP, "epsilon_budget": budget}, secure_aggregation=secure
     )

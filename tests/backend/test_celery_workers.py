@@ -44,7 +44,7 @@ from test_api_end_to_end import served_rounds
 from backend.services.manifests import model_manifests, slot_manifest
 from fedalign import params, secagg
 from fedalign.config import FederationConfig
-from fedalign.node import REPORTED_METRICS
+from fedalign.metrics import REPORTED_METRICS
 from fedalign.simulate import simulate
 
 TOPOLOGIES = ("server", "target")

@@ -1110,9 +1110,15 @@ export interface components {
         };
         /**
          * Hyperparameters
-         * @description Local-step and aggregation settings. Defaults reproduce the method as patented.
+         * @description Local-step and aggregation settings. Defaults reproduce the method as patented; a preset
+         *     (`fedalign.presets`) gives named values instead, and what is set explicitly overrides it.
          */
         Hyperparameters: {
+            /**
+             * Preset
+             * @description Named hyperparameter values (fedalign.presets; 'digits_recipe': the recipe that works on the digits benchmark). A hyperparameter set explicitly beside it overrides the preset's value.
+             */
+            preset?: "digits_recipe" | null;
             /**
              * Batch Size
              * @description Minibatch size of every local step.

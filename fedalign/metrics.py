@@ -1,0 +1,113 @@
+"""The metrics of a federation: what a node may report, and the federation-level formulas (DESIGN.md 1).
+
+A node reports scalars of its own steps (`REPORTED_METRICS`, the only names that may leave it besides
+parameters and sample counts); the protocol combines them per round into the federation's metrics:
+
+* ``disc_acc``: accuracy of the round's D_all on held-out features of the round's adapted extractors,
+  balanced over the two labels: 0.5 x (accuracy on pooled source features, weighted by held-out sample
+  count) + 0.5 x (accuracy on target features), with its parts ``disc_acc_source`` and ``disc_acc_target``.
+* ``disc_acc_fresh`` (and its parts): the same, measured by the *next* round's D_all on those features
+  before they adapt again (reported against the round it measures); ``pad``, the proxy A-distance
+  2 (1 - 2 err) with err = 1 - ``disc_acc_fresh``.
+* ``source_val_acc`` and ``task_loss``: the sources', weighted by validation sample count; ``target_acc``:
+  the target's, on its labelled evaluation split when it has one; ``adv_loss``: the mean over nodes.
+
+Pure arithmetic on the reported values: the backend's schemas import the names without torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from fedalign.config import FederationConfig
+
+# Every scalar a node may report with a step: the privacy guarantee's list of what leaves a node besides
+# parameters and sample counts. The server refuses any other name, and a step that produced one fails on its
+# node (`fedalign.node.NodeRuntime.run`).
+REPORTED_METRICS = frozenset(
+    {
+        "disc_loss",  # training D on the node's own features (steps.train_discriminator)
+        "disc_train_acc",
+        "task_loss",  # source adaptation (steps.adapt_source)
+        "adv_loss",  # source and target adaptation
+        "entropy",  # target adaptation's unlabelled terms (steps.adapt_target)
+        "diversity",
+        "pseudo_label_loss",
+        "pseudo_label_rate",
+        "fresh_disc_acc_own",  # the next round's D_all on this round's features, before adapting
+        "disc_acc_own",  # evaluation (steps.discriminator_accuracy)
+        "disc_n",
+        "disc_eval_loss",
+        "source_val_acc",  # evaluation on the sources' labelled validation split
+        "val_task_loss",
+        "target_acc",  # the target's labelled test split, read for reporting only
+        "dp_epsilon",  # differential privacy: epsilon spent so far at the federation's delta (its accountant)
+    }
+)
+
+
+def _weighted(values: list[tuple[float, float]]) -> float | None:
+    total = sum(w for _, w in values)
+    return sum(v * w for v, w in values) / total if total > 0 else None
+
+
+def _disc_parts(
+    config: FederationConfig, node_metrics: Mapping[str, Mapping[str, float]], key: str
+) -> tuple[float, float] | None:
+    """Source-side (pooled, by held-out sample count) and target-side accuracy of D_all."""
+    target = config.target.name
+    src = [(m[key], m.get("disc_n", 1.0)) for n, m in node_metrics.items() if n != target and key in m]
+    tgt = node_metrics.get(target, {}).get(key)
+    acc_source = _weighted(src)
+    if acc_source is None or tgt is None:
+        return None
+    return acc_source, tgt
+
+
+def round_metrics(
+    config: FederationConfig,
+    node_metrics: Mapping[str, Mapping[str, float]],
+    samples: Mapping[str, Mapping[str, int]],
+) -> dict[str, float]:
+    """A round's federation-level metrics from what each node reported (DESIGN.md section 1)."""
+    out: dict[str, float] = {}
+    parts = _disc_parts(config, node_metrics, "disc_acc_own")
+    if parts:
+        out["disc_acc_source"], out["disc_acc_target"] = parts
+        out["disc_acc"] = 0.5 * (parts[0] + parts[1])
+    target = config.target.name
+    if "target_acc" in node_metrics.get(target, {}):
+        out["target_acc"] = node_metrics[target]["target_acc"]
+    sources = [n.name for n in config.sources]
+    for name in ("source_val_acc", "task_loss"):
+        value = _weighted(
+            [
+                (node_metrics[n][name], samples.get(n, {}).get("val", 1))
+                for n in sources
+                if name in node_metrics.get(n, {})
+            ]
+        )
+        if value is not None:
+            out[name] = value
+    adv = [m["adv_loss"] for m in node_metrics.values() if "adv_loss" in m]
+    if adv:
+        out["adv_loss"] = sum(adv) / len(adv)
+    return out
+
+
+def fresh_metrics(
+    config: FederationConfig,
+    node_metrics: Mapping[str, Mapping[str, float]],
+    samples: Mapping[str, Mapping[str, int]],
+) -> dict[str, float]:
+    """`disc_acc_fresh` and proxy A-distance of the previous round, measured by this round's D_all."""
+    parts = _disc_parts(config, node_metrics, "fresh_disc_acc_own")
+    if not parts:
+        return {}
+    acc = 0.5 * (parts[0] + parts[1])
+    return {
+        "disc_acc_fresh": acc,
+        "disc_acc_fresh_source": parts[0],
+        "disc_acc_fresh_target": parts[1],
+        "pad": 2.0 * (1.0 - 2.0 * (1.0 - acc)),
+    }
