@@ -41,7 +41,8 @@ IM: dict[str, Any] = {k: PRESETS[RECIPE][k] for k in ("entropy_weight", "diversi
 # analysis (docs/method.md, "Why the discriminator is exchanged often"), not tuned on target accuracy: one
 # discriminator step per exchange and one extractor step per round, so that averaging the copies is one
 # centralised step on the balanced union; sources restart from the aggregates; lambda ramps up as in DANN
-# (to the schema's 1); the target adds its own confident predictions (pseudo-labels above 0.95) to the adversarial loss.
+# (to the schema's 1); the target adds its own confident predictions (pseudo-labels above 0.95) to the
+# adversarial loss.
 FEDALIGN: dict[str, Any] = {k: v for k, v in PRESETS[RECIPE].items() if k not in {*IM, "adv_weight"}}
 BASE: dict[str, Any] = {k: v for k, v in FEDALIGN.items() if k != "pseudo_label_threshold"}
 
