@@ -29,6 +29,33 @@ from fedalign.presets import PRESETS
 
 DOMAINS = ("mnist", "mnistm", "optdigits", "syn")
 
+
+@dataclass(frozen=True)
+class Family:
+    """A multi-domain benchmark: its domains (the dataset spec is ``<name>:<domain>``) and the model."""
+
+    name: str
+    domains: tuple[str, ...]
+    architecture: str
+    model: dict[str, Any]
+
+    def spec(self, domain: str) -> str:
+        return f"{self.name}:{domain}"
+
+    def shape(self) -> Any:
+        from fedalign.models import ModelShape
+
+        return ModelShape(tuple(self.model["input_shape"]), self.model["num_classes"])
+
+
+FAMILIES: dict[str, Family] = {
+    "digits": Family("digits", DOMAINS, "digits_cnn", {"input_shape": [3, 28, 28], "num_classes": 10}),
+    # fedalign.data.signals: six waveforms recorded by four simulated sensors, a vector task.
+    "signals": Family(
+        "signals", ("lab", "field", "fast", "smooth"), "mlp", {"input_shape": [64], "num_classes": 6}
+    ),
+}
+
 # The method's defaults (docs/method.md): the schema's defaults, nothing added.
 PATENT: dict[str, Any] = {}
 
@@ -72,6 +99,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     # source-only validation tasks whether it is used).
     "fedalign_im_lambda0.1": ("fedalign", {"preset": RECIPE}),
     "fedalign_im_lambda0.3": ("fedalign", {"preset": RECIPE, "adv_weight": 0.3}),
+    "fedalign_im_lambda1": ("fedalign", {"preset": RECIPE, "adv_weight": 1.0}),
     # The paired ablation of the adversarial term: the same pipeline with lambda = 0 (the discriminator
     # still trains, nothing reads it), and FedAvg with the same unlabelled target terms (no discriminator).
     "fedalign_im_lambda0": ("fedalign", {"preset": RECIPE, "adv_weight": 0.0}),
@@ -80,9 +108,14 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
         {"local_steps": 1, "pseudo_label_threshold": FEDALIGN["pseudo_label_threshold"], **IM},
     ),
 }
-# The recipe with lambda chosen per target on the source-only validation tasks (bench.select_lambda,
-# bench/im_study.sh; bench/results/lambda-validation.jsonl), never on the target.
+# The recipe with lambda chosen per target on the source-only validation tasks, never on the target.
+# Digits: bench.select_lambda then bench.select_im on bench/results/lambda-validation.jsonl (bench/
+# lambda_study.sh, bench/im_study.sh). Signals: bench.select on bench/results/signals-validation.jsonl
+# (bench/signals_study.sh).
 SELECTED_LAMBDA = {"mnist": 0.1, "mnistm": 0.1, "optdigits": 0.1, "syn": 0.3}
+SELECTIONS = Path(__file__).resolve().parent / "results" / "selected-lambda.json"  # bench.select --write
+if SELECTIONS.exists():
+    SELECTED_LAMBDA |= {t: w for t, w in json.loads(SELECTIONS.read_text()).items() if t not in DOMAINS}
 FEDERATED_PER_TARGET = {"fedalign_im_selected"}
 CENTRAL = ("target_oracle", "dann_central")
 DEFAULT_METHODS = (
@@ -105,6 +138,7 @@ class Job:
     lr: float
     lr_schedule: str
     domains: tuple[str, ...] = DOMAINS
+    family: str = "digits"
 
     @property
     def sources(self) -> list[str]:
@@ -134,12 +168,15 @@ def federated_config(job: Job) -> Any:
     }
     local_steps = Hyperparameters.model_validate(hp).local_steps  # the preset's, or the schema's default
     hp["eval_every"] = max(1, job.steps // local_steps)  # evaluate once, at the end
-    nodes = [{"name": d, "role": "source", "dataset": f"digits:{d}"} for d in job.sources]
-    nodes.append({"name": job.target, "role": "target", "dataset": f"digits:{job.target}"})
+    family = FAMILIES[job.family]
+    nodes = [{"name": d, "role": "source", "dataset": family.spec(d)} for d in job.sources]
+    nodes.append({"name": job.target, "role": "target", "dataset": family.spec(job.target)})
     return FederationConfig.model_validate(
         {
             "name": f"{job.method}-{job.target}",
             "algorithm": algorithm,
+            "architecture": family.architecture,
+            "model": family.model,
             "rounds": max(1, job.steps // local_steps),
             "seed": job.seed,
             "hyperparameters": hp,
@@ -159,15 +196,17 @@ def run_job(job: Job) -> dict[str, Any]:
     if job.method in CENTRAL:
         from bench import references
 
-        target = datasets.load(f"digits:{job.target}")
+        family = FAMILIES[job.family]
+        model = (family.architecture, family.shape())
+        target = datasets.load(family.spec(job.target))
         if job.method == "target_oracle":
             acc = references.target_oracle(
-                target, job.steps, job.batch_size, job.lr, job.lr_schedule, job.seed
+                target, job.steps, job.batch_size, job.lr, job.lr_schedule, job.seed, model
             )
         else:
-            sources = [datasets.load(f"digits:{d}") for d in job.sources]
+            sources = [datasets.load(family.spec(d)) for d in job.sources]
             acc = references.dann_central(
-                sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, 1.0, job.seed
+                sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, 1.0, job.seed, model
             )
     else:
         from fedalign.simulate import simulate
@@ -227,15 +266,24 @@ def main(argv: list[str] | None = None) -> None:
         default=list(DEFAULT_METHODS),
         choices=[*CENTRAL, *FEDERATED, *FEDERATED_PER_TARGET],
     )
-    parser.add_argument("--targets", nargs="+", default=None, choices=DOMAINS, help="Default: every domain.")
+    parser.add_argument(
+        "--family",
+        choices=list(FAMILIES),
+        default="digits",
+        help="The benchmark family: digits (images, digits_cnn) or signals (vectors, mlp).",
+    )
+    every_domain = [d for f in FAMILIES.values() for d in f.domains]
+    parser.add_argument(
+        "--targets", nargs="+", default=None, choices=every_domain, help="Default: every domain."
+    )
     parser.add_argument(
         "--domains",
         nargs="+",
-        default=list(DOMAINS),
-        choices=DOMAINS,
+        default=None,
+        choices=every_domain,
         help="The pool: each target's sources are the others. Leaving the real target out of the pool makes "
         "a validation task from sources alone (each of them in turn a pseudo-target with labels), the "
-        "way to choose settings without target labels.",
+        "way to choose settings without target labels. Default: every domain of the family.",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=1500)
@@ -252,9 +300,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    args.targets = args.targets or [d for d in DOMAINS if d in args.domains]
+    family = FAMILIES[args.family]
+    args.domains = args.domains or list(family.domains)
+    if not set(args.domains) <= set(family.domains):
+        parser.error(f"the {family.name} family's domains are {', '.join(family.domains)}")
+    args.targets = args.targets or [d for d in family.domains if d in args.domains]
     if not set(args.targets) <= set(args.domains) or len(args.domains) < 2:
         parser.error("every target must be in --domains, and the pool needs at least two domains")
+    missing = [t for t in args.targets if t not in SELECTED_LAMBDA]
+    if "fedalign_im_selected" in args.methods and missing:
+        parser.error(f"no lambda has been selected for {', '.join(missing)} (SELECTED_LAMBDA)")
     log: Path = args.log or args.json.with_suffix(".jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}
@@ -264,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
                 record = json.loads(line)
                 done[record["key"]] = record
     jobs = [
-        Job(m, t, s, args.steps, args.batch_size, args.lr, args.lr_schedule, tuple(args.domains))
+        Job(m, t, s, args.steps, args.batch_size, args.lr, args.lr_schedule, tuple(args.domains), family.name)
         for s in args.seeds
         for t in args.targets
         for m in args.methods
@@ -275,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     from fedalign import data as datasets
 
     for d in args.domains:  # build the caches once, before the workers race for them
-        datasets.load(f"digits:{d}")
+        datasets.load(family.spec(d))
 
     run: Callable[[Job], dict[str, Any]] = run_job
     with ProcessPoolExecutor(max_workers=args.workers) as pool, log.open("a") as out:

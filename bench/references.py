@@ -42,10 +42,19 @@ def _anneal(opt: torch.optim.Optimizer, lr: float, schedule: str, progress: floa
     set_lr(opt, lr * (dann_lr_factor(progress) if schedule == "dann" else 1.0))
 
 
+DIGITS_MODEL = ("digits_cnn", ModelShape((3, 28, 28), 10))
+
+
 def target_oracle(
-    target: NodeData, steps: int, batch_size: int, lr: float, schedule: str, seed: int
+    target: NodeData,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    schedule: str,
+    seed: int,
+    model: tuple[str, ModelShape] = DIGITS_MODEL,
 ) -> float:
-    models = build("digits_cnn", ModelShape(target.input_shape, 10), seed=derive_seed(seed, "init"))
+    models = build(model[0], model[1], seed=derive_seed(seed, "init"))
     opt = _optimizer([*models.G.parameters(), *models.T.parameters()], lr)
     stream = BatchStream(target.train, batch_size, seed=derive_seed(seed, "oracle"))
     models.G.train()
@@ -69,8 +78,9 @@ def dann_central(
     schedule: str,
     adv_weight: float,
     seed: int,
+    model: tuple[str, ModelShape] = DIGITS_MODEL,
 ) -> float:
-    models = build("digits_cnn", ModelShape(target.input_shape, 10), seed=derive_seed(seed, "init"))
+    models = build(model[0], model[1], seed=derive_seed(seed, "init"))
     G, T, D = models.G, models.T, models.D
     opt = _optimizer([*G.parameters(), *T.parameters(), *D.parameters()], lr)
     src = BatchStream(

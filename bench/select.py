@@ -1,0 +1,92 @@
+"""Choose a setting per target without its labels, on source-only validation tasks. Not a test.
+
+For a real target T of a family, the validation tasks use the family's other domains only: each in turn is
+a labelled pseudo-target and the remaining ones are the sources (`python -m bench.accuracy --domains`, T left
+out of the pool). The candidate with the best mean pseudo-target accuracy is chosen for T; T's own labels are
+never read. Ties go to the candidate listed first (list the most conservative first).
+
+    python -m bench.select --family signals --log bench/results/signals-validation.jsonl \\
+        --candidates fedalign_im_lambda0.1 fedalign_im_lambda0.3 fedalign_im_lambda1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from bench.accuracy import FAMILIES, FEDERATED, SELECTIONS
+
+
+def load(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def pool_of(record: dict[str, Any], family_domains: tuple[str, ...]) -> tuple[str, ...]:
+    parts = record["key"].split("|")
+    return tuple(parts[7].split(",")) if len(parts) > 7 else family_domains
+
+
+def choose(
+    records: list[dict[str, Any]], domains: tuple[str, ...], target: str, candidates: list[str], steps: int
+) -> tuple[str | None, dict[str, float]]:
+    """The candidate with the best mean accuracy over `target`'s validation tasks, and every mean."""
+    pool = tuple(d for d in domains if d != target)
+    means: dict[str, float] = {}
+    for method in candidates:
+        accs = [
+            r["target_acc"]
+            for r in records
+            if r["method"] == method and r["steps"] == steps and pool_of(r, domains) == pool
+        ]
+        if len(accs) >= len(pool):  # every pseudo-target has run at least once
+            means[method] = statistics.fmean(accs)
+    if len(means) < len(candidates):
+        return None, means
+    best = max(means.values())
+    return next(m for m in candidates if means[m] == best), means
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--family", choices=list(FAMILIES), default="digits")
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--candidates", nargs="+", required=True)
+    parser.add_argument("--steps", type=int, default=750)
+    parser.add_argument("--target", default=None, help="Print only this target's choice.")
+    parser.add_argument(
+        "--write",
+        action="store_true",
+        help=f"Record each target's chosen adversarial weight in {SELECTIONS.name}, which "
+        "fedalign_im_selected reads.",
+    )
+    args = parser.parse_args(argv)
+    domains = FAMILIES[args.family].domains
+    records = load(args.log)
+    if args.target:
+        chosen, _ = choose(records, domains, args.target, args.candidates, args.steps)
+        print(chosen or "")
+        return
+    print("| real target | validation pool | " + " | ".join(args.candidates) + " | chosen |")
+    print("|---|---|" + "---|" * len(args.candidates) + "---|")
+    chosen_weights: dict[str, float] = {}
+    for target in domains:
+        chosen, means = choose(records, domains, target, args.candidates, args.steps)
+        pool = ", ".join(d for d in domains if d != target)
+        cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
+        print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {chosen or '—'} |")
+        if chosen:
+            chosen_weights[target] = float(FEDERATED[chosen][1]["adv_weight"])
+    if args.write:
+        if len(chosen_weights) < len(domains):
+            raise SystemExit("not every target has a choice yet: run the validation tasks first")
+        recorded = json.loads(SELECTIONS.read_text()) if SELECTIONS.exists() else {}
+        SELECTIONS.write_text(json.dumps(recorded | chosen_weights, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
