@@ -1,4 +1,4 @@
-"""The paired comparison of benchmark arms (bench.paired): the interval of the difference over shared seeds."""
+"""The paired comparison of benchmark arms (bench.paired): the difference over shared seeds, its interval."""
 
 from __future__ import annotations
 
