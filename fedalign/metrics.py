@@ -11,6 +11,9 @@ parameters and sample counts); the protocol combines them per round into the fed
   2 (1 - 2 err) with err = 1 - ``disc_acc_fresh``.
 * ``source_val_acc`` and ``task_loss``: the sources', weighted by validation sample count; ``target_acc``:
   the target's, on its labelled evaluation split when it has one; ``adv_loss``: the mean over nodes.
+* ``adv_weight``: lambda, the adversarial term's weight in that round under its schedule (``fedalign``
+  only; 0 means the discriminator trains but no extractor is pushed towards it), so that a chart of the
+  discriminator's accuracy can say whether alignment was being asked for at all.
 
 Pure arithmetic on the reported values: the backend's schemas import the names without torch.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fedalign.config import FederationConfig
+from fedalign.schedules import scheduled_adv_weight
 
 # Every scalar a node may report with a step: the privacy guarantee's list of what leaves a node besides
 # parameters and sample counts. The server refuses any other name, and a step that produced one fails on its
@@ -68,9 +72,12 @@ def round_metrics(
     config: FederationConfig,
     node_metrics: Mapping[str, Mapping[str, float]],
     samples: Mapping[str, Mapping[str, int]],
+    round_: int,
 ) -> dict[str, float]:
-    """A round's federation-level metrics from what each node reported (DESIGN.md section 1)."""
+    """Round `round_`'s federation-level metrics from what each node reported (DESIGN.md section 1)."""
     out: dict[str, float] = {}
+    if config.algorithm == "fedalign":
+        out["adv_weight"] = scheduled_adv_weight(config.hyperparameters, round_, config.rounds)
     parts = _disc_parts(config, node_metrics, "disc_acc_own")
     if parts:
         out["disc_acc_source"], out["disc_acc_target"] = parts

@@ -527,7 +527,7 @@ class Protocol:
             if fresh:
                 actions.append(RecordMetrics(r - 1, fresh))
         if phase.kind == "evaluate":
-            round_level = round_metrics(self.config, self.state.node_metrics, self.state.samples)
+            round_level = round_metrics(self.config, self.state.node_metrics, self.state.samples, r)
             if round_level:
                 actions.append(RecordMetrics(r, round_level))
         self.state.done = {}
