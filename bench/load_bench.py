@@ -74,14 +74,14 @@ from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
 from fedalign.protocol import Protocol, round_phases
+from messaging.node_api import STATUS_HEADER
+from messaging.node_api import TERMINAL_STATUSES as TERMINAL
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "load-bench-admin-token-0123456789"
 POSTGRES_ADMIN_URL = os.environ.get(
     "FEDALIGN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-STATUS_HEADER = "FedAlign-Federation-Status"
-TERMINAL = frozenset({"finished", "cancelled", "failed"})
 KINDS = ("federation", "poll", "claim", "claim_by_id", "download", "upload", "complete")
 # Like the Celery client: transport errors and 5xx answers are tried again, with backoff, so one failure is
 # counted instead of losing the node (a node that gave up on a claimed step would stall its phase for the

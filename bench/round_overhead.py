@@ -68,6 +68,7 @@ from fedalign import data as datasets
 from fedalign.config import FederationConfig, load_config
 from fedalign.protocol import Action, Aggregate, Finish, RunStep
 from fedalign.simulate import Simulator
+from messaging.node_api import TERMINAL_STATUSES as TERMINAL
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "round-overhead-bench-admin-token-0123"
@@ -75,7 +76,6 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "FEDALIGN_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = "redis://127.0.0.1:6379/14"
-TERMINAL = frozenset({"finished", "cancelled", "failed"})
 START_TIMEOUT_S = 120.0
 READY = re.compile(rb"\bready\.")
 
