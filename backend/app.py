@@ -32,7 +32,8 @@ from backend.routers import (
     rounds,
     session,
 )
-from backend.services.aggregation import AggregationDispatcher, AggregationService, ThreadPoolDispatcher
+from backend.services.aggregation import AggregationService, ThreadPoolDispatcher
+from backend.services.dispatch import AggregationDispatcher
 from backend.services.events import EventNotifier
 from backend.services.messages import CeleryAggregationDispatcher, CeleryMessenger, StepSender
 from backend.services.orchestrator import Orchestrator
@@ -56,23 +57,34 @@ Every error answers `{"error": {"code", "message", "details"}}`.
 """
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, messenger: CeleryMessenger | None = None) -> Services:
+    """Every service, each handed what it uses when it is made.
+
+    ``messenger``: the broker client, made from ``settings.broker_url`` when not given (a test passes one
+    that records). With one, steps of Celery-mode nodes go to their queues and aggregations to the
+    aggregator queue, where `fedalign worker --aggregator` runs this same AggregationService; without
+    one, nodes poll and aggregations run on a thread pool here.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(make_engine(settings.sqlalchemy_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms))
     store = ArtifactStore(settings.artifacts_dir)
     notifier = EventNotifier()
-    orchestrator = Orchestrator(db, store, notifier)
-    aggregation = AggregationService(db, store, orchestrator, settings.lease_seconds)
-    dispatcher: AggregationDispatcher
-    if settings.broker_url:
-        # Steps of Celery-mode nodes go to their queues, aggregations to the aggregator queue, where
-        # `fedalign worker --aggregator` runs this same AggregationService.
+    if messenger is None and settings.broker_url:
         messenger = CeleryMessenger(settings.broker_url, settings.data_dir, settings.queue_prefix)
-        orchestrator.send_steps = StepSender(db, messenger)
+    dispatcher: AggregationDispatcher
+    send_steps: StepSender | None = None
+    if messenger is not None:
         dispatcher = CeleryAggregationDispatcher(messenger, settings.step_resend_s)
+        send_steps = StepSender(db, messenger)
     else:
-        dispatcher = ThreadPoolDispatcher(aggregation.run, settings.aggregation_workers)
-    orchestrator.dispatch = dispatcher.dispatch
+        # The one cycle of the wiring: the pool runs the aggregation service, which feeds the orchestrator,
+        # which dispatches to the pool. `aggregation` is looked up when a job runs, once everything is made.
+        def run_aggregation(job_id: int) -> None:
+            aggregation.run(job_id)
+
+        dispatcher = ThreadPoolDispatcher(run_aggregation, settings.aggregation_workers)
+    orchestrator = Orchestrator(db, store, notifier, dispatcher=dispatcher, send_steps=send_steps)
+    aggregation = AggregationService(db, store, orchestrator, settings.lease_seconds)
     return Services(
         settings=settings,
         db=db,
@@ -86,14 +98,15 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, messenger: CeleryMessenger | None = None) -> FastAPI:
+    """The app; ``messenger`` as in `build_services`."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_start:
             await asyncio.to_thread(migrate.upgrade, settings.sqlalchemy_url)
-        services = await asyncio.to_thread(build_services, settings)
+        services = await asyncio.to_thread(build_services, settings, messenger)
         services.notifier.bind(asyncio.get_running_loop())
         app.state.services = services
         app.state.queue_collector = QueueCollector(

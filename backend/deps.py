@@ -10,8 +10,9 @@ from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBea
 
 from backend.database import Database
 from backend.errors import ApiError, forbidden, unauthorized
-from backend.security import Credential, resolve
-from backend.services.aggregation import AggregationDispatcher, AggregationService
+from backend.security import AdminCredential, Credential, NodeCredential, resolve
+from backend.services.aggregation import AggregationService
+from backend.services.dispatch import AggregationDispatcher
 from backend.services.events import EventNotifier
 from backend.services.orchestrator import Orchestrator
 from backend.services.store import ArtifactStore
@@ -94,23 +95,23 @@ def get_credential(
                 f"a request that changes state with the session cookie must send the session's CSRF token in "
                 f"the {CSRF_HEADER} header (GET /api/v1/session returns it)",
             )
-        return Credential("admin")
+        return AdminCredential()
     raise unauthorized("this endpoint needs a token: send the header 'Authorization: Bearer <token>'")
 
 
 AnyCredential = Annotated[Credential, Depends(get_credential)]
 
 
-def require_admin(credential: AnyCredential) -> Credential:
-    if credential.kind != "admin":
+def require_admin(credential: AnyCredential) -> AdminCredential:
+    if not isinstance(credential, AdminCredential):
         raise forbidden(
             f"this endpoint needs the admin token; a {credential.kind} token cannot manage federations"
         )
     return credential
 
 
-def require_node(credential: AnyCredential) -> Credential:
-    if credential.kind != "node":
+def require_node(credential: AnyCredential) -> NodeCredential:
+    if not isinstance(credential, NodeCredential):
         raise forbidden(
             f"the /api/v1/node endpoints take a node's own token (returned when it registered), not a "
             f"{credential.kind} token"
@@ -118,5 +119,5 @@ def require_node(credential: AnyCredential) -> Credential:
     return credential
 
 
-Admin = Annotated[Credential, Depends(require_admin)]
-NodeAuth = Annotated[Credential, Depends(require_node)]
+Admin = Annotated[AdminCredential, Depends(require_admin)]
+NodeAuth = Annotated[NodeCredential, Depends(require_node)]

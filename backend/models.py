@@ -11,8 +11,9 @@ changing how steps, artifacts and metrics point at memberships.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -30,6 +31,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from messaging.node_api import SecureSlot
+
+if TYPE_CHECKING:
+    from fedalign.protocol import Aggregate
+    from fedalign.protocol import StepSpec as ProtocolStep
 
 # Constraint names fixed by convention, so Alembic can alter them on SQLite (batch mode) and PostgreSQL.
 NAMING = {
@@ -66,6 +73,74 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class StepSpec(BaseModel):
+    """What one step reads and writes, by artifact key: `Step.spec`, from which its node's task is made.
+
+    The stored form of `fedalign.protocol.StepSpec` (the artifacts to start from and to upload, the seed)
+    and of a target's aggregate step (``key``, ``inputs``, ``weights``); ``secure`` is a masked phase's
+    masking per slot (`backend.services.secure`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    downloads: dict[str, str]  # slot -> the key of the aggregate to load first
+    uploads: dict[str, str]  # slot -> the key its upload is stored under
+    seed: int
+    # A target's aggregate step: the key of the average it computes (fed back as `AggregateDone`), and
+    # the phase's submissions (node -> key) with their normalised weights.
+    key: str | None = None
+    inputs: dict[str, str] = {}
+    weights: dict[str, float] = {}
+    secure: dict[str, SecureSlot] = {}
+
+    @property
+    def aggregate_key(self) -> str:
+        """An aggregate step's ``key``; a ValueError for any other step."""
+        if self.key is None:
+            raise ValueError("this step spec has no aggregate key: it is not an aggregate step")
+        return self.key
+
+    @classmethod
+    def of_step(cls, step: ProtocolStep, secure: dict[str, SecureSlot]) -> StepSpec:
+        """A node's own step (setup, training, evaluation, publishing, reveal); ``secure``: its masking."""
+        # Fields are set only where they apply, so the stored JSON holds only those (`StepSpecJSON`).
+        if secure:
+            return cls(downloads=step.downloads, uploads=step.uploads, seed=step.seed, secure=secure)
+        return cls(downloads=step.downloads, uploads=step.uploads, seed=step.seed)
+
+    @classmethod
+    def of_aggregate(cls, action: Aggregate, secure: dict[str, SecureSlot] | None) -> StepSpec:
+        """A target's aggregate step: average the phase's submissions into ``action.key``."""
+        fields: dict[str, Any] = {
+            "downloads": {},
+            "uploads": {action.model: action.key},
+            "seed": 0,
+            "key": action.key,
+            "inputs": dict(action.inputs),
+            "weights": dict(action.weights),
+        }
+        if secure is not None:
+            fields["secure"] = secure
+        return cls(**fields)
+
+
+class StepSpecJSON(TypeDecorator[StepSpec]):
+    """`StepSpec` in a JSON column, parsed once when the row loads.
+
+    Written as the fields that were set (``exclude_unset``): exactly the JSON the orchestrator wrote before
+    this type existed, so old rows and new ones have one format and no migration is needed.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: StepSpec | None, dialect: Dialect) -> dict[str, Any] | None:
+        return None if value is None else value.model_dump(mode="json", exclude_unset=True)
+
+    def process_result_value(self, value: dict[str, Any] | None, dialect: Dialect) -> StepSpec | None:
+        return None if value is None else StepSpec.model_validate(value)
 
 
 class Base(DeclarativeBase):
@@ -135,8 +210,7 @@ class Step(Base):
     phase: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(16), default="")
-    # downloads/uploads {slot: artifact key}, seed; for aggregate steps also inputs {node: key}, weights.
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    spec: Mapped[StepSpec] = mapped_column(StepSpecJSON)
     # pending -> claimed -> done; cancelled when its phase closed without it or the federation ended.
     status: Mapped[str] = mapped_column(String(16), default="pending")
     lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)

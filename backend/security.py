@@ -22,8 +22,6 @@ from backend.models import Federation, Node
 JOIN_PREFIX = "fa_join_"
 NODE_PREFIX = "fa_node_"
 
-CredentialKind = Literal["admin", "join", "node"]
-
 
 def new_token(prefix: str) -> str:
     return prefix + secrets.token_urlsafe(32)
@@ -38,26 +36,46 @@ def same(a: str, b: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Credential:
-    kind: CredentialKind
-    federation_id: str | None = None
-    node_id: str | None = None
-    node_name: str | None = None
+class AdminCredential:
+    """The admin token (or the dashboard's session): manages every federation."""
+
+    kind: Literal["admin"] = "admin"
+
+
+@dataclass(frozen=True)
+class JoinCredential:
+    """A federation's join token: registers nodes in that federation, nothing else."""
+
+    federation_id: str
+    kind: Literal["join"] = "join"
+
+
+@dataclass(frozen=True)
+class NodeCredential:
+    """A node's token: that node of that federation, every field known (the node API's caller)."""
+
+    federation_id: str
+    node_id: str
+    node_name: str
+    kind: Literal["node"] = "node"
+
+
+Credential = AdminCredential | JoinCredential | NodeCredential
 
 
 def resolve(session: Session, admin_token: str, token: str) -> Credential | None:
     """Who a bearer token is, or None when it is nobody's."""
     digest = token_hash(token)
     if same(digest, token_hash(admin_token)):
-        return Credential("admin")
+        return AdminCredential()
     if token.startswith(NODE_PREFIX):
         node = session.scalars(select(Node).where(Node.token_hash == digest)).one_or_none()
         if node is not None and same(node.token_hash, digest):
-            return Credential("node", federation_id=node.federation_id, node_id=node.id, node_name=node.name)
+            return NodeCredential(federation_id=node.federation_id, node_id=node.id, node_name=node.name)
     elif token.startswith(JOIN_PREFIX):
         federation = session.scalars(
             select(Federation).where(Federation.join_token_hash == digest)
         ).one_or_none()
         if federation is not None and same(federation.join_token_hash, digest):
-            return Credential("join", federation_id=federation.id)
+            return JoinCredential(federation_id=federation.id)
     return None

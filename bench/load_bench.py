@@ -84,10 +84,10 @@ from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
 from fedalign.phases import round_phases
 from fedalign.protocol import Protocol
+from messaging.node_api import STATUS_HEADER
+from messaging.node_api import TERMINAL_STATUSES as TERMINAL
 
 ADMIN_TOKEN = "load-bench-admin-token-0123456789"
-STATUS_HEADER = "FedAlign-Federation-Status"
-TERMINAL = frozenset({"finished", "cancelled", "failed"})
 KINDS = ("federation", "poll", "claim", "claim_by_id", "download", "upload", "complete")
 # Like the Celery client: transport errors and 5xx answers are tried again, with backoff, so one failure is
 # counted instead of losing the node (a node that gave up on a claimed step would stall its phase for the

@@ -22,12 +22,11 @@ This module talks to the backend only over HTTP and never imports it.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,14 @@ from fedalign.device import CPU, Device
 from fedalign.models import manifests
 from fedalign.node import NodeRuntime, StepResult, model_shape
 from fedalign.protocol import StepSpec, effective_local_policy
+from messaging import node_api
+from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.state import NodeStateFile, SecAggLedger
 
 log = logging.getLogger("fedalign.workers")
 
 # Stands in for other nodes' dataset specs, which the server withholds: a node never needs them.
 WITHHELD_DATASET = "withheld:"
-STATUS_HEADER = "FedAlign-Federation-Status"
-TERMINAL = frozenset({"finished", "cancelled", "failed"})
 State = dict[str, torch.Tensor]
 
 
@@ -70,6 +69,9 @@ class ServerError(ClientError):
 
 @dataclass(frozen=True)
 class NodeFederation:
+    """The node's view of its federation, ready to build its runtime: the server's answer
+    (`messaging.node_api.NodeFederation`) with its config parsed, other nodes' datasets withheld."""
+
     federation_id: str
     status: str
     node_id: str
@@ -78,59 +80,35 @@ class NodeFederation:
     dataset: str
     config: FederationConfig
 
-
-@dataclass(frozen=True)
-class Task:
-    step_id: int
-    federation_id: str
-    node: str
-    round: int
-    phase: str
-    kind: str
-    model: str
-    seed: int
-    downloads: dict[str, str]
-    uploads: dict[str, str]
-    complete_url: str
-    lease_expires_at: dt.datetime
-    inputs: dict[str, str] = field(default_factory=dict)
-    weights: dict[str, float] = field(default_factory=dict)
-    # Secure aggregation: slot -> its mask context, roster weights and public keys, dropped nodes, reveals.
-    secure: dict[str, Any] = field(default_factory=dict)
-
     @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> Task:
+    def of(cls, answer: node_api.NodeFederation) -> NodeFederation:
+        nodes = [
+            {"name": n.name, "role": n.role, "dataset": n.dataset or WITHHELD_DATASET} for n in answer.nodes
+        ]
         return cls(
-            step_id=int(body["step_id"]),
-            federation_id=str(body["federation_id"]),
-            node=str(body["node"]),
-            round=int(body["round"]),
-            phase=str(body["phase"]),
-            kind=str(body["kind"]),
-            model=str(body.get("model", "")),
-            seed=int(body["seed"]),
-            downloads=dict(body["downloads"]),
-            uploads=dict(body["uploads"]),
-            complete_url=str(body["complete_url"]),
-            lease_expires_at=dt.datetime.fromisoformat(str(body["lease_expires_at"]).replace("Z", "+00:00")),
-            inputs=dict(body.get("inputs") or {}),
-            weights={k: float(v) for k, v in (body.get("weights") or {}).items()},
-            secure=dict(body.get("secure") or {}),
+            federation_id=answer.federation_id,
+            status=answer.status,
+            node_id=answer.node_id,
+            node=answer.node.name,
+            role=answer.node.role,
+            dataset=answer.node.dataset or "",
+            config=FederationConfig.model_validate({**answer.config, "nodes": nodes}),
         )
 
-    def step_spec(self) -> StepSpec:
-        """The step as `NodeRuntime.run` takes it (slots map to URLs here; the runtime reads only slots)."""
-        return StepSpec(
-            node=self.node,
-            round=self.round,
-            phase=self.phase,
-            kind=self.kind,  # type: ignore[arg-type]
-            downloads=dict(self.downloads),
-            uploads=dict(self.uploads),
-            seed=self.seed,
-            inputs=dict(self.inputs),
-            weights=dict(self.weights),
-        )
+
+def step_spec(task: Task) -> StepSpec:
+    """The task as `NodeRuntime.run` takes it (slots map to URLs here; the runtime reads only slots)."""
+    return StepSpec(
+        node=task.node,
+        round=task.round,
+        phase=task.phase,
+        kind=task.kind,  # type: ignore[arg-type]
+        downloads=dict(task.downloads),
+        uploads=dict(task.uploads),
+        seed=task.seed,
+        inputs=dict(task.inputs),
+        weights=dict(task.weights),
+    )
 
 
 class _Chunks:
@@ -200,23 +178,9 @@ class NodeClient:
             raise kind(response.status_code, "http_error", response.text[:500]) from None
 
     def federation(self) -> NodeFederation:
-        body = self._get("/api/v1/node/federation").json()
-        me = body["node"]
-        nodes = [
-            {"name": n["name"], "role": n["role"], "dataset": n.get("dataset") or WITHHELD_DATASET}
-            for n in body["nodes"]
-        ]
-        config = FederationConfig.model_validate({**body["config"], "nodes": nodes})
-        self.federation_status = body["status"]
-        return NodeFederation(
-            federation_id=body["federation_id"],
-            status=body["status"],
-            node_id=body["node_id"],
-            node=me["name"],
-            role=me["role"],
-            dataset=me.get("dataset") or "",
-            config=config,
-        )
+        answer = node_api.NodeFederation.model_validate_json(self._get("/api/v1/node/federation").content)
+        self.federation_status = answer.status
+        return NodeFederation.of(answer)
 
     def next_task(self) -> Task | None:
         """Claim the next step, or None when there is none now (see ``federation_status``)."""
@@ -225,13 +189,13 @@ class NodeClient:
             self.federation_status = response.headers.get(STATUS_HEADER, self.federation_status)
             return None
         self.federation_status = None
-        return Task.from_json(response.json())
+        return Task.model_validate_json(response.content)
 
     def claim(self, step_id: int) -> Task:
         """Claim one of this node's steps by id (a Celery message's step); 409 ClientError when it is done,
         cancelled, or its federation is paused or over."""
         response = self.http.post(self._url(f"/api/v1/node/steps/{step_id}/claim"), headers=self._auth)
-        return Task.from_json(self._check(response).json())
+        return Task.model_validate_json(self._check(response).content)
 
     def download_bytes(self, url: str) -> bytes:
         return self._get(url).content
@@ -239,30 +203,30 @@ class NodeClient:
     def download(self, url: str) -> State:
         return params.from_bytes(self.download_bytes(url))
 
-    def upload(self, url: str, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    def upload(self, url: str, state: Mapping[str, torch.Tensor]) -> node_api.UploadResult:
         return self.upload_bytes(url, params.to_bytes(state))
 
-    def upload_bytes(self, url: str, data: bytes) -> dict[str, Any]:
+    def upload_bytes(self, url: str, data: bytes) -> node_api.UploadResult:
         headers = {
             **self._auth,
             "Content-Type": "application/octet-stream",
             "Content-Length": str(len(data)),
         }
         response = self.http.put(self._url(url), content=_Chunks(data), headers=headers)
-        return dict(self._check(response).json())
+        return node_api.UploadResult.model_validate_json(self._check(response).content)
 
-    def put_public_key(self, public_key: bytes) -> dict[str, Any]:
+    def put_public_key(self, public_key: bytes) -> node_api.PublicKeyOut:
         """Send this node's X25519 public key (secure aggregation); its private key is never sent."""
         body = {"public_key": _b64(public_key)}
         response = self.http.put(self._url("/api/v1/node/public-key"), json=body, headers=self._auth)
-        return dict(self._check(response).json())
+        return node_api.PublicKeyOut.model_validate_json(self._check(response).content)
 
     def public_keys(self) -> dict[str, bytes]:
         """The public keys of this node's federation, as the server relays them."""
-        body = self._get("/api/v1/node/public-keys").json()
-        return {name: _unb64(key) for name, key in body["public_keys"].items()}
+        answer = node_api.PublicKeys.model_validate_json(self._get("/api/v1/node/public-keys").content)
+        return {name: _unb64(key) for name, key in answer.public_keys.items()}
 
-    def reveal(self, url: str, reveals: Mapping[str, secagg.SeedReveal]) -> dict[str, Any]:
+    def reveal(self, url: str, reveals: Mapping[str, secagg.SeedReveal]) -> node_api.CompleteResult:
         """Answer a reveal step: per model, this node's self seed and its seeds with the dropped nodes."""
         body = {
             "seeds": {
@@ -273,15 +237,17 @@ class NodeClient:
                 for model, r in reveals.items()
             }
         }
-        return dict(self._check(self.http.post(self._url(url), json=body, headers=self._auth)).json())
+        response = self.http.post(self._url(url), json=body, headers=self._auth)
+        return node_api.CompleteResult.model_validate_json(self._check(response).content)
 
     def complete(
         self, url: str, metrics: Mapping[str, float], samples: Mapping[str, int] | None = None
-    ) -> dict[str, Any]:
+    ) -> node_api.CompleteResult:
         body: dict[str, Any] = {"metrics": {k: float(v) for k, v in metrics.items()}}
         if samples is not None:
             body["samples"] = dict(samples)
-        return dict(self._check(self.http.post(self._url(url), json=body, headers=self._auth)).json())
+        response = self.http.post(self._url(url), json=body, headers=self._auth)
+        return node_api.CompleteResult.model_validate_json(self._check(response).content)
 
 
 class NodeRunner:
@@ -355,22 +321,22 @@ class NodeRunner:
 
     # ------------------------------------------------------------------------------ secure aggregation
 
-    def _masker(self, masking: Mapping[str, Any]) -> tuple[secagg.Masker, secagg.MaskContext]:
+    def _masker(self, masking: node_api.SecureSlot) -> tuple[secagg.Masker, secagg.MaskContext]:
         """This node's masker for one masked slot of a task: the roster's relayed keys, its own weight, and
         the self seed derived from its private key and the context (so a re-run masks identically)."""
         if self.secagg is None:
             raise secagg.SecAggError("this federation does not use secure aggregation")
         keys = self.secagg.key_pair()
-        context = secagg.MaskContext(**masking["context"])
+        context = secagg.MaskContext(**masking.context.model_dump())
         if context.federation != self.federation.federation_id:
             raise secagg.SecAggError(f"the mask context {context} is not of this node's federation")
         node = self.federation.node
-        public_keys = {name: _unb64(key) for name, key in masking["public_keys"].items()}
+        public_keys = {name: _unb64(key) for name, key in masking.public_keys.items()}
         masker = secagg.Masker(
             node,
             keys,
             public_keys,
-            float(masking["weights"][node]),
+            masking.weights[node],
             context,
             self_seed=keys.self_seed(node, context),
         )
@@ -391,8 +357,8 @@ class NodeRunner:
         for slot, masking in task.secure.items():
             masker, context = self._masker(masking)
             # When the target aggregates it knows its own upload: two others must stay hidden in the sum.
-            aggregator_in_sum = self.config.aggregator == "target" and target in masking["weights"]
-            dropped = list(masking["dropped"])
+            aggregator_in_sum = self.config.aggregator == "target" and target in masking.weights
+            dropped = list(masking.dropped)
             reveals[slot] = masker.reveal(dropped, min_survivors=secagg.MIN_SURVIVORS + aggregator_in_sum)
             self.secagg.record_reveal(context, dropped)
         self.client.reveal(task.complete_url, reveals)
@@ -435,7 +401,7 @@ class NodeRunner:
         self._downloaded = fetched
         downloads = {slot: params.from_bytes(fetched[url]) for slot, url in task.downloads.items()}
         try:
-            return self.runtime.run(task.step_spec(), downloads)
+            return self.runtime.run(step_spec(task), downloads)
         except BaseException:
             # A step that failed half-way has trained part of its models: start again from the saved state
             # (or, without a state file, from nothing, as a new node would).
@@ -449,16 +415,16 @@ class NodeRunner:
         manifest = self._manifests()[task.model]
         masking = task.secure.get(task.model)
         if masking is not None:
-            total = secagg.MaskedSum(manifest, masking["weights"])
+            total = secagg.MaskedSum(manifest, masking.weights)
             for node, url in sorted(task.inputs.items()):
                 total.offer(node, self.client.download_bytes(url))
             reveals = {
                 node: secagg.SeedReveal(
                     node,
-                    _unb64(seeds["self_seed"]),
-                    {peer: _unb64(seed) for peer, seed in seeds["pair_seeds"].items()},
+                    _unb64(seeds.self_seed),
+                    {peer: _unb64(seed) for peer, seed in seeds.pair_seeds.items()},
                 )
-                for node, seeds in masking["reveals"].items()
+                for node, seeds in masking.reveals.items()
             }
             result = total.unmask(reveals)
         else:
@@ -470,7 +436,7 @@ class NodeRunner:
 
     @property
     def finished(self) -> bool:
-        return self.client.federation_status in TERMINAL
+        return self.client.federation_status in TERMINAL_STATUSES
 
 
 def _b64(raw: bytes) -> str:

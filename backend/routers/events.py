@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from backend.deps import Admin, ServicesDep
 from backend.errors import responses
 from backend.limits import Bigint
 from backend.models import Event, Federation
+from backend.schemas.events import EventOut
 from backend.services import federations
 
 router = APIRouter(prefix="/api/v1/federations/{federation_id}/events", tags=["events"])
@@ -35,27 +37,24 @@ def _page(services: ServicesDep, federation_id: str, after: int) -> tuple[list[d
             )
         )
         exists = session.get(Federation, federation_id) is not None
-    messages = [
-        {
-            "id": str(e.id),
-            "event": e.type,
-            "data": json.dumps(
-                {"id": e.id, "type": e.type, "payload": e.payload, "created_at": e.created_at.isoformat()}
-            ),
-        }
-        for e in rows
-    ]
+    messages = [{"id": str(e.id), "event": e.type, "data": _data(EventOut.model_validate(e))} for e in rows]
     return messages, exists
+
+
+def _data(event: EventOut) -> str:
+    # json.dumps with ISO times ("+00:00"), as the stream has always sent them.
+    return json.dumps(event.model_dump(), default=dt.datetime.isoformat)
 
 
 @router.get(
     "",
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            "description": "A stream of events: `id` (send it back as Last-Event-ID to resume), `event` (the "
-            "type: status, phase, phase_closed, aggregation, aggregate, submission, step_done, metrics, "
-            "node_registered, node_removed) and `data` (JSON: id, type, payload, created_at).",
+            # The model puts EventOut (and EventType) in the document, so that generated clients have them.
+            "model": EventOut,
+            "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/EventOut"}}},
+            "description": "A stream of server-sent events: `id` (send it back as Last-Event-ID to resume), "
+            "`event` (the type, an EventType) and `data` (the event as JSON, an EventOut).",
         }
     }
     | responses(401, 403, 404, 422),

@@ -15,7 +15,12 @@ from fastapi.responses import FileResponse
 from backend.deps import NodeAuth, ServicesDep
 from backend.errors import ApiError, responses
 from backend.limits import Bigint
-from backend.schemas.node_api import (
+from backend.security import NodeCredential
+from backend.services.node_api import access, completion, keys, leases, transfers
+from backend.services.store import Staged
+from fedalign import params, secagg
+from messaging.node_api import (
+    STATUS_HEADER,
     CompleteRequest,
     CompleteResult,
     NodeFederation,
@@ -26,14 +31,9 @@ from backend.schemas.node_api import (
     Task,
     UploadResult,
 )
-from backend.security import Credential
-from backend.services import steps
-from backend.services.store import Staged
-from fedalign import params, secagg
 
 router = APIRouter(prefix="/api/v1/node", tags=["node"])
 
-STATUS_HEADER = "FedAlign-Federation-Status"
 SAFETENSORS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 StepId = Annotated[int, PathParam(ge=1, description="The step's id, from the task."), Bigint]
 
@@ -49,7 +49,7 @@ class LargeFileResponse(FileResponse):
 def node_federation(services: ServicesDep, node: NodeAuth) -> NodeFederation:
     """What the node needs to build its runtime: the config, its own entry, the others' names and roles."""
     with services.db.read() as session:
-        return steps.node_federation(session, node)
+        return access.node_federation(session, node)
 
 
 @router.get(
@@ -67,8 +67,8 @@ def node_federation(services: ServicesDep, node: NodeAuth) -> NodeFederation:
 def next_task(request: Request, services: ServicesDep, node: NodeAuth) -> Task | Response:
     """Claim this node's next step with a lease; finish it before ``lease_expires_at``."""
     with services.db.write() as session:
-        step, federation_status = steps.claim_next(session, node, services.settings.lease_seconds)
-        task = steps.task_of(step, node.node_name or "", services.base_url(request)) if step else None
+        step, federation_status = leases.claim_next(session, node, services.settings.lease_seconds)
+        task = leases.task_of(step, node, services.base_url(request)) if step else None
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT, headers={STATUS_HEADER: federation_status})
     return task
@@ -85,8 +85,8 @@ def claim_step(request: Request, services: ServicesDep, node: NodeAuth, step_id:
     claimed before (a restarted worker, a retried message), is claimable; a done or cancelled step, or a
     federation that is paused or over, answers 409 with a code that says which: drop the message then."""
     with services.db.write() as session:
-        step = steps.claim_step(session, node, step_id, services.settings.lease_seconds)
-        return steps.task_of(step, node.node_name or "", services.base_url(request))
+        step = leases.claim_step(session, node, step_id, services.settings.lease_seconds)
+        return leases.task_of(step, node, services.base_url(request))
 
 
 @router.get(
@@ -101,7 +101,7 @@ def download_artifact(
     """An aggregate one of this node's open steps downloads (or, for a target aggregating, a submission
     its aggregate step folds)."""
     with services.db.read() as session:
-        artifact = steps.artifact_for_node(session, node, key)
+        artifact = transfers.artifact_for_node(session, node, key)
     return LargeFileResponse(
         services.store.path(artifact.sha256),
         media_type="application/octet-stream",
@@ -159,7 +159,9 @@ async def upload(
                 f"upload for slot {slot!r} refused: {exc.message}{_masking_hint(target, exc)}",
                 {"tensor": exc.tensor} if exc.tensor else None,
             ) from exc
-        return await run_in_threadpool(steps.store_upload, services.orchestrator, node, step_id, slot, staged)
+        return await run_in_threadpool(
+            transfers.store_upload, services.orchestrator, node, step_id, slot, staged
+        )
     finally:
         staged.discard()  # no-op once the store adopted it
 
@@ -174,7 +176,7 @@ def complete_step(
 ) -> CompleteResult:
     """Report the step done, with its metrics (and sample counts for setup). Its uploads must be stored
     first. Repeating an identical completion is answered the same and changes nothing."""
-    return steps.complete(services.orchestrator, node, step_id, body)
+    return completion.complete(services.orchestrator, node, step_id, body)
 
 
 @router.put(
@@ -187,14 +189,14 @@ def put_public_key(services: ServicesDep, node: NodeAuth, body: PublicKeyIn) -> 
     """Secure aggregation's AdvertiseKeys: the node's public key, relayed to its peers in the steps of masked
     phases; its private key never leaves the node. Sent before setup completes; the same key again is a
     no-op, a different one is refused (409): peers may have masked against the first."""
-    return steps.put_public_key(services.orchestrator, node, body)
+    return keys.put_public_key(services.orchestrator, node, body)
 
 
 @router.get("/public-keys", response_model=PublicKeys, responses=responses(401, 403, 404))
 def public_keys(services: ServicesDep, node: NodeAuth) -> PublicKeys:
     """The public keys of this node's federation, as the server relays them (secure aggregation)."""
     with services.db.read() as session:
-        return steps.public_keys_of(session, node)
+        return keys.public_keys_of(session, node)
 
 
 @router.post(
@@ -209,10 +211,10 @@ def reveal_seeds(
     """Secure aggregation's Unmasking: for each model the reveal step lists, this survivor's self seed and
     its pairwise seeds with the step's dropped nodes only. Completes the step; the same answer again is
     answered the same, a different one is refused (409)."""
-    return steps.reveal(services.orchestrator, node, step_id, body)
+    return keys.reveal(services.orchestrator, node, step_id, body)
 
 
-def _masking_hint(target: steps.UploadTarget, exc: params.ParameterError) -> str:
+def _masking_hint(target: transfers.UploadTarget, exc: params.ParameterError) -> str:
     if exc.code != "dtype_mismatch":
         return ""
     if target.masked:
@@ -223,9 +225,11 @@ def _masking_hint(target: steps.UploadTarget, exc: params.ParameterError) -> str
     return " (masked int64 uploads go only to the averaged slots of a federation with secure aggregation)"
 
 
-def _upload_target(services: ServicesDep, node: Credential, step_id: int, slot: str) -> steps.UploadTarget:
+def _upload_target(
+    services: ServicesDep, node: NodeCredential, step_id: int, slot: str
+) -> transfers.UploadTarget:
     with services.db.read() as session:
-        return steps.upload_target(session, node, step_id, slot)
+        return transfers.upload_target(session, node, step_id, slot)
 
 
 def _too_large(size: int, limit: int) -> ApiError:

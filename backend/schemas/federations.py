@@ -4,14 +4,13 @@ one by one afterwards (`schemas.nodes`)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.schemas.nodes import NodeCreated
 from fedalign.config import Algorithm, FederationConfig
-
-FederationStatus = Literal["created", "running", "paused", "stalled", "finished", "cancelled", "failed"]
+from messaging.node_api import FederationStatus
 
 CREATE_EXAMPLE: dict[str, Any] = {
     "name": "digits: mnist + syn -> mnistm",

@@ -9,8 +9,8 @@ With secure aggregation the masked submissions fold into a `fedalign.secagg.Mask
 time from the artifact store, exact in the ring, so in any order), which the survivors' stored reveals then
 unmask into their weighted average: the simulator's numbers again.
 
-`AggregationDispatcher` is the seam for where jobs run: `ThreadPoolDispatcher` in the API process now;
-a Celery dispatcher on the ``aggregator`` queue when a broker is configured (the workers issue).
+`backend.services.dispatch.AggregationDispatcher` is the seam for where jobs run: `ThreadPoolDispatcher` in
+the API process, or a Celery dispatcher on the ``aggregator`` queue when a broker is configured.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 from sqlalchemy import and_, or_, select, update
 
@@ -42,14 +41,6 @@ log = logging.getLogger("fedalign.backend")
 
 # A job that failed this many times marks its federation failed instead of being retried again.
 MAX_ATTEMPTS = 3
-
-
-class AggregationDispatcher(Protocol):
-    def dispatch(self, job_ids: Iterable[int]) -> None:
-        """Arrange for each job to run soon; a job already queued here is not queued twice."""
-
-    def close(self) -> None:
-        """Stop taking jobs and wait for the running ones."""
 
 
 class ThreadPoolDispatcher:

@@ -17,9 +17,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from backend.models import Event
+from backend.schemas.events import EVENT_TYPES, EventType
 
 
-def record(session: Session, federation_id: str, type_: str, payload: dict[str, Any]) -> None:
+def record(session: Session, federation_id: str, type_: EventType, payload: dict[str, Any]) -> None:
+    if type_ not in EVENT_TYPES:
+        # The dashboard listens only to the declared types: an undeclared one would never reach it.
+        raise ValueError(f"event type {type_!r} is not declared in backend.schemas.events.EventType")
     session.add(Event(federation_id=federation_id, type=type_, payload=payload))
 
 

@@ -19,7 +19,16 @@ from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step
 from backend.observability import logs
 from backend.schemas.federations import FederationOut, Progress
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeOut
-from backend.security import JOIN_PREFIX, NODE_PREFIX, Credential, new_token, token_hash
+from backend.security import (
+    JOIN_PREFIX,
+    NODE_PREFIX,
+    AdminCredential,
+    Credential,
+    JoinCredential,
+    NodeCredential,
+    new_token,
+    token_hash,
+)
 from backend.services import events
 from backend.services.node_commands import run_command
 from backend.services.orchestrator import (
@@ -213,7 +222,7 @@ def clone(
         raise ApiError(422, "invalid_request", f"the copy's settings are invalid: {problems}") from exc
     registered = []
     if with_nodes:
-        admin = Credential("admin")
+        admin = AdminCredential()
         try:
             registered = [register_node(orchestrator, federation.id, n, admin) for n in nodes]
         except ApiError:
@@ -228,7 +237,9 @@ def clone(
 def register_node(
     orchestrator: Orchestrator, federation_id: str, body: NodeCreate, credential: Credential
 ) -> tuple[Node, str]:
-    if credential.kind == "node" or (credential.kind == "join" and credential.federation_id != federation_id):
+    if isinstance(credential, NodeCredential) or (
+        isinstance(credential, JoinCredential) and credential.federation_id != federation_id
+    ):
         raise forbidden(
             "this token cannot register nodes here; use the admin token or this federation's join token"
         )

@@ -25,9 +25,11 @@ from sqlalchemy.orm import Session
 
 from backend.database import Database, lock_blob, lock_federation
 from backend.errors import not_found
-from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
+from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, StepSpec, utcnow
 from backend.observability import logs, metrics
+from backend.schemas.events import EventType
 from backend.services import events, secure
+from backend.services.dispatch import AggregationDispatcher, StepDispatcher
 from backend.services.events import EventNotifier
 from backend.services.messages import StepMessage
 from backend.services.store import ArtifactStore, Staged
@@ -47,12 +49,13 @@ from fedalign.protocol import (
     RunStep,
     Stall,
 )
+from messaging.node_api import TERMINAL_STATUSES, SecureSlot
 
 log = logging.getLogger("fedalign.backend")
 
 OPEN_STEP = ("pending", "claimed")
 ACTIVE = ("running", "stalled", "paused")
-TERMINAL = ("finished", "cancelled", "failed")
+TERMINAL = TERMINAL_STATUSES
 
 
 def federation_config(federation: Federation) -> FederationConfig:
@@ -141,7 +144,7 @@ class Transaction:
         ):
             self.send_after_commit(step)
 
-    def event(self, type_: str, payload: dict[str, Any]) -> None:
+    def event(self, type_: EventType, payload: dict[str, Any]) -> None:
         events.record(self.session, self.federation.id, type_, payload)
         self.after.notify = True
 
@@ -252,22 +255,16 @@ class Transaction:
                 )
         elif isinstance(action, RunStep):
             spec = action.step
-            step_spec: dict[str, Any] = {
-                "downloads": spec.downloads,
-                "uploads": spec.uploads,
-                "seed": spec.seed,
-            }
+            masking: dict[str, SecureSlot] = {}
             if protocol.reveal_steps:
                 masking = secure.step_masking(fed.id, protocol, spec, self.public_keys())
-                if masking:
-                    step_spec["secure"] = masking
             self._add_step(
                 node=spec.node,
                 round_=spec.round,
                 phase=spec.phase,
                 kind=spec.kind,
                 model="",
-                spec=step_spec,
+                spec=StepSpec.of_step(spec, masking),
             )
         elif isinstance(action, Aggregate):
             round_, phase = protocol.state.round, protocol.phase
@@ -287,16 +284,9 @@ class Transaction:
                 self.session.flush()
                 self.after.aggregations.add(job.id)
             else:
-                aggregate_spec: dict[str, Any] = {
-                    "downloads": {},
-                    "uploads": {action.model: action.key},
-                    "seed": 0,
-                    "key": action.key,
-                    "inputs": dict(action.inputs),
-                    "weights": dict(action.weights),
-                }
+                aggregate_masking = None
                 if protocol.reveal_steps:
-                    aggregate_spec["secure"] = secure.aggregate_masking(
+                    aggregate_masking = secure.aggregate_masking(
                         self.session, fed.id, protocol, action, self.public_keys()
                     )
                 self._add_step(
@@ -305,7 +295,7 @@ class Transaction:
                     phase=phase,
                     kind="aggregate",
                     model=action.model,
-                    spec=aggregate_spec,
+                    spec=StepSpec.of_aggregate(action, aggregate_masking),
                 )
             self.event("aggregation", {"key": action.key, "model": action.model, "by": action.by})
         elif isinstance(action, RecordMetrics):
@@ -333,9 +323,7 @@ class Transaction:
         else:  # pragma: no cover - the protocol's Action union is closed
             raise TypeError(f"unknown action {action!r}")
 
-    def _add_step(
-        self, *, node: str, round_: int, phase: str, kind: str, model: str, spec: dict[str, Any]
-    ) -> None:
+    def _add_step(self, *, node: str, round_: int, phase: str, kind: str, model: str, spec: StepSpec) -> None:
         node_id = self.node_ids()[node]
         exists = self.session.scalar(
             select(func.count())
@@ -405,7 +393,7 @@ class Transaction:
         )
         for step in open_steps:
             if step.kind == "aggregate":
-                stale = state.finished or step.spec.get("key") not in state.pending
+                stale = state.finished or step.spec.key not in state.pending
             else:
                 stale = (names[step.node_id], step.round, step.phase) not in wanted
             if stale:
@@ -415,14 +403,26 @@ class Transaction:
 
 
 class Orchestrator:
-    def __init__(self, db: Database, store: ArtifactStore, notifier: EventNotifier) -> None:
+    """Feeds events to a federation's protocol in locked transactions, then hands on what they produced.
+
+    ``dispatcher`` runs the aggregation jobs a transaction wrote; ``send_steps``, given only when a broker
+    is configured, sends Celery-mode nodes' steps to their queues (without it every node polls).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        store: ArtifactStore,
+        notifier: EventNotifier,
+        *,
+        dispatcher: AggregationDispatcher,
+        send_steps: StepDispatcher | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.notifier = notifier
-        # Set by the app once the aggregation service exists (it needs the orchestrator too).
-        self.dispatch: Callable[[Iterable[int]], None] = lambda _ids: None
-        # Set when a broker is configured: sends step messages to Celery-mode nodes' queues.
-        self.send_steps: Callable[[list[StepMessage]], int] | None = None
+        self.dispatcher = dispatcher
+        self.send_steps = send_steps
 
     @contextmanager
     def transaction(self, federation_id: str) -> Iterator[Transaction]:
@@ -446,7 +446,7 @@ class Orchestrator:
 
     def _after_commit(self, federation_id: str, after: AfterCommit) -> None:
         if after.aggregations:
-            self.dispatch(sorted(after.aggregations))
+            self.dispatcher.dispatch(sorted(after.aggregations))
         if after.steps and self.send_steps is not None:
             self.send_steps(after.steps)
         if after.garbage:

@@ -4,7 +4,7 @@ The server only relays (nodes' public keys, the roster's weights, the phase's on
 aggregates, folds masked uploads and removes the masks the survivors' reveals name (`fedalign.secagg`). It
 never sees a private key or a node's plain upload. Seeds and keys travel as base64 in JSON.
 
-Every step of a masked phase carries ``spec["secure"]``: slot (model) -> its mask context, the roster's
+Every step of a masked phase carries ``spec.secure``: slot (model) -> its mask context, the roster's
 weights and public keys, and, for reveal steps and a target's aggregate step, the dropped nodes (and for
 the latter the survivors' reveals).
 """
@@ -23,6 +23,7 @@ from fedalign import secagg
 from fedalign.config import FederationConfig
 from fedalign.phases import Phase
 from fedalign.protocol import MODELS, Aggregate, Protocol, StepSpec
+from messaging.node_api import MaskContextOut, SecureSlot, Seeds
 
 
 def b64(raw: bytes) -> str:
@@ -53,42 +54,46 @@ def public_keys(session: Session, federation_id: str) -> dict[str, str]:
 
 
 def _slot(
-    federation_id: str, round_: int, phase: Phase, model: str, roster: dict[str, float], keys: dict[str, str]
-) -> dict[str, Any]:
-    return {
-        "context": asdict(secagg.MaskContext.of_phase(federation_id, round_, phase, model)),
-        "weights": dict(roster),
-        "public_keys": {node: keys[node] for node in sorted(roster)},
-        "dropped": [],
-    }
+    federation_id: str,
+    round_: int,
+    phase: Phase,
+    model: str,
+    roster: dict[str, float],
+    keys: dict[str, str],
+    dropped: list[str],
+) -> SecureSlot:
+    return SecureSlot(
+        context=MaskContextOut(**asdict(secagg.MaskContext.of_phase(federation_id, round_, phase, model))),
+        weights=dict(roster),
+        public_keys={node: keys[node] for node in sorted(roster)},
+        dropped=sorted(dropped),
+    )
 
 
 def step_masking(
     federation_id: str, protocol: Protocol, step: StepSpec, keys: dict[str, str]
-) -> dict[str, Any]:
-    """``spec["secure"]`` of a training or reveal step of a masked phase; empty when nothing is masked."""
+) -> dict[str, SecureSlot]:
+    """``spec.secure`` of a training or reveal step of a masked phase; empty when nothing is masked."""
     rosters = protocol.roster_weights(step.round, step.phase)
     if step.kind == "reveal":
         slots = {m: dropped for m, dropped in step.dropped.items() if m in rosters}
     else:
         slots = {m: [] for m in step.uploads if m in rosters}
-    out: dict[str, Any] = {}
-    for model, dropped in slots.items():
-        phase = protocol.phase_of(step.round, step.phase)
-        entry = _slot(federation_id, step.round, phase, model, rosters[model], keys)
-        entry["dropped"] = sorted(dropped)
-        out[model] = entry
-    return out
+    phase = protocol.phase_of(step.round, step.phase)
+    return {
+        model: _slot(federation_id, step.round, phase, model, rosters[model], keys, dropped)
+        for model, dropped in slots.items()
+    }
 
 
 def aggregate_masking(
     session: Session, federation_id: str, protocol: Protocol, action: Aggregate, keys: dict[str, str]
-) -> dict[str, Any]:
-    """``spec["secure"]`` of a target's aggregate step: the roster, the dropped nodes and the reveals."""
+) -> dict[str, SecureSlot]:
+    """``spec.secure`` of a target's aggregate step: the roster, the dropped nodes and the reveals."""
     round_, phase = protocol.state.round, protocol.phase
     roster = protocol.roster_weights(round_, phase)[action.model]
-    entry = _slot(federation_id, round_, protocol.current, action.model, roster, keys)
-    entry["dropped"] = sorted(set(roster) - set(action.inputs))
+    dropped = sorted(set(roster) - set(action.inputs))
+    entry = _slot(federation_id, round_, protocol.current, action.model, roster, keys, dropped)
     rows = session.scalars(
         select(SeedReveal).where(
             SeedReveal.federation_id == federation_id,
@@ -97,8 +102,8 @@ def aggregate_masking(
             SeedReveal.node.in_(list(action.inputs)),
         )
     )
-    entry["reveals"] = {row.node: row.seeds[action.model] for row in rows}
-    return {action.model: entry}
+    reveals = {row.node: Seeds.model_validate(row.seeds[action.model]) for row in rows}
+    return {action.model: entry.model_copy(update={"reveals": reveals})}
 
 
 def reveal_of(node: str, seeds: dict[str, Any]) -> secagg.SeedReveal:

@@ -24,7 +24,7 @@ from sqlalchemy import and_, or_, select, update
 from backend.database import Database
 from backend.errors import ApiError
 from backend.models import Aggregation, Federation, Node, Step, utcnow
-from backend.services.aggregation import AggregationDispatcher
+from backend.services.dispatch import AggregationDispatcher
 from backend.services.messages import StepMessage
 from backend.services.orchestrator import Orchestrator, federation_config, open_phase, protocol_state
 from fedalign.protocol import Deadline, ProtocolError

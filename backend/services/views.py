@@ -234,7 +234,7 @@ def aggregations(session: Session, federation: Federation) -> list[AggregationOu
     names = dict(session.execute(select(Node.id, Node.name).where(Node.federation_id == federation.id)).all())
     out += [
         AggregationOut(
-            key=step.spec["key"],
+            key=step.spec.aggregate_key,
             model=step.model,
             round=step.round,
             phase=step.phase,

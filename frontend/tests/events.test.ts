@@ -1,6 +1,8 @@
 import { describe, expect, it } from "vitest";
+import openapi from "../openapi.json";
 import { keys } from "../src/api/queries";
 import {
+  EVENT_TYPES,
   eventStreamUrl,
   metricsUpdateOf,
   parseEvent,
@@ -45,6 +47,19 @@ describe("a metrics event's values", () => {
     expect(metricsUpdateOf(event)!.metrics).toEqual({ a: 1 });
     expect(metricsUpdateOf(parseEvent(message("metrics", { round: "1", metrics: {} }))!)).toBeNull();
     expect(metricsUpdateOf(parseEvent(message("phase", { round: 1 }))!)).toBeNull();
+  });
+});
+
+describe("the types the stream listens to", () => {
+  it("are every type of the backend's EventType, as the OpenAPI document declares it", () => {
+    expect([...EVENT_TYPES]).toEqual(openapi.components.schemas.EventType.enum);
+    expect(EVENT_TYPES).toEqual(expect.arrayContaining(["unmasking", "privacy_warning", "public_key"]));
+  });
+
+  it("each make some query stale", () => {
+    for (const type of EVENT_TYPES) {
+      expect(staleQueries(parseEvent(message(type, {}))!, "f").length).toBeGreaterThan(0);
+    }
   });
 });
 

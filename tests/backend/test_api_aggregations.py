@@ -82,13 +82,22 @@ def valid_d() -> dict[str, torch.Tensor]:
     return initial_models(FederationConfig.model_validate(tiny_settings()))["D"]
 
 
+def lose_dispatches(api: Api) -> None:
+    """As if the process died between each commit and its dispatch: the dispatcher drops what it gets."""
+    api.services.dispatcher.dispatch = lambda _ids: None
+
+
+def restore_dispatches(api: Api) -> None:
+    del api.services.dispatcher.dispatch  # the stand-in goes, the dispatcher's own method is back
+
+
 def closed_disc_phase(api: Api, *, dispatch: bool) -> tuple[str, dict[str, str]]:
     """A federation whose round-1 discriminator phase just closed; its aggregation was (not) dispatched."""
     federation, tokens = api.federation_with_nodes()
     fid = federation["id"]
     api.start(fid)
     if not dispatch:  # as if the process died between the commit and the dispatch
-        api.services.orchestrator.dispatch = lambda _ids: None
+        lose_dispatches(api)
     for token in tokens.values():
         task = api.task(token)
         assert task is not None
@@ -107,7 +116,7 @@ def test_a_lost_dispatch_is_recovered_by_the_sweep(api: Api) -> None:
     assert [(j["key"], j["status"]) for j in jobs] == [("r1/disc1/D", "pending")]
     assert api.ok("GET", f"/api/v1/federations/{fid}/rounds/1")["phases"][0]["state"] == "aggregating"
     assert api.task(tokens["alpha"]) is None, "nothing to do while the phase aggregates"
-    api.services.orchestrator.dispatch = api.services.dispatcher.dispatch
+    restore_dispatches(api)
     assert api.services.sweeper.sweep_once().dispatched == 1
     wait_until(lambda: api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt")
     task = api.task(tokens["alpha"])
@@ -118,7 +127,7 @@ def test_a_lost_dispatch_is_recovered_by_the_sweep(api: Api) -> None:
 
 def test_the_admin_can_run_a_pending_aggregation_now(api: Api) -> None:
     fid, _ = closed_disc_phase(api, dispatch=False)
-    api.services.orchestrator.dispatch = api.services.dispatcher.dispatch
+    restore_dispatches(api)
     unknown = api.request("POST", f"/api/v1/federations/{fid}/aggregations", json={"key": "r9/x/D"})
     assert unknown.status_code == 404
     triggered = api.ok("POST", f"/api/v1/federations/{fid}/aggregations", 202, json={"key": "r1/disc1/D"})
@@ -210,7 +219,7 @@ def test_a_restarted_server_resumes_from_the_database_with_the_same_numbers(
         runners = runners_for(api, tokens)
         drive(runners, max_steps=6)  # setup and the discriminator phase
         wait_until(lambda: api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt")
-        api.services.orchestrator.dispatch = lambda _ids: None  # the next dispatch is lost with the process
+        lose_dispatches(api)  # the next dispatch is lost with the process
         drive(runners, max_steps=3)  # the adaptation phase closes; its aggregations are only in the database
         assert api.ok("GET", f"/api/v1/federations/{fid}/rounds/1")["phases"][1]["state"] == "aggregating"
     with TestClient(create_app(settings)) as second:

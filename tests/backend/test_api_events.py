@@ -7,7 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from api_support import ADMIN_TOKEN, Api
+
+from backend.schemas.events import EVENT_TYPES, EventOut
+from backend.services import events
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -71,3 +75,29 @@ def test_a_live_stream_delivers_new_events_as_they_happen(live_server: str) -> N
             "GET", f"/api/v1/federations/{fid}/events", headers={"Last-Event-ID": first["id"]}
         ) as stream:
             assert next(parse(stream.iter_lines()))["id"] == second["id"]
+
+
+def test_each_message_is_an_event_out_whose_event_name_is_its_type(api: Api) -> None:
+    federation, _ = api.federation_with_nodes()
+    api.start(federation["id"])
+    response = api.request("GET", f"/api/v1/federations/{federation['id']}/events?follow=false")
+    for message in parse(iter(response.text.splitlines())):
+        event = EventOut.model_validate(message["data"])
+        assert (str(event.id), event.type) == (message["id"], message["event"])
+
+
+def test_an_event_of_an_undeclared_type_is_refused_before_it_is_stored(api: Api) -> None:
+    federation = api.create_federation()
+    with pytest.raises(ValueError, match="not declared"), api.services.db.write() as session:
+        events.record(session, federation["id"], "rumour", {})  # type: ignore[arg-type]
+    response = api.request("GET", f"/api/v1/federations/{federation['id']}/events?follow=false")
+    assert [m["event"] for m in parse(iter(response.text.splitlines()))] == ["status"]
+
+
+def test_the_openapi_document_declares_every_event_type_as_one_schema(api: Api) -> None:
+    """The dashboard's generated client takes the types its stream listens to from this schema."""
+    document = api.request("GET", "/openapi.json", token=None).json()
+    assert document["components"]["schemas"]["EventType"]["enum"] == list(EVENT_TYPES)
+    assert document["components"]["schemas"]["EventOut"]["properties"]["type"] == {
+        "$ref": "#/components/schemas/EventType"
+    }

@@ -82,5 +82,5 @@ def test_health_and_readiness(api: Api) -> None:
 def test_the_dashboards_typed_client_is_generated_from_this_document(document: dict[str, Any]) -> None:
     committed = Path(__file__).resolve().parents[2] / "frontend" / "openapi.json"
     assert json.loads(committed.read_text(encoding="utf-8")) == document, (
-        "frontend/openapi.json is out of date: run `make frontend-api` and commit it with src/api/schema.d.ts"
+        "frontend/openapi.json is out of date: run `make frontend-api` and commit it with src/api/schema.ts"
     )

@@ -256,7 +256,7 @@ def test_a_secure_served_federation_gives_the_simulators_numbers_from_masked_upl
             specs_of = [(s.id, s.model, s.spec) for s in aggregate_steps]
         assert len(specs_of) == 2 * 3
         for step_id, model, spec in specs_of:
-            assert set(spec["secure"][model]["reveals"]) == set(spec["inputs"])
+            assert set(spec.secure[model].reveals) == set(spec.inputs)
             claimed = api.request("POST", f"/api/v1/node/steps/{step_id}/claim", token=tokens["alpha"])
             assert claimed.status_code == 403, claimed.text
 
@@ -301,7 +301,7 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
         assert runner.step_once()  # setup: every key is relayed
     late = runners["gamma"].client.next_task()
     assert late is not None and (late.phase, sorted(late.secure)) == ("disc1", ["D"])
-    assert sorted(late.secure["D"]["public_keys"]) == ["alpha", "beta", "gamma", "omega"]
+    assert sorted(late.secure["D"].public_keys) == ["alpha", "beta", "gamma", "omega"]
     # gamma trains and masks while the phase is open...
     masked = runners["gamma"]._masked(late, "D", runners["gamma"]._train(late).uploads["D"])
     for name in ("alpha", "beta", "omega"):
@@ -324,7 +324,7 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
     ):
         response = api.request("POST", url, token=tokens["gamma"], json={"seeds": seeds})
         assert_refused(api, response, before, status)
-    runners["alpha"].run(Task.from_json(alpha_reveal))
+    runners["alpha"].run(Task.model_validate(alpha_reveal))
     drive_with_deadlines(api, {n: runners[n] for n in ("alpha", "beta", "omega")})
     assert api.ok("GET", f"/api/v1/federations/{fid}")["status"] == "finished"
 
@@ -341,9 +341,9 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
             session.scalars(select(Step).where(Step.federation_id == fid, Step.kind == "reveal"))
         )
         dropped = {
-            (s.round, s.phase, model, str(slot["dropped"]))
+            (s.round, s.phase, model, str(slot.dropped))
             for s in reveal_steps
-            for model, slot in s.spec["secure"].items()
+            for model, slot in s.spec.secure.items()
         }
         rows = list(session.scalars(select(SeedReveal).where(SeedReveal.federation_id == fid)))
         assert {d[3] for d in dropped} == {"['gamma']"}
@@ -406,7 +406,7 @@ def test_a_survivor_that_does_not_reveal_stalls_the_run_and_its_restarted_worker
     # The ledger on beta's machine: one masked value and one dropout list per context.
     ledger = state_dirs["beta"] / fid / "beta.secagg.json"
     assert stat.S_IMODE(ledger.stat().st_mode) == 0o600
-    context = secagg.MaskContext(**task.secure["D"]["context"])
+    context = secagg.MaskContext(**task.secure["D"].context.model_dump())
     with pytest.raises(secagg.SecAggError, match="already masked another upload"):
         restarted.secagg.record_mask(context, "0" * 64)
     restarted.secagg.record_reveal(context, [])
@@ -472,7 +472,7 @@ def test_bad_secure_aggregation_input_gets_a_clear_4xx_and_changes_nothing(
         assert_refused(api, response, before, 422)
     response = api.request("PUT", "/api/v1/node/public-key", token=alpha, json={"public_key": b64(bytes(32))})
     assert response.json()["error"]["code"] == "invalid_public_key"  # all zeros: a low-order point
-    runners["alpha"].run(Task.from_json(setup))
+    runners["alpha"].run(Task.model_validate(setup))
     assert runners["alpha"].secagg is not None
     own_key = b64(runners["alpha"].secagg.key_pair().public_bytes)
     other_key = b64(secagg.KeyPair.generate().public_bytes)
@@ -502,7 +502,7 @@ def test_bad_secure_aggregation_input_gets_a_clear_4xx_and_changes_nothing(
         assert_refused(api, response, before, 422)
         assert response.json()["error"]["code"] == code
     assert "secure aggregation" in put(api, task["uploads"]["D"], alpha, params.to_bytes(plain_d)).text
-    runners["alpha"].run(Task.from_json(task))
+    runners["alpha"].run(Task.model_validate(task))
     for name in ("beta", "omega"):
         assert runners[name].step_once()
 
@@ -530,7 +530,7 @@ def test_bad_secure_aggregation_input_gets_a_clear_4xx_and_changes_nothing(
         (alpha, url.replace("/reveal", "/complete"), {}, 409),
     ):
         assert_refused(api, api.request("POST", target, token=token, json=body), before, status)
-    runners["alpha"].run(Task.from_json(reveal_task))
+    runners["alpha"].run(Task.model_validate(reveal_task))
     with api.services.db.read() as session:
         (row,) = session.scalars(select(SeedReveal).where(SeedReveal.federation_id == fid)).all()
         answered = dict(row.seeds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -60,3 +62,13 @@ def test_the_client_reports_api_errors_with_their_code_and_message(live_server: 
         client.next_task()
     assert caught.value.status == 401 and caught.value.code == "unauthorized"
     assert "bearer token" in caught.value.message
+
+
+def test_the_node_client_and_its_wire_models_load_without_the_server() -> None:
+    """A partner's node installs no server: the client and the contract it shares import no backend."""
+    probe = (
+        "import sys, messaging.node_api, workers.client; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'backend', 'fastapi', 'sqlalchemy'}))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

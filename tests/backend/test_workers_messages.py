@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from api_support import Api
 from celery import Celery
+from fastapi.testclient import TestClient
 
 from backend import celery_app as server_app
+from backend.app import create_app
 from backend.models import Step
-from backend.services.messages import CeleryAggregationDispatcher, StepMessage, StepSender
+from backend.services.messages import CeleryAggregationDispatcher, StepMessage
+from backend.settings import Settings
 from cli import demo as up_demo
 from messaging.celery_contract import AGGREGATE_TASK, STEP_TASK, aggregator_queue, node_queue
 from workers import celery_app
@@ -49,10 +54,17 @@ class FakeMessenger:
         pass
 
 
-def with_broker(api: Api) -> FakeMessenger:
-    messenger = FakeMessenger(api)
-    api.services.orchestrator.send_steps = StepSender(api.services.db, messenger)  # type: ignore[arg-type]
-    return messenger
+Brokered = tuple[Api, FakeMessenger]
+
+
+@pytest.fixture
+def brokered(settings: Settings) -> Iterator[Brokered]:
+    """The app built with a broker client that records what it would send."""
+    messenger = FakeMessenger()
+    with TestClient(create_app(settings, messenger=messenger)) as client:  # type: ignore[arg-type]
+        api = Api(client)
+        messenger.api = api
+        yield api, messenger
 
 
 def register(api: Api) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -69,8 +81,8 @@ def register(api: Api) -> tuple[str, dict[str, dict[str, Any]]]:
     return federation["id"], nodes
 
 
-def test_steps_of_celery_nodes_are_sent_to_their_queues_after_the_commit(api: Api) -> None:
-    messenger = with_broker(api)
+def test_steps_of_celery_nodes_are_sent_to_their_queues_after_the_commit(brokered: Brokered) -> None:
+    api, messenger = brokered
     fid, nodes = register(api)
     api.start(fid)
 
@@ -96,8 +108,8 @@ def test_a_celery_node_needs_a_broker(api: Api) -> None:
     assert response.status_code == 409 and response.json()["error"]["code"] == "no_broker"
 
 
-def test_the_sweep_sends_again_what_was_not_sent_or_whose_lease_expired(api: Api) -> None:
-    messenger = with_broker(api)
+def test_the_sweep_sends_again_what_was_not_sent_or_whose_lease_expired(brokered: Brokered) -> None:
+    api, messenger = brokered
     fid, nodes = register(api)
     messenger.down = True
     api.start(fid)  # committed, but the broker is down: nothing sent
@@ -118,8 +130,8 @@ def test_the_sweep_sends_again_what_was_not_sent_or_whose_lease_expired(api: Api
     assert alpha_step in resent, "a step whose lease expired is sent again at once"
 
 
-def test_resuming_a_paused_federation_sends_its_pending_steps_again(api: Api) -> None:
-    messenger = with_broker(api)
+def test_resuming_a_paused_federation_sends_its_pending_steps_again(brokered: Brokered) -> None:
+    api, messenger = brokered
     fid, _ = register(api)
     api.start(fid)
     api.ok("POST", f"/api/v1/federations/{fid}/pause")
@@ -128,8 +140,8 @@ def test_resuming_a_paused_federation_sends_its_pending_steps_again(api: Api) ->
     assert len(messenger.steps) == before + 2
 
 
-def test_a_node_claims_its_step_by_id_until_it_is_done(api: Api) -> None:
-    messenger = with_broker(api)
+def test_a_node_claims_its_step_by_id_until_it_is_done(brokered: Brokered) -> None:
+    api, messenger = brokered
     fid, nodes = register(api)
     api.start(fid)
     step_id = next(m.step_id for m in messenger.steps if m.node_id == nodes["alpha"]["id"])

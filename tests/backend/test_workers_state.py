@@ -17,6 +17,7 @@ from test_api_end_to_end import served_rounds
 
 from fedalign.config import FederationConfig
 from fedalign.simulate import simulate
+from messaging.node_api import UploadResult
 from workers.client import ClientError, NodeClient, NodeRunner
 from workers.state import NodeStateFile
 
@@ -103,7 +104,7 @@ def test_a_step_delivered_again_after_it_ran_sends_its_saved_result_and_changes_
     # The worker trains and uploads, then dies before completing.
     result = alpha._train(task)
     first = {slot: alpha.client.upload(url, result.uploads[slot]) for slot, url in task.uploads.items()}
-    assert all(answer["stored"] for answer in first.values())
+    assert all(answer.stored for answer in first.values())
     state_file = NodeStateFile(state_dirs["alpha"], federation["id"], "alpha")
     saved = state_file.path.read_bytes()
 
@@ -112,7 +113,7 @@ def test_a_step_delivered_again_after_it_ran_sends_its_saved_result_and_changes_
     again = NodeRunner(client, state_dir=state_dirs["alpha"])
     again.run(client.claim(task.step_id))
 
-    assert [answer["stored"] for answer in client.answers] == [False] * len(task.uploads)
+    assert [answer.stored for answer in client.answers] == [False] * len(task.uploads)
     assert state_file.path.read_bytes() == saved, "the node's state moved twice"
     with pytest.raises(ClientError) as done:
         again.client.claim(task.step_id)
@@ -131,9 +132,9 @@ class RecordingClient(NodeClient):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.answers: list[dict[str, Any]] = []
+        self.answers: list[UploadResult] = []
 
-    def upload(self, url: str, state: Any) -> dict[str, Any]:
+    def upload(self, url: str, state: Any) -> UploadResult:
         answer = super().upload(url, state)
         self.answers.append(answer)
         return answer

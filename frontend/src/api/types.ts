@@ -18,3 +18,4 @@ export type MetricSeriesList = Schemas["MetricSeriesList"];
 export type MetricSeries = Schemas["MetricSeries"];
 export type MetricPoint = Schemas["MetricPoint"];
 export type SessionOut = Schemas["SessionOut"];
+export type EventType = Schemas["EventType"];

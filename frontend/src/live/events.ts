@@ -4,24 +4,18 @@
  */
 import type { QueryKey } from "@tanstack/react-query";
 import { downloadUrls, keys } from "../api/queries";
+import { eventTypeValues } from "../api/schema";
+import type { EventType } from "../api/types";
 import type { MetricsUpdate } from "../metrics/series";
 
-/** The SSE `event:` names the server sends. EventSource only delivers named events to listeners
- * registered for that name, so this list is also what the stream subscribes to. */
-export const EVENT_TYPES = [
-  "status",
-  "phase",
-  "phase_closed",
-  "aggregation",
-  "aggregate",
-  "submission",
-  "step_done",
-  "metrics",
-  "node_registered",
-  "node_removed",
-] as const;
+/** The SSE `event:` names the server sends: the backend's EventType, from the generated client. EventSource
+ * only delivers named events to listeners registered for that name, so this list is also what the stream
+ * subscribes to. */
+export const EVENT_TYPES: readonly EventType[] = eventTypeValues;
 
-export type EventType = (typeof EVENT_TYPES)[number];
+export type { EventType };
+
+const isEventType = (type: string): type is EventType => (EVENT_TYPES as readonly string[]).includes(type);
 
 export interface LiveEvent {
   id: number;
@@ -92,25 +86,32 @@ export function queriesBeforeSnapshot(federationId: string): QueryKey[] {
 export function staleQueries(event: LiveEvent, federationId: string): QueryKey[] {
   const rounds = keys.rounds(federationId); // a prefix: the rounds list and every round's detail
   const federation = keys.federation(federationId);
-  switch (event.type as EventType) {
+  const nodes = keys.nodes(federationId);
+  // A type this dashboard does not know yet (a newer server): refetch the federation, to be safe.
+  if (!isEventType(event.type)) return [federation];
+  // Every EventType has its case: a new one fails to compile until it is given its queries.
+  switch (event.type) {
     case "status":
       // The federation carries model_published, which turns true with the status "finished".
-      return [federation, keys.federations, rounds, keys.nodes(federationId)];
+      return [federation, keys.federations, rounds, nodes];
     case "phase":
     case "phase_closed":
+    case "unmasking":
       return [federation, rounds];
     case "aggregation":
     case "aggregate":
     case "submission":
       return [rounds];
     case "step_done":
-      return [rounds, keys.nodes(federationId)];
+      return [rounds, nodes];
     case "metrics":
       return [federation, rounds];
     case "node_registered":
     case "node_removed":
-      return [federation, keys.nodes(federationId)];
-    default:
+      return [federation, nodes];
+    case "public_key":
+      return [nodes];
+    case "privacy_warning":
       return [federation];
   }
 }

@@ -1,18 +1,28 @@
-"""What a node sees: its federation's config, its next task, and what it sends back."""
+"""The node API's wire models: what a node sees (its federation, its next task) and what it sends back.
+
+The server's routes answer with these models (they are the OpenAPI document's schemas) and the node's
+client (`workers.client`) parses the answers with the same ones, so the two sides cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from backend.schemas.federations import FederationStatus
 from fedalign.config import NAME_PATTERN, Role
 from fedalign.metrics import REPORTED_METRICS
 from fedalign.protocol import MODELS
+
+FederationStatus = Literal["created", "running", "paused", "stalled", "finished", "cancelled", "failed"]
+# A federation in one of these is over: its nodes stop polling, and it takes no more results.
+TERMINAL_STATUSES: frozenset[FederationStatus] = frozenset({"finished", "cancelled", "failed"})
+# The header of a "no task now" answer (204) that says the federation's status, so a poller knows when
+# to stop.
+STATUS_HEADER = "FedAlign-Federation-Status"
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 

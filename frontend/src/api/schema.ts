@@ -732,6 +732,26 @@ export interface components {
              */
             details?: unknown;
         };
+        /**
+         * EventOut
+         * @description One event: the ``data`` of its SSE message, whose ``id`` and ``event`` repeat its id and type.
+         */
+        EventOut: {
+            /** Id */
+            id: number;
+            type: components["schemas"]["EventType"];
+            /** Payload */
+            payload: {
+                [key: string]: unknown;
+            };
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /** @enum {string} */
+        EventType: "status" | "phase" | "phase_closed" | "unmasking" | "aggregation" | "aggregate" | "submission" | "step_done" | "metrics" | "privacy_warning" | "public_key" | "node_registered" | "node_removed";
         /** FederationClone */
         FederationClone: {
             /**
@@ -3595,14 +3615,14 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description A stream of events: `id` (send it back as Last-Event-ID to resume), `event` (the type: status, phase, phase_closed, aggregation, aggregate, submission, step_done, metrics, node_registered, node_removed) and `data` (JSON: id, type, payload, created_at). */
+            /** @description A stream of server-sent events: `id` (send it back as Last-Event-ID to resume), `event` (the type, an EventType) and `data` (the event as JSON, an EventOut). */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": unknown;
-                    "text/event-stream": string;
+                    "application/json": components["schemas"]["EventOut"];
+                    "text/event-stream": components["schemas"]["EventOut"];
                 };
             };
             /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
@@ -4260,3 +4280,46 @@ export interface operations {
         };
     };
 }
+type FlattenedDeepRequired<T> = {
+    [K in keyof T]-?: FlattenedDeepRequired<T[K] extends unknown[] | undefined | null ? Extract<T[K], unknown[]>[number] : T[K]>;
+};
+type ReadonlyArray<T> = [
+    Exclude<T, undefined>
+] extends [
+    unknown[]
+] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
+export const artifactOutKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ArtifactOut"]["kind"]> = ["aggregate", "submission", "model"];
+export const completeResultFederation_statusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CompleteResult"]["federation_status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
+export const eventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["EventType"]> = ["status", "phase", "phase_closed", "unmasking", "aggregation", "aggregate", "submission", "step_done", "metrics", "privacy_warning", "public_key", "node_registered", "node_removed"];
+export const federationCloneAlgorithmAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationClone"]["algorithm"]> = ["fedalign", "fedavg", "source_only"];
+export const federationClonedStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationCloned"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
+export const federationCreatedStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationCreated"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
+export const federationOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationOut"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
+export const federationSettingsAlgorithmValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["algorithm"]> = ["fedalign", "fedavg", "source_only"];
+export const federationSettingsArchitectureValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["architecture"]> = ["digits_cnn", "mlp"];
+export const federationSettingsAggregatorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["aggregator"]> = ["server", "target"];
+export const hyperparametersPresetAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["preset"]> = ["digits_recipe"];
+export const hyperparametersLr_scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["lr_schedule"]> = ["constant", "dann"];
+export const hyperparametersAdv_scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["adv_schedule"]> = ["constant", "dann"];
+export const hyperparametersAdv_lossValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["adv_loss"]> = ["flip", "confusion"];
+export const hyperparametersDisc_weightingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["disc_weighting"]> = ["samples", "uniform", "balanced"];
+export const hyperparametersExtractor_weightingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["extractor_weighting"]> = ["samples", "uniform", "balanced"];
+export const hyperparametersSource_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["source_extractor"]> = ["keep", "restart"];
+export const hyperparametersTarget_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["target_extractor"]> = ["average", "local", "none"];
+export const hyperparametersLocal_paramsValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["local_params"]> = ["bn_stats", "bn", "none"];
+export const modelOptionsNormalizationValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["normalization"]> = ["batch", "group"];
+export const nodeCreateRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreate"]["role"]> = ["source", "target"];
+export const nodeCreateModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreate"]["mode"]> = ["rest", "celery"];
+export const nodeCreatedRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreated"]["role"]> = ["source", "target"];
+export const nodeCreatedModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreated"]["mode"]> = ["rest", "celery"];
+export const nodeFederationStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeFederation"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
+export const nodeOutRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeOut"]["role"]> = ["source", "target"];
+export const nodeOutModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeOut"]["mode"]> = ["rest", "celery"];
+export const peerNodeRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PeerNode"]["role"]> = ["source", "target"];
+export const phaseOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PhaseOut"]["state"]> = ["closed", "open", "aggregating", "upcoming"];
+export const privacyBudget_actionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["budget_action"]> = ["stop", "warn"];
+export const privacyRandomnessValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["randomness"]> = ["secret", "seeded"];
+export const readinessStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Readiness"]["status"]> = ["ready", "not_ready"];
+export const roundOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundOut"]["state"]> = ["done", "open", "upcoming"];
+export const roundSummaryStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundSummary"]["state"]> = ["done", "open", "upcoming"];
+export const stepOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StepOut"]["status"]> = ["pending", "claimed", "done", "cancelled"];
