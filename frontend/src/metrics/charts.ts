@@ -36,6 +36,15 @@ export const FEDERATION_CHARTS: readonly ChartSpec[] = [
       "next round's discriminator on the same features. Own: on each node's own features.",
   },
   {
+    title: "Adversarial weight λ",
+    testId: "chart-adv-weight",
+    scale: { y: "λ", min: 0 },
+    federation: [{ name: "adv_weight", label: "λ" }],
+    help:
+      "The adversarial term's weight in each evaluated round, under its schedule: 0 means nothing is " +
+      "aligned to the discriminator, whatever its accuracy.",
+  },
+  {
     title: "Proxy A-distance",
     testId: "chart-pad",
     scale: { y: "PAD", reference: { value: 0, label: "indistinguishable (0)" } },

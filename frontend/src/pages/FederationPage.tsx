@@ -3,6 +3,7 @@ import { Link, useParams } from "react-router";
 import { downloadUrls, federationQuery, metricsQuery, nodesQuery, roundsQuery } from "../api/queries";
 import type { Federation } from "../api/types";
 import { MetricChart } from "../charts/MetricChart";
+import { AlignmentSummary } from "../components/AlignmentSummary";
 import { CurrentRound } from "../components/CurrentRound";
 import { download } from "../components/download";
 import { FederationControls } from "../components/FederationControls";
@@ -61,12 +62,15 @@ function FederationView({ federation }: { federation: Federation }) {
       ) : metrics.isPending ? (
         <Loading what="the metrics" />
       ) : (
-        <div className="chart-grid">
-          {FEDERATION_CHARTS.map((spec) => (
-            <MetricChart key={spec.testId} spec={spec} metrics={metrics.data} />
-          ))}
-          <PrivacyChart federation={federation} metrics={metrics.data} />
-        </div>
+        <>
+          <AlignmentSummary metrics={metrics.data} algorithm={String(config.algorithm)} />
+          <div className="chart-grid">
+            {FEDERATION_CHARTS.map((spec) => (
+              <MetricChart key={spec.testId} spec={spec} metrics={metrics.data} />
+            ))}
+            <PrivacyChart federation={federation} metrics={metrics.data} />
+          </div>
+        </>
       )}
     </section>
   );
