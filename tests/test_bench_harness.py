@@ -32,9 +32,7 @@ def postgres() -> None:
     try:
         harness.postgres_admin_engine().dispose()
     except harness.ServiceUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        pytest.skip(str(exc))  # under CI, tests/conftest.py turns a skip into a failure
 
 
 @pytest.mark.usefixtures("postgres")

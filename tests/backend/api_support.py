@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,7 @@ def postgres_or_skip() -> None:
     try:
         harness.postgres_admin_engine().dispose()
     except harness.ServiceUnavailable as exc:
-        if os.environ.get("CI"):  # CI starts PostgreSQL first (.ci/run): there, a skip would hide a gap
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+        pytest.skip(str(exc))  # under CI, tests/conftest.py turns a skip into a failure
 
 
 class Api:

@@ -49,9 +49,7 @@ TIMEOUT_MS = 120_000
 
 
 def missing(reason: str) -> None:
-    if os.environ.get("CI"):  # `make test` builds the dashboard and installs Chromium first
-        pytest.fail(reason)
-    pytest.skip(reason)
+    pytest.skip(reason)  # under CI, tests/conftest.py turns a skip into a failure
 
 
 @dataclass
@@ -234,8 +232,10 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     wait_for_points(page, 2)
     page.get_by_role("button", name="Pause").click()
     wait_until(lambda: federation_status(stack, federation_id) == "paused", 30, "the pause")
-    page.get_by_role("button", name="Resume").wait_for()
-    assert page.get_by_role("button", name="Resume").is_enabled()
+    # The button appears with the paused status; it is enabled once the page's own pause request is done.
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("button", name="Resume")).to_be_enabled(timeout=30_000)
     page.get_by_role("button", name="Resume").click()
     wait_until(lambda: federation_status(stack, federation_id) == "finished", TIMEOUT_MS / 1000, "the run")
     wait_for_points(page, ROUNDS, exactly=True)
