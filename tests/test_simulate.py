@@ -167,3 +167,44 @@ def test_class_conditional_federation_runs_in_both_topologies(vector_federation:
     server = run(vector_federation, hyperparameters={"conditional": True})
     assert server == run(vector_federation, aggregator="target", hyperparameters={"conditional": True})
     assert "disc_acc" in server["rounds"][-1]["metrics"]
+
+
+def without_labels(data: NodeData) -> NodeData:
+    """The same samples with no labels at all: no training or validation labels, no evaluation split."""
+    assert isinstance(data.train, Split) and isinstance(data.val, Split)
+    return NodeData(
+        data.spec,
+        Split(data.train.x),
+        Split(data.val.x),
+        Split.empty(data.input_shape),
+        None,
+        data.input_shape,
+    )
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "aggregator"), [("fedalign", "server"), ("fedalign", "target"), ("fedavg", "server")]
+)
+def test_a_target_without_labels_finishes_with_every_metric_but_target_acc(
+    vector_federation: Factory, algorithm: str, aggregator: str
+) -> None:
+    im = {"entropy_weight": 0.5, "diversity_weight": 0.5, "pseudo_label_threshold": 0.6}
+    raw, data = vector_federation(algorithm=algorithm, aggregator=aggregator, hyperparameters=im)
+    config = FederationConfig.model_validate(raw)
+    labelled = simulate(config, node_data=data).to_json()
+    unlabelled = simulate(config, node_data={**data, "omega": without_labels(data["omega"])}).to_json()
+    assert all(
+        "target_acc" not in r["metrics"] and "target_acc" not in r["nodes"].get("omega", {})
+        for r in unlabelled["rounds"]
+    )
+    wanted = {"source_val_acc", "task_loss"} | (
+        {"disc_acc", "disc_acc_source", "disc_acc_target", "adv_loss"} if algorithm == "fedalign" else set()
+    )
+    assert wanted <= set(unlabelled["rounds"][-1]["metrics"])
+    if algorithm == "fedalign":
+        assert {"disc_acc_fresh", "pad"} <= set(unlabelled["rounds"][0]["metrics"])
+    # The target's labels were never read: without them every other number is the same.
+    for with_labels, without in zip(labelled["rounds"], unlabelled["rounds"], strict=True):
+        assert with_labels["metrics"].pop("target_acc") is not None
+        with_labels["nodes"]["omega"].pop("target_acc")
+        assert with_labels == without
