@@ -175,6 +175,69 @@ class ModelOptions(_Strict):
     ] = "batch"
 
 
+class Preprocessing(_Strict):
+    """How image samples are prepared, the same on every node and in the exported model (fedalign.data).
+
+    Applied by the built-in image formats (``imagefolder:``, ``npz:`` images, and ``digits:`` when set) to
+    every split: images are resized to ``resize``, scaled to [0, 1], then normalised per channel,
+    (x - mean) / std. ``augment`` changes training batches only, drawn from the step's seed. A dataset
+    plug-in receives these settings in its `fedalign.data.LoaderContext` and applies ``resize``, ``mean``
+    and ``std`` itself (``LoaderContext.preprocess`` does it); ``augment`` is applied to its training
+    batches like any other's. Vector data takes no preprocessing.
+    """
+
+    resize: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] | None,
+        Field(
+            description="[height, width] every image is resized to (bilinear, stretched, not cropped); "
+            "default: images keep their size (imagefolder: 28x28 unless its spec says ?size=)."
+        ),
+    ] = None
+    mean: Annotated[
+        tuple[Annotated[float, Field(ge=-1e3, le=1e3)], ...] | None,
+        Field(
+            min_length=1,
+            max_length=3,
+            description="Per-channel mean subtracted from images in [0, 1] (one value, or one per "
+            "channel); set with std, e.g. ImageNet's [0.485, 0.456, 0.406]. Default: no normalisation.",
+        ),
+    ] = None
+    std: Annotated[
+        tuple[Annotated[float, Field(gt=0, le=1e3)], ...] | None,
+        Field(
+            min_length=1,
+            max_length=3,
+            description="Per-channel standard deviation images are divided by after the mean (one value, "
+            "or one per channel), e.g. ImageNet's [0.229, 0.224, 0.225].",
+        ),
+    ] = None
+    augment: Annotated[
+        Literal["none", "flip", "crop_flip"],
+        Field(
+            description="Augmentation of training batches (never of evaluation): 'flip' mirrors each "
+            "image left-right with probability 1/2; 'crop_flip' also shifts it, a random crop of the "
+            "image padded by an eighth of its size on every side (reflected). Drawn from the step's seed, "
+            "so a run repeats exactly."
+        ),
+    ] = "none"
+
+    @model_validator(mode="after")
+    def _check_normalisation(self) -> Preprocessing:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("preprocessing.mean and preprocessing.std go together: set both or neither")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(
+                f"preprocessing.mean has {len(self.mean)} values and preprocessing.std {len(self.std)}; "
+                "give both one value per channel (or one value each for every channel)"
+            )
+        return self
+
+    @property
+    def transforms(self) -> bool:
+        """Whether samples are resized or normalised (augmentation aside)."""
+        return self.resize is not None or self.mean is not None
+
+
 class Privacy(_Strict):
     """Differential privacy of one training example of a node (DP-SGD in its local steps; fedalign.privacy).
 
@@ -316,6 +379,7 @@ class FederationConfig(_Strict):
         ),
     ] = False
     privacy: Privacy = Privacy()
+    preprocessing: Preprocessing = Preprocessing()
     hyperparameters: Hyperparameters = Hyperparameters()
     nodes: list[NodeSpec] = Field(default_factory=list)
 
@@ -350,6 +414,27 @@ class FederationConfig(_Strict):
             raise ValueError(
                 f"differential privacy cannot be used with architecture {self.architecture!r}: Opacus "
                 f"cannot compute per-example gradients of it ({'; '.join(problems)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_preprocessing(self) -> FederationConfig:
+        p, shape = self.preprocessing, tuple(self.model.input_shape)
+        images = len(shape) == 3
+        if not images and (p.transforms or p.augment != "none"):
+            raise ValueError(
+                f"preprocessing applies to images, but model.input_shape {list(shape)} is a vector; "
+                "leave [preprocessing] unset for vector data"
+            )
+        if p.resize is not None and shape[1:] != tuple(p.resize):
+            raise ValueError(
+                f"preprocessing.resize is {list(p.resize)} but model.input_shape is {list(shape)}; the "
+                f"model takes the resized images: set model.input_shape to {[shape[0], *p.resize]}"
+            )
+        if p.mean is not None and len(p.mean) not in (1, shape[0]):
+            raise ValueError(
+                f"preprocessing.mean and std have {len(p.mean)} values for images of {shape[0]} "
+                "channel(s); give one value per channel, or one for all"
             )
         return self
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from fedalign import data as datasets
 from fedalign import privacy
 from fedalign.config import FederationConfig, Hyperparameters
 from fedalign.data import BatchStream, NodeData
+from fedalign.data.preprocessing import augmentation
 from fedalign.device import CPU, Device
 from fedalign.metrics import REPORTED_METRICS
 from fedalign.model_names import MODELS
@@ -76,6 +79,56 @@ def initial_models(config: FederationConfig) -> dict[str, State]:
     }
 
 
+def load_node_data(
+    config: FederationConfig, name: str, spec: str | None = None, cache_dir: Path | None = None
+) -> NodeData:
+    """Node ``name``'s data for this federation, read on the node's own machine: its spec (or ``spec``)
+    resolved with the federation's preprocessing, and a loader plug-in told the node's role and the model's
+    input shape and classes (`fedalign.data.LoaderContext`)."""
+    node = next((n for n in config.nodes if n.name == name), None)
+    if spec is None:
+        if node is None:
+            raise StepError(f"node {name!r} is not part of federation {config.name!r}")
+        spec = node.dataset
+    context = datasets.LoaderContext(
+        role=node.role if node is not None else None,
+        input_shape=tuple(config.model.input_shape),
+        num_classes=config.model.num_classes,
+        preprocessing=config.preprocessing,
+    )
+    return datasets.load(spec, cache_dir, context)
+
+
+def check_node_data(name: str, role: str, config: FederationConfig, data: NodeData) -> None:
+    """Refuses data that cannot take this node's part: samples the model does not take, more classes than it
+    has, or a source without labels."""
+    shape = model_shape(config)
+    if tuple(data.input_shape) != shape.input_shape:
+        raise StepError(
+            f"node {name!r}: dataset {data.spec!r} has inputs of shape {tuple(data.input_shape)}, "
+            f"the federation's {config.architecture} model takes {shape.input_shape}"
+        )
+    if data.num_classes is not None and data.num_classes > shape.num_classes:
+        raise StepError(
+            f"node {name!r}: dataset {data.spec!r} has {data.num_classes} classes, "
+            f"the federation's model has {shape.num_classes}"
+        )
+    if role == "source":
+        unlabelled = [split for split in ("train", "val") if not getattr(data, split).labelled]
+        if unlabelled:
+            raise StepError(
+                f"node {name!r} is a source, but its dataset {data.spec!r} has no labels in its "
+                f"{' and '.join(unlabelled)} split: a source trains the task model T with its labels (the "
+                f"task loss) and reports source_val_acc on its validation split. Give it labelled data "
+                f"(npz 'y', one sub-folder per class, (x, y) items from a loader), or make it the target"
+            )
+    if len(data.test) and not data.test.labelled:
+        raise StepError(
+            f"node {name!r}: dataset {data.spec!r} has a test split without labels; the test split is the "
+            f"labelled evaluation split"
+        )
+
+
 def shared_state(module: nn.Module, local: set[str]) -> State:
     return {k: v.detach().clone() for k, v in module.state_dict().items() if k not in local}
 
@@ -91,17 +144,8 @@ class NodeRuntime:
         spec = next((n for n in config.nodes if n.name == name), None)
         if spec is None:
             raise StepError(f"node {name!r} is not part of federation {config.name!r}")
+        check_node_data(name, spec.role, config, data)
         shape = model_shape(config)
-        if tuple(data.input_shape) != shape.input_shape:
-            raise StepError(
-                f"node {name!r}: dataset {data.spec!r} has inputs of shape {tuple(data.input_shape)}, "
-                f"the federation's {config.architecture} model takes {shape.input_shape}"
-            )
-        if data.num_classes > shape.num_classes:
-            raise StepError(
-                f"node {name!r}: dataset {data.spec!r} has {data.num_classes} classes, "
-                f"the federation's model has {shape.num_classes}"
-            )
         self.name = name
         self.role = spec.role
         self.config = config
@@ -178,10 +222,12 @@ class NodeRuntime:
     # ----------------------------------------------------------------------------------------- steps
 
     def _stream(self, step: StepSpec) -> Batches:
+        """The step's training batches of the node's train split, read lazily, augmented when configured."""
+        augment = augmentation(self.config.preprocessing, derive_seed(step.seed, "augment"))
         if self.privacy is not None:
             # DP-SGD's accounting assumes Poisson sampling, not fixed-size shuffled batches.
-            return self.privacy.batches(self.data.train, derive_seed(step.seed, "dp-batches"))
-        return BatchStream(self.data.train, self.hp.batch_size, seed=step.seed)
+            return self.privacy.batches(self.data.train, derive_seed(step.seed, "dp-batches"), augment)
+        return BatchStream(self.data.train, self.hp.batch_size, seed=step.seed, augment=augment)
 
     def _private(
         self, step: StepSpec, optimizer: torch.optim.Optimizer, *modules: nn.Module
@@ -327,7 +373,8 @@ class NodeRuntime:
             acc, loss = task_accuracy(m.G, m.T, self.data.val, self.device)
             metrics |= {"source_val_acc": acc, "val_task_loss": loss}
         elif len(self.data.test) > 0:
-            # Reported only: no step and no model selection ever reads the target's labels.
+            # Reported only: no step and no model selection ever reads the target's labels. Without a
+            # labelled evaluation split there is no target_acc at all (never a made-up one).
             acc, _ = task_accuracy(m.G, m.T, self.data.test, self.device)
             metrics["target_acc"] = acc
         return StepResult(metrics=metrics)

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from fedalign.config import FederationConfig, Privacy
-from fedalign.data import Split
+from fedalign.data import SplitDataset, TrainingBatches
+from fedalign.data.stream import BatchAugment
 from fedalign.privacy_accounting import epsilon, sample_rate
 
 if TYPE_CHECKING:
@@ -59,21 +60,36 @@ def generator(privacy: Privacy, seed: int, device: torch.device) -> torch.Genera
     return g.manual_seed(seed if privacy.randomness == "seeded" else secrets.randbits(63))
 
 
-class PoissonBatches:
-    """A step's batches as DP-SGD's accounting assumes them: each example in each batch independently with
-    probability q, so a batch's size varies around q * len(split) (and may be 0)."""
+class PoissonSampler:
+    """Endless Poisson samples of ``range(n)``: each index in each batch independently with probability q."""
 
-    def __init__(self, split: Split, q: float, generator: torch.Generator) -> None:
-        if len(split) == 0:
+    def __init__(self, n: int, q: float, generator: torch.Generator) -> None:
+        if n == 0:
             raise ValueError("cannot draw batches from an empty split")
-        self._split = split
-        self._q = q
-        self._generator = generator
+        self.n = n
+        self.q = q
+        self.generator = generator
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        chosen = torch.rand(len(self._split), generator=self._generator) < self._q
-        index = chosen.nonzero().squeeze(1)
-        return self._split.x[index], self._split.y[index]
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            chosen = torch.rand(self.n, generator=self.generator) < self.q
+            yield chosen.nonzero().squeeze(1).tolist()
+
+
+class PoissonBatches(TrainingBatches):
+    """A step's batches as DP-SGD's accounting assumes them: each example in each batch independently with
+    probability q, so a batch's size varies around q * len(split) (and may be 0). Read through a DataLoader
+    like every other stream of batches, so a split read from disk works the same."""
+
+    def __init__(
+        self,
+        split: SplitDataset,
+        q: float,
+        generator: torch.Generator,
+        augment: BatchAugment | None = None,
+        workers: int = 0,
+    ) -> None:
+        super().__init__(split, PoissonSampler(len(split), q, generator), augment, workers)
 
 
 @dataclass
@@ -151,8 +167,8 @@ class NodePrivacy:
         p = self.settings
         return epsilon(p.noise_multiplier, self.q, steps, p.delta)
 
-    def batches(self, split: Split, seed: int) -> PoissonBatches:
-        return PoissonBatches(split, self.q, generator(self.settings, seed, torch.device("cpu")))
+    def batches(self, split: SplitDataset, seed: int, augment: BatchAugment | None = None) -> PoissonBatches:
+        return PoissonBatches(split, self.q, generator(self.settings, seed, torch.device("cpu")), augment)
 
     def step(
         self,

@@ -26,7 +26,7 @@ from fedalign.aggregate import average_states
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
 from fedalign.models import manifests
-from fedalign.node import NodeRuntime, State, initial_models, model_shape
+from fedalign.node import NodeRuntime, State, initial_models, load_node_data, model_shape
 from fedalign.protocol import (
     Action,
     Aggregate,
@@ -166,7 +166,9 @@ class Simulator:
         self.protocol = Protocol(config)
         node_data = node_data or {}
         self.nodes = {
-            n.name: NodeRuntime(n.name, config, node_data.get(n.name) or datasets.load(n.dataset), device)
+            n.name: NodeRuntime(
+                n.name, config, node_data.get(n.name) or load_node_data(config, n.name), device
+            )
             for n in config.nodes
         }
         self.secure = SecureAggregation(config, self.protocol) if config.secure_aggregation else None

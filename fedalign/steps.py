@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedalign.data import Split
+from fedalign.data import SplitDataset, evaluation_batches
 from fedalign.device import CPU, Device
 
 SOURCE, TARGET = 1.0, 0.0
@@ -39,7 +39,9 @@ SOURCE, TARGET = 1.0, 0.0
 
 class Batches(Protocol):
     """Where a step's minibatches come from: `fedalign.data.BatchStream` (fixed-size shuffled batches) or,
-    under differential privacy, `fedalign.privacy.PoissonBatches` (each example in with probability q)."""
+    under differential privacy, `fedalign.privacy.PoissonBatches` (each example in with probability q).
+    Both read the node's split lazily through a DataLoader; an unlabelled split's ``y`` is
+    `fedalign.data.UNLABELLED`, which only the sources' task loss would read (and sources need labels)."""
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -275,25 +277,21 @@ def refresh_statistics(G: nn.Module, stream: Batches, steps: int, device: Device
             G(x)
 
 
-def _batches(split: Split, batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for start in range(0, len(split), batch_size):
-        yield split.x[start : start + batch_size], split.y[start : start + batch_size]
-
-
 @torch.no_grad()
 def discriminator_accuracy(
     G: nn.Module,
     D: nn.Module,
-    split: Split,
+    split: SplitDataset,
     own_label: float,
     device: Device = CPU,
     condition_on: nn.Module | None = None,
 ) -> dict[str, float]:
-    """How often D tells this node's held-out features for what they are, and D's loss on them."""
+    """How often D tells this node's held-out features for what they are, and D's loss on them. Reads no
+    label: the split may be unlabelled (a target's validation split)."""
     G.eval()
     D.eval()
     correct, loss_sum = 0, 0.0
-    for x, _y in _batches(split):
+    for x, _y in evaluation_batches(split):
         (x,) = _to(device, x)
         with device.autocast:
             logits = D(domain_input(G(x), condition_on))
@@ -304,12 +302,16 @@ def discriminator_accuracy(
 
 
 @torch.no_grad()
-def task_accuracy(G: nn.Module, T: nn.Module, split: Split, device: Device = CPU) -> tuple[float, float]:
+def task_accuracy(
+    G: nn.Module, T: nn.Module, split: SplitDataset, device: Device = CPU
+) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of T(G(x)) on a labelled split."""
+    if not split.labelled:
+        raise ValueError("task accuracy needs a labelled split; this one has no labels")
     G.eval()
     T.eval()
     correct, loss_sum = 0, 0.0
-    for x, y in _batches(split):
+    for x, y in evaluation_batches(split):
         x, y = _to(device, x, y)
         with device.autocast:
             logits = T(G(x)).float()

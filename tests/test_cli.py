@@ -75,3 +75,29 @@ def test_shipped_example_config_is_valid() -> None:
     config = load_config(Path(__file__).parent.parent / "examples" / "digits-mnistm.toml")
     assert config.target.dataset == "digits:mnistm"
     assert [s.dataset for s in config.sources] == ["digits:mnist", "digits:optdigits", "digits:syn"]
+
+
+def test_simulate_with_an_unlabelled_target_shows_no_target_accuracy(tmp_path: Path) -> None:
+    unlabelled = tmp_path / "t.npz"
+    with np.load(write_domain(tmp_path / "t-labelled.npz", 1.0, 2)) as arrays:
+        np.savez(unlabelled, x=arrays["x"])  # the target's samples, no 'y' at all
+    config = tmp_path / "fed.toml"
+    config.write_text(CONFIG.format(a=write_domain(tmp_path / "a.npz", 0.0, 1), t=unlabelled))
+    out = tmp_path / "metrics.json"
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["simulate", str(config), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "D acc" in result.output and "src val acc" in result.output
+    assert "target acc" not in result.output
+    rounds = json.loads(out.read_text())["rounds"]
+    assert all("target_acc" not in r["metrics"] and "target_acc" not in r["nodes"]["t"] for r in rounds)
+    assert {"disc_acc", "disc_acc_source", "disc_acc_target", "source_val_acc"} <= set(rounds[-1]["metrics"])
+
+
+def test_simulate_refuses_an_unlabelled_source_saying_why(tmp_path: Path) -> None:
+    unlabelled = tmp_path / "a.npz"
+    np.savez(unlabelled, x=np.zeros((40, 8), np.float32))
+    config = tmp_path / "fed.toml"
+    config.write_text(CONFIG.format(a=unlabelled, t=write_domain(tmp_path / "t.npz", 1.0, 2)))
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["simulate", str(config)])
+    assert result.exit_code == 1
+    assert "is a source, but its dataset" in result.output and "task loss" in result.output

@@ -9,17 +9,25 @@ import pytest
 import torch
 from PIL import Image
 
+from fedalign.config import FederationConfig, Preprocessing
 from fedalign.data import (
+    UNLABELLED,
     BatchStream,
     DatasetError,
+    LoaderContext,
     NodeData,
     Split,
     default_cache_dir,
     digits_domains,
+    evaluation_batches,
     load,
     parse_spec,
+    stack,
 )
 from fedalign.data import digits as digits_module
+from fedalign.data.core import images_to_tensor
+from fedalign.data.imagefolder import read_image
+from fedalign.data.preprocessing import augmentation
 from fedalign.data.splits import stratified_split
 from fedalign.data.syndigits import render_syn_digits
 
@@ -42,7 +50,11 @@ def cached_arrays(cache: Path, domain: str) -> dict[str, np.ndarray]:
 
 
 def splits_of(data: NodeData) -> dict[str, Split]:
-    return {"train": data.train, "val": data.val, "test": data.test}
+    """The node's splits read whole into memory (file-backed splits are read lazily: `stack` reads them)."""
+    return {
+        name: Split(*stack(split))
+        for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+    }
 
 
 # ------------------------------------------------------------------------------------------------- specs
@@ -207,13 +219,14 @@ def test_npz_channels_last_uint8_images_round_trip(tmp_path: Path) -> None:
     pooled = torch.cat([s.x for s in splits_of(data).values()])
     expected = torch.from_numpy(x.transpose(0, 3, 1, 2)).float() / 255
     assert sorted(map(tuple, pooled.flatten(1).tolist())) == sorted(map(tuple, expected.flatten(1).tolist()))
-    assert load(f"npz:{tmp_path / 'd.npz'}").train.x.equal(data.train.x)  # deterministic split
+    again = splits_of(load(f"npz:{tmp_path / 'd.npz'}"))
+    assert again["train"].x.equal(splits_of(data)["train"].x)  # deterministic split
 
 
 def test_npz_accepts_channels_first_floats_and_grey_images(tmp_path: Path) -> None:
     y = np.arange(20) % 2
     chw = load(write_npz(tmp_path / "chw.npz", x=np.full((20, 1, 8, 8), 0.5, np.float32), y=y))
-    assert chw.input_shape == (1, 8, 8) and float(chw.train.x.max()) == 0.5
+    assert chw.input_shape == (1, 8, 8) and float(splits_of(chw)["train"].x.max()) == 0.5
     grey = load(write_npz(tmp_path / "grey.npz", x=np.zeros((20, 8, 8), np.uint8), y=y))
     assert grey.input_shape == (1, 8, 8)
 
@@ -221,8 +234,9 @@ def test_npz_accepts_channels_first_floats_and_grey_images(tmp_path: Path) -> No
 def test_npz_vectors_keep_their_values(tmp_path: Path) -> None:
     x = np.linspace(-5, 5, 60, dtype=np.float64).reshape(30, 2)
     data = load(write_npz(tmp_path / "v.npz", x=x, y=np.arange(30) % 3))
-    assert data.input_shape == (2,) and data.train.x.dtype == torch.float32
-    assert float(torch.cat([data.train.x, data.val.x, data.test.x]).min()) == -5.0
+    splits = splits_of(data)
+    assert data.input_shape == (2,) and splits["train"].x.dtype == torch.float32
+    assert float(torch.cat([s.x for s in splits.values()]).min()) == -5.0
 
 
 def test_npz_precomputed_splits_are_used_as_given(tmp_path: Path) -> None:
@@ -233,7 +247,7 @@ def test_npz_precomputed_splits_are_used_as_given(tmp_path: Path) -> None:
         )
     )
     assert [len(s) for s in splits_of(given).values()] == [20, 3, 5]
-    assert float(given.val.x.min()) == 1.0 and float(given.test.x.min()) == 2.0
+    assert float(splits_of(given)["val"].x.min()) == 1.0 and float(splits_of(given)["test"].x.min()) == 2.0
     only_test = load(write_npz(tmp_path / "test.npz", x=x, y=y, x_test=x[:5] + 2, y_test=y[:5]))
     assert [len(s) for s in splits_of(only_test).values()] == [16, 4, 5]
 
@@ -241,7 +255,7 @@ def test_npz_precomputed_splits_are_used_as_given(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"x": np.zeros((4, 3))}, "expected 'x' with 'y'"),
+        ({"y": np.zeros(4, np.int64)}, "expected 'x' with 'y'"),
         ({"x": np.zeros((4, 3)), "y": np.zeros(5, np.int64)}, r"expected \(4,\)"),
         ({"x": np.zeros((4, 3)), "y": np.zeros(4)}, "expected integer class labels"),
         ({"x": np.zeros((4, 3)), "y": -np.ones(4, np.int64)}, "negative labels"),
@@ -404,3 +418,274 @@ def test_signals_are_the_same_on_every_load_and_differ_by_sensor() -> None:
 def test_unknown_signals_domain_names_the_domains() -> None:
     with pytest.raises(DatasetError, match="lab, field, fast, smooth"):
         load("signals:ocean")
+
+
+# ------------------------------------------------------------------ batches through the DataLoader, as before
+
+
+def stream_before_the_dataloader(
+    split: Split, batch_size: int, seed: int, batches: int
+) -> list[torch.Tensor]:
+    """The index batches of BatchStream as it was before splits were read through a DataLoader (verbatim
+    its algorithm): the reference the served = simulated equality and the digits benchmark rest on."""
+    generator = torch.Generator().manual_seed(seed)
+    order, position, out = torch.empty(0, dtype=torch.int64), 0, []
+    for _ in range(batches):
+        chunks, wanted = [], batch_size
+        while wanted > 0:
+            if position == len(order):
+                order, position = torch.randperm(len(split), generator=generator), 0
+            take = min(wanted, len(order) - position)
+            chunks.append(order[position : position + take])
+            position += take
+            wanted -= take
+        out.append(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
+    return out
+
+
+@pytest.mark.parametrize(("n", "batch_size"), [(10, 3), (97, 16), (50, 64), (700, 64)])
+@pytest.mark.parametrize("seed", [0, 1, 7, 20_150_601])
+def test_batch_stream_draws_the_same_tensors_as_the_stream_before_the_dataloader(
+    n: int, batch_size: int, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(n)
+    split = Split(torch.rand(n, 3, 4, 4, generator=g), torch.randint(0, 10, (n,), generator=g))
+    stream = BatchStream(split, batch_size, seed=seed)
+    for index in stream_before_the_dataloader(split, batch_size, seed, batches=25):
+        x, y = stream.next()
+        assert torch.equal(x, split.x[index]) and torch.equal(y, split.y[index])
+
+
+def test_the_digits_splits_stay_in_memory(digits_cache: Path) -> None:
+    data = load("digits:mnistm", cache_dir=digits_cache)
+    assert all(isinstance(s, Split) for s in (data.train, data.val, data.test))
+
+
+def test_evaluation_batches_read_a_split_once_in_order() -> None:
+    split = numbered_split(1100)
+    batches = list(evaluation_batches(split))
+    assert [len(x) for x, _ in batches] == [512, 512, 76]
+    assert torch.equal(torch.cat([x for x, _ in batches]), split.x)
+    assert list(evaluation_batches(numbered_split(0))) == []
+
+
+class ItemsOnly:
+    """A split that only answers ``split[i]`` (as a user's dataset may): the DataLoader stacks the items."""
+
+    def __init__(self, split: Split) -> None:
+        self.split, self.labelled, self.sample_shape = split, split.labelled, split.sample_shape
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split[i]
+
+
+def test_a_split_read_item_by_item_gives_the_batches_of_the_split_in_memory() -> None:
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.rand(30, 5, generator=g), torch.randint(0, 3, (30,), generator=g))
+    lazy, eager = BatchStream(ItemsOnly(split), 8, seed=3), BatchStream(split, 8, seed=3)
+    for _ in range(10):
+        (x1, y1), (x2, y2) = lazy.next(), eager.next()
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and y1.dtype == torch.int64
+    assert [torch.equal(a, b) for a, b in zip(stack(ItemsOnly(split)), stack(split), strict=True)] == [
+        True,
+        True,
+    ]
+
+
+def test_an_unlabelled_split_yields_the_unlabelled_marker_as_its_labels() -> None:
+    split = Split(torch.rand(6, 2))
+    assert not split.labelled
+    _, y = BatchStream(split, 4, seed=0).next()
+    assert y.tolist() == [UNLABELLED] * 4
+
+
+# ------------------------------------------------------------------------------- npz: unlabelled, mapped
+
+
+def test_npz_without_labels_is_unlabelled_with_no_test_split(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((40, 3), dtype=np.float32)
+    data = load(write_npz(tmp_path / "u.npz", x=x))
+    assert not data.labelled and not data.val.labelled
+    assert [len(s) for s in (data.train, data.val, data.test)] == [34, 6, 0]
+    assert data.num_classes is None
+    pooled = torch.cat([stack(data.train)[0], stack(data.val)[0]])
+    assert sorted(map(tuple, pooled.tolist())) == sorted(map(tuple, x.tolist()))
+
+
+def test_npz_without_labels_may_carry_a_labelled_evaluation_split(tmp_path: Path) -> None:
+    x = np.zeros((40, 3), np.float32)
+    data = load(write_npz(tmp_path / "u.npz", x=x, x_test=x[:10] + 1, y_test=np.arange(10) % 5))
+    assert not data.labelled and data.test.labelled
+    assert [len(s) for s in (data.train, data.val, data.test)] == [34, 6, 10]
+    assert data.num_classes == 5
+    with pytest.raises(DatasetError, match="'x_val' alone when 'x' is unlabelled"):
+        load(write_npz(tmp_path / "v.npz", x=x, x_val=x[:4], y_val=np.zeros(4, np.int64)))
+
+
+def test_an_uncompressed_npz_is_memory_mapped_and_reads_the_same_values(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 256, size=(60, 6, 6, 3), dtype=np.uint8), np.arange(60) % 3
+    np.savez(tmp_path / "plain.npz", x=x, y=y)
+    np.savez_compressed(tmp_path / "packed.npz", x=x, y=y)
+    plain, packed = load(f"npz:{tmp_path / 'plain.npz'}"), load(f"npz:{tmp_path / 'packed.npz'}")
+    assert isinstance(plain.train.array, np.memmap) and not isinstance(packed.train.array, np.memmap)
+    for a, b in zip(splits_of(plain).values(), splits_of(packed).values(), strict=True):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+
+
+def test_a_bad_value_deep_in_a_mapped_npz_is_an_error_naming_its_sample(tmp_path: Path) -> None:
+    x = np.zeros((1000, 4), np.float32)
+    x[900, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x, y=np.zeros(1000, np.int64))
+    data = load(f"npz:{tmp_path / 'nan.npz'}")  # the first samples are fine: it loads
+    with pytest.raises(DatasetError, match=r"nan.npz:x holds NaN or infinite values \(sample 900\)"):
+        stack(data.train), stack(data.val), stack(data.test)
+
+
+# ---------------------------------------------------------------- imagefolder: lazy, unlabelled, test split
+
+
+def solid_images(
+    folder: Path, count: int, colour: tuple[int, int, int], size: tuple[int, int] = (9, 7)
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", size, colour).save(folder / f"{i:03}.png")
+
+
+def test_imagefolder_reads_each_image_when_a_batch_asks_for_it(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    solid_images(root / "cat", 20, (255, 0, 0))
+    data = load(f"imagefolder:{root}")
+    for path in (root / "cat").iterdir():  # after loading: the batches see the files as they are now
+        Image.new("RGB", (9, 7), (0, 0, 255)).save(path)
+    x, _ = stack(data.train)
+    assert torch.equal(x[:, 2], torch.ones_like(x[:, 2])) and float(x[:, 0].max()) == 0.0
+
+
+def test_imagefolder_reads_the_values_the_eager_loader_stacked(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "images")
+    data = load(f"imagefolder:{root}?size=12x10")
+    for split in (data.train, data.val, data.test):
+        eager = images_to_tensor(np.stack([read_image(p, (12, 10)) for p in split.files]))
+        assert torch.equal(stack(split)[0], eager)
+
+
+def test_a_flat_imagefolder_is_unlabelled_and_its_test_folder_the_evaluation_split(tmp_path: Path) -> None:
+    root = tmp_path / "target"
+    solid_images(root, 40, (10, 20, 30))
+    data = load(f"imagefolder:{root}")
+    assert not data.labelled and data.num_classes is None
+    assert [len(s) for s in (data.train, data.val, data.test)] == [34, 6, 0]
+    for name, count in (("cat", 3), ("dog", 4), ("eel", 0)):
+        solid_images(root / "test" / name, count, (200, 200, 200))
+    data = load(f"imagefolder:{root}")
+    assert [len(s) for s in (data.train, data.val, data.test)] == [34, 6, 7]
+    assert data.test.labelled and data.num_classes == 3
+    assert stack(data.test)[1].tolist() == [0, 0, 0, 1, 1, 1, 1]
+
+
+def test_a_labelled_imagefolder_takes_its_test_split_from_its_test_folder(tmp_path: Path) -> None:
+    root = tmp_path / "source"
+    solid_images(root / "a", 20, (0, 0, 0))
+    solid_images(root / "b", 20, (255, 255, 255))
+    solid_images(root / "test" / "b", 5, (255, 255, 255))
+    data = load(f"imagefolder:{root}")
+    assert data.num_classes == 2 and data.labelled
+    assert [len(s) for s in (data.train, data.val, data.test)] == [34, 6, 5]
+    assert stack(data.test)[1].tolist() == [1] * 5
+    solid_images(root / "test" / "zebra", 1, (0, 0, 0))
+    with pytest.raises(DatasetError, match=r"class folders \['zebra'\] that the training classes"):
+        load(f"imagefolder:{root}")
+
+
+def test_a_flat_imagefolder_with_loose_test_images_is_refused(tmp_path: Path) -> None:
+    solid_images(tmp_path / "t", 10, (0, 0, 0))
+    solid_images(tmp_path / "t" / "test", 2, (0, 0, 0))
+    with pytest.raises(DatasetError, match="no class sub-folders; the test split is the labelled evaluation"):
+        load(f"imagefolder:{tmp_path / 't'}")
+
+
+# ----------------------------------------------------------------------------------------- preprocessing
+
+
+def test_resize_and_normalisation_apply_to_every_split(tmp_path: Path) -> None:
+    x = np.full((30, 4, 4, 3), 51, np.uint8)  # 0.2 in every channel
+    spec = write_npz(tmp_path / "d.npz", x=x, y=np.arange(30) % 2)
+    settings = Preprocessing(resize=(8, 6), mean=(0.2, 0.1, 0.0), std=(0.5, 0.5, 0.25))
+    data = load(spec, context=LoaderContext(preprocessing=settings))
+    assert data.input_shape == (3, 8, 6)
+    for split in (data.train, data.val, data.test):
+        values = stack(split)[0]
+        assert values.shape[1:] == (3, 8, 6)
+        torch.testing.assert_close(values[:, 0], torch.zeros(len(split), 8, 6))
+        torch.testing.assert_close(values[:, 1], torch.full((len(split), 8, 6), 0.2))
+        torch.testing.assert_close(values[:, 2], torch.full((len(split), 8, 6), 0.8))
+
+
+def test_imagefolder_reads_at_the_federations_resize_and_refuses_a_different_size_option(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "images"
+    solid_images(root / "a", 10, (0, 0, 0), size=(40, 30))
+    context = LoaderContext(preprocessing=Preprocessing(resize=(16, 12)))
+    assert load(f"imagefolder:{root}", context=context).input_shape == (3, 16, 12)
+    assert load(f"imagefolder:{root}?size=16x12", context=context).input_shape == (3, 16, 12)
+    with pytest.raises(DatasetError, match="drop '\\?size=' from the spec"):
+        load(f"imagefolder:{root}?size=28", context=context)
+
+
+def test_digits_take_preprocessing_only_when_it_is_set_and_vectors_refuse_it(digits_cache: Path) -> None:
+    plain = load("digits:optdigits", cache_dir=digits_cache)
+    same = load(
+        "digits:optdigits", cache_dir=digits_cache, context=LoaderContext(preprocessing=Preprocessing())
+    )
+    assert torch.equal(same.val.x, plain.val.x)
+    resized = load(
+        "digits:optdigits",
+        cache_dir=digits_cache,
+        context=LoaderContext(preprocessing=Preprocessing(resize=(32, 32))),
+    )
+    assert resized.input_shape == (3, 32, 32) and stack(resized.val)[0].shape == (len(plain.val), 3, 32, 32)
+    with pytest.raises(DatasetError, match="applies to images"):
+        load("signals:lab", context=LoaderContext(preprocessing=Preprocessing(mean=(0.5,), std=(0.2,))))
+
+
+def test_the_config_refuses_preprocessing_the_model_cannot_take() -> None:
+    with pytest.raises(ValueError, match=r"set model.input_shape to \[3, 64, 64\]"):
+        FederationConfig.model_validate({"preprocessing": {"resize": [64, 64]}})
+    with pytest.raises(ValueError, match="set both or neither"):
+        FederationConfig.model_validate({"preprocessing": {"mean": [0.5]}})
+    with pytest.raises(ValueError, match="3 channel"):
+        FederationConfig.model_validate({"preprocessing": {"mean": [0.5, 0.5], "std": [0.2, 0.2]}})
+    with pytest.raises(ValueError, match="applies to images"):
+        FederationConfig.model_validate({"model": {"input_shape": [8]}, "preprocessing": {"augment": "flip"}})
+    ok = {
+        "model": {"input_shape": [3, 64, 64]},
+        "preprocessing": {"resize": [64, 64], "augment": "crop_flip"},
+    }
+    assert FederationConfig.model_validate(ok).preprocessing.augment == "crop_flip"
+
+
+@pytest.mark.parametrize("kind", ["flip", "crop_flip"])
+def test_augmentation_is_drawn_from_its_seed_and_keeps_the_batch_shape(kind: str) -> None:
+    ramp = torch.linspace(0, 1, 16).expand(3, 16, 16)  # left dark, right bright: a flip shows
+    split = Split(ramp.expand(40, 3, 16, 16).clone(), torch.zeros(40, dtype=torch.int64))
+
+    def batches(seed: int) -> list[torch.Tensor]:
+        aug = augmentation(Preprocessing(augment=kind), seed)
+        stream = BatchStream(split, 32, seed=0, augment=aug)
+        return [stream.next()[0] for _ in range(3)]
+
+    first = batches(5)
+    assert all(x.shape == (32, 3, 16, 16) for x in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, batches(5), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, batches(6), strict=True))
+    flipped = (first[0][:, 0, 8, 1] > first[0][:, 0, 8, 14]).float().mean()
+    assert 0.2 < float(flipped) < 0.8  # about half of the images are mirrored
+    if kind == "flip":
+        assert all(torch.equal(x, ramp) or torch.equal(x, ramp.flip(-1)) for x in first[0])
+    assert augmentation(Preprocessing(), 5) is None

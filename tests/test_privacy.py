@@ -4,8 +4,10 @@ a simulated federation whose nodes report the epsilon the protocol projects and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
@@ -15,7 +17,7 @@ from torch import nn
 
 from fedalign import privacy, privacy_accounting, privacy_layers
 from fedalign.config import FederationConfig
-from fedalign.data import NodeData, Split
+from fedalign.data import NodeData, Split, load, stack
 from fedalign.node import NodeRuntime
 from fedalign.simulate import simulate
 from fedalign.steps import adapt_source
@@ -237,3 +239,19 @@ def test_seeded_dp_with_secure_aggregation_matches_dp_without(vector_federation:
     for name in ("G", "T", "D"):
         for key, tensor in plain.models[name].items():
             torch.testing.assert_close(secure.models[name][key], tensor, atol=1e-4, rtol=0)
+
+
+def test_poisson_batches_of_a_split_read_from_disk_are_the_samples_the_in_memory_sampler_drew(
+    tmp_path: Path,
+) -> None:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(50, 4, generator=g), torch.randint(0, 3, (50,), generator=g)
+    np.savez(tmp_path / "d.npz", x=x.numpy(), y=y.numpy(), x_val=x[:2].numpy(), y_val=y[:2].numpy())
+    lazy = load(f"npz:{tmp_path / 'd.npz'}").train  # read through the DataLoader, a batch at a time
+    x, y = stack(lazy)  # the same split, in memory
+    reference = torch.Generator().manual_seed(9)  # the sampler as it drew from in-memory tensors
+    batches = privacy.PoissonBatches(lazy, 0.1, torch.Generator().manual_seed(9))
+    for _ in range(30):
+        index = (torch.rand(len(x), generator=reference) < 0.1).nonzero().squeeze(1)
+        bx, by = batches.next()
+        assert torch.equal(bx, x[index]) and torch.equal(by, y[index])

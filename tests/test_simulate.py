@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +168,70 @@ def test_class_conditional_federation_runs_in_both_topologies(vector_federation:
     server = run(vector_federation, hyperparameters={"conditional": True})
     assert server == run(vector_federation, aggregator="target", hyperparameters={"conditional": True})
     assert "disc_acc" in server["rounds"][-1]["metrics"]
+
+
+def without_labels(data: NodeData) -> NodeData:
+    """The same samples with no labels at all: no training or validation labels, no evaluation split."""
+    assert isinstance(data.train, Split) and isinstance(data.val, Split)
+    return NodeData(
+        data.spec,
+        Split(data.train.x),
+        Split(data.val.x),
+        Split.empty(data.input_shape),
+        None,
+        data.input_shape,
+    )
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "aggregator"), [("fedalign", "server"), ("fedalign", "target"), ("fedavg", "server")]
+)
+def test_a_target_without_labels_finishes_with_every_metric_but_target_acc(
+    vector_federation: Factory, algorithm: str, aggregator: str
+) -> None:
+    im = {"entropy_weight": 0.5, "diversity_weight": 0.5, "pseudo_label_threshold": 0.6}
+    raw, data = vector_federation(algorithm=algorithm, aggregator=aggregator, hyperparameters=im)
+    config = FederationConfig.model_validate(raw)
+    labelled = simulate(config, node_data=data).to_json()
+    unlabelled = simulate(config, node_data={**data, "omega": without_labels(data["omega"])}).to_json()
+    assert all(
+        "target_acc" not in r["metrics"] and "target_acc" not in r["nodes"].get("omega", {})
+        for r in unlabelled["rounds"]
+    )
+    wanted = {"source_val_acc", "task_loss"} | (
+        {"disc_acc", "disc_acc_source", "disc_acc_target", "adv_loss"} if algorithm == "fedalign" else set()
+    )
+    assert wanted <= set(unlabelled["rounds"][-1]["metrics"])
+    if algorithm == "fedalign":
+        assert {"disc_acc_fresh", "pad"} <= set(unlabelled["rounds"][0]["metrics"])
+    # The target's labels were never read: without them every other number is the same.
+    for with_labels, without in zip(labelled["rounds"], unlabelled["rounds"], strict=True):
+        assert with_labels["metrics"].pop("target_acc") is not None
+        with_labels["nodes"]["omega"].pop("target_acc")
+        assert with_labels == without
+
+
+def test_preprocessing_applies_on_every_node_and_a_run_repeats_under_its_seed(tmp_path: Path) -> None:
+    """Images of 16x16 on disk, resized to the model's 28x28, normalised and augmented on every node."""
+    rng = np.random.default_rng(0)
+    nodes = []
+    for name, role, shift in (("a", "source", 0), ("b", "source", 40), ("t", "target", 90)):
+        x = np.clip(rng.integers(0, 160, size=(60, 16, 16, 3)) + shift, 0, 255).astype(np.uint8)
+        arrays = {"x": x, "y": np.arange(60) % 4} if role == "source" else {"x": x}
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        nodes.append({"name": name, "role": role, "dataset": f"npz:{tmp_path / name}.npz"})
+
+    def run(augment: str) -> dict:
+        config = {
+            "rounds": 2,
+            "model": {"num_classes": 4, "input_shape": [3, 28, 28]},
+            "preprocessing": {"resize": [28, 28], "mean": [0.5], "std": [0.25], "augment": augment},
+            "hyperparameters": {"local_steps": 2, "disc_steps": 2, "batch_size": 16},
+            "nodes": nodes,
+        }
+        return simulate(FederationConfig.model_validate(config)).to_json()
+
+    augmented = run("crop_flip")
+    assert augmented == run("crop_flip")
+    assert augmented != run("none")
+    assert "target_acc" not in augmented["rounds"][-1]["metrics"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fedalign.aggregate import average_states
-from fedalign.data import BatchStream, Split
+from fedalign.data import BatchStream, Split, load, stack
 from fedalign.models import ModelShape, build
 from fedalign.steps import (
     SOURCE,
@@ -18,6 +21,7 @@ from fedalign.steps import (
     domain_input,
     domain_loss,
     marginal_entropy,
+    task_accuracy,
     train_discriminator,
 )
 from fedalign.weighting import Contribution, weights
@@ -195,3 +199,36 @@ def test_conditional_discriminator_reads_features_times_class_probabilities() ->
         models.G, models.D, BatchStream(split, 16, 0), sgd(models.D), 3, SOURCE, condition_on=models.T
     )
     assert metrics["disc_train_acc"] >= 0
+
+
+def test_evaluation_of_the_discriminator_reads_no_labels_and_task_accuracy_needs_them() -> None:
+    models = build("mlp", SHAPE, seed=0)
+    split = domain(10, 0.5, n=600)  # more than one evaluation batch
+    unlabelled = Split(split.x)
+    assert discriminator_accuracy(models.G, models.D, unlabelled, TARGET) == discriminator_accuracy(
+        models.G, models.D, split, TARGET
+    )
+    assert 0 <= task_accuracy(models.G, models.T, split)[0] <= 1
+    with pytest.raises(ValueError, match="needs a labelled split"):
+        task_accuracy(models.G, models.T, unlabelled)
+
+
+def test_a_split_read_from_disk_trains_exactly_as_the_same_samples_in_memory(tmp_path: Path) -> None:
+    split = domain(11, 0.0, n=80)
+    np.savez(
+        tmp_path / "d.npz",
+        x=split.x.numpy(),
+        y=split.y.numpy(),
+        x_val=split.x[:4].numpy(),
+        y_val=split.y[:4].numpy(),
+    )
+    lazy = load(f"npz:{tmp_path / 'd.npz'}")
+    eager = Split(*stack(lazy.train))
+    results = []
+    for train in (lazy.train, eager):
+        models = build("mlp", SHAPE, seed=0)
+        opt = sgd(torch.nn.ModuleList([models.G, models.T]), 0.1, momentum=0.9)
+        metrics = adapt_source(models.G, models.T, models.D, BatchStream(train, 16, 5), opt, 6, 0.5, "flip")
+        results.append((metrics, [p.detach().clone() for p in models.G.parameters()]))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))

@@ -39,7 +39,7 @@ from fedalign.aggregate import average
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
 from fedalign.models import manifests
-from fedalign.node import NodeRuntime, StepResult, model_shape
+from fedalign.node import NodeRuntime, StepResult, load_node_data, model_shape
 from fedalign.protocol import StepSpec, effective_local_policy
 from messaging import node_api
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
@@ -268,7 +268,7 @@ class NodeRunner:
         self.federation = client.federation()
         if data is None:
             data = self.federation.dataset
-        self.data = datasets.load(data) if isinstance(data, str) else data
+        self.data = load_node_data(self.config, self.federation.node, data) if isinstance(data, str) else data
         self.device = device
         self.runtime = self._new_runtime()
         self.state = (

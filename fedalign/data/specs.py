@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from fedalign.data.cache import default_cache_dir
 from fedalign.data.core import DatasetError, NodeData
 from fedalign.data.digits import DIGITS_DOMAINS, load_domain
-from fedalign.data.files import load_imagefolder, load_npz
+from fedalign.data.imagefolder import load_imagefolder
+from fedalign.data.npz import load_npz
+from fedalign.data.plugins import FORM, LoaderContext, load_plugin, parse_plugin_argument
+from fedalign.data.preprocessing import ImageTransform, transformed
 from fedalign.data.signals import SIGNALS_DOMAINS, load_signals
 
 SCHEMES: dict[str, str] = {
     "digits": f"digits:<domain> with domain one of {', '.join(DIGITS_DOMAINS)}",
     "signals": f"signals:<domain> with domain one of {', '.join(SIGNALS_DOMAINS)}",
-    "imagefolder": "imagefolder:<directory>[?size=S|?size=HxW] with one sub-folder of images per class",
-    "npz": "npz:<file.npz> with arrays x and y (optionally x_val, y_val, x_test, y_test)",
+    "imagefolder": "imagefolder:<directory>[?size=S|?size=HxW] with one sub-folder of images per class, or "
+    "images directly in it (unlabelled)",
+    "npz": "npz:<file.npz> with arrays x and y (or x alone: unlabelled; optionally x_val, y_val, x_test, "
+    "y_test)",
+    "python": f"{FORM}, a loader function of your own returning map-style datasets",
 }
 
 
@@ -28,7 +35,8 @@ def _expected() -> str:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``"scheme:argument"`` -> (scheme, argument), checking the scheme (and, for digits, the domain).
+    """``"scheme:argument"`` -> (scheme, argument), checking the scheme (and, for digits and signals, the
+    domain; for a loader plug-in, the form of its import path; nothing is imported).
 
     Only the first colon separates, so paths may contain colons.
     """
@@ -47,18 +55,36 @@ def parse_spec(spec: str) -> tuple[str, str]:
                 f"dataset spec {spec!r} names unknown {family} domain {argument!r}; "
                 f"expected one of {', '.join(domains)}"
             )
+    if scheme == "python":
+        parse_plugin_argument(argument, spec)
     return scheme, argument
 
 
-def load(spec: str, cache_dir: Path | None = None) -> NodeData:
-    """The data named by ``spec``. ``cache_dir`` is where built benchmark domains are kept (default:
-    ``$FEDALIGN_DATA_DIR/datasets`` or ``~/.cache/fedalign/datasets``); file-backed specs are read as they
-    are and not cached."""
+def _transformed(data: NodeData, transform: ImageTransform | None) -> NodeData:
+    if transform is None:
+        return data
+    train, val, test = (transformed(s, transform) for s in (data.train, data.val, data.test))
+    return replace(data, train=train, val=val, test=test, input_shape=tuple(train.sample_shape))
+
+
+def load(spec: str, cache_dir: Path | None = None, context: LoaderContext | None = None) -> NodeData:
+    """The data named by ``spec``, its splits read lazily (`fedalign.data.core.SplitDataset`).
+
+    ``cache_dir`` is where built benchmark domains are kept (default: ``$FEDALIGN_DATA_DIR/datasets`` or
+    ``~/.cache/fedalign/datasets``); file-backed specs are read as they are and not cached. ``context``: the
+    federation the data are for (its preprocessing, and for a loader plug-in everything it is told);
+    `fedalign.node.load_node_data` builds it from a federation's config.
+    """
     scheme, argument = parse_spec(spec)
+    context = context or LoaderContext()
+    preprocessing = context.preprocessing
     if scheme == "digits":
-        return load_domain(spec, argument, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        return _transformed(load_domain(spec, argument, cache), ImageTransform.of(preprocessing))
     if scheme == "signals":
-        return load_signals(spec, argument)
+        return _transformed(load_signals(spec, argument), ImageTransform.of(preprocessing))
     if scheme == "imagefolder":
-        return load_imagefolder(spec, argument)
-    return load_npz(spec, argument)
+        return load_imagefolder(spec, argument, preprocessing)
+    if scheme == "npz":
+        return load_npz(spec, argument, preprocessing)
+    return load_plugin(spec, argument, context)
