@@ -30,7 +30,7 @@ BREAKING = {
     "backend/settings.py": "",
     "backend/server.py": "def run():\n    from workers import node\n",
     "messaging/__init__.py": "",
-    "messaging/contract.py": "def names():\n    import fedalign.method\n",
+    "messaging/contract.py": "def names():\n    import backend.settings\n",
     "cli/__init__.py": "",
 }
 
