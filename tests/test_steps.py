@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from fedalign.aggregate import average_states
+from fedalign.architectures import ArchitectureContext
 from fedalign.data import BatchStream, Split
-from fedalign.models import ModelShape, build
+from fedalign.models import build
 from fedalign.steps import (
     SOURCE,
     TARGET,
@@ -22,7 +23,7 @@ from fedalign.steps import (
 )
 from fedalign.weighting import Contribution, weights
 
-SHAPE = ModelShape(input_shape=(6,), num_classes=3, hidden=12)
+SHAPE = ArchitectureContext(input_shape=(6,), num_classes=3, hidden=12)
 
 
 def domain(seed: int, shift: float, n: int = 64) -> Split:
@@ -183,7 +184,7 @@ def test_a_collapsed_discriminator_is_told_apart_from_alignment() -> None:
 
 
 def test_conditional_discriminator_reads_features_times_class_probabilities() -> None:
-    shape = ModelShape(input_shape=(6,), num_classes=3, hidden=12, conditional=True)
+    shape = ArchitectureContext(input_shape=(6,), num_classes=3, hidden=12, conditional=True)
     models = build("mlp", shape, seed=0)
     assert models.D[0].in_features == 12 * 3
     split = domain(9, 0.0)
