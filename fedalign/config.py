@@ -217,7 +217,7 @@ class ModelOptions(_Strict):
             f"(JSON scalars, lists and tables, at most {MAX_OPTIONS_BYTES} bytes as JSON). The built-in "
             "architectures take none."
         ),
-    ] = Field(default_factory=dict)
+    ] = {}  # pydantic copies the default for every instance
     init_checkpoint: Annotated[
         str | None,
         Field(

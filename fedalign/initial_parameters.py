@@ -55,6 +55,8 @@ class InitialParameters:
         """Write the parameters and the manifest document; each file whole or not at all."""
         params.save_file(self.flat(), path)
         _write_text(Path(manifest_path), self.manifest.dumps())
+        for written in (path, manifest_path):  # files for the user to share: the umask's mode, not 0600
+            os.chmod(written, 0o666 & ~_umask())
 
     @classmethod
     def read(
@@ -92,6 +94,12 @@ def build_initial(config: FederationConfig) -> InitialParameters:
         for name, module in models.items()
     }
     return InitialParameters(states, manifest, tuple(loaded))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_text(path: Path, text: str) -> None:

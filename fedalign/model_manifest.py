@@ -134,7 +134,17 @@ class ModelManifest:
         }
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), indent=1) + "\n"
+        """The document as JSON, one tensor a line (readable, and a diff of two shows the tensor)."""
+        head = {"architecture": self.architecture, "version": self.version}
+        lines = ["{" + json.dumps(head)[1:-1] + ', "models": {']
+        for i, model in enumerate(MODELS):
+            tensors = [json.dumps(t.to_json()) for t in self.models[model]]
+            lines.append(f'  "{model}": {{"model": "{model}", "tensors": [')
+            lines.extend(f"    {t}," for t in tensors[:-1])
+            lines.extend(f"    {t}" for t in tensors[-1:])
+            lines.append("  ]}" + ("," if i < len(MODELS) - 1 else ""))
+        lines.append("}}")
+        return "\n".join(lines) + "\n"
 
     @classmethod
     def from_json(cls, data: Any) -> ModelManifest:

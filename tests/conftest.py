@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +64,14 @@ def vector_federation() -> Callable[..., tuple[dict, dict[str, NodeData]]]:
 def _one_torch_thread() -> None:
     # Tiny models: threads only add contention on a shared CI machine.
     torch.set_num_threads(1)
+
+
+# Plug-ins outside the fedalign package, as a user's would be (tests/plugins/fedalign_test_plugins).
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def test_plugins(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tests/plugins on sys.path for the test: ``fedalign_test_plugins.architectures:tiny_cnn`` imports."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    return PLUGINS

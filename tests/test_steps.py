@@ -196,3 +196,20 @@ def test_conditional_discriminator_reads_features_times_class_probabilities() ->
         models.G, models.D, BatchStream(split, 16, 0), sgd(models.D), 3, SOURCE, condition_on=models.T
     )
     assert metrics["disc_train_acc"] >= 0
+
+
+def test_bf16_autocasts_on_cuda_only_and_fp32_never() -> None:
+    """The choice behind every step's ``with device.autocast`` (no GPU here: the choice, not the kernels)."""
+    import contextlib
+
+    from fedalign.device import Device
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert Device(cuda, "bf16").autocast_dtype == torch.bfloat16
+    assert Device(cuda, "fp32").autocast_dtype is None
+    assert Device(cpu, "bf16").autocast_dtype is None
+    assert isinstance(Device(cpu, "bf16").autocast, contextlib.nullcontext)
+    assert Device.pick("cpu", "fp32") == Device(cpu, "fp32")
+    assert Device(cuda).with_precision("fp32").autocast_dtype is None
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        Device(cpu, "fp16")  # type: ignore[arg-type]
