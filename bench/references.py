@@ -12,9 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fedalign.architectures import ArchitectureContext
 from fedalign.data import BatchStream, NodeData, Split
-from fedalign.models import build
+from fedalign.models import ModelShape, build
 from fedalign.protocol import derive_seed
 from fedalign.schedules import dann_lambda, dann_lr_factor
 from fedalign.steps import set_lr, task_accuracy
@@ -46,7 +45,7 @@ def _anneal(opt: torch.optim.Optimizer, lr: float, schedule: str, progress: floa
 def target_oracle(
     target: NodeData, steps: int, batch_size: int, lr: float, schedule: str, seed: int
 ) -> float:
-    models = build("digits_cnn", ArchitectureContext(target.input_shape, 10), seed=derive_seed(seed, "init"))
+    models = build("digits_cnn", ModelShape(target.input_shape, 10), seed=derive_seed(seed, "init"))
     opt = _optimizer([*models.G.parameters(), *models.T.parameters()], lr)
     stream = BatchStream(target.train, batch_size, seed=derive_seed(seed, "oracle"))
     models.G.train()
@@ -71,7 +70,7 @@ def dann_central(
     adv_weight: float,
     seed: int,
 ) -> float:
-    models = build("digits_cnn", ArchitectureContext(target.input_shape, 10), seed=derive_seed(seed, "init"))
+    models = build("digits_cnn", ModelShape(target.input_shape, 10), seed=derive_seed(seed, "init"))
     G, T, D = models.G, models.T, models.D
     opt = _optimizer([*G.parameters(), *T.parameters(), *D.parameters()], lr)
     src = BatchStream(

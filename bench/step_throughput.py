@@ -43,10 +43,9 @@ from torch import nn
 
 from bench.harness import stamped, write_json
 from fedalign import data as datasets
-from fedalign.architectures import ArchitectureContext
 from fedalign.config import FederationConfig
 from fedalign.device import Device
-from fedalign.models import ModelSet, build
+from fedalign.models import ModelSet, ModelShape, build
 from fedalign.node import NodeRuntime, initial_models
 from fedalign.protocol import StepSpec
 from fedalign.steps import SOURCE, adapt_source
@@ -79,7 +78,7 @@ def node_config(domain: str, steps: int) -> FederationConfig:
 
 
 def models(device: Device) -> ModelSet:
-    return build("digits_cnn", ArchitectureContext((3, 28, 28), 10), seed=0).to(device.torch_device)
+    return build("digits_cnn", ModelShape((3, 28, 28), 10), seed=0).to(device.torch_device)
 
 
 def sgd(params: list[nn.Parameter]) -> torch.optim.SGD:

@@ -30,6 +30,9 @@ from fedalign.architectures import (
 from fedalign.manifest import Manifest
 from fedalign.model_names import MODELS
 
+# The name of the context before architectures became plug-ins (`build(name, ModelShape(...))`).
+ModelShape = ArchitectureContext
+
 
 @dataclass
 class ModelSet:

@@ -55,6 +55,11 @@ class StepResult:
     samples: dict[str, int] | None = None
 
 
+def model_shape(config: FederationConfig) -> ArchitectureContext:
+    """The federation's `ArchitectureContext` (`ArchitectureContext.of`, under its older name)."""
+    return ArchitectureContext.of(config)
+
+
 def initial_models(config: FederationConfig) -> dict[str, State]:
     """Round 0's aggregates: every tensor (shared and local) of G, T and D, built from the federation's seed
     and its ``init_checkpoint`` (`fedalign.initial_parameters.build_initial`, as ``fedalign init-model``)."""

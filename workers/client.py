@@ -39,9 +39,9 @@ from fedalign import params, secagg
 from fedalign.aggregate import average
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
-from fedalign.model_manifest import ModelManifest
-from fedalign.node import NodeRuntime, StepResult
-from fedalign.protocol import StepSpec
+from fedalign.models import manifests
+from fedalign.node import NodeRuntime, StepResult, model_shape
+from fedalign.protocol import StepSpec, effective_local_policy
 from workers.state import NodeStateFile, SecAggLedger
 
 log = logging.getLogger("fedalign.workers")
@@ -398,7 +398,8 @@ class NodeRunner:
         self.client.reveal(task.complete_url, reveals)
 
     def _manifests(self) -> dict[str, Any]:
-        return dict(ModelManifest.for_config(self.config).models)
+        config = self.config
+        return manifests(config.architecture, model_shape(config), effective_local_policy(config))
 
     def _train(self, task: Task) -> StepResult:
         """The step's result: computed from the node's state, or, for a step already run here, the saved

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from fedalign.architectures import ArchitectureContext
 from fedalign.config import FederationConfig
 from fedalign.manifest import Manifest, TensorSpec
-from fedalign.models import manifests
+from fedalign.models import ModelShape, manifests
+from fedalign.node import model_shape
 from fedalign.protocol import effective_local_policy
 
 PUBLISHED_SLOT = "model"
@@ -20,13 +20,13 @@ PUBLISHED_PARTS = ("G", "T")
 
 
 @lru_cache(maxsize=64)
-def _cached(architecture: str, context: ArchitectureContext, policy: str) -> dict[str, Manifest]:
-    return manifests(architecture, context, policy)
+def _cached(architecture: str, shape: ModelShape, policy: str) -> dict[str, Manifest]:
+    return manifests(architecture, shape, policy)
 
 
 def model_manifests(config: FederationConfig) -> dict[str, Manifest]:
     """G, T and D of this federation, each with its shared and local tensors marked."""
-    return _cached(config.architecture, ArchitectureContext.of(config), effective_local_policy(config))
+    return _cached(config.architecture, model_shape(config), effective_local_policy(config))
 
 
 def published_manifest(config: FederationConfig) -> Manifest:
