@@ -997,11 +997,10 @@ export interface components {
             algorithm: "fedalign" | "fedavg" | "source_only";
             /**
              * Architecture
-             * @description 'digits_cnn' (the LeNet-style network of digit adaptation) or 'mlp' (for vectors).
+             * @description The models G, T and D: a built-in ('digits_cnn', the LeNet-style network of digit adaptation; 'mlp', for vectors; 'resnet18', 'resnet50', 'mobilenet_v3_small', torchvision backbones for images of 32x32 and up), an import path 'package.module:factory' of a factory installed where models are built, or a name an installed package registers in the entry-point group 'fedalign.architectures' (docs: Bring your own model).
              * @default digits_cnn
-             * @enum {string}
              */
-            architecture: "digits_cnn" | "mlp";
+            architecture: string;
             /**
              * @default {
              *       "num_classes": 10,
@@ -1011,7 +1010,9 @@ export interface components {
              *         28
              *       ],
              *       "hidden": 128,
-             *       "normalization": "batch"
+             *       "normalization": "batch",
+             *       "options": {},
+             *       "precision": "bf16"
              *     }
              */
             model: components["schemas"]["ModelOptions"];
@@ -1074,8 +1075,13 @@ export interface components {
             /**
              * @default {
              *       "batch_size": 64,
+             *       "optimizer": "sgd",
              *       "lr": 0.01,
              *       "momentum": 0.9,
+             *       "adam_betas": [
+             *         0.9,
+             *         0.999
+             *       ],
              *       "weight_decay": 0.0005,
              *       "lr_schedule": "constant",
              *       "local_steps": 10,
@@ -1126,20 +1132,39 @@ export interface components {
              */
             batch_size?: number;
             /**
+             * Optimizer
+             * @description Every local optimiser (of D, and of G and T): 'sgd' (with momentum), 'adam' (Kingma and Ba, 2015; weight_decay as an L2 term in the gradient) or 'adamw' (Loshchilov and Hutter, 2019; weight_decay decoupled). Its state (momentum, or Adam's moments and step count) stays on the node; lr_schedule applies to each.
+             * @default sgd
+             * @enum {string}
+             */
+            optimizer?: "sgd" | "adam" | "adamw";
+            /**
              * Lr
-             * @description SGD learning rate of G and T.
+             * @description Learning rate of G and T.
              * @default 0.01
              */
             lr?: number;
             /**
              * Momentum
-             * @description SGD momentum of every local optimiser; its buffers stay on the node.
+             * @description SGD momentum of every local optimiser; its buffers stay on the node. Not used by 'adam' and 'adamw' (their betas are adam_betas).
              * @default 0.9
              */
             momentum?: number;
             /**
+             * Adam Betas
+             * @description Adam's and AdamW's coefficients of the running averages of the gradient and its square (torch's defaults).
+             * @default [
+             *       0.9,
+             *       0.999
+             *     ]
+             */
+            adam_betas?: [
+                number,
+                number
+            ];
+            /**
              * Weight Decay
-             * @description SGD weight decay (L2) of every local optimiser.
+             * @description Weight decay of every local optimiser (see optimizer).
              * @default 0.0005
              */
             weight_decay?: number;
@@ -1170,7 +1195,7 @@ export interface components {
             disc_exchanges?: number;
             /**
              * Disc Lr
-             * @description SGD learning rate of D.
+             * @description Learning rate of D.
              * @default 0.01
              */
             disc_lr?: number;
@@ -1266,6 +1291,7 @@ export interface components {
              */
             eval_every?: number;
         };
+        JsonValue: unknown;
         /** LeftOut */
         LeftOut: {
             /** Phase */
@@ -1427,6 +1453,26 @@ export interface components {
              * @enum {string}
              */
             normalization: "batch" | "group";
+            /**
+             * Options
+             * @description The architecture's own settings, passed to its factory as context.options (JSON scalars, lists and tables, at most 16384 bytes as JSON). The built-in architectures take none.
+             * @default {}
+             */
+            options: {
+                [key: string]: components["schemas"]["JsonValue"];
+            };
+            /**
+             * Init Checkpoint
+             * @description A safetensors file of pretrained tensors named 'G.<name>' (and optionally 'T.<name>', 'D.<name>') to start from, on the machine that builds the initial parameters (`fedalign init-model`, or the simulator); a relative path is relative to the config file. Each model it names must be complete; a model it does not name keeps its seeded initialisation. `fedalign convert-checkpoint` makes one from a torchvision or timm state dict.
+             */
+            init_checkpoint?: string | null;
+            /**
+             * Precision
+             * @description 'bf16': local steps on a CUDA device run under bfloat16 autocast (on a CPU they run in float32); 'fp32': never autocast, for models that need float32 throughout.
+             * @default bf16
+             * @enum {string}
+             */
+            precision: "bf16" | "fp32";
         };
         /**
          * NodeCreate
