@@ -50,6 +50,8 @@ def state_tensors(name: str, optimizer: torch.optim.Optimizer) -> State:
     out: State = {}
     for i, p in enumerate(_parameters(optimizer)):
         for key, value in optimizer.state.get(p, {}).items():
+            if value is None:  # nothing kept (SGD without momentum)
+                continue
             tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
             label = f"opt.{name}.{i}" if key == "momentum_buffer" else f"opt.{name}.{i}.{key}"
             out[label] = tensor.detach().cpu().clone()
