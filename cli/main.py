@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import data, db, health, node, serve, simulate, up, worker
+from cli import data, db, health, models, node, serve, simulate, up, worker
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -13,6 +13,8 @@ app = typer.Typer(
     help="Federated transfer learning with adversarial domain alignment: only parameters travel.",
 )
 app.command()(simulate.simulate)
+app.command("init-model")(models.init_model)
+app.command("convert-checkpoint")(models.convert_checkpoint)
 app.command()(serve.serve)
 app.command()(serve.openapi)
 app.command()(worker.worker)

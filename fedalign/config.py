@@ -7,20 +7,33 @@ never an edit to a training loop.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from fedalign import presets
+from fedalign.architecture_names import ARCHITECTURE_PATTERN, ENTRY_POINT_GROUP
 
 Algorithm = Literal["fedalign", "fedavg", "source_only"]
 Role = Literal["source", "target"]
 Aggregator = Literal["server", "target"]
 Weighting = Literal["samples", "uniform", "balanced"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# model.options as compact JSON: a factory's settings, not data.
+MAX_OPTIONS_BYTES = 16_384
 # The names of fedalign.presets; listed as a choice (an enum) even while there is only one.
 PresetName = Annotated[
     Literal[tuple(presets.PRESETS)],  # type: ignore[valid-type]
@@ -45,13 +58,37 @@ class Hyperparameters(_Strict):
         ),
     ] = None
     batch_size: Annotated[int, Field(ge=1, le=4096, description="Minibatch size of every local step.")] = 64
-    lr: Annotated[float, Field(gt=0, le=10, description="SGD learning rate of G and T.")] = 0.01
+    optimizer: Annotated[
+        Literal["sgd", "adam", "adamw"],
+        Field(
+            description="Every local optimiser (of D, and of G and T): 'sgd' (with momentum), 'adam' "
+            "(Kingma and Ba, 2015; weight_decay as an L2 term in the gradient) or 'adamw' (Loshchilov and "
+            "Hutter, 2019; weight_decay decoupled). Its state (momentum, or Adam's moments and step "
+            "count) stays on the node; lr_schedule applies to each."
+        ),
+    ] = "sgd"
+    lr: Annotated[float, Field(gt=0, le=10, description="Learning rate of G and T.")] = 0.01
     momentum: Annotated[
         float,
-        Field(ge=0, lt=1, description="SGD momentum of every local optimiser; its buffers stay on the node."),
+        Field(
+            ge=0,
+            lt=1,
+            description="SGD momentum of every local optimiser; its buffers stay on the node. Not used by "
+            "'adam' and 'adamw' (their betas are adam_betas).",
+        ),
     ] = 0.9
+    adam_betas: Annotated[
+        tuple[
+            Annotated[float, Field(ge=0, lt=1)],
+            Annotated[float, Field(ge=0, lt=1)],
+        ],
+        Field(
+            description="Adam's and AdamW's coefficients of the running averages of the gradient and its "
+            "square (torch's defaults)."
+        ),
+    ] = (0.9, 0.999)
     weight_decay: Annotated[
-        float, Field(ge=0, le=1, description="SGD weight decay (L2) of every local optimiser.")
+        float, Field(ge=0, le=1, description="Weight decay of every local optimiser (see optimizer).")
     ] = 5e-4
     lr_schedule: Annotated[
         Literal["constant", "dann"],
@@ -64,7 +101,7 @@ class Hyperparameters(_Strict):
     disc_exchanges: Annotated[
         int, Field(ge=1, le=1000, description="Discriminator train-and-average exchanges per round.")
     ] = 1
-    disc_lr: Annotated[float, Field(gt=0, le=10, description="SGD learning rate of D.")] = 0.01
+    disc_lr: Annotated[float, Field(gt=0, le=10, description="Learning rate of D.")] = 0.01
     adv_weight: Annotated[
         float, Field(ge=0, le=100, description="lambda: weight of the adversarial loss.")
     ] = 1.0
@@ -173,6 +210,44 @@ class ModelOptions(_Strict):
             "or 'group' (GroupNorm, each example on its own; what differential privacy needs)."
         ),
     ] = "batch"
+    options: Annotated[
+        dict[str, JsonValue],
+        Field(
+            description="The architecture's own settings, passed to its factory as context.options "
+            f"(JSON scalars, lists and tables, at most {MAX_OPTIONS_BYTES} bytes as JSON). The built-in "
+            "architectures take none."
+        ),
+    ] = {}  # pydantic copies the default for every instance
+    init_checkpoint: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=4096,
+            description="A safetensors file of pretrained tensors named 'G.<name>' (and optionally "
+            "'T.<name>', 'D.<name>') to start from, on the machine that builds the initial parameters "
+            "(`fedalign init-model`, or the simulator); a relative path is relative to the config file. "
+            "Each model it names must be complete; a model it does not name keeps its seeded "
+            "initialisation. `fedalign convert-checkpoint` makes one from a torchvision or timm state dict.",
+        ),
+    ] = None
+    precision: Annotated[
+        Literal["bf16", "fp32"],
+        Field(
+            description="'bf16': local steps on a CUDA device run under bfloat16 autocast (on a CPU they "
+            "run in float32); 'fp32': never autocast, for models that need float32 throughout."
+        ),
+    ] = "bf16"
+
+    @field_validator("options")
+    @classmethod
+    def _bounded_options(cls, options: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        size = len(json.dumps(options, separators=(",", ":")).encode())
+        if size > MAX_OPTIONS_BYTES:
+            raise ValueError(
+                f"model.options takes {size} bytes as JSON, more than {MAX_OPTIONS_BYTES}: the options are "
+                "an architecture's settings; pass large data through files the factory reads"
+            )
+        return options
 
 
 class Preprocessing(_Strict):
@@ -319,9 +394,15 @@ class FederationConfig(_Strict):
         ),
     ] = "fedalign"
     architecture: Annotated[
-        Literal["digits_cnn", "mlp"],
+        str,
         Field(
-            description="'digits_cnn' (the LeNet-style network of digit adaptation) or 'mlp' (for vectors)."
+            max_length=300,
+            pattern=ARCHITECTURE_PATTERN,
+            description="The models G, T and D: a built-in ('digits_cnn', the LeNet-style network of digit "
+            "adaptation; 'mlp', for vectors; 'resnet18', 'resnet50', 'mobilenet_v3_small', torchvision "
+            "backbones for images of 32x32 and up), an import path 'package.module:factory' of a factory "
+            f"installed where models are built, or a name an installed package registers in the "
+            f"entry-point group '{ENTRY_POINT_GROUP}' (docs: Bring your own model).",
         ),
     ] = "digits_cnn"
     model: ModelOptions = ModelOptions()
@@ -510,6 +591,11 @@ def load_config(path: Path) -> FederationConfig:
         raise ConfigError(f"config file {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    # A relative init_checkpoint names a file beside the config, wherever the command runs.
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init_checkpoint"), str):
+        checkpoint = Path(model["init_checkpoint"]).expanduser()
+        model["init_checkpoint"] = str(checkpoint if checkpoint.is_absolute() else path.parent / checkpoint)
     # TOML reads more naturally with [[nodes]] tables; pydantic takes the same structure.
     try:
         return FederationConfig.model_validate(raw)

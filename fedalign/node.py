@@ -16,14 +16,18 @@ import torch
 from torch import nn
 
 from fedalign import data as datasets
-from fedalign import privacy
+from fedalign import optimizers, privacy
+from fedalign.architecture_names import BUILTINS
+from fedalign.architectures import ArchitectureContext
 from fedalign.config import FederationConfig, Hyperparameters
 from fedalign.data import BatchStream, NodeData
 from fedalign.data.preprocessing import augmentation
 from fedalign.device import CPU, Device
+from fedalign.initial_parameters import build_initial
 from fedalign.metrics import REPORTED_METRICS
+from fedalign.model_manifest import ModelManifest, check
 from fedalign.model_names import MODELS
-from fedalign.models import ModelSet, ModelShape, build, local_names
+from fedalign.models import ModelSet, build, local_names
 from fedalign.phases import Schedule
 from fedalign.protocol import StepSpec, derive_seed, effective_local_policy
 from fedalign.schedules import scheduled_adv_weight, scheduled_lr
@@ -54,29 +58,15 @@ class StepResult:
     samples: dict[str, int] | None = None
 
 
-def model_shape(config: FederationConfig) -> ModelShape:
-    m = config.model
-    return ModelShape(
-        input_shape=tuple(m.input_shape),
-        num_classes=m.num_classes,
-        hidden=m.hidden,
-        conditional=config.hyperparameters.conditional,
-        normalization=m.normalization,
-    )
+def model_shape(config: FederationConfig) -> ArchitectureContext:
+    """The federation's `ArchitectureContext` (`ArchitectureContext.of`, under its older name)."""
+    return ArchitectureContext.of(config)
 
 
 def initial_models(config: FederationConfig) -> dict[str, State]:
-    """Round 0's aggregates: G, T and D built from the federation's seed, shared tensors only."""
-    models = build(config.architecture, model_shape(config), seed=derive_seed(config.seed, "init"))
-    policy = effective_local_policy(config)
-    return {
-        name: {
-            k: v.detach().clone()
-            for k, v in module.state_dict().items()
-            if k not in local_names(module, policy)
-        }
-        for name, module in models.items()
-    }
+    """Round 0's aggregates: every tensor (shared and local) of G, T and D, built from the federation's seed
+    and its ``init_checkpoint`` (`fedalign.initial_parameters.build_initial`, as ``fedalign init-model``)."""
+    return dict(build_initial(config).models)
 
 
 def load_node_data(
@@ -145,27 +135,43 @@ class NodeRuntime:
         if spec is None:
             raise StepError(f"node {name!r} is not part of federation {config.name!r}")
         check_node_data(name, spec.role, config, data)
-        shape = model_shape(config)
+        context = ArchitectureContext.of(config)
         self.name = name
         self.role = spec.role
         self.config = config
         self.hp: Hyperparameters = config.hyperparameters
         self.schedule = Schedule.of(config)
         self.data = data
-        self.device = device
+        # The federation decides the precision (some models need float32); the caller, the device.
+        self.device = device.with_precision(config.model.precision)
         self.own_label = SOURCE if self.role == "source" else TARGET
-        self.models: ModelSet = build(config.architecture, shape).to(device.torch_device)
+        # Built from this machine's own copy of the architecture (a plug-in's installed package); setup
+        # loads every tensor of round 0 into it, after `check_manifest` compared it with the federation's.
+        models = build(config.architecture, context)
         policy = effective_local_policy(config)
+        self.manifest = ModelManifest.of(config.architecture, models, policy)
+        self.models: ModelSet = models.to(self.device.torch_device)
         self.local = {m: local_names(module, policy) for m, module in self.models.items()}
+        if config.privacy.enabled and config.architecture not in BUILTINS:
+            # The config checked the built-ins' layers; a plug-in's are known only here.
+            from fedalign.privacy_layers import unsupported_in
+
+            problems = unsupported_in(self.models)
+            if problems:
+                raise StepError(
+                    f"node {name!r}: differential privacy cannot be used with architecture "
+                    f"{config.architecture!r}: Opacus cannot compute per-example gradients of it "
+                    f"({'; '.join(problems)})"
+                )
         hp = self.hp
-        sgd = dict(momentum=hp.momentum, weight_decay=hp.weight_decay)
-        # Optimiser state (momentum) is local: it lives on the node between steps and never travels.
+        # Optimiser state (momentum, Adam's moments) is local: it lives on the node between steps and never
+        # travels.
         self.optimizers = {
-            "D": torch.optim.SGD(self.models.D.parameters(), lr=hp.disc_lr, **sgd),
-            "GT": torch.optim.SGD(
-                [*self.models.G.parameters(), *self.models.T.parameters()], lr=hp.lr, **sgd
+            "D": optimizers.build_optimizer(hp, self.models.D.parameters(), hp.disc_lr),
+            "GT": optimizers.build_optimizer(
+                hp, [*self.models.G.parameters(), *self.models.T.parameters()], hp.lr
             ),
-            "G": torch.optim.SGD(self.models.G.parameters(), lr=hp.lr, **sgd),
+            "G": optimizers.build_optimizer(hp, self.models.G.parameters(), hp.lr),
         }
         # Differential privacy: every step that trains on the node's data is DP-SGD; the accountant's
         # history is (sigma, q, steps taken), and only the count changes.
@@ -174,11 +180,30 @@ class NodeRuntime:
 
     # ----------------------------------------------------------------------------------------- I/O
 
-    def load(self, model: str, state: Mapping[str, torch.Tensor]) -> None:
-        """Take an aggregate's shared tensors; local tensors (BatchNorm statistics by default) stay."""
-        module = self.models[model]
-        own = module.state_dict()
-        expected = set(own) - self.local[model]
+    def check_manifest(self, document: ModelManifest | Mapping[str, object]) -> None:
+        """Compare the federation's model manifest document with this node's own models.
+
+        Raises `fedalign.model_manifest.ManifestMismatch` naming the first difference (architecture,
+        version, a missing, extra, reshaped or retyped tensor), or `ManifestError` for a document that
+        cannot be read. A node calls it at setup, before it loads round 0.
+        """
+        expected = document if isinstance(document, ModelManifest) else ModelManifest.from_json(document)
+        check(expected, self.manifest)
+
+    def load(self, model: str, state: Mapping[str, torch.Tensor], *, every_tensor: bool = False) -> None:
+        """Take an aggregate's tensors into `model`.
+
+        An aggregate holds the shared tensors; round 0's hold every tensor. With `every_tensor` (setup),
+        every tensor is required and loaded, local ones included (pretrained BatchNorm statistics). Otherwise
+        only the shared ones are loaded, and the node's local tensors (BatchNorm statistics by default) stay,
+        even when the aggregate also holds them (a later step that still starts from round 0's).
+        """
+        own = self.models[model].state_dict()
+        everything = set(own)
+        taken = everything if every_tensor else everything - self.local[model]
+        # What the aggregate must hold: every tensor at setup; later the shared ones, or every tensor when
+        # the step still starts from round 0's.
+        expected = everything if every_tensor or set(state) == everything else taken
         missing = expected - set(state)
         unexpected = set(state) - expected
         if missing or unexpected:
@@ -187,22 +212,19 @@ class NodeRuntime:
                 f"unexpected {sorted(unexpected)}"
             )
         with torch.no_grad():
-            for k, v in state.items():
-                own[k].copy_(v)
+            for k in taken:
+                own[k].copy_(state[k])
 
     def shared(self, model: str) -> State:
         return {k: v.cpu() for k, v in shared_state(self.models[model], self.local[model]).items()}
 
     def state_tensors(self) -> State:
-        """Everything this node keeps between steps (models, local statistics, momentum) as tensors."""
+        """Everything this node keeps between steps (models, local statistics, optimiser state) as tensors."""
         out: State = {}
         for m, module in self.models.items():
             out.update({f"model.{m}.{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()})
         for opt_name, opt in self.optimizers.items():
-            for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-                buf = opt.state.get(p, {}).get("momentum_buffer")
-                if buf is not None:
-                    out[f"opt.{opt_name}.{i}"] = buf.detach().cpu().clone()
+            out.update(optimizers.state_tensors(opt_name, opt))
         if self.privacy is not None:
             out[privacy.STEPS_KEY] = torch.tensor(self.dp_steps.steps, dtype=torch.int64)
         return out
@@ -212,10 +234,7 @@ class NodeRuntime:
             prefix = f"model.{m}."
             module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         for opt_name, opt in self.optimizers.items():
-            for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-                key = f"opt.{opt_name}.{i}"
-                if key in state:
-                    opt.state[p]["momentum_buffer"] = state[key].to(p.device).clone()
+            optimizers.load_state_tensors(opt_name, opt, state)
         if privacy.STEPS_KEY in state:
             self.dp_steps.steps = int(state[privacy.STEPS_KEY])
 
@@ -252,7 +271,8 @@ class NodeRuntime:
             raise StepError(f"step {step.round}/{step.phase} needs downloads {sorted(missing)}")
         for model in MODELS:
             if model in step.downloads:
-                self.load(model, downloads[model])
+                # Setup starts from round 0, which holds every tensor: the node takes all of them.
+                self.load(model, downloads[model], every_tensor=step.kind == "setup")
         # Seed the global RNG too, for anything a model draws on its own (dropout).
         torch.manual_seed(step.seed)
         handler = {

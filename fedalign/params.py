@@ -168,7 +168,9 @@ def read_header(
     """
     with _opened(source) as (prefix_reader, size):
         head = prefix_reader(0, 8)
-        if any(head.startswith(magic) for magic in _PICKLE_MAGICS):
+        # A header length of 640 (or 896, ...) bytes also starts with a pickle's b"\x80\x02" (...): a pickle
+        # is what does not go on with a safetensors header's opening brace.
+        if any(head.startswith(magic) for magic in _PICKLE_MAGICS) and prefix_reader(8, 1) != b"{":
             raise ParameterError(
                 "corrupt", f"this looks like a pickle (e.g. torch.save output); {_SAFETENSORS_EXPECTED}"
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,9 @@ from fedalign import secagg
 from fedalign.aggregate import average_states
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
-from fedalign.models import manifests
-from fedalign.node import NodeRuntime, State, initial_models, load_node_data, model_shape
+from fedalign.initial_parameters import InitialParameters, build_initial
+from fedalign.manifest import Manifest
+from fedalign.node import NodeRuntime, State, load_node_data
 from fedalign.protocol import (
     Action,
     Aggregate,
@@ -42,7 +43,6 @@ from fedalign.protocol import (
     StepDone,
     StepSpec,
     aggregate_key,
-    effective_local_policy,
     submission_key,
 )
 
@@ -91,11 +91,17 @@ class SecureAggregation:
     opens (`Protocol.roster_weights`); the aggregate is the survivors' average under them.
     """
 
-    def __init__(self, config: FederationConfig, protocol: Protocol, federation: str | None = None) -> None:
+    def __init__(
+        self,
+        config: FederationConfig,
+        protocol: Protocol,
+        manifests: Mapping[str, Manifest],
+        federation: str | None = None,
+    ) -> None:
         self.protocol = protocol
         # Served federations use their id; the simulator's keys are fresh per run, so no context repeats.
         self.federation = federation or config.name
-        self.manifests = manifests(config.architecture, model_shape(config), effective_local_policy(config))
+        self.manifests = manifests
         for manifest in self.manifests.values():
             secagg.masked_manifest(manifest)  # refuses a shared integer tensor before any training
         self._keys = {n.name: secagg.KeyPair.generate() for n in config.nodes}
@@ -161,9 +167,12 @@ class Simulator:
         config: FederationConfig,
         device: Device = CPU,
         node_data: dict[str, datasets.NodeData] | None = None,
+        initial: InitialParameters | None = None,
     ) -> None:
         self.config = config
         self.protocol = Protocol(config)
+        # Round 0, built as `fedalign init-model` builds it (or read from the file it wrote).
+        self.initial = initial if initial is not None else build_initial(config)
         node_data = node_data or {}
         self.nodes = {
             n.name: NodeRuntime(
@@ -171,7 +180,11 @@ class Simulator:
             )
             for n in config.nodes
         }
-        self.secure = SecureAggregation(config, self.protocol) if config.secure_aggregation else None
+        self.secure = (
+            SecureAggregation(config, self.protocol, self.initial.manifest.models)
+            if config.secure_aggregation
+            else None
+        )
         self.store: dict[str, State] = {}
         self.records: dict[int, RoundRecord] = {}
         self.events: list[str] = []
@@ -198,8 +211,11 @@ class Simulator:
 
     def _carry_out(self, action: Action) -> list[Action]:
         if isinstance(action, InitialiseModels):
-            for model, state in initial_models(self.config).items():
-                self.store[action.keys[model]] = state
+            # As at a served node's setup: each node's own models must match round 0's manifest.
+            for runtime in self.nodes.values():
+                runtime.check_manifest(self.initial.manifest)
+            for model, state in self.initial.models.items():
+                self.store[action.keys[model]] = dict(state)
             return []
         if isinstance(action, RunStep):
             step = action.step
@@ -264,6 +280,9 @@ def simulate(
     device: Device = CPU,
     on_round: RoundCallback | None = None,
     node_data: dict[str, datasets.NodeData] | None = None,
+    initial: InitialParameters | None = None,
 ) -> SimulationResult:
+    """Run a federation in this process; `initial` is round 0 (default: built from the config, as
+    ``fedalign init-model`` builds it)."""
     with torch.random.fork_rng(devices=[]):
-        return Simulator(config, device, node_data).run(on_round)
+        return Simulator(config, device, node_data, initial).run(on_round)

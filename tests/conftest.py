@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +92,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("tests that skipped under CI (each counted as a failure)", red=True)
         for line in _SKIPPED_IN_CI:
             terminalreporter.line(line)
+
+
+# Plug-ins outside the fedalign package, as a user's would be (tests/plugins/fedalign_test_plugins).
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+@pytest.fixture
+def test_plugins(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tests/plugins on sys.path for the test: ``fedalign_test_plugins.architectures:tiny_cnn`` imports."""
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    return PLUGINS

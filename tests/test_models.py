@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedalign.models import ModelShape, build, manifests
+from fedalign.architectures import ArchitectureContext
+from fedalign.models import build, manifests
 
-DIGITS = ModelShape(input_shape=(3, 28, 28), num_classes=10)
+DIGITS = ArchitectureContext(input_shape=(3, 28, 28), num_classes=10)
 
 
 def test_digits_cnn_maps_28x28_rgb_to_features_classes_and_a_domain_logit() -> None:
@@ -39,7 +40,7 @@ def test_batchnorm_statistics_stay_local_by_default() -> None:
 
 
 def test_manifest_lists_names_shapes_and_dtypes() -> None:
-    g = manifests("mlp", ModelShape(input_shape=(5,), num_classes=2, hidden=4))["G"]
+    g = manifests("mlp", ArchitectureContext(input_shape=(5,), num_classes=2, hidden=4))["G"]
     assert g["0.weight"].shape == (4, 5) and g["0.weight"].dtype == "F32"
     assert g["1.num_batches_tracked"].dtype == "I64"
 
@@ -48,6 +49,6 @@ def test_unknown_architecture_and_wrong_inputs_are_refused_with_a_reason() -> No
     with pytest.raises(ValueError, match="unknown architecture 'resnet'"):
         build("resnet", DIGITS)
     with pytest.raises(ValueError, match="28x28"):
-        build("digits_cnn", ModelShape(input_shape=(3, 32, 32), num_classes=10))
+        build("digits_cnn", ArchitectureContext(input_shape=(3, 32, 32), num_classes=10))
     with pytest.raises(ValueError, match="vectors"):
         build("mlp", DIGITS)

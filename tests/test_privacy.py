@@ -18,7 +18,7 @@ from torch import nn
 from fedalign import privacy, privacy_accounting, privacy_layers
 from fedalign.config import FederationConfig
 from fedalign.data import NodeData, Split, load, stack
-from fedalign.node import NodeRuntime
+from fedalign.node import NodeRuntime, StepError
 from fedalign.simulate import simulate
 from fedalign.steps import adapt_source
 
@@ -255,3 +255,34 @@ def test_poisson_batches_of_a_split_read_from_disk_are_the_samples_the_in_memory
         index = (torch.rand(len(x), generator=reference) < 0.1).nonzero().squeeze(1)
         bx, by = batches.next()
         assert torch.equal(bx, x[index]) and torch.equal(by, y[index])
+
+
+def test_opacus_finds_nothing_unsupported_in_the_group_normalised_backbones() -> None:
+    for architecture in ("resnet18", "resnet50", "mobilenet_v3_small"):
+        config = FederationConfig.model_validate(
+            {"architecture": architecture, "model": {**GROUP, "input_shape": [3, 32, 32]}, "privacy": _dp()}
+        )
+        assert privacy_layers.unsupported_layers(config) == [], architecture
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_dp_sgd_works_with_every_optimizer(vector_federation: Factory, optimizer: str) -> None:
+    raw, data = vector_federation(
+        model=GROUP, rounds=1, privacy=_dp(randomness="seeded"), hyperparameters={"optimizer": optimizer}
+    )
+    config = FederationConfig.model_validate(raw)
+    result = simulate(config, node_data=data)
+    assert result.rounds[-1].nodes["alpha"]["dp_epsilon"] > 0
+    assert result.to_json() == simulate(config, node_data=data).to_json(), "seeded: repeats exactly"
+
+
+def test_a_node_refuses_privacy_on_a_plugin_opacus_cannot_make_private(
+    vector_federation: Factory, test_plugins: object
+) -> None:
+    plugin = "fedalign_test_plugins.architectures:vector_net"
+    raw, data = vector_federation(model=GROUP, privacy=_dp(), architecture=plugin)
+    NodeRuntime("alpha", FederationConfig.model_validate(raw), data["alpha"])  # GroupNorm: accepted
+    raw, data = vector_federation(model=GROUP, privacy=_dp(), architecture=f"{plugin}_always_batchnorm")
+    config = FederationConfig.model_validate(raw)  # the config cannot import a plug-in: the node checks
+    with pytest.raises(StepError, match=r"Opacus cannot compute per-example gradients of it .*BatchNorm"):
+        NodeRuntime("alpha", config, data["alpha"])

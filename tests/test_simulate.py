@@ -137,15 +137,17 @@ def test_uploads_hold_only_shared_tensors(vector_federation: Factory) -> None:
     from fedalign.node import initial_models
 
     init = initial_models(config)
-    assert not any("running_" in k or "num_batches" in k for state in init.values() for k in state)
+    local = {k for k in init["G"] if "running_" in k or "num_batches" in k}
+    assert local, "round 0 holds every tensor, the local BatchNorm statistics too"
     node = NodeRuntime("omega", config, data["omega"])
     from fedalign.protocol import StepSpec
 
+    # A step that still starts from round 0's aggregates takes their shared tensors only.
     result = node.run(
         StepSpec("omega", 1, "adapt", "adapt", {"D": "d", "G": "g", "T": "t"}, {"G": "u"}, 1), init
     )
     assert set(result.uploads) == {"G"}
-    assert set(result.uploads["G"]) == set(init["G"])
+    assert set(result.uploads["G"]) == set(init["G"]) - local
 
 
 def test_json_output_is_serialisable(vector_federation: Factory, tmp_path: Path) -> None:
@@ -235,3 +237,125 @@ def test_preprocessing_applies_on_every_node_and_a_run_repeats_under_its_seed(tm
     assert augmented == run("crop_flip")
     assert augmented != run("none")
     assert "target_acc" not in augmented["rounds"][-1]["metrics"]
+
+
+# ------------------------------------------------------------------ plug-ins, round 0, optimisers
+
+PLUGIN = "fedalign_test_plugins.architectures:vector_net"
+
+
+def test_a_plugin_architecture_federation_runs_and_repeats(
+    vector_federation: Factory, test_plugins: Path
+) -> None:
+    first = run(vector_federation, architecture=PLUGIN)
+    assert first == run(vector_federation, architecture=PLUGIN)
+    assert first["rounds"][-1]["metrics"]["target_acc"] > 0
+    assert first != run(vector_federation), "not the built-in mlp's numbers"
+
+
+def test_the_simulator_starts_from_an_init_model_file_bit_for_bit(
+    vector_federation: Factory, test_plugins: Path, tmp_path: Path
+) -> None:
+    from fedalign.initial_parameters import InitialParameters, build_initial
+
+    raw, data = vector_federation(architecture=PLUGIN)
+    config = FederationConfig.model_validate(raw)
+    build_initial(config).save(tmp_path / "init.safetensors", tmp_path / "init.manifest.json")
+    from fedalign.model_manifest import ModelManifest
+
+    document = ModelManifest.loads((tmp_path / "init.manifest.json").read_text())
+    initial = InitialParameters.read(tmp_path / "init.safetensors", document)
+    assert (
+        simulate(config, node_data=data, initial=initial).to_json()
+        == simulate(config, node_data=data).to_json()
+    )
+
+
+def test_a_node_whose_plugin_has_a_different_layer_stops_at_setup_naming_it(
+    vector_federation: Factory, test_plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedalign.initial_parameters import build_initial
+    from fedalign.model_manifest import ManifestMismatch
+
+    raw, data = vector_federation(architecture=PLUGIN)
+    config = FederationConfig.model_validate(raw)
+    initial = build_initial(config)  # the creator's copy of the plug-in
+    monkeypatch.setenv("FEDALIGN_TEST_PLUGIN_VARIANT", "wider")  # the nodes' copy has a wider layer
+    with pytest.raises(
+        ManifestMismatch, match=r"tensor G.0.weight has shape \[12, 8\] in the federation, \[24, 8\]"
+    ):
+        simulate(config, node_data=data, initial=initial)
+
+
+def test_setup_loads_every_tensor_of_round_0_and_later_steps_only_the_shared_ones(
+    vector_federation: Factory,
+) -> None:
+    from fedalign.node import StepError, initial_models
+    from fedalign.protocol import StepSpec
+
+    raw, data = vector_federation()
+    config = FederationConfig.model_validate(raw)
+    init = initial_models(config)
+    init["G"]["1.running_mean"] = torch.full((16,), 5.0)  # a pretrained statistic
+    node = NodeRuntime("omega", config, data["omega"])
+    setup = StepSpec("omega", 0, "setup", "setup", {m: m for m in "GTD"}, {}, 1)
+    shared_only = {
+        m: {k: v for k, v in s.items() if "running" not in k and "num_batches" not in k}
+        for m, s in init.items()
+    }
+    with pytest.raises(StepError, match="missing"):
+        node.run(setup, shared_only)
+    node.run(setup, init)
+    assert torch.equal(node.models.G.state_dict()["1.running_mean"], torch.full((16,), 5.0))
+    node.models.G.state_dict()["1.running_mean"].fill_(7.0)  # the node's own statistics by now
+    node.run(StepSpec("omega", 1, "eval", "evaluate", {"G": "g"}, {}, 2), {"G": init["G"]})
+    assert torch.equal(node.models.G.state_dict()["1.running_mean"], torch.full((16,), 7.0)), "local: kept"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_state_stays_on_the_node_and_a_restored_node_continues_identically(
+    vector_federation: Factory, optimizer: str
+) -> None:
+    from fedalign.node import initial_models
+    from fedalign.protocol import StepSpec
+
+    raw, data = vector_federation(
+        hyperparameters={"optimizer": optimizer, "lr": 0.003, "lr_schedule": "dann"}
+    )
+    config = FederationConfig.model_validate(raw)
+    init = initial_models(config)
+    node = NodeRuntime("alpha", config, data["alpha"])
+    assert type(node.optimizers["GT"]).__name__ == {"adam": "Adam", "adamw": "AdamW"}[optimizer]
+    node.run(StepSpec("alpha", 0, "setup", "setup", {m: m for m in "GTD"}, {}, 1), init)
+    step = StepSpec("alpha", 2, "adapt", "adapt", {"D": "d"}, {"G": "g", "T": "t"}, seed=5)
+    node.run(step, {"D": init["D"]})
+    assert node.optimizers["GT"].param_groups[0]["lr"] < 0.003, "the lr schedule applies to Adam too"
+    saved = node.state_tensors()
+    assert {"opt.GT.0.exp_avg", "opt.GT.0.exp_avg_sq", "opt.GT.0.step"} <= set(saved)
+    assert float(saved["opt.GT.0.step"]) == config.hyperparameters.local_steps
+    restored = NodeRuntime("alpha", config, data["alpha"])
+    restored.load_state_tensors(saved)
+    nxt = StepSpec("alpha", 3, "adapt", "adapt", {"D": "d"}, {"G": "g", "T": "t"}, seed=6)
+    a, b = node.run(nxt, {"D": init["D"]}), restored.run(nxt, {"D": init["D"]})
+    assert a.metrics == b.metrics
+    assert all(torch.equal(a.uploads["G"][k], b.uploads["G"][k]) for k in a.uploads["G"])
+
+
+def test_each_optimizer_trains_and_gives_its_own_numbers(vector_federation: Factory) -> None:
+    results = {
+        name: run(vector_federation, hyperparameters={"optimizer": name, "lr": 0.01})
+        for name in ("sgd", "adam", "adamw")
+    }
+    assert results["sgd"] == run(vector_federation, hyperparameters={"lr": 0.01}), "sgd is the default"
+    finals = {name: r["rounds"][-1]["metrics"]["target_acc"] for name, r in results.items()}
+    assert len({json.dumps(r) for r in results.values()}) == 3, finals
+
+
+def test_a_node_takes_its_federations_precision(vector_federation: Factory) -> None:
+    from fedalign.device import CPU
+
+    raw, data = vector_federation(
+        model={"num_classes": 3, "input_shape": [8], "hidden": 16, "precision": "fp32"}
+    )
+    node = NodeRuntime("alpha", FederationConfig.model_validate(raw), data["alpha"], CPU)
+    assert node.device.precision == "fp32" and node.device.autocast_dtype is None

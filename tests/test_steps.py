@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from fedalign.aggregate import average_states
+from fedalign.architectures import ArchitectureContext
 from fedalign.data import BatchStream, Split, load, stack
-from fedalign.models import ModelShape, build
+from fedalign.models import build
 from fedalign.steps import (
     SOURCE,
     TARGET,
@@ -26,7 +27,7 @@ from fedalign.steps import (
 )
 from fedalign.weighting import Contribution, weights
 
-SHAPE = ModelShape(input_shape=(6,), num_classes=3, hidden=12)
+SHAPE = ArchitectureContext(input_shape=(6,), num_classes=3, hidden=12)
 
 
 def domain(seed: int, shift: float, n: int = 64) -> Split:
@@ -187,7 +188,7 @@ def test_a_collapsed_discriminator_is_told_apart_from_alignment() -> None:
 
 
 def test_conditional_discriminator_reads_features_times_class_probabilities() -> None:
-    shape = ModelShape(input_shape=(6,), num_classes=3, hidden=12, conditional=True)
+    shape = ArchitectureContext(input_shape=(6,), num_classes=3, hidden=12, conditional=True)
     models = build("mlp", shape, seed=0)
     assert models.D[0].in_features == 12 * 3
     split = domain(9, 0.0)
@@ -232,3 +233,20 @@ def test_a_split_read_from_disk_trains_exactly_as_the_same_samples_in_memory(tmp
         results.append((metrics, [p.detach().clone() for p in models.G.parameters()]))
     assert results[0][0] == results[1][0]
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
+
+
+def test_bf16_autocasts_on_cuda_only_and_fp32_never() -> None:
+    """The choice behind every step's ``with device.autocast`` (no GPU here: the choice, not the kernels)."""
+    import contextlib
+
+    from fedalign.device import Device
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert Device(cuda, "bf16").autocast_dtype == torch.bfloat16
+    assert Device(cuda, "fp32").autocast_dtype is None
+    assert Device(cpu, "bf16").autocast_dtype is None
+    assert isinstance(Device(cpu, "bf16").autocast, contextlib.nullcontext)
+    assert Device.pick("cpu", "fp32") == Device(cpu, "fp32")
+    assert Device(cuda).with_precision("fp32").autocast_dtype is None
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        Device(cpu, "fp16")  # type: ignore[arg-type]

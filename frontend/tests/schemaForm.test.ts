@@ -21,6 +21,15 @@ describe("the create form's fields from the FederationSettings schema", () => {
     expect(field("hyperparameters.adv_weight").description).toMatch(/lambda/);
   });
 
+  it("leave out what a form cannot edit: a free-form table, a list of numbers", () => {
+    const keys = allFields(federationSettingsGroups).map((f) => f.key);
+    expect(keys).not.toContain("model.options");
+    expect(keys).not.toContain("hyperparameters.adam_betas");
+    expect(keys).toContain("hyperparameters.optimizer");
+    const body = toBody(federationSettingsGroups, initialValues(federationSettingsGroups));
+    expect(body.model).not.toHaveProperty("options");
+  });
+
   it("are all valid as they start", () => {
     expect(validateForm(federationSettingsGroups, initialValues(federationSettingsGroups))).toEqual({});
   });
@@ -45,6 +54,8 @@ describe("validation messages", () => {
     expect(validateField(field("seed"), "abc")).toBe("Seed must be a number.");
     expect(validateField(field("rounds"), "")).toBe("Rounds is required.");
     expect(validateField(field("model.input_shape"), "3, x")).toMatch(/positive whole numbers/);
+    expect(validateField(field("architecture"), "my_pkg.nets:build")).toBeNull();
+    expect(validateField(field("architecture"), "my pkg")).toMatch(/an import path "package.module:factory"/);
   });
 
   it("accept an empty value where the schema allows null", () => {

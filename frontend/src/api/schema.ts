@@ -1017,11 +1017,10 @@ export interface components {
             algorithm: "fedalign" | "fedavg" | "source_only";
             /**
              * Architecture
-             * @description 'digits_cnn' (the LeNet-style network of digit adaptation) or 'mlp' (for vectors).
+             * @description The models G, T and D: a built-in ('digits_cnn', the LeNet-style network of digit adaptation; 'mlp', for vectors; 'resnet18', 'resnet50', 'mobilenet_v3_small', torchvision backbones for images of 32x32 and up), an import path 'package.module:factory' of a factory installed where models are built, or a name an installed package registers in the entry-point group 'fedalign.architectures' (docs: Bring your own model).
              * @default digits_cnn
-             * @enum {string}
              */
-            architecture: "digits_cnn" | "mlp";
+            architecture: string;
             /**
              * @default {
              *       "num_classes": 10,
@@ -1031,7 +1030,9 @@ export interface components {
              *         28
              *       ],
              *       "hidden": 128,
-             *       "normalization": "batch"
+             *       "normalization": "batch",
+             *       "options": {},
+             *       "precision": "bf16"
              *     }
              */
             model: components["schemas"]["ModelOptions"];
@@ -1093,9 +1094,20 @@ export interface components {
             privacy: components["schemas"]["Privacy"];
             /**
              * @default {
+             *       "augment": "none"
+             *     }
+             */
+            preprocessing: components["schemas"]["Preprocessing"];
+            /**
+             * @default {
              *       "batch_size": 64,
+             *       "optimizer": "sgd",
              *       "lr": 0.01,
              *       "momentum": 0.9,
+             *       "adam_betas": [
+             *         0.9,
+             *         0.999
+             *       ],
              *       "weight_decay": 0.0005,
              *       "lr_schedule": "constant",
              *       "local_steps": 10,
@@ -1146,20 +1158,39 @@ export interface components {
              */
             batch_size?: number;
             /**
+             * Optimizer
+             * @description Every local optimiser (of D, and of G and T): 'sgd' (with momentum), 'adam' (Kingma and Ba, 2015; weight_decay as an L2 term in the gradient) or 'adamw' (Loshchilov and Hutter, 2019; weight_decay decoupled). Its state (momentum, or Adam's moments and step count) stays on the node; lr_schedule applies to each.
+             * @default sgd
+             * @enum {string}
+             */
+            optimizer?: "sgd" | "adam" | "adamw";
+            /**
              * Lr
-             * @description SGD learning rate of G and T.
+             * @description Learning rate of G and T.
              * @default 0.01
              */
             lr?: number;
             /**
              * Momentum
-             * @description SGD momentum of every local optimiser; its buffers stay on the node.
+             * @description SGD momentum of every local optimiser; its buffers stay on the node. Not used by 'adam' and 'adamw' (their betas are adam_betas).
              * @default 0.9
              */
             momentum?: number;
             /**
+             * Adam Betas
+             * @description Adam's and AdamW's coefficients of the running averages of the gradient and its square (torch's defaults).
+             * @default [
+             *       0.9,
+             *       0.999
+             *     ]
+             */
+            adam_betas?: [
+                number,
+                number
+            ];
+            /**
              * Weight Decay
-             * @description SGD weight decay (L2) of every local optimiser.
+             * @description Weight decay of every local optimiser (see optimizer).
              * @default 0.0005
              */
             weight_decay?: number;
@@ -1190,7 +1221,7 @@ export interface components {
             disc_exchanges?: number;
             /**
              * Disc Lr
-             * @description SGD learning rate of D.
+             * @description Learning rate of D.
              * @default 0.01
              */
             disc_lr?: number;
@@ -1286,6 +1317,7 @@ export interface components {
              */
             eval_every?: number;
         };
+        JsonValue: unknown;
         /** LeftOut */
         LeftOut: {
             /** Phase */
@@ -1447,6 +1479,26 @@ export interface components {
              * @enum {string}
              */
             normalization: "batch" | "group";
+            /**
+             * Options
+             * @description The architecture's own settings, passed to its factory as context.options (JSON scalars, lists and tables, at most 16384 bytes as JSON). The built-in architectures take none.
+             * @default {}
+             */
+            options: {
+                [key: string]: components["schemas"]["JsonValue"];
+            };
+            /**
+             * Init Checkpoint
+             * @description A safetensors file of pretrained tensors named 'G.<name>' (and optionally 'T.<name>', 'D.<name>') to start from, on the machine that builds the initial parameters (`fedalign init-model`, or the simulator); a relative path is relative to the config file. Each model it names must be complete; a model it does not name keeps its seeded initialisation. `fedalign convert-checkpoint` makes one from a torchvision or timm state dict.
+             */
+            init_checkpoint?: string | null;
+            /**
+             * Precision
+             * @description 'bf16': local steps on a CUDA device run under bfloat16 autocast (on a CPU they run in float32); 'fp32': never autocast, for models that need float32 throughout.
+             * @default bf16
+             * @enum {string}
+             */
+            precision: "bf16" | "fp32";
         };
         /**
          * NodeCreate
@@ -1635,6 +1687,44 @@ export interface components {
             submissions: components["schemas"]["ArtifactOut"][];
             /** Aggregates */
             aggregates: components["schemas"]["ArtifactOut"][];
+        };
+        /**
+         * Preprocessing
+         * @description How image samples are prepared, the same on every node and in the exported model (fedalign.data).
+         *
+         *     Applied by the built-in image formats (``imagefolder:``, ``npz:`` images, and ``digits:`` when set) to
+         *     every split: images are resized to ``resize``, scaled to [0, 1], then normalised per channel,
+         *     (x - mean) / std. ``augment`` changes training batches only, drawn from the step's seed. A dataset
+         *     plug-in receives these settings in its `fedalign.data.LoaderContext` and applies ``resize``, ``mean``
+         *     and ``std`` itself (``LoaderContext.preprocess`` does it); ``augment`` is applied to its training
+         *     batches like any other's. Vector data takes no preprocessing.
+         */
+        Preprocessing: {
+            /**
+             * Resize
+             * @description [height, width] every image is resized to (bilinear, stretched, not cropped); default: images keep their size (imagefolder: 28x28 unless its spec says ?size=).
+             */
+            resize?: [
+                number,
+                number
+            ] | null;
+            /**
+             * Mean
+             * @description Per-channel mean subtracted from images in [0, 1] (one value, or one per channel); set with std, e.g. ImageNet's [0.485, 0.456, 0.406]. Default: no normalisation.
+             */
+            mean?: number[] | null;
+            /**
+             * Std
+             * @description Per-channel standard deviation images are divided by after the mean (one value, or one per channel), e.g. ImageNet's [0.229, 0.224, 0.225].
+             */
+            std?: number[] | null;
+            /**
+             * Augment
+             * @description Augmentation of training batches (never of evaluation): 'flip' mirrors each image left-right with probability 1/2; 'crop_flip' also shifts it, a random crop of the image padded by an eighth of its size on every side (reflected). Drawn from the step's seed, so a run repeats exactly.
+             * @default none
+             * @enum {string}
+             */
+            augment: "none" | "flip" | "crop_flip";
         };
         /**
          * Privacy
@@ -4296,9 +4386,9 @@ export const federationClonedStatusValues: ReadonlyArray<FlattenedDeepRequired<c
 export const federationCreatedStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationCreated"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const federationOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationOut"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const federationSettingsAlgorithmValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["algorithm"]> = ["fedalign", "fedavg", "source_only"];
-export const federationSettingsArchitectureValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["architecture"]> = ["digits_cnn", "mlp"];
 export const federationSettingsAggregatorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["aggregator"]> = ["server", "target"];
 export const hyperparametersPresetAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["preset"]> = ["digits_recipe"];
+export const hyperparametersOptimizerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["optimizer"]> = ["sgd", "adam", "adamw"];
 export const hyperparametersLr_scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["lr_schedule"]> = ["constant", "dann"];
 export const hyperparametersAdv_scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["adv_schedule"]> = ["constant", "dann"];
 export const hyperparametersAdv_lossValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["adv_loss"]> = ["flip", "confusion"];
@@ -4308,6 +4398,7 @@ export const hyperparametersSource_extractorValues: ReadonlyArray<FlattenedDeepR
 export const hyperparametersTarget_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["target_extractor"]> = ["average", "local", "none"];
 export const hyperparametersLocal_paramsValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["local_params"]> = ["bn_stats", "bn", "none"];
 export const modelOptionsNormalizationValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["normalization"]> = ["batch", "group"];
+export const modelOptionsPrecisionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["precision"]> = ["bf16", "fp32"];
 export const nodeCreateRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreate"]["role"]> = ["source", "target"];
 export const nodeCreateModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreate"]["mode"]> = ["rest", "celery"];
 export const nodeCreatedRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreated"]["role"]> = ["source", "target"];
@@ -4317,6 +4408,7 @@ export const nodeOutRoleValues: ReadonlyArray<FlattenedDeepRequired<components>[
 export const nodeOutModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeOut"]["mode"]> = ["rest", "celery"];
 export const peerNodeRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PeerNode"]["role"]> = ["source", "target"];
 export const phaseOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PhaseOut"]["state"]> = ["closed", "open", "aggregating", "upcoming"];
+export const preprocessingAugmentValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Preprocessing"]["augment"]> = ["none", "flip", "crop_flip"];
 export const privacyBudget_actionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["budget_action"]> = ["stop", "warn"];
 export const privacyRandomnessValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["randomness"]> = ["secret", "seeded"];
 export const readinessStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Readiness"]["status"]> = ["ready", "not_ready"];

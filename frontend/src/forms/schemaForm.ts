@@ -99,6 +99,18 @@ function ordered<T>(entries: [string, T][], order: readonly string[], prefix = "
   return [...entries].sort((a, b) => rank(a[0]) - rank(b[0]));
 }
 
+/** Whether the form can edit a property: a scalar, a choice or a list of whole numbers. A free-form table
+ * (`model.options`) or another kind of list (`hyperparameters.adam_betas`) is left out of the form and of
+ * the body, so the server's default applies (the API and TOML files set them). */
+function editable(property: JsonSchema): boolean {
+  const variants = property.anyOf ?? [property];
+  const concrete = variants.find((v) => v.type !== "null") ?? property;
+  if (concrete.enum) return true;
+  if (concrete.type === "object") return false;
+  if (concrete.type === "array") return concrete.items?.type === "integer";
+  return true;
+}
+
 /** Groups of fields for an object schema: its scalar properties first, then one group per nested object. */
 export function formGroups(root: JsonSchema, options: FormOptions = {}): FieldGroup[] {
   const { title = "Settings", labels = {}, nestedLabel = humanize, order = [] } = options;
@@ -112,13 +124,17 @@ export function formGroups(root: JsonSchema, options: FormOptions = {}): FieldGr
       nested.push({
         key: name,
         title: labels[name] ?? humanize(name),
-        fields: ordered(Object.entries(property.properties), order, `${name}.`).map(([child, schema]) => {
+        fields: ordered(
+          Object.entries(property.properties).filter(([, schema]) => editable(resolveRef(schema))),
+          order,
+          `${name}.`,
+        ).map(([child, schema]) => {
           const withDefault = { ...schema, default: defaults[child] ?? schema.default };
           const key = `${name}.${child}`;
           return fieldOf(key, child, withDefault, false, { [key]: nestedLabel(child), ...labels });
         }),
       });
-    } else {
+    } else if (editable(property)) {
       top.fields.push(fieldOf(name, name, property, required.has(name), labels));
     }
   }
@@ -133,6 +149,8 @@ export function initialValues(groups: readonly FieldGroup[]): FormValues {
 
 // Regular expressions read badly in a message; the backend's name pattern (fedalign/config.py) in words.
 const PATTERN_HINTS: Record<string, string> = {
+  "^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*)?$":
+    'be a built-in or registered name (e.g. resnet18) or an import path "package.module:factory"',
   "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$":
     'start with a letter or digit and hold only letters, digits, "_", "." and "-" (64 at most)',
 };
