@@ -123,6 +123,31 @@ class Hyperparameters(_Strict):
             "outer product of G's features and T's class probabilities instead of the features alone."
         ),
     ] = False
+    entropy_conditioning: Annotated[
+        bool,
+        Field(
+            description="Entropy conditioning (CDAN+E, Long et al., NeurIPS 2018): every domain loss (D's, "
+            "and each extractor's adversarial term) weights an example by 1 + exp(-H(p)), H the entropy of "
+            "T's prediction, scaled to mean 1 per batch, so that confidently classified examples count more."
+        ),
+    ] = False
+    adv_sides: Annotated[
+        Literal["both", "sources"],
+        Field(
+            description="Which extractors train against D: 'both' (the method), or 'sources' only "
+            "(source-side alignment: the target's extractor trains on its own predictions' terms alone, if "
+            "any)."
+        ),
+    ] = "both"
+    target_warmup_rounds: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=100_000,
+            description="In rounds 1..N the target's adapted G stays out of G_agg (it still trains from "
+            "G_agg each round), so that its early, unreliable steps do not move the shared extractor.",
+        ),
+    ] = 0
     disc_weighting: Annotated[
         Weighting,
         Field(
@@ -485,6 +510,12 @@ class FederationConfig(_Strict):
                 "differential privacy cannot be used with diversity_weight > 0: the batch-marginal entropy "
                 "couples the examples of a batch, so clipping each example's gradient bounds nothing; "
                 "set diversity_weight to 0"
+            )
+        if self.hyperparameters.entropy_conditioning:
+            raise ValueError(
+                "differential privacy cannot be used with entropy_conditioning: its weights are scaled over "
+                "the batch, which couples the examples of a batch, so clipping each example's gradient "
+                "bounds nothing; set entropy_conditioning to false"
             )
         from fedalign.privacy_layers import (
             unsupported_layers,  # torch and Opacus load only when privacy is on

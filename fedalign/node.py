@@ -313,6 +313,7 @@ class NodeRuntime:
                 self.own_label,
                 self.device,
                 condition_on=self._condition_on,
+                weight_by=self.models.T if self.hp.entropy_conditioning else None,
             )
         return StepResult(metrics=metrics | self._privacy_metrics())
 
@@ -354,6 +355,7 @@ class NodeRuntime:
                     hp.adv_loss,
                     self.device,
                     hp.conditional,
+                    entropy_conditioning=hp.entropy_conditioning,
                 )
         elif self.schedule.target_trains:
             # fedalign against D_all; fedavg with target terms trains on the target's own predictions alone.
@@ -367,7 +369,7 @@ class NodeRuntime:
                     stream,
                     private_opt,
                     hp.local_steps,
-                    adv,
+                    adv if hp.adv_sides == "both" else 0.0,
                     hp.adv_loss,
                     entropy_weight=hp.entropy_weight,
                     diversity_weight=hp.diversity_weight,
@@ -375,6 +377,7 @@ class NodeRuntime:
                     pseudo_label_weight=hp.pseudo_label_weight,
                     device=self.device,
                     conditional=hp.conditional,
+                    entropy_conditioning=hp.entropy_conditioning,
                 )
         elif self.privacy is None:
             # fedavg: the target holds no labels; it keeps its own normalisation statistics current

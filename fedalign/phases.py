@@ -120,7 +120,11 @@ class Schedule:
         term on its own predictions is on)."""
         if not self.target_trains:
             return 0
-        adversarial = self.algorithm == "fedalign" and scheduled_adv_weight(self.hp, round_, self.rounds) > 0
+        adversarial = (
+            self.algorithm == "fedalign"
+            and self.hp.adv_sides == "both"
+            and scheduled_adv_weight(self.hp, round_, self.rounds) > 0
+        )
         return self.hp.local_steps if adversarial or self.hp.target_terms else 0
 
 
@@ -148,7 +152,9 @@ def _training(s: Schedule, name: str, round_: int) -> Phase:
     target_out = (name == "adapt" and s.hp.target_extractor == "none") or s.algorithm == "source_only"
     if target_out:
         return Phase(name, "adapt", _parts(source=source))
-    enters_g_agg = s.target_trains and s.hp.target_extractor == "average"
+    # During the target's warm-up it still trains from G_agg, but its G stays out of the average.
+    warming_up = round_ <= s.hp.target_warmup_rounds
+    enters_g_agg = s.target_trains and s.hp.target_extractor == "average" and not warming_up
     target = RolePart(
         s.downloads("target"),
         uploads=("G",) if enters_g_agg else (),

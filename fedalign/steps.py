@@ -64,17 +64,34 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def domain_loss(logits: torch.Tensor, label: float) -> torch.Tensor:
+def domain_loss(logits: torch.Tensor, label: float, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE(D(.), label) over the batch; with `weights` (mean 1), each example's term weighted."""
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(
+            logits.float().squeeze(1), torch.full_like(logits.float().squeeze(1), label)
+        )
     return F.binary_cross_entropy_with_logits(
-        logits.float().squeeze(1), torch.full_like(logits.float().squeeze(1), label)
+        logits.float().squeeze(1), torch.full_like(logits.float().squeeze(1), label), weight=weights
     )
 
 
-def adversarial_loss(logits: torch.Tensor, own_label: float, kind: str) -> torch.Tensor:
+def entropy_weights(task_logits: torch.Tensor) -> torch.Tensor:
+    """Entropy conditioning (CDAN+E, Long et al., NeurIPS 2018): w = 1 + exp(-H(p)) per example, scaled to
+    mean 1 over the batch and carrying no gradient, so that confidently classified examples weigh more in
+    the domain losses and the uncertain ones, whose class-conditional features are least reliable, less."""
+    p = task_logits.detach().float().softmax(dim=1)
+    h = -(p * p.clamp_min(1e-12).log()).sum(dim=1)
+    w = 1.0 + torch.exp(-h)
+    return w / w.mean()
+
+
+def adversarial_loss(
+    logits: torch.Tensor, own_label: float, kind: str, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     if kind == "flip":
-        return domain_loss(logits, 1.0 - own_label)
+        return domain_loss(logits, 1.0 - own_label, weights)
     if kind == "confusion":
-        return domain_loss(logits, 0.5)
+        return domain_loss(logits, 0.5, weights)
     raise ValueError(f"unknown adversarial loss {kind!r}; expected 'flip' or 'confusion'")
 
 
@@ -121,11 +138,13 @@ def train_discriminator(
     own_label: float,
     device: Device = CPU,
     condition_on: nn.Module | None = None,
+    weight_by: nn.Module | None = None,
 ) -> dict[str, float]:
     """Train D for `steps` steps on this node's features, all labelled with this node's domain.
 
     G is frozen but stays in training mode, so its BatchNorm layers normalise with this node's batch
-    statistics and keep the node's local running statistics current.
+    statistics and keep the node's local running statistics current. With `weight_by` (the task model T,
+    for entropy conditioning) each example's loss is weighted by `entropy_weights` of T's prediction.
     """
     G.train()
     D.train()
@@ -134,9 +153,11 @@ def train_discriminator(
         (x, _y) = _to(device, *stream.next())
         with device.autocast:
             with torch.no_grad():
-                inputs = domain_input(G(x), condition_on)
+                features = G(x)
+                inputs = domain_input(features, condition_on)
+                weights = entropy_weights(weight_by(features.float())) if weight_by is not None else None
             logits = D(inputs)
-            loss = domain_loss(logits, own_label)
+            loss = domain_loss(logits, own_label, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -158,8 +179,10 @@ def adapt_source(
     adv_kind: str,
     device: Device = CPU,
     conditional: bool = False,
+    entropy_conditioning: bool = False,
 ) -> dict[str, float]:
-    """Task loss plus lambda times the adversarial loss against the fixed D; trains G and T."""
+    """Task loss plus lambda times the adversarial loss against the fixed D; trains G and T. With
+    `entropy_conditioning` each example's adversarial term is weighted by `entropy_weights`."""
     G.train()
     T.train()
     D.eval()
@@ -169,9 +192,13 @@ def adapt_source(
             x, y = _to(device, *stream.next())
             with device.autocast:
                 features = G(x)
-                task = F.cross_entropy(T(features).float(), y)
+                task_logits = T(features).float()
+                task = F.cross_entropy(task_logits, y)
+                weights = entropy_weights(task_logits) if entropy_conditioning else None
                 adv = (
-                    adversarial_loss(D(domain_input(features, T if conditional else None)), SOURCE, adv_kind)
+                    adversarial_loss(
+                        D(domain_input(features, T if conditional else None)), SOURCE, adv_kind, weights
+                    )
                     if adv_weight > 0
                     else torch.zeros(())
                 )
@@ -204,8 +231,10 @@ def adapt_target(
     device: Device = CPU,
     conditional: bool = False,
     diversity_weight: float = 0.0,
+    entropy_conditioning: bool = False,
 ) -> dict[str, float]:
-    """Train the target's G (T and D fixed) with lambda * L_adv and the optional unlabelled terms."""
+    """Train the target's G (T and D fixed) with lambda * L_adv and the optional unlabelled terms. With
+    `entropy_conditioning` each example's adversarial term is weighted by `entropy_weights`."""
     G.train()
     T.eval()
     if D is not None:
@@ -227,8 +256,9 @@ def adapt_target(
                 features = G(x)
                 loss = torch.zeros((), device=device.torch_device)
                 if D is not None and adv_weight > 0:
+                    weights = entropy_weights(T(features)) if entropy_conditioning else None
                     adv = adversarial_loss(
-                        D(domain_input(features, T if conditional else None)), TARGET, adv_kind
+                        D(domain_input(features, T if conditional else None)), TARGET, adv_kind, weights
                     )
                     loss = loss + adv_weight * adv
                     sums["adv_loss"] += _total(adv, len(x))

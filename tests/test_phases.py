@@ -80,3 +80,20 @@ def test_a_fedavg_target_trains_only_on_terms_of_its_own_predictions() -> None:
     assert dp_steps(make_config("fedavg", local_steps=4), "target", 1) == 0
     assert dp_steps(make_config("fedavg", local_steps=4), "source", 1) == 4
     assert dp_steps(make_config("fedavg", local_steps=4, entropy_weight=1.0), "target", 1) == 4
+
+
+def test_during_the_targets_warm_up_its_extractor_stays_out_of_g_agg() -> None:
+    schedule = Schedule.of(make_config(rounds=4, target_warmup_rounds=2))
+    adapt = {r: next(p for p in schedule.round(r) if p.kind == "adapt") for r in (1, 2, 3, 4)}
+    assert [adapt[r].parts["target"].uploads for r in (1, 2, 3, 4)] == [(), (), ("G",), ("G",)]
+    # It still starts each round from G_agg and trains.
+    assert all("G" in adapt[r].parts["target"].downloads for r in (1, 2, 3, 4))
+    assert dp_steps(make_config(rounds=4, target_warmup_rounds=2), "target", 1) == 10 + 10
+
+
+def test_with_source_side_alignment_only_the_target_trains_only_on_its_own_predictions() -> None:
+    sources_only = make_config(adv_sides="sources", local_steps=5, disc_steps=3)
+    assert dp_steps(sources_only, "target", 2) == 3, "no adversarial term and no other term: no G step"
+    with_terms = make_config(adv_sides="sources", local_steps=5, disc_steps=3, entropy_weight=1.0)
+    assert dp_steps(with_terms, "target", 2) == 3 + 5
+    assert dp_steps(sources_only, "source", 2) == 3 + 5

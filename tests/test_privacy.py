@@ -135,6 +135,10 @@ def _dp(**privacy_settings: Any) -> dict[str, Any]:
             {"privacy": _dp(), "model": GROUP, "hyperparameters": {"diversity_weight": 1.0}},
             "cannot be used with diversity_weight > 0",
         ),
+        (
+            {"privacy": _dp(), "model": GROUP, "hyperparameters": {"entropy_conditioning": True}},
+            "cannot be used with entropy_conditioning",
+        ),
         ({"privacy": {"epsilon_budget": 5.0}}, "noise_multiplier is 0"),
     ],
 )

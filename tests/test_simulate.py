@@ -51,6 +51,26 @@ def test_fedavg_with_target_terms_trains_the_targets_extractor(vector_federation
     assert terms["rounds"][-1]["metrics"]["target_acc"] != plain["rounds"][-1]["metrics"]["target_acc"]
 
 
+def test_with_source_side_alignment_the_target_has_no_adversarial_term(vector_federation: Factory) -> None:
+    im = {"entropy_weight": 1.0, "diversity_weight": 1.0}
+    both = run(vector_federation, hyperparameters=im)
+    sources = run(vector_federation, hyperparameters={**im, "adv_sides": "sources"})
+    assert "adv_loss" in both["rounds"][-1]["nodes"]["omega"]
+    assert "adv_loss" not in sources["rounds"][-1]["nodes"]["omega"]
+    assert "adv_loss" in sources["rounds"][-1]["nodes"]["alpha"], "the sources still align"
+    assert sources["rounds"][-1]["nodes"]["omega"]["entropy"] > 0
+
+
+def test_entropy_conditioning_and_the_targets_warm_up_change_the_run_and_repeat(
+    vector_federation: Factory,
+) -> None:
+    base = run(vector_federation, hyperparameters={"conditional": True})
+    for change in ({"entropy_conditioning": True}, {"target_warmup_rounds": 2}):
+        changed = run(vector_federation, hyperparameters={"conditional": True, **change})
+        assert changed != base, change
+        assert changed == run(vector_federation, hyperparameters={"conditional": True, **change})
+
+
 def test_rounds_report_discriminator_accuracy_per_domain_and_target_accuracy(
     vector_federation: Factory,
 ) -> None:

@@ -21,6 +21,7 @@ from fedalign.steps import (
     discriminator_accuracy,
     domain_input,
     domain_loss,
+    entropy_weights,
     marginal_entropy,
     task_accuracy,
     train_discriminator,
@@ -200,6 +201,53 @@ def test_conditional_discriminator_reads_features_times_class_probabilities() ->
         models.G, models.D, BatchStream(split, 16, 0), sgd(models.D), 3, SOURCE, condition_on=models.T
     )
     assert metrics["disc_train_acc"] >= 0
+
+
+def test_entropy_conditioning_weighs_confident_examples_more_with_mean_one() -> None:
+    logits = torch.tensor([[8.0, 0.0, 0.0], [0.0, 0.0, 0.0], [3.0, 1.0, 0.0]], requires_grad=True)
+    w = entropy_weights(logits)
+    assert w.mean().item() == pytest.approx(1.0)
+    assert w[0] > w[2] > w[1], "the confident example first, the uniform one last"
+    assert not w.requires_grad, "the weights carry no gradient"
+    d = torch.tensor([[0.3], [-1.0], [2.0]])
+    per_example = nn.functional.binary_cross_entropy_with_logits(
+        d.squeeze(1), torch.ones(3), reduction="none"
+    )
+    assert domain_loss(d, SOURCE, w).item() == pytest.approx(float((w * per_example).mean()))
+    assert domain_loss(d, SOURCE).item() == pytest.approx(float(per_example.mean()))
+
+
+def test_entropy_conditioned_steps_train_with_the_weights_and_differ_from_unweighted_ones() -> None:
+    shape = ArchitectureContext(input_shape=(6,), num_classes=3, hidden=12, conditional=True)
+    results = {}
+    for conditioned in (False, True):
+        models = build("mlp", shape, seed=0)
+        split = domain(9, 0.0)
+        train_discriminator(
+            models.G,
+            models.D,
+            BatchStream(split, 16, 0),
+            sgd(models.D),
+            3,
+            SOURCE,
+            condition_on=models.T,
+            weight_by=models.T if conditioned else None,
+        )
+        opt = sgd(nn.ModuleList([models.G, models.T]))
+        adapt_source(
+            models.G,
+            models.T,
+            models.D,
+            BatchStream(split, 16, 1),
+            opt,
+            3,
+            1.0,
+            "flip",
+            conditional=True,
+            entropy_conditioning=conditioned,
+        )
+        results[conditioned] = [p.detach().clone() for p in models.G.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(results[False], results[True], strict=True))
 
 
 def test_evaluation_of_the_discriminator_reads_no_labels_and_task_accuracy_needs_them() -> None:

@@ -1118,6 +1118,9 @@ export interface components {
              *       "adv_schedule": "constant",
              *       "adv_loss": "flip",
              *       "conditional": false,
+             *       "entropy_conditioning": false,
+             *       "adv_sides": "both",
+             *       "target_warmup_rounds": 0,
              *       "disc_weighting": "balanced",
              *       "extractor_weighting": "samples",
              *       "source_extractor": "keep",
@@ -1251,6 +1254,25 @@ export interface components {
              * @default false
              */
             conditional?: boolean;
+            /**
+             * Entropy Conditioning
+             * @description Entropy conditioning (CDAN+E, Long et al., NeurIPS 2018): every domain loss (D's, and each extractor's adversarial term) weights an example by 1 + exp(-H(p)), H the entropy of T's prediction, scaled to mean 1 per batch, so that confidently classified examples count more.
+             * @default false
+             */
+            entropy_conditioning?: boolean;
+            /**
+             * Adv Sides
+             * @description Which extractors train against D: 'both' (the method), or 'sources' only (source-side alignment: the target's extractor trains on its own predictions' terms alone, if any).
+             * @default both
+             * @enum {string}
+             */
+            adv_sides?: "both" | "sources";
+            /**
+             * Target Warmup Rounds
+             * @description In rounds 1..N the target's adapted G stays out of G_agg (it still trains from G_agg each round), so that its early, unreliable steps do not move the shared extractor.
+             * @default 0
+             */
+            target_warmup_rounds?: number;
             /**
              * Disc Weighting
              * @description How the copies of D are averaged: 'balanced' (the target's copy carries half the weight, the sources share the other half by sample count), 'samples' (by sample count) or 'uniform'.
@@ -4392,6 +4414,7 @@ export const hyperparametersOptimizerValues: ReadonlyArray<FlattenedDeepRequired
 export const hyperparametersLr_scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["lr_schedule"]> = ["constant", "dann"];
 export const hyperparametersAdv_scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["adv_schedule"]> = ["constant", "dann"];
 export const hyperparametersAdv_lossValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["adv_loss"]> = ["flip", "confusion"];
+export const hyperparametersAdv_sidesValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["adv_sides"]> = ["both", "sources"];
 export const hyperparametersDisc_weightingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["disc_weighting"]> = ["samples", "uniform", "balanced"];
 export const hyperparametersExtractor_weightingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["extractor_weighting"]> = ["samples", "uniform", "balanced"];
 export const hyperparametersSource_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["source_extractor"]> = ["keep", "restart"];
