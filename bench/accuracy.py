@@ -107,6 +107,17 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
         "fedavg",
         {"local_steps": 1, "pseudo_label_threshold": FEDALIGN["pseudo_label_threshold"], **IM},
     ),
+    # Candidates for making the alignment add accuracy, each one change to the recipe at lambda 0.1, chosen
+    # between on the source-only validation tasks (bench/variants_study.sh): class-conditional alignment with
+    # entropy conditioning (CDAN+E), three discriminator exchanges per extractor step, source-side alignment
+    # only, and the target's extractor kept out of G_agg for the first tenth of the rounds.
+    "fedalign_im_cdane": (
+        "fedalign",
+        {"preset": RECIPE, "adv_weight": 0.1, "conditional": True, "entropy_conditioning": True},
+    ),
+    "fedalign_im_x3": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "disc_exchanges": 3}),
+    "fedalign_im_sources": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "adv_sides": "sources"}),
+    "fedalign_im_warmup": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "target_warmup_rounds": "10%"}),
 }
 # The recipe with lambda chosen per target on the source-only validation tasks, never on the target.
 # Digits: bench.select_lambda then bench.select_im on bench/results/lambda-validation.jsonl (bench/
@@ -166,7 +177,12 @@ def federated_config(job: Job) -> Any:
         "lr_schedule": job.lr_schedule,
         **overrides,
     }
-    local_steps = Hyperparameters.model_validate(hp).local_steps  # the preset's, or the schema's default
+    local_steps = Hyperparameters.model_validate(
+        {k: v for k, v in hp.items() if k != "target_warmup_rounds"}
+    ).local_steps  # the preset's, or the schema's default
+    rounds = max(1, job.steps // local_steps)
+    if hp.get("target_warmup_rounds") == "10%":  # a share of the budget's rounds
+        hp["target_warmup_rounds"] = rounds // 10
     hp["eval_every"] = max(1, job.steps // local_steps)  # evaluate once, at the end
     family = FAMILIES[job.family]
     nodes = [{"name": d, "role": "source", "dataset": family.spec(d)} for d in job.sources]
@@ -177,7 +193,7 @@ def federated_config(job: Job) -> Any:
             "algorithm": algorithm,
             "architecture": family.architecture,
             "model": family.model,
-            "rounds": max(1, job.steps // local_steps),
+            "rounds": rounds,
             "seed": job.seed,
             "hyperparameters": hp,
             "nodes": nodes,
