@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from fedalign import presets
-from fedalign.architecture_names import ARCHITECTURE_PATTERN, ENTRY_POINT_GROUP
+from fedalign.architecture_names import ARCHITECTURE_PATTERN, BUILTINS, ENTRY_POINT_GROUP
 
 Algorithm = Literal["fedalign", "fedavg", "source_only"]
 Role = Literal["source", "target"]
@@ -428,6 +428,8 @@ class FederationConfig(_Strict):
             "backbones for images of 32x32 and up), an import path 'package.module:factory' of a factory "
             f"installed where models are built, or a name an installed package registers in the "
             f"entry-point group '{ENTRY_POINT_GROUP}' (docs: Bring your own model).",
+            # The built-ins, offered as suggestions by the dashboard's form.
+            examples=list(BUILTINS),
         ),
     ] = "digits_cnn"
     model: ModelOptions = ModelOptions()

@@ -11,6 +11,17 @@ describe("the create form", () => {
     expect(screen.getByLabelText("lr")).toHaveValue("0.01");
   });
 
+  it("suggests the built-in architectures and takes any other name", () => {
+    render(<CreateFederationForm onSubmit={vi.fn()} />);
+    const architecture = screen.getByLabelText("Architecture");
+    const list = document.getElementById(architecture.getAttribute("list")!)!;
+    const offered = [...list.querySelectorAll("option")].map((o) => o.getAttribute("value"));
+    expect(offered).toEqual(expect.arrayContaining(["digits_cnn", "mlp", "resnet18", "mobilenet_v3_small"]));
+    fireEvent.change(architecture, { target: { value: "mypackage.models:factory" } });
+    expect(architecture).toHaveValue("mypackage.models:factory");
+    expect(architecture).not.toHaveAttribute("aria-invalid");
+  });
+
   it("shows an out-of-range message while typing and does not submit", async () => {
     const submit = vi.fn();
     const user = userEvent.setup();

@@ -1019,6 +1019,11 @@ export interface components {
              * Architecture
              * @description The models G, T and D: a built-in ('digits_cnn', the LeNet-style network of digit adaptation; 'mlp', for vectors; 'resnet18', 'resnet50', 'mobilenet_v3_small', torchvision backbones for images of 32x32 and up), an import path 'package.module:factory' of a factory installed where models are built, or a name an installed package registers in the entry-point group 'fedalign.architectures' (docs: Bring your own model).
              * @default digits_cnn
+             * @example digits_cnn
+             * @example mlp
+             * @example resnet18
+             * @example resnet50
+             * @example mobilenet_v3_small
              */
             architecture: string;
             /**

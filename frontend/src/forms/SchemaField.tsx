@@ -54,17 +54,29 @@ export function SchemaField({ field, value, error, onChange, placeholder }: Prop
     );
   } else {
     const numeric = field.kind === "integer" || field.kind === "number";
+    const suggestions = (field.schema.examples ?? []).filter((e): e is string => typeof e === "string");
+    const listId = suggestions.length > 0 ? `${id}-suggestions` : undefined;
     input = (
-      <input
-        {...common}
-        type="text"
-        inputMode={field.kind === "number" ? "decimal" : numeric ? "numeric" : undefined}
-        autoComplete="off"
-        spellCheck={false}
-        placeholder={placeholder ?? (field.nullable ? "none" : undefined)}
-        value={String(value)}
-        onChange={(e) => onChange(field.key, e.target.value)}
-      />
+      <>
+        <input
+          {...common}
+          list={listId}
+          type="text"
+          inputMode={field.kind === "number" ? "decimal" : numeric ? "numeric" : undefined}
+          autoComplete="off"
+          spellCheck={false}
+          placeholder={placeholder ?? (field.nullable ? "none" : undefined)}
+          value={String(value)}
+          onChange={(e) => onChange(field.key, e.target.value)}
+        />
+        {listId && (
+          <datalist id={listId}>
+            {suggestions.map((s) => (
+              <option key={s} value={s} />
+            ))}
+          </datalist>
+        )}
+      </>
     );
   }
 
