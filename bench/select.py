@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.accuracy import FAMILIES, FEDERATED, SELECTIONS
+from fedalign.config import Hyperparameters
 
 
 def load(log: Path) -> list[dict[str, Any]]:
@@ -80,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
         print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {chosen or '—'} |")
         if chosen:
-            chosen_weights[target] = float(FEDERATED[chosen][1]["adv_weight"])
+            # The candidate's lambda as its config has it (a preset's, or set beside it).
+            chosen_weights[target] = Hyperparameters.model_validate(FEDERATED[chosen][1]).adv_weight
     if args.write:
         if len(chosen_weights) < len(domains):
             raise SystemExit("not every target has a choice yet: run the validation tasks first")
