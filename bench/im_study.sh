@@ -7,7 +7,7 @@ set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 for T in mnist mnistm optdigits syn; do
-  POOL=$(for d in mnist mnistm optdigits syn; do [ $d != $T ] && echo -n "$d "; done)
+  POOL=$(for d in mnist mnistm optdigits syn; do if [ $d != $T ]; then echo -n "$d "; fi; done)
   LAM=$($PY -m bench.select_im --target $T --lambda-only)
   IM=${LAM/fedalign_/fedalign_im_}
   $PY -m bench.accuracy --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL --methods $IM \

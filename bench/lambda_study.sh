@@ -5,7 +5,7 @@ set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 for T in mnist mnistm optdigits syn; do
-  POOL=$(for d in mnist mnistm optdigits syn; do [ $d != $T ] && echo -n "$d "; done)
+  POOL=$(for d in mnist mnistm optdigits syn; do if [ $d != $T ]; then echo -n "$d "; fi; done)
   $PY -m bench.accuracy --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
      --methods fedalign_lambda0.1 fedalign_lambda0.3 fedalign \
      --json bench/results/lambda-validation.json --log bench/results/lambda-validation.jsonl

@@ -10,7 +10,7 @@ PY=${PY:-.venv/bin/python}
 DOMAINS="lab field fast smooth"
 CANDIDATES="fedalign_im_lambda0.1 fedalign_im_lambda0.3 fedalign_im_lambda1"
 for T in $DOMAINS; do
-  POOL=$(for d in $DOMAINS; do [ $d != $T ] && echo -n "$d "; done)
+  POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
      --methods $CANDIDATES --json bench/results/signals-validation.json \
      --log bench/results/signals-validation.jsonl

@@ -14,7 +14,7 @@ for FAMILY in ${FAMILIES:-signals digits}; do
     signals) DOMAINS="lab field fast smooth" ;;
   esac
   for T in $DOMAINS; do
-    POOL=$(for d in $DOMAINS; do [ $d != $T ] && echo -n "$d "; done)
+    POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
     $PY -m bench.accuracy --family $FAMILY --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
        --methods $CANDIDATES --json bench/results/variants-validation.json \
        --log bench/results/variants-validation.jsonl
