@@ -221,7 +221,7 @@ class FailRequest(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"reason": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "retryable": True}
+                {"reason": "OutOfMemoryError: CUDA out of memory (2.00 GiB more)", "retryable": True}
             ]
         },
     )

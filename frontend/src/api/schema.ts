@@ -877,7 +877,7 @@ export interface components {
         /**
          * FailRequest
          * @example {
-         *       "reason": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+         *       "reason": "OutOfMemoryError: CUDA out of memory (2.00 GiB more)",
          *       "retryable": true
          *     }
          */
