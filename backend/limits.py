@@ -1,8 +1,8 @@
 """Request body limits, enforced while the body streams in (ASGI middleware).
 
 JSON bodies are small by nature; one that claims, or turns out, to be larger than ``max_json_bytes`` is
-answered 413 before it is read whole. Parameter uploads have their own, larger limit, enforced by the
-upload route itself as it writes the body to disk.
+answered 413 before it is read whole. Parameter uploads (a node's, and a federation's initial parameters)
+have their own, larger limits, enforced by their routes as they write the body to disk (`backend.uploads`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.errors import error_response
 
 UPLOAD_PATH_MARK = "/uploads/"
+# A federation's initial parameters (safetensors, like a node's uploads; the route enforces its own limit).
+INITIAL_PARAMETERS_SUFFIX = "/initial-model/parameters"
 LIMITED_METHODS = frozenset({"POST", "PUT", "PATCH"})
 BIGINT_MAX = 2**63 - 1
 
@@ -37,6 +39,11 @@ def _message(max_bytes: int) -> str:
     )
 
 
+def is_parameter_upload(path: str) -> bool:
+    """Whether ``path`` takes safetensors bytes, whose route counts them against the upload limit."""
+    return UPLOAD_PATH_MARK in path or path.rstrip("/").endswith(INITIAL_PARAMETERS_SUFFIX)
+
+
 class BodyTooLarge(HTTPException):
     """Raised from ``receive``: an HTTPException, so FastAPI's body reading passes it on as a 413."""
 
@@ -53,7 +60,7 @@ class JsonBodyLimit:
         if (
             scope["type"] != "http"
             or scope["method"] not in LIMITED_METHODS
-            or UPLOAD_PATH_MARK in scope["path"]
+            or is_parameter_upload(scope["path"])
         ):
             await self.app(scope, receive, send)
             return

@@ -161,6 +161,13 @@ class Federation(Base):
     stall_reason: Mapped[str | None] = mapped_column(Text, default=None)
     # Final artifact keys per model (Finish action); "target_model" is the published model.
     final_models: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The model manifest document of its initial parameters (`fedalign.model_manifest`): built by the
+    # server for a built-in architecture, uploaded by the creator otherwise. Every upload is checked
+    # against it; the server never builds a plug-in's models.
+    # Deferred: it can be large (a ResNet's lists hundreds of tensors) and most requests never read it.
+    model_manifest: Mapped[dict[str, Any] | None] = mapped_column(
+        JSON(none_as_null=True), default=None, deferred=True
+    )
     phase_opened_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -180,7 +187,11 @@ class Node(Base):
     mode: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     samples: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # registered -> active (claimed a step) -> finished; failed when it is out of a phase after a step it
+    # reported failed (`failure` says why).
     state: Mapped[str] = mapped_column(String(16), default="registered")
+    # The reason of the node's last failed step (`POST /api/v1/node/steps/{id}/fail`).
+    failure: Mapped[str | None] = mapped_column(Text, default=None)
     last_seen: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # Secure aggregation: the node's X25519 public key (base64), relayed to its peers; set once. The private
@@ -211,8 +222,11 @@ class Step(Base):
     kind: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String(16), default="")
     spec: Mapped[StepSpec] = mapped_column(StepSpecJSON)
-    # pending -> claimed -> done; cancelled when its phase closed without it or the federation ended.
+    # pending -> claimed -> done; cancelled when its phase closed without it or the federation ended;
+    # failed when its node reported it failed (pending again when it is offered again).
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Why it last failed, as its node reported it.
+    failure: Mapped[str | None] = mapped_column(Text, default=None)
     lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -238,7 +252,8 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     model: Mapped[str] = mapped_column(String(16))
-    kind: Mapped[str] = mapped_column(String(16))  # aggregate | submission | model
+    # aggregate | submission | model | initial (the federation's initial parameters, key "initial")
+    kind: Mapped[str] = mapped_column(String(16))
     round: Mapped[int] = mapped_column(Integer)
     phase: Mapped[str] = mapped_column(String(32))
     node: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -82,6 +82,7 @@ from bench.harness import (
 from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
+from fedalign.model_manifest import ModelManifest
 from fedalign.phases import round_phases
 from fedalign.protocol import Protocol
 from messaging.node_api import STATUS_HEADER
@@ -766,7 +767,10 @@ async def benchmark(args: argparse.Namespace, url: str, server_pid: int) -> dict
 
         run = Run(
             recorder=Recorder(args.concurrency),
-            manifests={slot: slot_manifest(config, slot) for slot in ("G", "T", "D", "model")},
+            manifests={
+                slot: slot_manifest(ModelManifest.for_config(config), slot)
+                for slot in ("G", "T", "D", "model")
+            },
             ledger=Ledger(),
             poll_interval_s=args.poll_interval,
             claim_by_id=not args.no_claim_by_id,

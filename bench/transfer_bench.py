@@ -68,6 +68,7 @@ from bench.harness import (
 from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
+from fedalign.model_manifest import ModelManifest
 
 ADMIN_TOKEN = "transfer-bench-admin-token-0123456789"
 MB = 1_000_000
@@ -324,7 +325,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = mlp_config(args.megabytes)
-    manifest = slot_manifest(config, "D")
+    manifest = slot_manifest(ModelManifest.for_config(config), "D")
     states = [random_state(manifest, seed) for seed in range(3)]
     payloads = [params.to_bytes(s) for s in states]
     size = len(payloads[0])

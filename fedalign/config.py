@@ -34,6 +34,8 @@ Weighting = Literal["samples", "uniform", "balanced"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # model.options as compact JSON: a factory's settings, not data.
 MAX_OPTIONS_BYTES = 16_384
+# A failed step offered again more often than this is a node that cannot run it.
+MAX_STEP_RETRIES = 10
 # The names of fedalign.presets; listed as a choice (an enum) even while there is only one.
 PresetName = Annotated[
     Literal[tuple(presets.PRESETS)],  # type: ignore[valid-type]
@@ -470,6 +472,17 @@ class FederationConfig(_Strict):
             "phase_deadline_s (joining often takes longer than a phase: set it apart).",
         ),
     ] = None
+    max_step_retries: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=MAX_STEP_RETRIES,
+            description="How many times a step a node reports as failed with 'retryable' (out of memory, a "
+            "file that could not be read) is offered to it again before the phase goes on without it under "
+            "the quorum rule (min_sources; the run stalls with the node's reason when it is the target). A "
+            "failure that is not retryable applies the quorum rule at once.",
+        ),
+    ] = 2
     publish_model: Annotated[
         bool,
         Field(description="The target uploads its final model (shared and local tensors) for download."),

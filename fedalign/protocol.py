@@ -1,8 +1,9 @@
 """The round schedule as a pure state machine: events in, actions out, no I/O.
 
 One machine serves the in-process simulator and the backend's orchestrator. A caller feeds it what happened
-(`StepDone`, `AggregateDone`, `RevealDone`, `Deadline`) and carries out what it answers (`InitialiseModels`,
-`RunStep`, `Aggregate`, `RecordMetrics`, `PhaseClosed`, `PrivacyWarning`, `Finish`, `Stall`). Its whole
+(`StepDone`, `StepFailed`, `AggregateDone`, `RevealDone`, `Deadline`) and carries out what it answers
+(`InitialiseModels`, `RunStep`, `Aggregate`, `RecordMetrics`, `NodeFailed`, `PhaseClosed`, `PrivacyWarning`,
+`Finish`, `Stall`). Its whole
 state is a small JSON-able value, so a server that is killed at any point rebuilds the machine from its
 database and carries on.
 
@@ -12,6 +13,12 @@ models each role downloads and uploads; the machine reads those values and fixes
 masked phase before its aggregates (`fedalign.unmasking`, with ``Protocol(..., reveal_steps=True)``) and
 differential privacy's checks before a round opens (`fedalign.privacy_accounting`). The federation-level
 metrics it records are `fedalign.metrics`' formulas over what the nodes report.
+
+A node that cannot run its step says so (`StepFailed`, with its reason and whether a retry can help). A
+retryable failure is offered to the node again, up to ``max_step_retries`` times; past that, or at once when
+it is not retryable, the node is out of the phase and the quorum rule that a deadline applies decides:
+the phase closes without it (a source, with ``min_sources`` still met), or the run stalls with the node's
+reason (the target, or too few sources left). A source that fails its setup takes no part in the run.
 
 Artifacts are named by key: ``r{round}/{phase}/{model}`` for an aggregate (``r0/init/G`` for the initial
 models) and ``r{round}/{phase}/{model}/{node}`` for one node's submission.
@@ -161,8 +168,35 @@ class Stall:
     reason: str
 
 
+@dataclass(frozen=True)
+class NodeFailed:
+    """A node reported its step failed (`StepFailed`): the reason to record and show on the node.
+
+    `failures` counts the node's failures of this step so far; `retry` says whether the step is offered
+    again (a `RunStep`, or an `Aggregate` for an aggregate step, follows), otherwise the node is out of the
+    phase. `aggregate` is the key of the aggregate step that failed (a target aggregating), else None.
+    """
+
+    node: str
+    round: int
+    phase: str
+    reason: str
+    retryable: bool
+    failures: int
+    retry: bool
+    aggregate: str | None = None
+
+
 Action = (
-    RunStep | Aggregate | InitialiseModels | RecordMetrics | PhaseClosed | Finish | Stall | PrivacyWarning
+    RunStep
+    | Aggregate
+    | InitialiseModels
+    | RecordMetrics
+    | NodeFailed
+    | PhaseClosed
+    | Finish
+    | Stall
+    | PrivacyWarning
 )
 
 
@@ -174,6 +208,20 @@ class StepDone:
     uploads: frozenset[str] = frozenset()
     metrics: Mapping[str, float] = field(default_factory=dict)
     samples: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class StepFailed:
+    """A node could not run its step of the open phase: why (`fedalign.failures.failure_reason`), and
+    whether running it again may help (`fedalign.failures.is_retryable`). ``aggregate``: the key of the
+    aggregate step that failed, when the node is the target aggregating."""
+
+    node: str
+    round: int
+    phase: str
+    reason: str
+    retryable: bool = False
+    aggregate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +246,7 @@ class RevealDone:
     phase: str
 
 
-Event = StepDone | AggregateDone | Deadline | RevealDone
+Event = StepDone | StepFailed | AggregateDone | Deadline | RevealDone
 
 
 @dataclass
@@ -224,6 +272,10 @@ class ProtocolState:
     privacy_warned: list[str] = field(default_factory=list)
     # secure aggregation (reveal steps): the closed phase's survivors and those that revealed their seeds
     unmasking: dict[str, list[str]] | None = None
+    # failed steps of the open phase: how often each failed (by node, or "aggregate <key>"), and the nodes
+    # that are out of the phase, with their reasons
+    failures: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return copy.deepcopy(dict(self.__dict__))
@@ -295,7 +347,8 @@ class Protocol:
         if self.state.unmasking is not None:
             return [self._reveal_step(n) for n in Unmasking.from_json(self.state.unmasking).waiting]
         r, phase = self.state.round, self.phase
-        return [self._step(n, r, phase) for n in self.participants(r, phase) if n not in self.state.done]
+        answered = {*self.state.done, *self.state.failed}
+        return [self._step(n, r, phase) for n in self.participants(r, phase) if n not in answered]
 
     def _step(self, node: str, round_: int, phase: str) -> StepSpec:
         return StepSpec(
@@ -325,6 +378,8 @@ class Protocol:
             raise ProtocolError("finished", "the run has finished; it takes no more events")
         if isinstance(event, StepDone):
             return self._on_step_done(event)
+        if isinstance(event, StepFailed):
+            return self._on_step_failed(event)
         if isinstance(event, AggregateDone):
             return self._on_aggregate_done(event)
         if isinstance(event, RevealDone):
@@ -350,6 +405,12 @@ class Protocol:
             raise ProtocolError("not_a_participant", f"node {node!r} has no step in phase {self.phase!r}")
         if node in self.state.done:
             raise ProtocolError("duplicate", f"node {node!r} already finished phase {self.phase!r}")
+        if node in self.state.failed:
+            raise ProtocolError(
+                "step_failed",
+                f"node {node!r} reported its step of phase {self.phase!r} failed "
+                f"({self.state.failed[node]}); the phase goes on without it",
+            )
         expected = set(self.uploads(node, event.round, event.phase))
         if set(event.uploads) != expected:
             raise ProtocolError(
@@ -366,9 +427,103 @@ class Protocol:
         actions: list[Action] = []
         if event.metrics:
             actions.append(RecordMetrics(event.round, dict(event.metrics), node=node))
-        if set(self.state.done) >= set(self.participants(self.state.round, self.phase)):
-            actions += self._close_phase(missing=[], reason="")
-        return actions
+        return actions + self._settle()
+
+    # ----------------------------------------------------------------------------------- failures
+
+    def _on_step_failed(self, event: StepFailed) -> list[Action]:
+        node = event.node
+        if node not in self.nodes:
+            raise ProtocolError("unknown_node", f"no node named {node!r} in this federation")
+        self._check_open(event.round, event.phase, f"node {node!r}'s failed step")
+        if event.aggregate is not None:
+            return self._on_aggregate_failed(event, event.aggregate)
+        if self.state.pending or self.state.unmasking is not None:
+            raise ProtocolError("phase_closed", f"phase {self.phase!r} is closed and being aggregated")
+        if node not in self.participants(event.round, event.phase):
+            raise ProtocolError("not_a_participant", f"node {node!r} has no step in phase {self.phase!r}")
+        if node in self.state.done:
+            raise ProtocolError("duplicate", f"node {node!r} already finished phase {self.phase!r}")
+        if node in self.state.failed:
+            raise ProtocolError("duplicate", f"node {node!r} is already out of phase {self.phase!r}")
+        failures = self.state.failures.get(node, 0) + 1
+        self.state.failures[node] = failures
+        retry = event.retryable and failures <= self.config.max_step_retries
+        r, phase = self.state.round, self.phase
+        actions: list[Action] = [
+            NodeFailed(node, r, phase, event.reason, event.retryable, failures, retry=retry)
+        ]
+        if retry:
+            return [*actions, RunStep(self._step(node, r, phase))]
+        self.state.failed[node] = event.reason
+        return actions + self._settle()
+
+    def _on_aggregate_failed(self, event: StepFailed, key: str) -> list[Action]:
+        """The target, aggregating, could not compute ``key``: offered again, or the run stalls (nobody else
+        may compute the target's averages)."""
+        if key not in self.state.pending:
+            raise ProtocolError("unexpected_aggregate", f"no aggregation {key!r} is pending")
+        aggregator = self.config.target.name if self.config.aggregator == "target" else None
+        if event.node != aggregator:
+            raise ProtocolError("not_the_aggregator", f"node {event.node!r} does not aggregate {key!r}")
+        slot = f"aggregate {key}"
+        failures = self.state.failures.get(slot, 0) + 1
+        self.state.failures[slot] = failures
+        retry = event.retryable and failures <= self.config.max_step_retries
+        r, phase = self.state.round, self.phase
+        actions: list[Action] = [
+            NodeFailed(event.node, r, phase, event.reason, event.retryable, failures, retry, aggregate=key)
+        ]
+        if retry:
+            return actions + [a for a in self._aggregates() if a.key == key]
+        return actions + self._stall(
+            f"the target node {event.node!r} failed to aggregate {key}: {event.reason}"
+        )
+
+    def _settle(self) -> list[Action]:
+        """After a node finished or gave up: stall when the phase cannot close any more (its target failed,
+        or too few sources can still finish), close it once every participant has answered."""
+        r, phase = self.state.round, self.phase
+        expected = self.participants(r, phase)
+        failed = [n for n in expected if n in self.state.failed]
+        target = self.config.target.name
+        if target in failed:
+            return self._stall(self._target_failed(phase))
+        if failed:
+            sources = [n for n in expected if self.nodes[n].role == "source" and n not in self.state.failed]
+            needed = self.config.min_sources or len(self.config.sources)
+            if len(sources) < needed:
+                why = "; ".join(f"{n}: {self.state.failed[n]}" for n in failed)
+                return self._stall(
+                    f"only {len(sources)} of {needed} required sources can finish phase {phase!r}; "
+                    f"failed: {why}"
+                )
+        if not set(expected) <= {*self.state.done, *failed}:
+            return []
+        if not failed:
+            return self._close_phase(missing=[], reason="")
+        why = "; ".join(f"{n}: {self.state.failed[n]}" for n in failed)
+        if self.current.kind == "setup":
+            # As a source that missed setup's deadline: no sample counts, no weight, no later step.
+            self.state.excluded = sorted({*self.state.excluded, *failed})
+            return self._close_phase(
+                missing=failed,
+                reason=f"setup failed on {', '.join(failed)} ({why}); they take no part in this run",
+            )
+        return self._close_phase(
+            missing=failed,
+            reason=f"{', '.join(failed)} failed ({why}); weights renormalised over the rest",
+        )
+
+    def _target_failed(self, phase: str) -> str:
+        target = self.config.target.name
+        return f"the target node {target!r} failed its step of phase {phase!r}: {self.state.failed[target]}"
+
+    def _stall(self, reason: str) -> list[Action]:
+        if self.state.stalled == reason:
+            return []  # said already
+        self.state.stalled = reason
+        return [Stall(self.state.round, self.phase, reason)]
 
     def _on_deadline(self, event: Deadline) -> list[Action]:
         self._check_open(event.round, event.phase, "the deadline")
@@ -384,7 +539,9 @@ class Protocol:
         present_sources = [n for n in self.state.done if self.nodes[n].role == "source"]
         needed = self.config.min_sources or len(self.config.sources)
         reason = ""
-        if target in missing:
+        if target in self.state.failed:
+            reason = self._target_failed(self.phase)
+        elif target in missing:
             reason = f"the target node {target!r} has not finished phase {self.phase!r}; waiting for it"
         elif len(present_sources) < needed:
             reason = (
@@ -531,6 +688,8 @@ class Protocol:
             if round_level:
                 actions.append(RecordMetrics(r, round_level))
         self.state.done = {}
+        self.state.failures = {}
+        self.state.failed = {}
         if self.state.phase_index + 1 < len(self.schedule.round(r)):
             self.state.phase_index += 1
         elif r == self.config.rounds:

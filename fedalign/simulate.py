@@ -25,6 +25,7 @@ from fedalign import secagg
 from fedalign.aggregate import average_states
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
+from fedalign.failures import failure_reason, is_retryable
 from fedalign.initial_parameters import InitialParameters, build_initial
 from fedalign.manifest import Manifest
 from fedalign.node import NodeRuntime, State, load_node_data
@@ -34,6 +35,7 @@ from fedalign.protocol import (
     AggregateDone,
     Finish,
     InitialiseModels,
+    NodeFailed,
     PhaseClosed,
     PrivacyWarning,
     Protocol,
@@ -41,6 +43,7 @@ from fedalign.protocol import (
     RunStep,
     Stall,
     StepDone,
+    StepFailed,
     StepSpec,
     aggregate_key,
     submission_key,
@@ -211,16 +214,28 @@ class Simulator:
 
     def _carry_out(self, action: Action) -> list[Action]:
         if isinstance(action, InitialiseModels):
-            # As at a served node's setup: each node's own models must match round 0's manifest.
-            for runtime in self.nodes.values():
-                runtime.check_manifest(self.initial.manifest)
             for model, state in self.initial.models.items():
                 self.store[action.keys[model]] = dict(state)
             return []
         if isinstance(action, RunStep):
             step = action.step
             runtime = self.nodes[step.node]
-            result = runtime.run(step, {slot: self.store[key] for slot, key in step.downloads.items()})
+            try:
+                if step.kind == "setup":
+                    # As at a served node's setup: its own models must match round 0's manifest.
+                    runtime.check_manifest(self.initial.manifest)
+                result = runtime.run(step, {slot: self.store[key] for slot, key in step.downloads.items()})
+            except Exception as exc:
+                # As a served node reports it; the federation's rules decide (a retry, the phase without
+                # it). When the run cannot go on, the node's own error is the simulation's.
+                failed = StepFailed(
+                    step.node, step.round, step.phase, failure_reason(exc), retryable=is_retryable(exc)
+                )
+                actions = self.protocol.handle(failed)
+                if any(isinstance(a, Stall) for a in actions):
+                    self._record_failures(actions)
+                    raise
+                return actions
             uploads = self.secure.mask(step, result.uploads) if self.secure else result.uploads
             for slot, key in step.uploads.items():
                 self.store[key] = uploads[slot]
@@ -256,6 +271,9 @@ class Simulator:
         if isinstance(action, PhaseClosed):
             self.events.append(f"round {action.round} {action.phase}: {action.reason}")
             return []
+        if isinstance(action, NodeFailed):
+            self._record_failures([action])
+            return []
         if isinstance(action, Stall):
             raise RuntimeError(f"simulation stalled in round {action.round} {action.phase}: {action.reason}")
         if isinstance(action, Finish):
@@ -267,6 +285,15 @@ class Simulator:
             self.events.append(f"round {action.round}: {action.message}")
             return []
         raise TypeError(f"unknown action {action!r}")
+
+    def _record_failures(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, NodeFailed):
+                then = "offered again" if action.retry else "out of the phase"
+                self.events.append(
+                    f"round {action.round} {action.phase}: node {action.node} failed "
+                    f"({action.failures}x, {then}): {action.reason}"
+                )
 
     def _prune(self) -> None:
         """Drop aggregates nothing can download any more."""

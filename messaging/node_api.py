@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from fedalign.config import NAME_PATTERN, Role
+from fedalign.failures import MAX_REASON_CHARS
 from fedalign.metrics import REPORTED_METRICS
+from fedalign.model_manifest import ModelDocument, TensorDocument
 from fedalign.protocol import MODELS
 
 FederationStatus = Literal["created", "running", "paused", "stalled", "finished", "cancelled", "failed"]
@@ -125,6 +127,7 @@ class Task(BaseModel):
                     "downloads": {"D": "http://127.0.0.1:8000/api/v1/node/artifacts/r2/disc1/D"},
                     "uploads": {"D": "http://127.0.0.1:8000/api/v1/node/steps/42/uploads/D"},
                     "complete_url": "http://127.0.0.1:8000/api/v1/node/steps/42/complete",
+                    "fail_url": "http://127.0.0.1:8000/api/v1/node/steps/42/fail",
                     "lease_expires_at": "2026-01-01T12:10:00Z",
                     "inputs": {},
                     "weights": {},
@@ -144,6 +147,10 @@ class Task(BaseModel):
     downloads: dict[str, str] = Field(description="Slot (model) -> URL of the aggregate to load first.")
     uploads: dict[str, str] = Field(description="Slot -> URL to PUT this step's safetensors result to.")
     complete_url: str
+    fail_url: str = Field(
+        description="Where to POST a failure (reason, retryable) when the step cannot be run, instead of "
+        "letting its lease run out."
+    )
     lease_expires_at: dt.datetime = Field(description="Finish before this, or the step is handed out again.")
     inputs: dict[str, str] = Field(description="Aggregate steps: node -> URL of its submission.")
     weights: dict[str, float] = Field(description="Aggregate steps: node -> normalised weight.")
@@ -204,6 +211,65 @@ class CompleteResult(BaseModel):
     federation_status: FederationStatus
     round: int | None
     phase: str | None
+
+
+# ----------------------------------------------------------------------------------------- failed steps
+
+
+class FailRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"reason": "OutOfMemoryError: CUDA out of memory (2.00 GiB more)", "retryable": True}
+            ]
+        },
+    )
+
+    reason: Annotated[str, Field(min_length=1, max_length=MAX_REASON_CHARS)] = Field(
+        description="What went wrong, for people: the error's type and message, without local paths "
+        "(fedalign.failures.failure_reason)."
+    )
+    retryable: bool = Field(
+        default=False,
+        description="Whether running the step again may succeed (out of memory, a passing I/O error); a "
+        "failure of the input, the code or the setup (a model that does not match the federation's "
+        "manifest) is not.",
+    )
+
+
+class FailResult(CompleteResult):
+    retry: bool = Field(
+        description="The step is offered again (poll or claim it); otherwise the phase goes on without this "
+        "node, or the run stalls with its reason (the target)."
+    )
+
+
+# ------------------------------------------------------------------------------------------- the manifest
+
+
+class PublishedLayout(BaseModel):
+    slot: str = Field(description="The publish step's upload slot.")
+    tensors: list[TensorDocument] = Field(
+        description="The published target model: every tensor of G and T (shared and local), named "
+        "'G.<name>' and 'T.<name>', one safetensors file."
+    )
+
+
+class FederationManifest(BaseModel):
+    """The federation's models before a run: what a node's own models must match at setup, and what every
+    upload must hold (its shared tensors)."""
+
+    architecture: str = Field(description="The architecture's name: a built-in, an import path or a name.")
+    version: str = Field(description="The architecture's declared version; a node's must be the same.")
+    builtin: bool = Field(description="A built-in architecture (the server built the initial parameters).")
+    models: dict[Literal[MODELS], ModelDocument] = Field(  # type: ignore[valid-type]
+        description="G, T and D: every tensor with its shape, safetensors dtype and whether it is shared "
+        "(travels after round 0) or local (stays on the node)."
+    )
+    published: PublishedLayout | None = Field(
+        description="The model the target publishes at the end; null when the federation does not publish."
+    )
 
 
 # ------------------------------------------------------------------------------- secure aggregation

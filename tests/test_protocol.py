@@ -15,6 +15,7 @@ from fedalign.protocol import (
     Deadline,
     Finish,
     InitialiseModels,
+    NodeFailed,
     PhaseClosed,
     Protocol,
     ProtocolError,
@@ -23,6 +24,7 @@ from fedalign.protocol import (
     RunStep,
     Stall,
     StepDone,
+    StepFailed,
 )
 
 SAMPLES = {"s1": 100, "s2": 300, "t": 200}
@@ -324,3 +326,133 @@ def test_the_run_ends_with_the_target_publishing_its_model_when_configured() -> 
     private = drive(Protocol(make_config(publish_model=False)))
     assert not any(isinstance(a, RunStep) and a.step.kind == "publish" for a in private)
     assert "target_model" not in private[-1].models
+
+
+# ------------------------------------------------------------------------------------------- failed steps
+
+
+def fail(
+    proto: Protocol, step_action: RunStep, reason: str = "RuntimeError: CUDA out of memory", **kw: Any
+) -> list[Action]:
+    s = step_action.step
+    return proto.handle(StepFailed(s.node, s.round, s.phase, reason, **kw))
+
+
+def test_a_retryable_failure_offers_the_step_again_up_to_max_step_retries() -> None:
+    proto = Protocol(make_config(min_sources=1, max_step_retries=2))
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    for attempt in (1, 2):
+        failed, again = fail(proto, steps["s2"], retryable=True)
+        assert isinstance(failed, NodeFailed) and failed.retry and failed.failures == attempt
+        assert isinstance(again, RunStep) and again.step == steps["s2"].step, "the same step, offered again"
+    complete(proto, steps["s1"])
+    complete(proto, steps["t"])
+    actions = fail(proto, steps["s2"], retryable=True)
+    assert isinstance(actions[0], NodeFailed) and not actions[0].retry and actions[0].failures == 3
+    (closed,) = [a for a in actions if isinstance(a, PhaseClosed)]
+    assert closed.missing == ["s2"] and "CUDA out of memory" in closed.reason
+    (agg,) = [a for a in actions if isinstance(a, Aggregate)]
+    assert agg.weights == pytest.approx({"s1": 0.5, "t": 0.5}), "renormalised over the rest"
+
+
+def test_a_retry_that_succeeds_changes_nothing_else() -> None:
+    proto = Protocol(make_config())
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    fail(proto, steps["s1"], retryable=True)
+    for node in ("s1", "s2", "t"):
+        actions = complete(proto, steps[node])
+    (agg,) = [a for a in actions if isinstance(a, Aggregate)]
+    assert set(agg.inputs) == {"s1", "s2", "t"}
+    proto.handle(AggregateDone(agg.key))
+    assert proto.state.failures == {} and proto.state.failed == {}, "counted per phase"
+
+
+def test_a_failure_that_is_not_retryable_takes_the_source_out_of_the_phase_at_once() -> None:
+    proto = Protocol(make_config(min_sources=1))
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    complete(proto, steps["s1"])
+    (failed,) = fail(proto, steps["s2"], "StepError: the data set has 5 classes", retryable=False)
+    assert isinstance(failed, NodeFailed) and not failed.retry
+    assert proto.state.failed == {"s2": "StepError: the data set has 5 classes"}
+    assert "s2" not in {s.node for s in proto.open_steps()}, "a sweep does not send it again"
+    actions = complete(proto, steps["t"])  # the last one in closes the phase without s2
+    (closed,) = [a for a in actions if isinstance(a, PhaseClosed)]
+    assert closed.missing == ["s2"] and "5 classes" in closed.reason
+    with pytest.raises(ProtocolError):
+        complete(proto, steps["s2"])
+    # The next phase offers s2 a step again.
+    for action in [a for a in actions if isinstance(a, Aggregate)]:
+        following = proto.handle(AggregateDone(action.key))
+    assert "s2" in {a.step.node for a in following if isinstance(a, RunStep)}
+
+
+def test_a_failed_target_stalls_the_run_with_its_reason() -> None:
+    proto = Protocol(make_config(min_sources=1))
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    complete(proto, steps["s1"])
+    complete(proto, steps["s2"])
+    failed, stall = fail(proto, steps["t"], "ManifestMismatch: tensor G.0.weight has shape [12, 8]")
+    assert isinstance(failed, NodeFailed) and isinstance(stall, Stall)
+    assert "target node 't' failed" in stall.reason and "G.0.weight" in stall.reason
+    assert proto.state.stalled == stall.reason
+    assert proto.handle(Deadline(1, "disc1")) == [Stall(1, "disc1", stall.reason)], "never closes without it"
+
+
+def test_a_failure_that_leaves_too_few_sources_stalls_at_once() -> None:
+    proto = Protocol(make_config())  # min_sources defaults to all
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    _, stall = fail(proto, steps["s1"], "KeyError: 'row 17'")
+    assert isinstance(stall, Stall) and "1 of 2 required sources" in stall.reason and "row 17" in stall.reason
+    assert complete(proto, steps["s2"]) == [] and complete(proto, steps["t"]) == [], "stalled, said once"
+
+
+def test_a_source_that_fails_its_setup_takes_no_part_in_the_run() -> None:
+    proto = Protocol(make_config(min_sources=1))
+    setup = {a.step.node: a for a in _open_setup(proto)}
+    complete(proto, setup["s1"])
+    fail(proto, setup["s2"], "ManifestMismatch: tensor G.0.weight has shape [12, 8] in the federation")
+    actions = complete(proto, setup["t"])
+    (closed,) = [a for a in actions if isinstance(a, PhaseClosed)]
+    assert closed.missing == ["s2"] and "no part in this run" in closed.reason
+    assert proto.state.excluded == ["s2"]
+    assert all(a.step.node != "s2" for a in actions if isinstance(a, RunStep))
+
+
+def test_failures_of_nodes_outside_the_phase_or_after_finishing_are_refused() -> None:
+    proto = Protocol(make_config())
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    complete(proto, steps["s1"])
+    with pytest.raises(ProtocolError) as info:
+        fail(proto, steps["s1"])
+    assert info.value.code == "duplicate"
+    with pytest.raises(ProtocolError) as info:
+        proto.handle(StepFailed("s2", 1, "adapt", "late"))
+    assert info.value.code == "wrong_phase"
+    with pytest.raises(ProtocolError) as info:
+        proto.handle(StepFailed("intruder", 1, "disc1", "?"))
+    assert info.value.code == "unknown_node"
+
+
+def test_a_target_that_fails_to_aggregate_is_offered_it_again_then_stalls() -> None:
+    proto = Protocol(make_config(aggregator="target", max_step_retries=1))
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    for node in ("s1", "s2"):
+        complete(proto, steps[node])
+    (agg,) = [a for a in complete(proto, steps["t"]) if isinstance(a, Aggregate)]
+    failed, again = proto.handle(StepFailed("t", 1, "disc1", "OSError: disk full", True, aggregate=agg.key))
+    assert isinstance(failed, NodeFailed) and failed.retry and again == agg
+    with pytest.raises(ProtocolError) as info:
+        proto.handle(StepFailed("s1", 1, "disc1", "?", aggregate=agg.key))
+    assert info.value.code == "not_the_aggregator"
+    failed, stall = proto.handle(StepFailed("t", 1, "disc1", "OSError: disk full", True, aggregate=agg.key))
+    assert not failed.retry and isinstance(stall, Stall) and agg.key in stall.reason
+
+
+def test_failure_counts_survive_a_json_round_trip() -> None:
+    config = make_config(min_sources=1)
+    proto = Protocol(config)
+    steps = {a.step.node: a for a in _to_round1_disc(proto)}
+    fail(proto, steps["s1"], retryable=True)
+    fail(proto, steps["s2"])
+    restored = Protocol(config, ProtocolState.from_json(proto.state.to_json()))
+    assert restored.state.failures == {"s1": 1, "s2": 1} and restored.state.failed == proto.state.failed

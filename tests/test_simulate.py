@@ -379,3 +379,69 @@ def test_a_node_takes_its_federations_precision(vector_federation: Factory) -> N
     )
     node = NodeRuntime("alpha", FederationConfig.model_validate(raw), data["alpha"], CPU)
     assert node.device.precision == "fp32" and node.device.autocast_dtype is None
+
+
+# ------------------------------------------------------------------------------------------- failed steps
+
+
+def failing(sim: object, node: str, when: Callable[..., bool], error: Exception) -> list[int]:
+    """Make ``node``'s steps for which ``when(step)`` holds raise ``error`` before they touch anything (as
+    a node that runs out of memory at once would); returns a list that counts the failures."""
+    from fedalign.simulate import Simulator
+
+    assert isinstance(sim, Simulator)
+    runtime = sim.nodes[node]
+    real, raised = runtime.run, []
+
+    def run(step: object, downloads: object) -> object:
+        if when(step):
+            raised.append(1)
+            raise error
+        return real(step, downloads)  # type: ignore[arg-type]
+
+    runtime.run = run  # type: ignore[method-assign]
+    return raised
+
+
+def test_a_simulated_step_that_fails_once_and_is_retried_gives_the_same_numbers(
+    vector_federation: Factory,
+) -> None:
+    from fedalign.simulate import Simulator
+
+    raw, data = vector_federation()
+    config = FederationConfig.model_validate(raw)
+    sim = Simulator(config, node_data=data)
+    raised = failing(
+        sim, "beta", lambda s: s.kind == "adapt" and s.round == 2 and not raised, OSError("disk busy")
+    )
+    result = sim.run()
+    assert len(raised) == 1
+    assert any("node beta failed (1x, offered again): OSError: disk busy" in e for e in result.events)
+    unfailed = simulate(config, node_data=vector_federation()[1])
+    assert result.to_json()["rounds"] == unfailed.to_json()["rounds"]
+
+
+def test_a_simulated_source_whose_step_fails_is_left_out_of_that_phase_by_the_quorum_rule(
+    vector_federation: Factory,
+) -> None:
+    from fedalign.simulate import Simulator
+
+    raw, data = vector_federation(min_sources=1)
+    sim = Simulator(FederationConfig.model_validate(raw), node_data=data)
+    failing(sim, "beta", lambda s: s.kind == "adapt" and s.round == 1, ValueError("column 'y' is missing"))
+    result = sim.run()
+    assert any(
+        "beta failed (1x, out of the phase): ValueError: column 'y' is missing" in e for e in result.events
+    )
+    assert any("round 1 adapt: beta failed" in e and "renormalised" in e for e in result.events)
+    assert "source_val_acc" in result.rounds[-1].nodes["beta"], "back in the later phases"
+
+
+def test_a_simulation_whose_target_fails_stops_with_the_targets_error(vector_federation: Factory) -> None:
+    from fedalign.simulate import Simulator
+
+    raw, data = vector_federation()
+    sim = Simulator(FederationConfig.model_validate(raw), node_data=data)
+    failing(sim, "omega", lambda s: s.kind == "evaluate", KeyError("row 17"))
+    with pytest.raises(KeyError, match="row 17"):
+        sim.run()

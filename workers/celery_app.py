@@ -7,6 +7,9 @@ token: the worker holds its node's token, claims the step the message points at 
 (`workers.client.NodeRunner`): download, train on its own data, upload, complete. So a message that
 arrives twice, late, or for a step already done changes nothing: the claim answers 409 and the message is
 dropped; a step that ran here but did not complete is answered from the saved result (`workers.state`).
+A step that raises (a plug-in whose layers differ from the federation's manifest at setup, data that cannot
+be read, out of memory) is reported to the server with its reason (``POST /api/v1/node/steps/{id}/fail``),
+as a REST node reports it, and the message is done: the server offers the step again if a retry can help.
 Recovery from lost messages is the server's periodic sweep, not Celery's redelivery.
 
 A node's worker talks to the server over HTTP only. The server's aggregations have their own app beside

@@ -13,6 +13,13 @@ relayed keys and weights its task carries, answers a reveal step with its self s
 seeds with the dropped nodes, and, as a target that aggregates, unmasks the phase's sum with the survivors'
 reveals.
 
+At setup the node compares the models it built from its own installed architecture with the federation's
+manifest (``GET /api/v1/node/manifest``): a different layer or version stops it with the first difference.
+A step that raises (that mismatch, data that cannot be read, out of memory) is reported to the server
+(``POST /api/v1/node/steps/{id}/fail``, `fedalign.failures`: the error's type and message without local
+paths, and whether a retry can help) instead of leaving it to its lease; so is a node that cannot load its
+data or build its models at all, at each step it is given.
+
 Two ways to get tasks, one step code: `run_node` polls ``GET /api/v1/node/task`` (``fedalign node run``);
 the Celery worker claims the step a message points at (`NodeClient.claim`, `workers.celery_app`).
 
@@ -38,9 +45,11 @@ from fedalign import params, secagg
 from fedalign.aggregate import average
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
-from fedalign.models import manifests
-from fedalign.node import NodeRuntime, StepResult, load_node_data, model_shape
-from fedalign.protocol import StepSpec, effective_local_policy
+from fedalign.failures import failure_reason, is_retryable
+from fedalign.manifest import Manifest
+from fedalign.model_manifest import ModelManifest, ModelManifestDocument
+from fedalign.node import NodeRuntime, StepResult, load_node_data
+from fedalign.protocol import StepSpec
 from messaging import node_api
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.state import NodeStateFile, SecAggLedger
@@ -240,6 +249,17 @@ class NodeClient:
         response = self.http.post(self._url(url), json=body, headers=self._auth)
         return node_api.CompleteResult.model_validate_json(self._check(response).content)
 
+    def manifest(self) -> node_api.FederationManifest:
+        """The federation's models: every tensor, the architecture and its version, the published layout."""
+        return node_api.FederationManifest.model_validate_json(self._get("/api/v1/node/manifest").content)
+
+    def fail(self, url: str, reason: str, retryable: bool) -> node_api.FailResult:
+        """Report the task's step failed (its ``fail_url``): ``reason`` for people, and whether a retry may
+        help."""
+        body = {"reason": reason, "retryable": retryable}
+        response = self.http.post(self._url(url), json=body, headers=self._auth)
+        return node_api.FailResult.model_validate_json(self._check(response).content)
+
     def complete(
         self, url: str, metrics: Mapping[str, float], samples: Mapping[str, int] | None = None
     ) -> node_api.CompleteResult:
@@ -268,9 +288,18 @@ class NodeRunner:
         self.federation = client.federation()
         if data is None:
             data = self.federation.dataset
-        self.data = load_node_data(self.config, self.federation.node, data) if isinstance(data, str) else data
         self.device = device
-        self.runtime = self._new_runtime()
+        # A node that cannot load its data or build its models (a plug-in that is not installed, a loader
+        # that raises) says so at every step it gets, so that the server and dashboard show why.
+        self.broken: Exception | None = None
+        try:
+            self.data = (
+                load_node_data(self.config, self.federation.node, data) if isinstance(data, str) else data
+            )
+            self.runtime = self._new_runtime()
+        except Exception as exc:
+            log.error("node %s cannot take part: %s", self.federation.node, failure_reason(exc))
+            self.broken = exc
         self.state = (
             NodeStateFile(state_dir, self.federation.federation_id, self.federation.node)
             if state_dir is not None
@@ -303,13 +332,28 @@ class NodeRunner:
         return True
 
     def run(self, task: Task) -> None:
-        if task.kind == "aggregate":
-            self._aggregate(task)
-            return
         if task.kind == "reveal":
             self._reveal(task)
             return
-        result = self._train(task)
+        try:
+            if self.broken is not None:
+                raise self.broken
+            if task.kind == "aggregate":
+                averaged = self._average(task)
+            else:
+                if task.kind == "setup":
+                    self.check_manifest()
+                result = self._train(task)
+        except (ClientError, httpx.HTTPError):
+            raise  # the API or the network, not the step: retried by the caller
+        except Exception as exc:
+            self._report_failure(task, exc)
+            return
+        if task.kind == "aggregate":
+            for url in task.uploads.values():
+                self.client.upload(url, averaged)
+            self.client.complete(task.complete_url, {})
+            return
         if task.kind == "setup" and self.secagg is not None:
             self.client.put_public_key(self.secagg.key_pair().public_bytes)
         for slot, url in task.uploads.items():
@@ -363,9 +407,32 @@ class NodeRunner:
             self.secagg.record_reveal(context, dropped)
         self.client.reveal(task.complete_url, reveals)
 
-    def _manifests(self) -> dict[str, Any]:
-        config = self.config
-        return manifests(config.architecture, model_shape(config), effective_local_policy(config))
+    def _manifests(self) -> Mapping[str, Manifest]:
+        # The models this node built, which setup checked against the federation's manifest.
+        return self.runtime.manifest.models
+
+    def check_manifest(self) -> None:
+        """Compare this node's own models with the federation's manifest; `ManifestMismatch` names the first
+        difference (architecture, version, a tensor missing, extra, reshaped or retyped)."""
+        answer = self.client.manifest()
+        document = ModelManifestDocument(
+            architecture=answer.architecture, version=answer.version, models=answer.models
+        )
+        self.runtime.check_manifest(ModelManifest.from_document(document))
+
+    def _report_failure(self, task: Task, exc: Exception) -> None:
+        reason, retryable = failure_reason(exc), is_retryable(exc)
+        log.error(
+            "step %s (%s, round %s %s) failed%s: %s",
+            task.step_id,
+            task.kind,
+            task.round,
+            task.phase,
+            " (retryable)" if retryable else "",
+            reason,
+            exc_info=exc,
+        )
+        self.client.fail(task.fail_url, reason, retryable)
 
     def _train(self, task: Task) -> StepResult:
         """The step's result: computed from the node's state, or, for a step already run here, the saved
@@ -409,7 +476,7 @@ class NodeRunner:
             self._runtime_step = None
             raise
 
-    def _aggregate(self, task: Task) -> None:
+    def _average(self, task: Task) -> State:
         """Average the phase's submissions in node order, exactly as the server would (with secure
         aggregation: fold the masked submissions and unmask their sum with the survivors' reveals)."""
         manifest = self._manifests()[task.model]
@@ -430,9 +497,7 @@ class NodeRunner:
         else:
             inputs = {node: self.client.download_bytes(url) for node, url in task.inputs.items()}
             result = average(inputs, task.weights, manifest.shared())
-        for url in task.uploads.values():
-            self.client.upload(url, result)
-        self.client.complete(task.complete_url, {})
+        return result
 
     @property
     def finished(self) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Path, Request, status
+from fastapi.concurrency import run_in_threadpool
 
+from backend import uploads
 from backend.deps import Admin, ServicesDep
-from backend.errors import responses
+from backend.errors import ApiError, responses
 from backend.schemas.federations import (
     FederationClone,
     FederationCloned,
@@ -13,8 +15,12 @@ from backend.schemas.federations import (
     FederationList,
     FederationOut,
     FederationSettings,
+    InitialModelOut,
 )
-from backend.services import federations
+from backend.services import federations, initial_models, views
+from fedalign import params
+from fedalign.model_manifest import ModelManifest, ModelManifestDocument
+from messaging.node_api import FederationManifest
 
 router = APIRouter(prefix="/api/v1/federations", tags=["federations"])
 
@@ -32,6 +38,10 @@ def _out(services: ServicesDep, federation_id: str) -> FederationOut:
     response_model=FederationCreated,
     responses=responses(401, 403, 413, 422),
     summary="Create a federation (its nodes register afterwards)",
+    description="With a built-in architecture (and no model.init_checkpoint) the server builds the initial "
+    "parameters and their manifest document from the seed, as `fedalign init-model` does; otherwise the "
+    "creator uploads both (PUT .../initial-model/manifest, then .../initial-model/parameters) before the "
+    "start. Settings the architecture cannot take, or models too large to upload, answer 422.",
 )
 def create_federation(
     body: FederationSettings,  # type: ignore[valid-type]  # a model generated from FederationConfig
@@ -39,7 +49,9 @@ def create_federation(
     _admin: Admin,
 ) -> FederationCreated:
     settings = body.model_dump(mode="json")  # type: ignore[attr-defined]
-    federation, token = federations.create(services.db, settings)
+    federation, token = federations.create(
+        services.orchestrator, settings, services.settings.max_upload_bytes
+    )
     out = _out(services, federation.id)
     return FederationCreated(**out.model_dump(), join_token=token)
 
@@ -81,7 +93,7 @@ def clone_federation(
 ) -> FederationCloned:
     overrides = body.model_dump(exclude_none=True, exclude={"nodes"})
     federation, join_token, registered = federations.clone(
-        services.db, services.orchestrator, federation_id, overrides, body.nodes
+        services.orchestrator, federation_id, overrides, body.nodes, services.settings.max_upload_bytes
     )
     base = services.base_url(request)
     node_tokens = [federations.node_created(n, token, base, services.settings) for n, token in registered]
@@ -96,8 +108,10 @@ TRANSITION = responses(401, 403, 404, 409, 413, 422)
 def start_federation(
     services: ServicesDep, _admin: Admin, federation_id: str = FederationId
 ) -> FederationOut:
-    """Freeze the registered nodes into the config, store the initial models, open round 0."""
-    federations.start(services.orchestrator, federation_id)
+    """Freeze the registered nodes into the config, store round 0's models (from the initial parameters),
+    open round 0. A federation without its initial parameters and manifest document (a plug-in
+    architecture's, uploaded by its creator) answers 409 ``no_initial_model`` naming what is missing."""
+    federations.start(services.orchestrator, federation_id, services.settings.max_upload_bytes)
     return _out(services, federation_id)
 
 
@@ -126,3 +140,86 @@ def cancel_federation(
     """End the run for good: open steps and pending aggregations are cancelled."""
     federations.cancel(services.orchestrator, federation_id)
     return _out(services, federation_id)
+
+
+# ------------------------------------------------------------------------------------------ initial model
+
+INITIAL_MODEL = responses(401, 403, 404, 409, 413, 422)
+
+
+@router.put(
+    "/{federation_id}/initial-model/manifest",
+    response_model=InitialModelOut,
+    responses=INITIAL_MODEL,
+    summary="Upload the manifest document of the federation's initial parameters",
+)
+def put_initial_manifest(
+    body: ModelManifestDocument, services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+) -> InitialModelOut:
+    """The JSON document ``fedalign init-model`` writes beside the initial parameters
+    (``init.manifest.json``): the architecture, its version, and every tensor of G, T and D. The server
+    never imports a plug-in architecture: the parameters, and every upload of the run, are checked against
+    this document. Its architecture must be the federation's (and, for a built-in, the document the server
+    builds itself). A different document than the stored one drops the stored parameters; the same one
+    changes nothing. Only before the start (409 after)."""
+    return initial_models.put_manifest(
+        services.orchestrator, federation_id, body, services.settings.max_upload_bytes
+    )
+
+
+@router.put(
+    "/{federation_id}/initial-model/parameters",
+    response_model=InitialModelOut,
+    openapi_extra={"requestBody": {"required": True, "content": uploads.SAFETENSORS}},
+    responses=responses(401, 403, 404, 409, 413, 415, 422),
+    summary="Upload the federation's initial parameters (safetensors)",
+)
+async def put_initial_parameters(
+    request: Request, services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+) -> InitialModelOut:
+    """The safetensors file ``fedalign init-model`` writes (``init.safetensors``): every tensor of G, T and D
+    as ``G.<name>``, ``T.<name>``, ``D.<name>``. Checked against the stored manifest document (upload it
+    first): exactly its tensors, each with its shape and dtype, every value finite, no metadata, never a
+    pickle. Refused with a 4xx that says what is wrong, and then nothing changes. The limit is three times
+    FEDALIGN_MAX_UPLOAD_BYTES. Only before the start (409 after)."""
+    limit = initial_models.upload_limit(services.settings.max_upload_bytes)
+    uploads.check_media_type(request)
+    manifest = await run_in_threadpool(_manifest_for_upload, services, federation_id)
+    uploads.check_declared_size(request, limit)
+    staged = await uploads.receive(request, services.store, limit)
+    try:
+        try:
+            await run_in_threadpool(params.validate, staged.path, manifest.every_tensor(), limit)
+        except params.ParameterError as exc:
+            raise ApiError(
+                413 if exc.code == "too_large" else 422,
+                exc.code,
+                f"initial parameters refused: {exc.message}",
+                {"tensor": exc.tensor} if exc.tensor else None,
+            ) from exc
+        return await run_in_threadpool(
+            initial_models.put_parameters, services.orchestrator, federation_id, manifest, staged
+        )
+    finally:
+        staged.discard()  # no-op once the store adopted it
+
+
+def _manifest_for_upload(services: ServicesDep, federation_id: str) -> ModelManifest:
+    with services.db.read() as session:
+        return initial_models.manifest_for_upload(session, federations.get(session, federation_id))
+
+
+@router.get(
+    "/{federation_id}/manifest",
+    response_model=FederationManifest,
+    responses=responses(401, 403, 404, 409, 422),
+    summary="The federation's models: every tensor, the architecture and its version, the published layout",
+)
+def get_manifest(
+    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+) -> FederationManifest:
+    """What its nodes read at setup (GET /api/v1/node/manifest): every tensor of G, T and D (name, shape,
+    dtype, shared or local), the architecture and its declared version, and the published model's layout.
+    409 ``no_model_manifest`` before a plug-in federation's creator uploaded the document."""
+    with services.db.read() as session:
+        return views.federation_manifest_out(federations.get(session, federation_id))

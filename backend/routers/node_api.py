@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
@@ -12,17 +9,20 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
+from backend import uploads
 from backend.deps import NodeAuth, ServicesDep
 from backend.errors import ApiError, responses
 from backend.limits import Bigint
 from backend.security import NodeCredential
-from backend.services.node_api import access, completion, keys, leases, transfers
-from backend.services.store import Staged
+from backend.services.node_api import access, completion, failures, keys, leases, transfers
 from fedalign import params, secagg
 from messaging.node_api import (
     STATUS_HEADER,
     CompleteRequest,
     CompleteResult,
+    FailRequest,
+    FailResult,
+    FederationManifest,
     NodeFederation,
     PublicKeyIn,
     PublicKeyOut,
@@ -34,7 +34,7 @@ from messaging.node_api import (
 
 router = APIRouter(prefix="/api/v1/node", tags=["node"])
 
-SAFETENSORS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+SAFETENSORS = uploads.SAFETENSORS
 StepId = Annotated[int, PathParam(ge=1, description="The step's id, from the task."), Bigint]
 
 
@@ -50,6 +50,15 @@ def node_federation(services: ServicesDep, node: NodeAuth) -> NodeFederation:
     """What the node needs to build its runtime: the config, its own entry, the others' names and roles."""
     with services.db.read() as session:
         return access.node_federation(session, node)
+
+
+@router.get("/manifest", response_model=FederationManifest, responses=responses(401, 403, 404, 409))
+def node_manifest(services: ServicesDep, node: NodeAuth) -> FederationManifest:
+    """The federation's models: every tensor of G, T and D (name, shape, dtype, shared or local), the
+    architecture and its version, and the published model's layout. A node compares its own models with it
+    at setup (`fedalign.model_manifest.check`) and stops, reporting the first difference, when they differ."""
+    with services.db.read() as session:
+        return access.node_manifest(session, node)
 
 
 @router.get(
@@ -109,9 +118,6 @@ def download_artifact(
     )
 
 
-UPLOAD_TYPES = frozenset({"application/octet-stream", "application/x-safetensors"})
-
-
 @router.put(
     "/steps/{step_id}/uploads/{slot}",
     response_model=UploadResult,
@@ -133,20 +139,11 @@ async def upload(
     shared tensors as int64 ring elements (`fedalign.secagg`), whose values cannot be checked; a masked
     upload cannot be replaced by a different one."""
     limit = services.settings.max_upload_bytes
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type and media_type not in UPLOAD_TYPES:
-        # A form post or JSON here is a client mixing endpoints up; say so before reading any of it.
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"uploads are raw safetensors bytes with Content-Type application/octet-stream, not {media_type}",
-        )
+    uploads.check_media_type(request)
     # In a worker thread: a blocking wait for a pooled connection here would stall the event loop itself.
     target = await run_in_threadpool(_upload_target, services, node, step_id, slot)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    staged = await _receive(request, services.store.temp_file(), limit)
+    uploads.check_declared_size(request, limit)
+    staged = await uploads.receive(request, services.store, limit)
     try:
         validate = secagg.validate_masked if target.masked else params.validate
         try:
@@ -177,6 +174,21 @@ def complete_step(
     """Report the step done, with its metrics (and sample counts for setup). Its uploads must be stored
     first. Repeating an identical completion is answered the same and changes nothing."""
     return completion.complete(services.orchestrator, node, step_id, body)
+
+
+@router.post(
+    "/steps/{step_id}/fail",
+    response_model=FailResult,
+    responses=responses(401, 403, 404, 409, 413, 422),
+    summary="Report that this node cannot run one of its steps, with the reason",
+)
+def fail_step(services: ServicesDep, node: NodeAuth, step_id: StepId, body: FailRequest) -> FailResult:
+    """Say the step failed instead of letting its lease run out: the reason (the error's type and message,
+    without local paths) is shown on the node and recorded as a ``step_failed`` event. With ``retryable``
+    the step is offered again, up to the federation's ``max_step_retries``; otherwise, or after that, the
+    phase goes on without this node under the quorum rule (``min_sources``), or the run stalls with the
+    reason when this node is the target. The same report again is answered the same."""
+    return failures.fail(services.orchestrator, node, step_id, body)
 
 
 @router.put(
@@ -230,36 +242,3 @@ def _upload_target(
 ) -> transfers.UploadTarget:
     with services.db.read() as session:
         return transfers.upload_target(session, node, step_id, slot)
-
-
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError(
-        413,
-        "too_large",
-        f"the upload is {size} bytes, over the limit of {limit} bytes (FEDALIGN_MAX_UPLOAD_BYTES)",
-    )
-
-
-async def _receive(request: Request, path: Path, limit: int) -> Staged:
-    """Stream the body to a temp file, hashing and counting; refuse as soon as it passes ``limit``."""
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with open(path, "wb") as fh:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(
-                        413,
-                        "too_large",
-                        f"the upload passed the limit of {limit} bytes (FEDALIGN_MAX_UPLOAD_BYTES) and was "
-                        "refused without reading the rest",
-                    )
-                digest.update(chunk)
-                fh.write(chunk)
-            fh.flush()
-            await run_in_threadpool(os.fsync, fh.fileno())
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return Staged(path=path, sha256=digest.hexdigest(), size=size)

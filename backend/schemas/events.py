@@ -21,11 +21,13 @@ EventType = TypeAliasType(
         "aggregate",
         "submission",
         "step_done",
+        "step_failed",
         "metrics",
         "privacy_warning",
         "public_key",
         "node_registered",
         "node_removed",
+        "initial_model",
     ],
 )
 EVENT_TYPES: tuple[str, ...] = get_args(EventType.__value__)

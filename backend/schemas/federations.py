@@ -4,7 +4,7 @@ one by one afterwards (`schemas.nodes`)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -49,6 +49,23 @@ class Progress(BaseModel):
     round_of_metrics: int | None = Field(description="The round those two were measured in.")
 
 
+InitialModelPart = Literal["manifest", "parameters"]
+
+
+class InitialModelOut(BaseModel):
+    """Whether the federation holds its initial parameters and their manifest document (it starts only
+    with both). The server builds them for a built-in architecture (without model.init_checkpoint); for a
+    plug-in, the creator uploads what ``fedalign init-model`` wrote."""
+
+    ready: bool = Field(description="Both are stored: the federation can start.")
+    missing: list[InitialModelPart] = Field(
+        description="What is still to upload: 'manifest' (PUT .../initial-model/manifest, the JSON document) "
+        "and 'parameters' (PUT .../initial-model/parameters, the safetensors file)."
+    )
+    sha256: str | None = Field(description="The stored initial parameters' sha256.")
+    size: int | None = Field(description="Their size in bytes.")
+
+
 class FederationOut(BaseModel):
     id: str
     name: str
@@ -60,6 +77,7 @@ class FederationOut(BaseModel):
     phase: str | None = Field(description="The open phase once started.")
     progress: Progress
     model_published: bool = Field(description="The target's model can be downloaded (GET .../model).")
+    initial_model: InitialModelOut
     created_at: dt.datetime
     updated_at: dt.datetime
     started_at: dt.datetime | None

@@ -44,8 +44,15 @@ class NodeOut(BaseModel):
     role: Role
     dataset: str
     mode: NodeMode
-    state: str = Field(description="registered, active (has claimed a step) or finished.")
+    state: str = Field(
+        description="registered, active (has claimed a step), failed (out of a phase, or of the run, after a "
+        "step it reported failed: see failure) or finished."
+    )
     samples: dict[str, int] | None = Field(description="Sample counts per split, reported by the setup step.")
+    failure: str | None = Field(
+        description="The reason of the node's last failed step, as it reported it (POST /api/v1/node/steps/"
+        "{id}/fail); null when none failed."
+    )
     last_seen: dt.datetime | None
     created_at: dt.datetime
 

@@ -16,8 +16,9 @@ class StepOut(BaseModel):
     node: str
     kind: str
     model: str = Field(description="For aggregate steps, the model averaged; '' otherwise.")
-    status: Literal["pending", "claimed", "done", "cancelled"]
+    status: Literal["pending", "claimed", "done", "cancelled", "failed"]
     attempts: int
+    failure: str | None = Field(description="Why its node last reported it failed, when it did.")
     lease_expires_at: dt.datetime | None
     claimed_at: dt.datetime | None
     done_at: dt.datetime | None

@@ -29,7 +29,7 @@ from backend.database import Database
 from backend.errors import ApiError
 from backend.models import Aggregation, Artifact, Federation
 from backend.services import secure
-from backend.services.manifests import model_manifests
+from backend.services.manifests import federation_manifest
 from backend.services.orchestrator import Orchestrator, federation_config, protocol_state
 from backend.services.store import ArtifactStore, Staged
 from fedalign import protocol as schedule
@@ -118,6 +118,7 @@ class AggregationService:
             if job is None or federation is None:
                 return
             config = federation_config(federation)
+            document = federation_manifest(federation)
             paths = {
                 a.key: a.sha256
                 for a in session.scalars(
@@ -142,7 +143,7 @@ class AggregationService:
             missing = sorted(k for k in inputs.values() if k not in paths)
             if missing:
                 raise FileNotFoundError(f"submissions {missing} are not in the store")
-            manifest = model_manifests(config)[model]
+            manifest = document.models[model]
             if masked is not None:
                 total = secagg.MaskedSum(manifest, masked[0])
                 for node in sorted(inputs):

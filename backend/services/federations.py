@@ -13,11 +13,10 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.database import Database
 from backend.errors import ApiError, conflict, forbidden, not_found
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
 from backend.observability import logs
-from backend.schemas.federations import FederationOut, Progress
+from backend.schemas.federations import FederationOut, InitialModelOut, Progress
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeOut
 from backend.security import (
     JOIN_PREFIX,
@@ -29,7 +28,7 @@ from backend.security import (
     new_token,
     token_hash,
 )
-from backend.services import events
+from backend.services import events, initial_models
 from backend.services.node_commands import run_command
 from backend.services.orchestrator import (
     OPEN_STEP,
@@ -69,7 +68,9 @@ def latest_metrics(session: Session, federation_ids: list[str]) -> dict[str, Lat
     return latest
 
 
-def federation_out(federation: Federation, node_names: list[str], latest: Latest) -> FederationOut:
+def federation_out(
+    federation: Federation, node_names: list[str], latest: Latest, initial_model: InitialModelOut
+) -> FederationOut:
     round_: int | None = None
     phase: str | None = None
     done = 0
@@ -103,6 +104,7 @@ def federation_out(federation: Federation, node_names: list[str], latest: Latest
             and bool(federation.config.get("publish_model", True))
             and "target_model" in (federation.final_models or {})
         ),
+        initial_model=initial_model,
         created_at=federation.created_at,
         updated_at=federation.updated_at,
         started_at=federation.started_at,
@@ -112,7 +114,8 @@ def federation_out(federation: Federation, node_names: list[str], latest: Latest
 
 def view(session: Session, federation: Federation) -> FederationOut:
     latest = latest_metrics(session, [federation.id])[federation.id]
-    return federation_out(federation, node_names(session, federation.id), latest)
+    initial = initial_models.initial_models_of(session, [federation.id])[federation.id]
+    return federation_out(federation, node_names(session, federation.id), latest, initial)
 
 
 def views_of(session: Session, federations: list[Federation]) -> list[FederationOut]:
@@ -125,12 +128,14 @@ def views_of(session: Session, federations: list[Federation]) -> list[Federation
         )
         for federation_id, name in rows:
             names[federation_id].append(name)
-    return [federation_out(f, names[f.id], latest[f.id]) for f in federations]
+    initial = initial_models.initial_models_of(session, ids)
+    return [federation_out(f, names[f.id], latest[f.id], initial[f.id]) for f in federations]
 
 
 def node_out(node: Node, federation_status: str | None = None) -> NodeOut:
-    # A Celery-mode node never polls after the last step, so its row alone would stay "active".
-    state = "finished" if federation_status in TERMINAL else node.state
+    # A Celery-mode node never polls after the last step, so its row alone would stay "active"; a node that
+    # failed stays failed.
+    state = "finished" if federation_status in TERMINAL and node.state != "failed" else node.state
     return NodeOut(
         id=node.id,
         federation_id=node.federation_id,
@@ -140,6 +145,7 @@ def node_out(node: Node, federation_status: str | None = None) -> NodeOut:
         mode=node.mode,  # type: ignore[arg-type]
         state=state,
         samples=node.samples,
+        failure=node.failure,
         last_seen=node.last_seen,
         created_at=node.created_at,
     )
@@ -165,13 +171,27 @@ def all_federations(session: Session) -> list[Federation]:
     return list(session.scalars(select(Federation).order_by(Federation.created_at.desc(), Federation.id)))
 
 
-def create(db: Database, settings: dict[str, Any]) -> tuple[Federation, str]:
+def create(
+    orchestrator: Orchestrator, settings: dict[str, Any], max_upload_bytes: int
+) -> tuple[Federation, str]:
+    """A new federation; for a built-in architecture (without init_checkpoint) with its initial parameters
+    and their manifest document, built here when its settings allow (otherwise the start says what is
+    wrong); for a plug-in, its creator uploads them."""
+    db = orchestrator.db
     try:
         config = FederationConfig.model_validate(settings)
     except ValidationError as exc:
         # The request's schema checks each field; rules across fields (secure aggregation's) are checked here.
         problems = "; ".join(e["msg"] for e in exc.errors())
         raise ApiError(422, "invalid_request", f"the federation's settings are invalid: {problems}") from exc
+    initial = None
+    if initial_models.server_builds(config):
+        try:
+            initial = initial_models.build(config, max_upload_bytes)
+        except ApiError:
+            # Settings the architecture cannot take (such as a model too large to upload): the start says
+            # what is wrong, as it did before the server built anything at creation.
+            initial = None
     token = new_token(JOIN_PREFIX)
     federation = Federation(
         id=str(uuid.uuid4()),
@@ -184,6 +204,9 @@ def create(db: Database, settings: dict[str, Any]) -> tuple[Federation, str]:
         session.add(federation)
         session.flush()
         events.record(session, federation.id, "status", {"status": "created", "reason": None})
+    if initial is not None:
+        # Should this fail, the start builds them (`initial_models.ensure_ready`).
+        initial_models.attach_built(orchestrator, federation.id, initial)
     return federation, token
 
 
@@ -204,9 +227,16 @@ def delete(orchestrator: Orchestrator, federation_id: str) -> None:
 
 
 def clone(
-    db: Database, orchestrator: Orchestrator, source_id: str, overrides: dict[str, Any], with_nodes: bool
+    orchestrator: Orchestrator,
+    source_id: str,
+    overrides: dict[str, Any],
+    with_nodes: bool,
+    max_upload_bytes: int,
 ) -> tuple[Federation, str, list[tuple[Node, str]]]:
-    """A new federation with the same config (and, with_nodes, the same nodes under new tokens)."""
+    """A new federation with the same config (and, with_nodes, the same nodes under new tokens). An uploaded
+    initial model comes along when the copy's models are the same (same architecture, model settings, seed
+    and local-parameter policy); otherwise the copy needs its own upload before it starts."""
+    db = orchestrator.db
     with db.read() as session:
         original = get(session, source_id)
         settings = {k: v for k, v in original.config.items() if k != "nodes"}
@@ -216,10 +246,14 @@ def clone(
             for n in nodes_of(session, source_id)
         ]
     try:
-        federation, join_token = create(db, {**settings, **overrides, "name": name})
+        federation, join_token = create(
+            orchestrator, {**settings, **overrides, "name": name}, max_upload_bytes
+        )
     except ValidationError as exc:
         problems = "; ".join(e["msg"] for e in exc.errors())
         raise ApiError(422, "invalid_request", f"the copy's settings are invalid: {problems}") from exc
+    if not initial_models.server_builds(federation_config(federation)):
+        initial_models.copy(orchestrator, source_id, federation.id)
     registered = []
     if with_nodes:
         admin = AdminCredential()
@@ -326,7 +360,7 @@ def _illegal(federation: Federation, action: str, allowed: str) -> ApiError:
     )
 
 
-def start(orchestrator: Orchestrator, federation_id: str) -> None:
+def start(orchestrator: Orchestrator, federation_id: str, max_upload_bytes: int) -> None:
     with orchestrator.transaction(federation_id) as tx:
         fed = tx.federation
         if fed.status != "created":
@@ -350,6 +384,7 @@ def start(orchestrator: Orchestrator, federation_id: str) -> None:
         except ValidationError as exc:
             problems = "; ".join(e["msg"] for e in exc.errors())
             raise conflict("invalid_federation", f"the federation cannot start: {problems}") from exc
+        initial_models.ensure_ready(tx, config, max_upload_bytes)
         fed.started_at = utcnow()
         tx.set_status("running")
         tx.start(config)

@@ -28,19 +28,19 @@ from backend.errors import not_found
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, StepSpec, utcnow
 from backend.observability import logs, metrics
 from backend.schemas.events import EventType
-from backend.services import events, secure
+from backend.services import events, initial_models, secure
 from backend.services.dispatch import AggregationDispatcher, StepDispatcher
 from backend.services.events import EventNotifier
 from backend.services.messages import StepMessage
 from backend.services.store import ArtifactStore, Staged
 from fedalign.config import FederationConfig
-from fedalign.node import initial_models
 from fedalign.protocol import (
     Action,
     Aggregate,
     Event,
     Finish,
     InitialiseModels,
+    NodeFailed,
     PhaseClosed,
     PrivacyWarning,
     Protocol,
@@ -248,7 +248,9 @@ class Transaction:
     def _carry_out(self, protocol: Protocol, action: Action) -> None:
         fed = self.federation
         if isinstance(action, InitialiseModels):
-            for model, state in initial_models(protocol.config).items():
+            # The federation's initial parameters, split into round 0's aggregates: built by the server for
+            # a built-in architecture, uploaded by the creator otherwise (never built here from a plug-in).
+            for model, state in initial_models.take(self).models.items():
                 staged = self.store.stage_state(state)
                 self.put_artifact(
                     action.keys[model], staged, kind="aggregate", model=model, round_=0, phase="init"
@@ -300,6 +302,8 @@ class Transaction:
             self.event("aggregation", {"key": action.key, "model": action.model, "by": action.by})
         elif isinstance(action, RecordMetrics):
             self._record_metrics(action)
+        elif isinstance(action, NodeFailed):
+            self._node_failed(action)
         elif isinstance(action, PhaseClosed):
             self.event(
                 "phase_closed",
@@ -323,12 +327,33 @@ class Transaction:
         else:  # pragma: no cover - the protocol's Action union is closed
             raise TypeError(f"unknown action {action!r}")
 
+    def _node_failed(self, action: NodeFailed) -> None:
+        """A node's failed step: an event, and on the node its reason (and "failed" once it is out)."""
+        node = self.session.get(Node, self.node_ids()[action.node])
+        if node is not None:
+            node.failure = action.reason
+            if not action.retry:
+                node.state = "failed"
+        self.event(
+            "step_failed",
+            {
+                "node": action.node,
+                "round": action.round,
+                "phase": action.phase,
+                "aggregate": action.aggregate,
+                "reason": action.reason,
+                "retryable": action.retryable,
+                "failures": action.failures,
+                # Offered again; otherwise the phase goes on without the node (a phase_closed event) or the
+                # run stalls (a status event), by the quorum rule.
+                "retry": action.retry,
+            },
+        )
+
     def _add_step(self, *, node: str, round_: int, phase: str, kind: str, model: str, spec: StepSpec) -> None:
         node_id = self.node_ids()[node]
-        exists = self.session.scalar(
-            select(func.count())
-            .select_from(Step)
-            .where(
+        existing = self.session.scalars(
+            select(Step).where(
                 Step.federation_id == self.federation.id,
                 Step.node_id == node_id,
                 Step.round == round_,
@@ -336,8 +361,13 @@ class Transaction:
                 Step.kind == kind,
                 Step.model == model,
             )
-        )
-        if exists:
+        ).one_or_none()
+        if existing is not None:
+            if existing.status == "failed":
+                # Offered again after a retryable failure: claimable, and sent again to a Celery node.
+                existing.status, existing.lease_owner, existing.lease_expires_at = "pending", None, None
+                existing.dispatched_at = None
+                self.send_after_commit(existing)
             return
         step = Step(
             federation_id=self.federation.id,

@@ -24,10 +24,11 @@ from backend.schemas.rounds import (
     RoundSummary,
     StepOut,
 )
-from backend.services.manifests import published_manifest
+from backend.services.manifests import federation_manifest, manifest_out, published_manifest
 from backend.services.orchestrator import federation_config, protocol_state
 from fedalign.phases import round_phases
 from fedalign.protocol import Protocol, ProtocolState
+from messaging.node_api import FederationManifest
 
 INIT_PHASE = "init"
 
@@ -157,6 +158,7 @@ def _step_out(step: Step, names: dict[str, str]) -> StepOut:
         model=step.model,
         status=step.status,  # type: ignore[arg-type]
         attempts=step.attempts,
+        failure=step.failure,
         lease_expires_at=step.lease_expires_at,
         claimed_at=step.claimed_at,
         done_at=step.done_at,
@@ -299,6 +301,12 @@ def model_card(session: Session, federation: Federation) -> ModelCard:
         size=artifact.size,
         metrics=metrics,
         manifest=[
-            TensorOut(name=t.name, shape=list(t.shape), dtype=t.dtype) for t in published_manifest(config)
+            TensorOut(name=t.name, shape=list(t.shape), dtype=t.dtype)
+            for t in published_manifest(federation_manifest(federation))
         ],
     )
+
+
+def federation_manifest_out(federation: Federation) -> FederationManifest:
+    """The federation's models before a run (the admin's view; a node's is the same)."""
+    return manifest_out(federation_manifest(federation), federation_config(federation))

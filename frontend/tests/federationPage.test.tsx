@@ -3,7 +3,8 @@ import { render, screen } from "@testing-library/react";
 import { MemoryRouter, Route, Routes } from "react-router";
 import { describe, expect, it, vi } from "vitest";
 import { keys } from "../src/api/queries";
-import type { Federation } from "../src/api/types";
+import type { Federation, Node } from "../src/api/types";
+import { NO_TARGET_LABELS } from "../src/metrics/charts";
 import { FederationPage } from "../src/pages/FederationPage";
 import { metricsResponse } from "./fixtures";
 
@@ -27,6 +28,7 @@ function federation(overrides: Partial<Federation>): Federation {
     phase: null,
     progress: { rounds_done: 3, target_acc: 0.8, disc_acc: 0.52, round_of_metrics: 3 },
     model_published: false,
+    initial_model: { ready: true, missing: [], sha256: null, size: null },
     created_at: "2026-11-25T03:00:00+00:00",
     updated_at: "2026-11-25T03:00:00+00:00",
     started_at: "2026-11-25T03:00:00+00:00",
@@ -35,11 +37,11 @@ function federation(overrides: Partial<Federation>): Federation {
   };
 }
 
-function renderPage(fed: Federation) {
+function renderPage(fed: Federation, nodes: Node[] = []) {
   // Everything is in the cache and fresh: the page makes no request.
   const client = new QueryClient({ defaultOptions: { queries: { staleTime: Infinity, retry: false } } });
   client.setQueryData(keys.federation(fed.id), fed);
-  client.setQueryData(keys.nodes(fed.id), { items: [] });
+  client.setQueryData(keys.nodes(fed.id), { items: nodes });
   client.setQueryData(keys.rounds(fed.id), { items: [] });
   client.setQueryData(keys.metrics(fed.id), metricsResponse(3));
   render(
@@ -69,5 +71,54 @@ describe("the Download model button", () => {
     const fed = federation({ config: { algorithm: "fedalign", rounds: 3, publish_model: false } });
     expect(renderPage(fed)).toBeDisabled();
     expect(screen.getByText(/^Not published: .*publish_model is off/)).toBeVisible();
+  });
+});
+
+function node(overrides: Partial<Node>): Node {
+  return {
+    id: `node-${overrides.name ?? "alpha"}`,
+    federation_id: "fed-1",
+    name: "alpha",
+    role: "source",
+    dataset: "npz:/data/alpha.npz",
+    mode: "rest",
+    state: "finished",
+    samples: { train: 40, val: 10, test: 10 },
+    failure: null,
+    last_seen: null,
+    created_at: "2026-11-25T03:00:00+00:00",
+    ...overrides,
+  };
+}
+
+describe("the target accuracy chart", () => {
+  it("says the run has no labelled evaluation split when the target's setup reported no test samples", () => {
+    renderPage(federation({}), [
+      node({ name: "omega", role: "target", samples: { train: 40, val: 10, test: 0 } }),
+    ]);
+    expect(screen.getByTestId("chart-target-acc-unavailable")).toHaveTextContent(NO_TARGET_LABELS);
+    expect(screen.queryByTestId("chart-disc-acc-unavailable")).toBeNull();
+  });
+
+  it("waits for values as usual when the target has a labelled split, or before its setup", () => {
+    renderPage(federation({}), [node({ name: "omega", role: "target" })]);
+    expect(screen.queryByTestId("chart-target-acc-unavailable")).toBeNull();
+  });
+});
+
+describe("the nodes table", () => {
+  it("shows a failed node with its reason, and a recovered one's last failure muted", () => {
+    const reason =
+      "ManifestMismatch: tensor G.0.weight has shape [12, 8] in the federation, [24, 8] on this node";
+    renderPage(federation({ status: "stalled", stall_reason: reason }), [
+      node({ name: "beta", state: "failed", failure: reason }),
+      node({ name: "alpha", state: "active", failure: "MemoryError: out of memory" }),
+    ]);
+    const beta = screen.getByRole("row", { name: /beta/ });
+    expect(beta).toHaveTextContent("failed");
+    expect(screen.getByTestId("node-failure-beta")).toHaveTextContent(reason);
+    expect(screen.getByTestId("node-failure-alpha")).toHaveTextContent(
+      "Last failure: MemoryError: out of memory",
+    );
   });
 });

@@ -32,6 +32,7 @@ from backend.security import NODE_PREFIX
 from backend.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE
 from fedalign import params, secagg
 from fedalign.config import FederationConfig
+from fedalign.initial_parameters import InitialParameters, build_initial
 from fedalign.node import initial_models
 
 SAMPLES = {"train": 40, "val": 10, "test": 10}
@@ -63,6 +64,11 @@ A_SEED = base64.b64encode(bytes(32)).decode()
 
 def valid_d() -> bytes:
     return params.to_bytes(initial_models(FederationConfig.model_validate(tiny_settings()))["D"])
+
+
+def tiny_initial() -> InitialParameters:
+    """What `fedalign init-model` writes for the tiny federation (which the server also builds itself)."""
+    return build_initial(FederationConfig.model_validate(tiny_settings()))
 
 
 # ------------------------------------------------------------------------------------------------ the world
@@ -239,6 +245,26 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", F + "/nodes"): Rule(MANAGE, (200,), "created"),
     ("GET", F + "/nodes/{name}"): Rule(MANAGE, (200,), "created"),
     ("DELETE", F + "/nodes/{name}"): Rule(MANAGE, (204,), "created", call=a_node_to_delete),
+    # A federation's initial model, before it starts: the manifest document, then the parameters (the tiny
+    # federation's own, which the server built: uploading them again changes nothing).
+    ("PUT", F + "/initial-model/manifest"): Rule(
+        MANAGE,
+        (200,),
+        "created",
+        call=lambda w: Call(
+            f"/api/v1/federations/{w.created.id}/initial-model/manifest",
+            json=tiny_initial().manifest.to_json(),
+        ),
+    ),
+    ("PUT", F + "/initial-model/parameters"): Rule(
+        MANAGE,
+        (200,),
+        "created",
+        call=lambda w: Call(
+            f"/api/v1/federations/{w.created.id}/initial-model/parameters", content=tiny_initial().to_bytes()
+        ),
+    ),
+    ("GET", F + "/manifest"): Rule(MANAGE, (200,), "created"),
     ("GET", F + "/rounds"): Rule(MANAGE, (200,), "running"),
     ("GET", F + "/rounds/{round_number}"): Rule(MANAGE, (200,), "running"),
     ("GET", F + "/aggregations"): Rule(MANAGE, (200,), "running"),
@@ -262,6 +288,7 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ),
     # The node API: any node's own token, about itself; never the admin's, a join token or the session.
     ("GET", N + "/federation"): Rule(NODES, (200,), "running"),
+    ("GET", N + "/manifest"): Rule(NODES, (200,), "running"),
     ("GET", N + "/task"): Rule(NODES, (200, 204), "running"),
     # A step: only its node; another node of the federation is refused, another federation's cannot see it.
     ("POST", N + "/steps/{step_id}/claim"): Rule(
@@ -275,6 +302,16 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         "running",
         hidden=frozenset({"other_node"}),
         call=lambda w: Call(w.step["uploads"]["D"].split("testserver", 1)[1], content=valid_d()),
+    ),
+    # A retryable failure: the step is offered again, so the calls after it still find it open.
+    ("POST", N + "/steps/{step_id}/fail"): Rule(
+        frozenset({"own"}),
+        (200,),
+        "running",
+        hidden=frozenset({"other_node"}),
+        call=lambda w: Call(
+            f"{N}/steps/{w.step['step_id']}/fail", json={"reason": "OSError: disk busy", "retryable": True}
+        ),
     ),
     ("POST", N + "/steps/{step_id}/complete"): Rule(
         frozenset({"own"}), (200,), "running", hidden=frozenset({"other_node"}), call=uploaded_then_complete

@@ -198,3 +198,157 @@ def test_artifact_keys_with_path_characters_are_refused(api: Api, path: str) -> 
     _, tokens = started(api)
     response = api.request("GET", path, token=tokens["alpha"])
     assert 400 <= response.status_code < 500 and "root:" not in response.text
+
+
+# ------------------------------------------------------------------------------- a federation's initial model
+
+
+def initial() -> dict[str, torch.Tensor]:
+    """The tiny federation's initial parameters (every tensor of G, T and D), as `fedalign init-model`
+    writes them."""
+    from api_support import tiny_settings
+
+    from fedalign.config import FederationConfig
+    from fedalign.initial_parameters import build_initial
+
+    return build_initial(FederationConfig.model_validate(tiny_settings())).flat()
+
+
+def initial_tampered(change: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> bytes:
+    return params.to_bytes(change(dict(initial())))
+
+
+def first_tensor_set_to(value: float) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    def change(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        name = next(iter(state))
+        state[name] = state[name].clone()
+        state[name].view(-1)[0] = value
+        return state
+
+    return change
+
+
+INITIAL_UPLOADS: dict[str, tuple[Callable[[], bytes], dict[str, str], int | tuple[int, ...]]] = {
+    "truncated": (lambda: params.to_bytes(initial())[:-10], {}, 422),
+    "header_garbage": (lambda: struct.pack("<Q", 12) + b"{not json!!}", {}, 422),
+    "huge_tensor_claimed": (
+        lambda: header_only(
+            {"G.0.weight": {"dtype": "F32", "shape": [10**9, 10**9], "data_offsets": [0, 8]}}
+        ),
+        {},
+        (413, 422),
+    ),
+    "a_tensor_missing": (
+        lambda: initial_tampered(lambda s: {k: v for k, v in s.items() if k != "D.0.bias"}),
+        {},
+        422,
+    ),
+    "an_extra_tensor": (lambda: initial_tampered(lambda s: {**s, "G.extra": torch.zeros(2)}), {}, 422),
+    "without_model_prefixes": (
+        lambda: initial_tampered(lambda s: {k.split(".", 1)[1] + f"@{k[0]}": v for k, v in s.items()}),
+        {},
+        422,
+    ),
+    "wrong_shape": (
+        lambda: initial_tampered(lambda s: {**s, "T.0.weight": s["T.0.weight"][:1].clone()}),
+        {},
+        422,
+    ),
+    "wrong_dtype": (
+        lambda: initial_tampered(lambda s: {**s, "D.0.weight": s["D.0.weight"].double()}),
+        {},
+        422,
+    ),
+    "nan": (lambda: initial_tampered(first_tensor_set_to(float("nan"))), {}, 422),
+    "inf": (lambda: initial_tampered(first_tensor_set_to(float("-inf"))), {}, 422),
+    "pickle": (lambda: pickled(initial()), {}, 422),
+    "metadata_smuggling": (lambda: params.to_bytes(initial(), metadata={"x": "1"}), {}, 422),
+    "empty": (lambda: b"", {}, 422),
+    "json_content_type": (lambda: params.to_bytes(initial()), {"Content-Type": "application/json"}, 415),
+}
+
+
+def test_hostile_initial_parameters_are_refused_and_leave_nothing_behind(api: Api) -> None:
+    federation = api.create_federation()  # the server built its initial model: a bad upload must not touch it
+    url = f"/api/v1/federations/{federation['id']}/initial-model/parameters"
+    for name, (make, headers, status) in INITIAL_UPLOADS.items():
+        before = snapshot(api)
+        response = api.request(
+            "PUT", url, content=make(), headers={"Content-Type": "application/octet-stream", **headers}
+        )
+        try:
+            assert_refused(api, response, before, status)
+        except AssertionError as exc:
+            raise AssertionError(f"initial parameters case {name!r}: {exc}") from exc
+    honest = params.to_bytes(initial())
+    api.services.settings.max_upload_bytes = len(honest) // 3 - 1  # the limit is three uploads' worth
+    before = snapshot(api)
+    too_large = api.request("PUT", url, content=honest, headers={"Content-Type": "application/octet-stream"})
+    assert_refused(api, too_large, before, 413)
+    api.services.settings.max_upload_bytes = 256 * 1024 * 1024
+    assert (
+        api.request(
+            "PUT", url, content=honest, headers={"Content-Type": "application/octet-stream"}
+        ).status_code
+        == 200
+    )
+
+
+def test_hostile_manifest_documents_are_refused_and_change_nothing(api: Api) -> None:
+    from api_support import tiny_settings
+
+    from fedalign.config import FederationConfig
+    from fedalign.model_manifest import ModelManifest
+
+    federation = api.create_federation()
+    document = ModelManifest.for_config(FederationConfig.model_validate(tiny_settings())).to_json()
+    g = document["models"]["G"]
+    cases: dict[str, tuple[Any, int]] = {
+        "another architecture": ({**document, "architecture": "digits_cnn"}, 422),
+        "an import path": ({**document, "architecture": "evil.module:factory"}, 422),
+        "not a document": ({"architecture": "mlp"}, 422),
+        "a model missing": ({**document, "models": {"G": g, "T": document["models"]["T"]}}, 422),
+        "a tensor reshaped": (
+            {
+                **document,
+                "models": {
+                    **document["models"],
+                    "G": {**g, "tensors": [{**g["tensors"][0], "shape": [9, 9]}, *g["tensors"][1:]]},
+                },
+            },
+            422,
+        ),
+        "a tensor named twice": (
+            {
+                **document,
+                "models": {**document["models"], "G": {**g, "tensors": [g["tensors"][0], *g["tensors"]]}},
+            },
+            422,
+        ),
+        "an unknown dtype": (
+            {
+                **document,
+                "models": {**document["models"], "G": {**g, "tensors": [{**g["tensors"][0], "dtype": "F8"}]}},
+            },
+            422,
+        ),
+        "a negative dimension": (
+            {
+                **document,
+                "models": {**document["models"], "G": {**g, "tensors": [{**g["tensors"][0], "shape": [-1]}]}},
+            },
+            422,
+        ),
+        "an unknown field": ({**document, "pickle": "gASV"}, 422),
+        "a list": ([document], 422),
+    }
+    url = f"/api/v1/federations/{federation['id']}/initial-model/manifest"
+    for label, (body, status) in cases.items():
+        before = snapshot(api)
+        try:
+            assert_refused(api, api.request("PUT", url, json=body), before, status)
+        except AssertionError as exc:
+            raise AssertionError(f"manifest case {label!r}: {exc}") from exc
+    before = snapshot(api)
+    assert api.ok("PUT", url, json=document)["ready"], "the server's own document again changes nothing"
+    assert snapshot(api)[0] == before[0]

@@ -28,10 +28,10 @@ from test_api_end_to_end import served_rounds
 from test_api_hostile_input import assert_refused, snapshot
 
 from backend.models import Artifact, Federation, SeedReveal, Step
-from backend.services.manifests import model_manifests
 from backend.services.orchestrator import protocol_state
 from fedalign import params, secagg
 from fedalign.config import FederationConfig
+from fedalign.model_manifest import ModelManifest
 from fedalign.node import NodeRuntime, initial_models
 from fedalign.protocol import MODELS, Action, Deadline, Protocol, RunStep, submission_key
 from fedalign.simulate import Simulator, simulate
@@ -129,7 +129,7 @@ def assert_the_aggregator_learns_only_the_sum(
     single node's parameters."""
     artifacts, reveal_rows, state = federation_row(api, fid)
     store, protocol = api.services.store, Protocol(config, state)
-    manifests = model_manifests(config)
+    manifests = ModelManifest.for_config(config).models
     reveals = {(r.round, r.phase, r.node): r.seeds for r in reveal_rows}
     averaged = {k for k in plain if k.split("/")[2] in MODELS}
     submissions = {a.key: a for a in artifacts if a.kind == "submission"}
@@ -425,7 +425,7 @@ def test_a_survivor_that_does_not_reveal_stalls_the_run_and_its_restarted_worker
 
 def random_masked(config: FederationConfig, model: str, seed: int) -> bytes:
     g = torch.Generator().manual_seed(seed)
-    manifest = secagg.masked_manifest(model_manifests(config)[model])
+    manifest = secagg.masked_manifest(ModelManifest.for_config(config).models[model])
     return params.to_bytes(
         {s.name: torch.randint(-(2**62), 2**62, s.shape, generator=g, dtype=torch.int64) for s in manifest}
     )
@@ -489,7 +489,7 @@ def test_bad_secure_aggregation_input_gets_a_clear_4xx_and_changes_nothing(
     task = api.task(alpha)
     assert task is not None and task["kind"] == "discriminator" and set(task["secure"]) == {"D"}
     plain_d = initial_models(config)["D"]
-    masked = secagg.masked_manifest(model_manifests(config)["D"])
+    masked = secagg.masked_manifest(ModelManifest.for_config(config).models["D"])
     int32 = {s.name: torch.zeros(s.shape, dtype=torch.int32) for s in masked}
     missing = {s.name: torch.zeros(s.shape, dtype=torch.int64) for s in list(masked)[1:]}
     before = snapshot(api)

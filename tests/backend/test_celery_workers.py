@@ -41,10 +41,11 @@ from process_support import (
 )
 from test_api_end_to_end import served_rounds
 
-from backend.services.manifests import model_manifests, slot_manifest
+from backend.services.manifests import slot_manifest
 from fedalign import params, secagg
 from fedalign.config import FederationConfig
 from fedalign.metrics import REPORTED_METRICS
+from fedalign.model_manifest import ModelManifest
 from fedalign.simulate import simulate
 
 TOPOLOGIES = ("server", "target")
@@ -272,10 +273,12 @@ def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(se
             match = UPLOAD.match(record.path)
             assert match, record.path
             slot = match.group(1)
-            manifest = slot_manifest(served.configs[topology], slot)
+            manifest = slot_manifest(ModelManifest.for_config(served.configs[topology]), slot)
             if secure and slot != "model":
                 # Exactly the masked manifest (the shared tensors as int64), no metadata, no stray bytes.
-                secagg.validate_masked(record.body, model_manifests(served.configs[topology])[slot], 1 << 26)
+                secagg.validate_masked(
+                    record.body, ModelManifest.for_config(served.configs[topology]).models[slot], 1 << 26
+                )
                 masked += 1
             else:
                 # Names, dtypes and shapes of the manifest's shared tensors, finite values, no metadata, and

@@ -15,6 +15,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shutil
 import statistics
 import uuid
@@ -193,7 +194,7 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     page.get_by_role("button", name="New federation").click()
     form = page.get_by_role("form", name="Create federation")
     form.get_by_label("Name", exact=True).fill("browser run")
-    form.get_by_label("Architecture", exact=True).fill("mlp")
+    form.get_by_label("Architecture", exact=True).fill("mlp")  # a name or an import path: a text field
     form.get_by_label("Rounds", exact=True).fill(str(ROUNDS))
     form.locator("summary", has_text="Model").click()
     form.get_by_label("input_shape", exact=True).fill("8")
@@ -298,3 +299,118 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
 
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Admin token", exact=True).wait_for()
+
+
+def write_unlabelled(path: Path, seed: int, shift: float, n: int = 40, dim: int = 8) -> str:
+    """A target's npz with no labels at all: 'x' and 'x_val', no 'y', no labelled evaluation split."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(n, dim)) * 0.5 + shift).astype(np.float32)
+    x_val = (rng.normal(size=(n // 4, dim)) * 0.5 + shift).astype(np.float32)
+    np.savez(path, x=x, x_val=x_val)
+    return f"npz:{path}"
+
+
+def rest_node(stack: Stack, label: str, token: str, **env: str) -> None:
+    """A node on its own machine, polling the API (`fedalign node run`)."""
+    node_env = child_env(FEDALIGN_DATA_DIR=str(stack.tmp / label), FEDALIGN_NODE_TOKEN=token, **env)
+    argv = cli(
+        "node", "run", "--api", stack.url, "--threads", "1", "--device", "cpu", "--poll-interval", "0.05"
+    )
+    stack.processes.start(label, argv, node_env)
+
+
+def create_with_nodes(
+    stack: Stack, settings: dict[str, Any], datasets: dict[str, str]
+) -> tuple[str, dict[str, str]]:
+    created = stack.admin.post("/api/v1/federations", json=settings)
+    assert created.status_code == 201, created.text
+    fid = created.json()["id"]
+    tokens = {}
+    for name, role, _, _ in NODES:
+        body = {"name": name, "role": role, "dataset": datasets[name], "mode": "rest"}
+        registered = stack.admin.post(f"/api/v1/federations/{fid}/nodes", json=body)
+        assert registered.status_code == 201, registered.text
+        tokens[name] = registered.json()["token"]
+    return fid, tokens
+
+
+def test_a_run_whose_target_has_no_labels_says_so_in_the_target_accuracy_chart(
+    stack: Stack, page: Any
+) -> None:
+    from api_support import tiny_settings
+
+    datasets = {
+        name: (
+            write_unlabelled(stack.tmp / f"unlabelled-{name}.npz", seed, shift)
+            if role == "target"
+            else write_vectors(stack.tmp / f"labelled-{name}.npz", seed, shift)
+        )
+        for name, role, seed, shift in NODES
+    }
+    fid, tokens = create_with_nodes(stack, tiny_settings(name="no target labels"), datasets)
+    assert stack.admin.post(f"/api/v1/federations/{fid}/start").status_code == 200
+    for name, token in tokens.items():
+        rest_node(stack, f"unlabelled-{name}", token)
+    wait_until(lambda: federation_status(stack, fid) == "finished", TIMEOUT_MS / 1000, "the unlabelled run")
+
+    sign_in(page, stack.url)
+    page.goto(f"{stack.url}/federations/{fid}")
+    unavailable = page.get_by_test_id("chart-target-acc-unavailable")
+    unavailable.wait_for()
+    assert "No labelled evaluation split" in unavailable.inner_text()
+    wait_for_points(page, 2, exactly=True)  # every other chart has its rounds
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-no-target-labels.png"), full_page=True)
+    # The list shows no target accuracy for it (never a made-up 0), and its discriminator's.
+    page.goto(stack.url)
+    row = page.get_by_role("row", name=re.compile("no target labels"))
+    row.wait_for()
+    cells = row.get_by_role("cell").all_inner_texts()
+    assert "—" in cells and not any(c.strip() in ("0", "0.0%", "0.000") for c in cells), cells
+
+
+def test_a_node_whose_plugin_does_not_match_shows_failed_with_the_first_difference(
+    stack: Stack, page: Any, test_plugins: Path
+) -> None:
+    from api_support import tiny_settings
+
+    from fedalign.config import FederationConfig
+    from fedalign.initial_parameters import build_initial
+
+    settings = tiny_settings(
+        name="mismatched plug-in", architecture="fedalign_test_plugins.architectures:vector_net"
+    )
+    datasets = {
+        name: write_vectors(stack.tmp / f"plugin-{name}.npz", seed, shift) for name, _, seed, shift in NODES
+    }
+    fid, tokens = create_with_nodes(stack, settings, datasets)
+    initial = build_initial(FederationConfig.model_validate(settings))  # the creator's `fedalign init-model`
+    base = f"/api/v1/federations/{fid}/initial-model"
+    assert stack.admin.put(f"{base}/manifest", json=initial.manifest.to_json()).status_code == 200
+    octets = {"Content-Type": "application/octet-stream"}
+    assert (
+        stack.admin.put(f"{base}/parameters", content=initial.to_bytes(), headers=octets).status_code == 200
+    )
+    assert stack.admin.post(f"/api/v1/federations/{fid}/start").status_code == 200
+
+    sign_in(page, stack.url)
+    page.goto(f"{stack.url}/federations/{fid}")
+    page.get_by_role("heading", name="Nodes").wait_for()
+    # beta's machine has another copy of the plug-in, with a wider layer.
+    rest_node(
+        stack,
+        "mismatched-beta",
+        tokens["beta"],
+        PYTHONPATH=str(test_plugins),
+        FEDALIGN_TEST_PLUGIN_VARIANT="wider",
+    )
+    failure = page.get_by_test_id("node-failure-beta")
+    failure.wait_for(timeout=TIMEOUT_MS)  # live, from the step_failed event: no reload
+    expected = "tensor G.0.weight has shape [12, 8] in the federation, [24, 8] on this node"
+    assert expected in failure.inner_text()
+    assert "failed" in page.get_by_role("row", name=re.compile("^beta source")).inner_text()
+    page.get_by_role("alert").filter(has_text="Stalled").wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-failed-node.png"), full_page=True)

@@ -60,6 +60,7 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 # The requests of a run and the labels they must be counted under: the route's template, never the path.
 TEMPLATES = {
     r"/api/v1/node/federation": "/api/v1/node/federation",
+    r"/api/v1/node/manifest": "/api/v1/node/manifest",  # each node's check at setup
     r"/api/v1/node/task": "/api/v1/node/task",
     r"/api/v1/node/artifacts/.+": "/api/v1/node/artifacts/{key:path}",
     r"/api/v1/node/steps/\d+/uploads/\w+": "/api/v1/node/steps/{step_id}/uploads/{slot}",

@@ -18,8 +18,9 @@ from backend.errors import conflict, forbidden, not_found
 from backend.models import Federation, Node, Step
 from backend.observability import logs
 from backend.security import NodeCredential
-from backend.services.orchestrator import TERMINAL, Orchestrator, Transaction
-from messaging.node_api import NodeFederation, PeerNode
+from backend.services.manifests import federation_manifest, manifest_out
+from backend.services.orchestrator import TERMINAL, Orchestrator, Transaction, federation_config
+from messaging.node_api import FederationManifest, NodeFederation, PeerNode
 
 
 def federation_of(session: Session, node: NodeCredential) -> Federation:
@@ -73,6 +74,11 @@ def refuse_if_closed(step: Step, federation: Federation) -> None:
     """A step takes uploads and its completion only while it and its federation are open."""
     refuse_if_over(federation, "it takes no more uploads or completions")
     refuse_if_cancelled(step)
+    if step.status == "failed":
+        raise conflict(
+            "step_failed",
+            f"this node reported step {step.id} failed ({step.failure}); the phase goes on without it",
+        )
 
 
 def mark_seen(session: Session, node: NodeCredential, federation: Federation, now: dt.datetime) -> None:
@@ -105,3 +111,9 @@ def node_federation(session: Session, node: NodeCredential) -> NodeFederation:
         config={k: v for k, v in federation.config.items() if k != "nodes"},
         nodes=peers,
     )
+
+
+def node_manifest(session: Session, node: NodeCredential) -> FederationManifest:
+    """The federation's model manifest, as its nodes read it before and at setup."""
+    federation = federation_of(session, node)
+    return manifest_out(federation_manifest(federation), federation_config(federation))

@@ -95,10 +95,12 @@ def complete(
                 )
         except ProtocolError as exc:
             raise conflict(exc.code, f"the round schedule refused this completion: {exc}") from exc
-        if body.samples is not None:
-            row = tx.session.get(Node, node.node_id)
-            if row is not None:
+        row = tx.session.get(Node, node.node_id)
+        if row is not None:
+            if body.samples is not None:
                 row.samples = body.samples.model_dump()
+            if row.state == "failed":  # out of an earlier phase, back in this one (its reason stays)
+                row.state = "active"
         return answer(step, federation)
 
 

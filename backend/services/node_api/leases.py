@@ -112,6 +112,10 @@ def claim_step(session: Session, node: NodeCredential, step_id: int, lease_secon
         )
     if step.status == "done":
         raise conflict("already_completed", f"step {step_id} is already complete; there is nothing to run")
+    if step.status == "failed":
+        raise conflict(
+            "step_failed", f"this node reported step {step_id} failed ({step.failure}); it is not run again"
+        )
     refuse_if_cancelled(step)
     # Completed or cancelled between the read and the update: nothing to run.
     if not _take_lease(session, step_id, Step.status.in_(OPEN_STEP), node, now, lease_seconds):
@@ -140,6 +144,7 @@ def task_of(step: Step, node: NodeCredential, base_url: str) -> Task:
         downloads={slot: f"{api}/artifacts/{key}" for slot, key in spec.downloads.items()},
         uploads={slot: f"{api}/steps/{step.id}/uploads/{slot}" for slot in spec.uploads},
         complete_url=f"{api}/steps/{step.id}/{answer}",
+        fail_url=f"{api}/steps/{step.id}/fail",
         lease_expires_at=step.lease_expires_at,
         inputs={name: f"{api}/artifacts/{key}" for name, key in spec.inputs.items()},
         weights=dict(spec.weights),

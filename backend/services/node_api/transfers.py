@@ -19,7 +19,7 @@ from backend.models import Artifact, Federation, Step
 from backend.observability import logs, metrics
 from backend.security import NodeCredential
 from backend.services import secure
-from backend.services.manifests import PUBLISHED_SLOT, slot_manifest
+from backend.services.manifests import PUBLISHED_SLOT, federation_manifest, slot_manifest
 from backend.services.node_api.access import federation_of, own_step, refuse_if_closed, step_transaction
 from backend.services.orchestrator import OPEN_STEP, Orchestrator, federation_config
 from backend.services.store import Staged
@@ -91,7 +91,7 @@ def _target(step: Step, federation: Federation, slot: str) -> UploadTarget:
         slot,
         step.round,
         step.phase,
-        slot_manifest(config, slot),
+        slot_manifest(federation_manifest(federation), slot),
         masked=secure.is_masked(config, step.kind, slot),
     )
 

@@ -82,7 +82,10 @@ export interface paths {
         /** List Federations */
         get: operations["list_federations"];
         put?: never;
-        /** Create a federation (its nodes register afterwards) */
+        /**
+         * Create a federation (its nodes register afterwards)
+         * @description With a built-in architecture (and no model.init_checkpoint) the server builds the initial parameters and their manifest document from the seed, as `fedalign init-model` does; otherwise the creator uploads both (PUT .../initial-model/manifest, then .../initial-model/parameters) before the start. Settings the architecture cannot take, or models too large to upload, answer 422.
+         */
         post: operations["create_federation"];
         delete?: never;
         options?: never;
@@ -136,7 +139,9 @@ export interface paths {
         put?: never;
         /**
          * Start Federation
-         * @description Freeze the registered nodes into the config, store the initial models, open round 0.
+         * @description Freeze the registered nodes into the config, store round 0's models (from the initial parameters),
+         *     open round 0. A federation without its initial parameters and manifest document (a plug-in
+         *     architecture's, uploaded by its creator) answers 409 ``no_initial_model`` naming what is missing.
          */
         post: operations["start_federation"];
         delete?: never;
@@ -199,6 +204,77 @@ export interface paths {
          * @description End the run for good: open steps and pending aggregations are cancelled.
          */
         post: operations["cancel_federation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/federations/{federation_id}/initial-model/manifest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Upload the manifest document of the federation's initial parameters
+         * @description The JSON document ``fedalign init-model`` writes beside the initial parameters
+         *     (``init.manifest.json``): the architecture, its version, and every tensor of G, T and D. The server
+         *     never imports a plug-in architecture: the parameters, and every upload of the run, are checked against
+         *     this document. Its architecture must be the federation's (and, for a built-in, the document the server
+         *     builds itself). A different document than the stored one drops the stored parameters; the same one
+         *     changes nothing. Only before the start (409 after).
+         */
+        put: operations["put_initial_manifest"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/federations/{federation_id}/initial-model/parameters": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Upload the federation's initial parameters (safetensors)
+         * @description The safetensors file ``fedalign init-model`` writes (``init.safetensors``): every tensor of G, T and D
+         *     as ``G.<name>``, ``T.<name>``, ``D.<name>``. Checked against the stored manifest document (upload it
+         *     first): exactly its tensors, each with its shape and dtype, every value finite, no metadata, never a
+         *     pickle. Refused with a 4xx that says what is wrong, and then nothing changes. The limit is three times
+         *     FEDALIGN_MAX_UPLOAD_BYTES. Only before the start (409 after).
+         */
+        put: operations["put_initial_parameters"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/federations/{federation_id}/manifest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The federation's models: every tensor, the architecture and its version, the published layout
+         * @description What its nodes read at setup (GET /api/v1/node/manifest): every tensor of G, T and D (name, shape,
+         *     dtype, shared or local), the architecture and its declared version, and the published model's layout.
+         *     409 ``no_model_manifest`` before a plug-in federation's creator uploaded the document.
+         */
+        get: operations["get_manifest"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -418,6 +494,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/node/manifest": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Node Manifest
+         * @description The federation's models: every tensor of G, T and D (name, shape, dtype, shared or local), the
+         *     architecture and its version, and the published model's layout. A node compares its own models with it
+         *     at setup (`fedalign.model_manifest.check`) and stops, reporting the first difference, when they differ.
+         */
+        get: operations["node_manifest"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/node/task": {
         parameters: {
             query?: never;
@@ -520,6 +618,30 @@ export interface paths {
          *     first. Repeating an identical completion is answered the same and changes nothing.
          */
         post: operations["complete_step"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/node/steps/{step_id}/fail": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Report that this node cannot run one of its steps, with the reason
+         * @description Say the step failed instead of letting its lease run out: the reason (the error's type and message,
+         *     without local paths) is shown on the node and recorded as a ``step_failed`` event. With ``retryable``
+         *     the step is offered again, up to the federation's ``max_step_retries``; otherwise, or after that, the
+         *     phase goes on without this node under the quorum rule (``min_sources``), or the run stalls with the
+         *     reason when this node is the target. The same report again is answered the same.
+         */
+        post: operations["fail_step"];
         delete?: never;
         options?: never;
         head?: never;
@@ -751,7 +873,48 @@ export interface components {
             created_at: string;
         };
         /** @enum {string} */
-        EventType: "status" | "phase" | "phase_closed" | "unmasking" | "aggregation" | "aggregate" | "submission" | "step_done" | "metrics" | "privacy_warning" | "public_key" | "node_registered" | "node_removed";
+        EventType: "status" | "phase" | "phase_closed" | "unmasking" | "aggregation" | "aggregate" | "submission" | "step_done" | "step_failed" | "metrics" | "privacy_warning" | "public_key" | "node_registered" | "node_removed" | "initial_model";
+        /**
+         * FailRequest
+         * @example {
+         *       "reason": "OutOfMemoryError: CUDA out of memory (2.00 GiB more)",
+         *       "retryable": true
+         *     }
+         */
+        FailRequest: {
+            /**
+             * Reason
+             * @description What went wrong, for people: the error's type and message, without local paths (fedalign.failures.failure_reason).
+             */
+            reason: string;
+            /**
+             * Retryable
+             * @description Whether running the step again may succeed (out of memory, a passing I/O error); a failure of the input, the code or the setup (a model that does not match the federation's manifest) is not.
+             * @default false
+             */
+            retryable: boolean;
+        };
+        /** FailResult */
+        FailResult: {
+            /** Step Id */
+            step_id: number;
+            /** Status */
+            status: string;
+            /**
+             * Federation Status
+             * @enum {string}
+             */
+            federation_status: "created" | "running" | "paused" | "stalled" | "finished" | "cancelled" | "failed";
+            /** Round */
+            round: number | null;
+            /** Phase */
+            phase: string | null;
+            /**
+             * Retry
+             * @description The step is offered again (poll or claim it); otherwise the phase goes on without this node, or the run stalls with its reason (the target).
+             */
+            retry: boolean;
+        };
         /** FederationClone */
         FederationClone: {
             /**
@@ -820,6 +983,7 @@ export interface components {
              * @description The target's model can be downloaded (GET .../model).
              */
             model_published: boolean;
+            initial_model: components["schemas"]["InitialModelOut"];
             /**
              * Created At
              * Format: date-time
@@ -889,6 +1053,7 @@ export interface components {
              * @description The target's model can be downloaded (GET .../model).
              */
             model_published: boolean;
+            initial_model: components["schemas"]["InitialModelOut"];
             /**
              * Created At
              * Format: date-time
@@ -913,6 +1078,37 @@ export interface components {
         FederationList: {
             /** Items */
             items: components["schemas"]["FederationOut"][];
+        };
+        /**
+         * FederationManifest
+         * @description The federation's models before a run: what a node's own models must match at setup, and what every
+         *     upload must hold (its shared tensors).
+         */
+        FederationManifest: {
+            /**
+             * Architecture
+             * @description The architecture's name: a built-in, an import path or a name.
+             */
+            architecture: string;
+            /**
+             * Version
+             * @description The architecture's declared version; a node's must be the same.
+             */
+            version: string;
+            /**
+             * Builtin
+             * @description A built-in architecture (the server built the initial parameters).
+             */
+            builtin: boolean;
+            /**
+             * Models
+             * @description G, T and D: every tensor with its shape, safetensors dtype and whether it is shared (travels after round 0) or local (stays on the node).
+             */
+            models: {
+                [key: string]: components["schemas"]["ModelDocument"];
+            };
+            /** @description The model the target publishes at the end; null when the federation does not publish. */
+            published: components["schemas"]["PublishedLayout"] | null;
         };
         /** FederationOut */
         FederationOut: {
@@ -958,6 +1154,7 @@ export interface components {
              * @description The target's model can be downloaded (GET .../model).
              */
             model_published: boolean;
+            initial_model: components["schemas"]["InitialModelOut"];
             /**
              * Created At
              * Format: date-time
@@ -1075,6 +1272,12 @@ export interface components {
              * @description Seconds the setup phase (nodes joining) waits before the quorum rule applies: a source that has not finished setup by then takes no part in the run. Default: phase_deadline_s (joining often takes longer than a phase: set it apart).
              */
             setup_deadline_s?: number | null;
+            /**
+             * Max Step Retries
+             * @description How many times a step a node reports as failed with 'retryable' (out of memory, a file that could not be read) is offered to it again before the phase goes on without it under the quorum rule (min_sources; the run stalls with the node's reason when it is the target). A failure that is not retryable applies the quorum rule at once.
+             * @default 2
+             */
+            max_step_retries: number;
             /**
              * Publish Model
              * @description The target uploads its final model (shared and local tensors) for download.
@@ -1344,6 +1547,34 @@ export interface components {
              */
             eval_every?: number;
         };
+        /**
+         * InitialModelOut
+         * @description Whether the federation holds its initial parameters and their manifest document (it starts only
+         *     with both). The server builds them for a built-in architecture (without model.init_checkpoint); for a
+         *     plug-in, the creator uploads what ``fedalign init-model`` wrote.
+         */
+        InitialModelOut: {
+            /**
+             * Ready
+             * @description Both are stored: the federation can start.
+             */
+            ready: boolean;
+            /**
+             * Missing
+             * @description What is still to upload: 'manifest' (PUT .../initial-model/manifest, the JSON document) and 'parameters' (PUT .../initial-model/parameters, the safetensors file).
+             */
+            missing: ("manifest" | "parameters")[];
+            /**
+             * Sha256
+             * @description The stored initial parameters' sha256.
+             */
+            sha256: string | null;
+            /**
+             * Size
+             * @description Their size in bytes.
+             */
+            size: number | null;
+        };
         JsonValue: unknown;
         /** LeftOut */
         LeftOut: {
@@ -1473,6 +1704,33 @@ export interface components {
             manifest: components["schemas"]["TensorOut"][];
         };
         /**
+         * ModelDocument
+         * @description Every tensor of one model, in its state dict's order.
+         */
+        ModelDocument: {
+            /**
+             * Model
+             * @enum {string}
+             */
+            model: "G" | "T" | "D";
+            /** Tensors */
+            tensors: components["schemas"]["TensorDocument"][];
+        };
+        /**
+         * ModelManifestDocument
+         * @description The federation's model manifest document (module docstring).
+         */
+        ModelManifestDocument: {
+            /** Architecture */
+            architecture: string;
+            /** Version */
+            version: string;
+            /** Models */
+            models: {
+                [key: string]: components["schemas"]["ModelDocument"];
+            };
+        };
+        /**
          * ModelOptions
          * @description The networks' shapes: G (the feature extractor), T (the task model) and D (the discriminator).
          */
@@ -1582,7 +1840,7 @@ export interface components {
             mode: "rest" | "celery";
             /**
              * State
-             * @description registered, active (has claimed a step) or finished.
+             * @description registered, active (has claimed a step), failed (out of a phase, or of the run, after a step it reported failed: see failure) or finished.
              */
             state: string;
             /**
@@ -1592,6 +1850,11 @@ export interface components {
             samples: {
                 [key: string]: number;
             } | null;
+            /**
+             * Failure
+             * @description The reason of the node's last failed step, as it reported it (POST /api/v1/node/steps/{id}/fail); null when none failed.
+             */
+            failure: string | null;
             /** Last Seen */
             last_seen: string | null;
             /**
@@ -1666,7 +1929,7 @@ export interface components {
             mode: "rest" | "celery";
             /**
              * State
-             * @description registered, active (has claimed a step) or finished.
+             * @description registered, active (has claimed a step), failed (out of a phase, or of the run, after a step it reported failed: see failure) or finished.
              */
             state: string;
             /**
@@ -1676,6 +1939,11 @@ export interface components {
             samples: {
                 [key: string]: number;
             } | null;
+            /**
+             * Failure
+             * @description The reason of the node's last failed step, as it reported it (POST /api/v1/node/steps/{id}/fail); null when none failed.
+             */
+            failure: string | null;
             /** Last Seen */
             last_seen: string | null;
             /**
@@ -1861,6 +2129,19 @@ export interface components {
                 [key: string]: string;
             };
         };
+        /** PublishedLayout */
+        PublishedLayout: {
+            /**
+             * Slot
+             * @description The publish step's upload slot.
+             */
+            slot: string;
+            /**
+             * Tensors
+             * @description The published target model: every tensor of G and T (shared and local), named 'G.<name>' and 'T.<name>', one safetensors file.
+             */
+            tensors: components["schemas"]["TensorDocument"][];
+        };
         /** Readiness */
         Readiness: {
             /**
@@ -2029,9 +2310,14 @@ export interface components {
              * Status
              * @enum {string}
              */
-            status: "pending" | "claimed" | "done" | "cancelled";
+            status: "pending" | "claimed" | "done" | "cancelled" | "failed";
             /** Attempts */
             attempts: number;
+            /**
+             * Failure
+             * @description Why its node last reported it failed, when it did.
+             */
+            failure: string | null;
             /** Lease Expires At */
             lease_expires_at: string | null;
             /** Claimed At */
@@ -2046,6 +2332,7 @@ export interface components {
          *       "downloads": {
          *         "D": "http://127.0.0.1:8000/api/v1/node/artifacts/r2/disc1/D"
          *       },
+         *       "fail_url": "http://127.0.0.1:8000/api/v1/node/steps/42/fail",
          *       "federation_id": "0b7f...",
          *       "inputs": {},
          *       "kind": "discriminator",
@@ -2102,6 +2389,11 @@ export interface components {
             /** Complete Url */
             complete_url: string;
             /**
+             * Fail Url
+             * @description Where to POST a failure (reason, retryable) when the step cannot be run, instead of letting its lease run out.
+             */
+            fail_url: string;
+            /**
              * Lease Expires At
              * Format: date-time
              * @description Finish before this, or the step is handed out again.
@@ -2128,6 +2420,23 @@ export interface components {
             secure?: {
                 [key: string]: components["schemas"]["SecureSlot"];
             };
+        };
+        /**
+         * TensorDocument
+         * @description One tensor: its name in the model's state dict, shape, safetensors dtype, and whether it travels.
+         */
+        TensorDocument: {
+            /** Name */
+            name: string;
+            /** Shape */
+            shape: number[];
+            /**
+             * Dtype
+             * @enum {string}
+             */
+            dtype: "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
+            /** Shared */
+            shared: boolean;
         };
         /** TensorOut */
         TensorOut: {
@@ -2902,6 +3211,245 @@ export interface operations {
             };
             /** @description The request body exceeds the configured size limit. */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_initial_manifest: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The federation's id, as returned when it was created. */
+                federation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ModelManifestDocument"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InitialModelOut"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_initial_parameters: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The federation's id, as returned when it was created. */
+                federation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/octet-stream": string;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InitialModelOut"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body's Content-Type is not one this endpoint reads. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_manifest: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The federation's id, as returned when it was created. */
+                federation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FederationManifest"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -3827,6 +4375,62 @@ export interface operations {
             };
         };
     };
+    node_manifest: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FederationManifest"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     next_task: {
         parameters: {
             query?: never;
@@ -4190,6 +4794,87 @@ export interface operations {
             };
         };
     };
+    fail_step: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The step's id, from the task. */
+                step_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["FailRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FailResult"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     put_public_key: {
         parameters: {
             query?: never;
@@ -4407,7 +5092,8 @@ type ReadonlyArray<T> = [
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
 export const artifactOutKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ArtifactOut"]["kind"]> = ["aggregate", "submission", "model"];
 export const completeResultFederation_statusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CompleteResult"]["federation_status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
-export const eventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["EventType"]> = ["status", "phase", "phase_closed", "unmasking", "aggregation", "aggregate", "submission", "step_done", "metrics", "privacy_warning", "public_key", "node_registered", "node_removed"];
+export const eventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["EventType"]> = ["status", "phase", "phase_closed", "unmasking", "aggregation", "aggregate", "submission", "step_done", "step_failed", "metrics", "privacy_warning", "public_key", "node_registered", "node_removed", "initial_model"];
+export const failResultFederation_statusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FailResult"]["federation_status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const federationCloneAlgorithmAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationClone"]["algorithm"]> = ["fedalign", "fedavg", "source_only"];
 export const federationClonedStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationCloned"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const federationCreatedStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationCreated"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
@@ -4425,6 +5111,8 @@ export const hyperparametersExtractor_weightingValues: ReadonlyArray<FlattenedDe
 export const hyperparametersSource_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["source_extractor"]> = ["keep", "restart"];
 export const hyperparametersTarget_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["target_extractor"]> = ["average", "local", "none"];
 export const hyperparametersLocal_paramsValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["local_params"]> = ["bn_stats", "bn", "none"];
+export const initialModelOutMissingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["InitialModelOut"]["missing"]> = ["manifest", "parameters"];
+export const modelDocumentModelValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelDocument"]["model"]> = ["G", "T", "D"];
 export const modelOptionsNormalizationValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["normalization"]> = ["batch", "group"];
 export const modelOptionsPrecisionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["precision"]> = ["bf16", "fp32"];
 export const nodeCreateRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreate"]["role"]> = ["source", "target"];
@@ -4442,4 +5130,5 @@ export const privacyRandomnessValues: ReadonlyArray<FlattenedDeepRequired<compon
 export const readinessStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Readiness"]["status"]> = ["ready", "not_ready"];
 export const roundOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundOut"]["state"]> = ["done", "open", "upcoming"];
 export const roundSummaryStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundSummary"]["state"]> = ["done", "open", "upcoming"];
-export const stepOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StepOut"]["status"]> = ["pending", "claimed", "done", "cancelled"];
+export const stepOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StepOut"]["status"]> = ["pending", "claimed", "done", "cancelled", "failed"];
+export const tensorDocumentDtypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TensorDocument"]["dtype"]> = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"];

@@ -80,6 +80,7 @@ export function CurrentRound({ federation }: { federation: Federation }) {
                   </td>
                   <td>
                     <span className={`badge step-${step.status}`}>{step.status}</span>
+                    {step.failure && <p className="node-failure muted">{step.failure}</p>}
                   </td>
                   <td>{step.attempts}</td>
                 </tr>

@@ -12,6 +12,25 @@ function samplesText(samples: Node["samples"]): string {
     .join(", ");
 }
 
+/** A node's state, with the reason of its last failed step (the node's own report, e.g. a model that does
+ * not match the federation's manifest): prominent while the node is out, muted once it is back. */
+function NodeState({ node }: { node: Node }) {
+  return (
+    <>
+      <span className={node.state === "failed" ? "state-failed" : undefined}>{node.state}</span>
+      {node.failure && (
+        <p
+          className={node.state === "failed" ? "node-failure" : "node-failure muted"}
+          data-testid={`node-failure-${node.name}`}
+        >
+          {node.state === "failed" ? "" : "Last failure: "}
+          {node.failure}
+        </p>
+      )}
+    </>
+  );
+}
+
 /** The federation's nodes; before the start, each can be removed. */
 export function NodesTable({
   federationId,
@@ -69,7 +88,9 @@ export function NodesTable({
                 <code>{node.dataset}</code>
               </td>
               <td>{samplesText(node.samples)}</td>
-              <td>{node.state}</td>
+              <td>
+                <NodeState node={node} />
+              </td>
               <td>{formatTime(node.last_seen)}</td>
               {removable && (
                 <td>

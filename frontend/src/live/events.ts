@@ -104,6 +104,11 @@ export function staleQueries(event: LiveEvent, federationId: string): QueryKey[]
       return [rounds];
     case "step_done":
       return [rounds, nodes];
+    case "step_failed":
+      // The node shows the reason (and "failed" once it is out); the round shows the step.
+      return [federation, rounds, nodes];
+    case "initial_model":
+      return [federation];
     case "metrics":
       return [federation, rounds];
     case "node_registered":

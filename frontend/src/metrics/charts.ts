@@ -2,7 +2,7 @@
  * Which series each chart of a federation draws. The names are the method's metric names (docs/method.md,
  * "Metrics"); the first federation-level line of a chart is the one its `data-points` counts.
  */
-import type { MetricSeriesList } from "../api/types";
+import type { MetricSeriesList, Node } from "../api/types";
 import type { ChartLine, ChartScale } from "../charts/lineOption";
 import { findSeries, nodesReporting } from "./series";
 
@@ -15,7 +15,14 @@ export interface ChartSpec {
   /** A per-node series drawn once for each node that reports it. */
   perNode?: { name: string; label: (node: string) => string };
   help: string;
+  /** Drawn only when the target has a labelled evaluation split (target_acc is measured on it alone). */
+  needsTargetLabels?: boolean;
 }
+
+/** What the target-accuracy chart says for a run whose target has no labelled evaluation split. */
+export const NO_TARGET_LABELS =
+  "No labelled evaluation split: the target has no labelled test data, so this run has no target accuracy " +
+  "(every other metric still works).";
 
 const ACCURACY = { y: "accuracy", min: 0, max: 1 } as const;
 
@@ -81,6 +88,7 @@ export const FEDERATION_CHARTS: readonly ChartSpec[] = [
     scale: ACCURACY,
     federation: [{ name: "target_acc", label: "target" }],
     help: "On the target's labelled test split, read for reporting only: no step uses target labels.",
+    needsTargetLabels: true,
   },
 ];
 
@@ -103,4 +111,14 @@ export function chartLines(spec: ChartSpec, list: MetricSeriesList | undefined):
 export function plottedRounds(spec: ChartSpec, list: MetricSeriesList | undefined): number {
   const first = spec.federation[0];
   return first ? (findSeries(list, first.name)?.points.length ?? 0) : 0;
+}
+
+/**
+ * Whether the federation's target has a labelled evaluation split, as its setup reported (the sample count
+ * of its test split); undefined before the target's setup.
+ */
+export function targetHasLabels(nodes: readonly Node[] | undefined): boolean | undefined {
+  const samples = nodes?.find((node) => node.role === "target")?.samples;
+  if (!samples || samples.test === undefined) return undefined;
+  return samples.test > 0;
 }

@@ -14,7 +14,7 @@ import { RegisterNodeForm } from "../components/RegisterNodeForm";
 import { RoundsTable } from "../components/RoundsTable";
 import { StatusBadge } from "../components/StatusBadge";
 import { type StreamState, useFederationEvents } from "../live/useFederationEvents";
-import { FEDERATION_CHARTS } from "../metrics/charts";
+import { FEDERATION_CHARTS, NO_TARGET_LABELS, targetHasLabels } from "../metrics/charts";
 import { type Collapse, detectCollapse } from "../metrics/series";
 import { useTitle } from "../useTitle";
 
@@ -52,6 +52,7 @@ function FederationView({ federation }: { federation: Federation }) {
   // recorded after the snapshot is lost, and the history the snapshot holds is not sent again.
   const stream = useFederationEvents(id, metrics.data?.last_event_id);
   const collapse = detectCollapse(metrics.data);
+  const targetLabels = targetHasLabels(nodes.data?.items);
   const config = federation.config;
   useTitle(`${federation.name} (${federation.status})`);
   const chartsSection = (
@@ -66,7 +67,12 @@ function FederationView({ federation }: { federation: Federation }) {
           <AlignmentSummary metrics={metrics.data} algorithm={String(config.algorithm)} />
           <div className="chart-grid">
             {FEDERATION_CHARTS.map((spec) => (
-              <MetricChart key={spec.testId} spec={spec} metrics={metrics.data} />
+              <MetricChart
+                key={spec.testId}
+                spec={spec}
+                metrics={metrics.data}
+                unavailable={spec.needsTargetLabels && targetLabels === false ? NO_TARGET_LABELS : undefined}
+              />
             ))}
             <PrivacyChart federation={federation} metrics={metrics.data} />
           </div>
@@ -122,6 +128,9 @@ function FederationView({ federation }: { federation: Federation }) {
           <strong>{federation.status === "stalled" ? "Stalled" : "Failed"}:</strong>{" "}
           {federation.stall_reason ?? "the server gave no reason; see its log."}
         </div>
+      )}
+      {federation.status === "created" && !federation.initial_model.ready && (
+        <InitialModelNotice federation={federation} />
       )}
       {collapse && <CollapseWarning collapse={collapse} />}
 
@@ -194,6 +203,24 @@ function CollapseWarning({ collapse }: { collapse: Collapse }) {
       called almost every feature “{collapse.label}” (accuracy {collapse.source.toFixed(2)} on sources,{" "}
       {collapse.target.toFixed(2)} on the target), so its balanced accuracy near 0.5 does not mean the domains
       are aligned: read the per-domain parts in the chart below.
+    </div>
+  );
+}
+
+/** A federation that cannot start yet: its architecture is a plug-in (or it starts from a checkpoint), which
+ * the server never builds, so its creator uploads what `fedalign init-model` wrote. */
+function InitialModelNotice({ federation }: { federation: Federation }) {
+  const missing = federation.initial_model.missing.map((part) =>
+    part === "manifest"
+      ? "the manifest document (init.manifest.json)"
+      : "the initial parameters (init.safetensors)",
+  );
+  const base = `/api/v1/federations/${federation.id}/initial-model`;
+  return (
+    <div className="notice warning" role="status" data-testid="initial-model-missing">
+      <strong>Waiting for the initial model:</strong> upload {missing.join(" and ")} before the start. Run{" "}
+      <code>fedalign init-model CONFIG -o init.safetensors</code> where the architecture is installed, then
+      PUT the manifest to <code>{base}/manifest</code> and the parameters to <code>{base}/parameters</code>.
     </div>
   );
 }
