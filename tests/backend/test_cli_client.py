@@ -6,6 +6,7 @@ commands as the installed console script in their own processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -152,6 +153,19 @@ def test_a_federation_is_created_from_its_config_file_run_and_watched_to_its_end
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_watch_follows_a_run_live_and_says_how_it_ended(
+    fedalign: Invoke, config_file: Path, nodes_running: Callable[[dict[str, str]], None]
+) -> None:
+    create = ("federations", "create", str(config_file), "--register-nodes", "--start", "--json")
+    created = parsed(fedalign(*create))
+    nodes_running({n["name"]: n["token"] for n in created["node_tokens"]})
+    watched = fedalign("federations", "watch", created["id"])
+    assert watched.exit_code == exit_codes.OK, watched.stderr
+    assert "finished after 2 of 2 rounds" in watched.stdout and "target acc" in watched.stdout
+    assert "status: finished" in watched.stdout  # followed live, not read once at the end
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_pause_resume_and_cancel_drive_the_run_and_watch_says_it_was_cancelled(
     fedalign: Invoke, config_file: Path
 ) -> None:
@@ -277,3 +291,40 @@ def test_the_console_script_against_fedalign_serve(tmp_path: Path, config_file: 
         assert refused.returncode == exit_codes.ERROR and "409" in refused.stderr
     finally:
         processes.stop()
+
+
+# ------------------------------------------------------------------------------ a plug-in architecture
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_plugin_federation_is_created_with_the_initial_parameters_init_model_wrote(
+    fedalign: Invoke, config_file: Path, tmp_path: Path, test_plugins: Path
+) -> None:
+    """The creator builds the initial parameters where the plug-in is installed; `create --initial` uploads
+    them with their manifest document, which the server checks them against (it never imports the plug-in)."""
+    plugin = tmp_path / "plugin.toml"
+    text = config_file.read_text(encoding="utf-8")
+    plugin.write_text(
+        text.replace(
+            'architecture = "mlp"', 'architecture = "fedalign_test_plugins.architectures:vector_net"'
+        ),
+        encoding="utf-8",
+    )
+    initial = tmp_path / "init.safetensors"
+    assert fedalign("init-model", str(plugin), "-o", str(initial)).exit_code == 0
+    assert (tmp_path / "init.manifest.json").is_file()
+
+    without = fedalign("federations", "create", str(plugin))
+    assert without.exit_code == 0 and f"fedalign init-model {plugin}" in without.stderr
+
+    created = parsed(fedalign("federations", "create", str(plugin), "--initial", str(initial), "--json"))
+    assert created["initial_model"]["ready"] is True
+    assert created["initial_model"]["sha256"] == hashlib.sha256(initial.read_bytes()).hexdigest()
+
+    wrong = tmp_path / "wrong.safetensors"
+    wrong.write_bytes(initial.read_bytes()[:-8])
+    refused = fedalign(
+        "federations", "create", str(plugin), "--initial", str(wrong), "--manifest",
+        str(tmp_path / "init.manifest.json"),
+    )  # fmt: skip
+    assert refused.exit_code == exit_codes.ERROR and "initial parameters refused" in refused.stderr
