@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench,docs]'
+	$(BIN)/pip install --quiet -e '.[server,dev,bench,docs]'
 	touch $(STAMP)
 
 # The dashboard: npm packages exactly as locked, then the static build the API serves at /.

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from backend import dashboard, errors, migrate
+from backend import api_docs, dashboard, errors, migrate
 from backend.database import Database, make_engine
 from backend.deps import Services
 from backend.limits import JsonBodyLimit
@@ -132,6 +132,9 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
         # Operation ids are the route functions' names (list_federations, ...): the generated dashboard
         # client and other clients read better with them than with FastAPI's path-derived ids.
         generate_unique_id_function=lambda route: route.name,
+        # FastAPI's pages load their scripts from a CDN: /docs is served from this package instead.
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
@@ -151,5 +154,6 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
         node_api,
     ):
         app.include_router(module.router)
+    api_docs.mount(app)
     dashboard.mount(app, settings.frontend_dir)  # last: its catch-all must not shadow a route
     return app

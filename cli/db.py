@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.console import console
+from cli.extras import needs
 
 app = typer.Typer(no_args_is_help=True, help="The API service's database schema (FEDALIGN_DATABASE_URL).")
 
@@ -19,6 +20,7 @@ def safe_url(url: str) -> str:
 
 
 @app.command("upgrade")
+@needs("db upgrade", "server")
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
@@ -32,6 +34,7 @@ def db_upgrade(
 
 
 @app.command("downgrade")
+@needs("db downgrade", "server")
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision; 'base' removes every table.")] = "-1",
 ) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.console import console
+from cli.extras import require
 
 
 def health(
@@ -35,6 +36,7 @@ def health(
         except httpx.HTTPError as exc:
             failed.append(f"{url}: {type(exc).__name__}")
     if broker:
+        require("celery", "`fedalign health --broker`")
         failed += _broker_check(timeout)
     for reason in failed:
         console.print(f"[red]unhealthy:[/] {reason}", soft_wrap=True)
@@ -45,7 +47,7 @@ def _broker_check(timeout: float) -> list[str]:
     from kombu import Connection
 
     from messaging.broker import celery_broker
-    from workers.celery_app import WorkerSettings
+    from workers.settings import WorkerSettings
 
     settings = WorkerSettings()
     if not settings.broker_url:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.console import console
+from cli.extras import needs
 from fedalign.config import ConfigError, FederationConfig, load_config
 
 
@@ -27,6 +28,7 @@ def _writable(path: Path, what: str) -> None:
         raise typer.Exit(2)
 
 
+@needs("init-model", "node")
 def init_model(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Federation config (TOML).")],
     output: Annotated[
@@ -64,6 +66,7 @@ def init_model(
     console.print(f"initial parameters written to {output}, manifest to {manifest_path}")
 
 
+@needs("convert-checkpoint", "node")
 def convert_checkpoint(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Federation config (TOML).")],
     source: Annotated[

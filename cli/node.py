@@ -1,4 +1,5 @@
-"""``fedalign node``: a node outside Celery, polling the API for its steps (`workers.client`)."""
+"""``fedalign node``: a partner's node. ``register`` joins a federation (base install); ``run`` runs the node
+outside Celery, polling the API for its steps (`workers.client`, the ``node`` extra)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ from typing import Annotated
 
 import typer
 
+from backend.schemas.nodes import NodeCreate, NodeMode
+from cli import exit_codes
+from cli.client_config import JsonOption, UrlOption, client_settings, no_token_message
+from cli.client_config import TokenOption as ClientTokenOption
 from cli.console import console
+from cli.extras import needs
 from cli.options import (
     ApiOption,
     DataDirOption,
@@ -17,11 +23,16 @@ from cli.options import (
     set_threads,
     use_data_dir,
 )
+from fedalign.config import Role
 
-app = typer.Typer(no_args_is_help=True, help="A node outside Celery: it polls the API for its steps.")
+app = typer.Typer(
+    no_args_is_help=True,
+    help="A partner's node: register it in a federation, or run it outside Celery (it polls the API).",
+)
 
 
 @app.command("run")
+@needs("node run", "node")
 def node_run(
     token: TokenOption = None,
     api: ApiOption = None,
@@ -36,8 +47,8 @@ def node_run(
     use_data_dir(data_dir)
     set_threads(threads)
     from fedalign.device import Device
-    from workers.celery_app import WorkerSettings
     from workers.client import ClientError, NodeClient, run_node
+    from workers.settings import WorkerSettings
 
     if token is None:
         console.print("[red]error:[/] give the node's --token (or FEDALIGN_NODE_TOKEN)")
@@ -58,3 +69,41 @@ def node_run(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"ran {steps} steps; the federation is {status}")
+
+
+@app.command("register")
+def node_register(
+    federation: Annotated[str, typer.Argument(metavar="FEDERATION", help="The federation's id.")],
+    name: Annotated[str, typer.Option(help="The node's name, unique in the federation.")],
+    role: Annotated[Role, typer.Option(help="source (labelled data) or target (the unlabelled domain).")],
+    dataset: Annotated[
+        str, typer.Option(help="The dataset spec on the node's own machine (the server never reads it).")
+    ],
+    mode: Annotated[
+        NodeMode, typer.Option(help="rest: the node polls the API; celery: steps are sent to its worker.")
+    ] = "rest",
+    url: UrlOption = None,
+    token: ClientTokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Register a node with the federation's join token (or the admin token); print the node's own token
+    (shown once) and the command that runs it."""
+    from cli.api_client import ApiClient
+    from cli.output import error, failures, print_json
+
+    with failures():
+        settings = client_settings(url, token)
+        if settings.token is None:
+            raise error(no_token_message("`fedalign node register`"), exit_codes.USAGE)
+        with ApiClient(settings.url, settings.token) as api:
+            created = api.register_node(
+                federation, NodeCreate(name=name, role=role, dataset=dataset, mode=mode)
+            )
+    if json_out:
+        print_json(created)
+        return
+    console.print(
+        f"registered node [bold]{created.name}[/] ({created.role}, {created.mode}), id {created.id}"
+    )
+    console.print(f"its token (shown once; keep it on the node's machine): {created.token}")
+    console.print(f"run it on that machine with:\n  {created.run_command}", soft_wrap=True, highlight=False)

@@ -11,8 +11,10 @@ import typer
 
 from cli.console import console
 from cli.db import safe_url
+from cli.extras import needs
 
 
+@needs("serve", "server")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
@@ -43,6 +45,7 @@ def serve(
     )
 
 
+@needs("openapi", "server")
 def openapi(
     out: Annotated[
         Path | None, typer.Option("--out", help="Write here instead of to standard output.")

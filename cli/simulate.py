@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.console import console
+from cli.extras import needs
 from cli.options import set_threads
 from fedalign.config import ConfigError, load_config
 
@@ -30,6 +31,7 @@ TABLE_METRICS = (
 )
 
 
+@needs("simulate", "node")
 def simulate(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Federation config (TOML).")],
     rounds: Annotated[int | None, typer.Option(help="Override the config's number of rounds.")] = None,

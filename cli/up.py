@@ -24,6 +24,7 @@ import typer
 
 from cli.console import console
 from cli.demo import DEMO_FILE, DEMO_ROUNDS, ensure_demo
+from cli.extras import needs
 from cli.options import ThreadsOption
 from cli.supervisor import Child, Supervisor, UpError, command
 
@@ -41,6 +42,7 @@ class UpOptions:
     log_level: str = "warning"
 
 
+@needs("up", "server")
 def up(
     data_dir: Annotated[
         Path | None,

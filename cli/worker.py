@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.console import console
+from cli.extras import needs, require
 from cli.options import (
     ApiOption,
     DataDirOption,
@@ -22,6 +23,7 @@ from cli.options import (
 )
 
 
+@needs("worker", "node")
 def worker(
     node: Annotated[
         str | None, typer.Option(help="This worker's node, by name or id (checked against the token).")
@@ -45,6 +47,10 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
+    if aggregator:  # the server's aggregations: the server's code and its Celery
+        require("server", "`fedalign worker --aggregator`")
+    else:
+        require("celery", "`fedalign worker`")
     use_data_dir(data_dir)
     set_threads(threads)
     from fedalign.device import Device

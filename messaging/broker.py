@@ -13,8 +13,6 @@ from typing import Annotated, Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from messaging.filesystem import FILESYSTEM, filesystem_broker
-
 
 class BrokerSettings(BaseSettings):
     """The broker's settings, from ``FEDALIGN_`` variables."""
@@ -46,6 +44,9 @@ def celery_broker(url: str, data_dir: Path) -> dict[str, Any]:
     """Celery settings for broker ``url``: ``broker_url``, ``broker_transport_options``, and for the
     filesystem transport (`messaging.filesystem`) its folders under ``data_dir`` and its transport class.
     """
+    # Imported here: it loads kombu, which a REST node reading these settings need not have installed.
+    from messaging.filesystem import FILESYSTEM, filesystem_broker
+
     if url.startswith(FILESYSTEM):
         return filesystem_broker(url, data_dir)
     return {"broker_url": url, "broker_transport_options": {}}

@@ -21,18 +21,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import httpx
 from celery import Celery
-from pydantic import BaseModel, Field
-from pydantic_settings import SettingsConfigDict
+from pydantic import BaseModel
 
 from fedalign.device import CPU, Device
-from messaging.broker import BrokerSettings
 from messaging.celery_contract import STEP_TASK
 from messaging.celery_worker import configure_worker, start_worker
 from workers.client import ClientError, NodeClient, NodeRunner, ServerError
+from workers.settings import WorkerSettings
 
 log = logging.getLogger("fedalign.workers")
 
@@ -40,32 +38,6 @@ log = logging.getLogger("fedalign.workers")
 # minute, jittered); past that the server's sweep sends the step again once its lease expires.
 STEP_MAX_RETRIES = 12
 STEP_RETRY_BACKOFF_MAX_S = 60
-
-
-class WorkerSettings(BrokerSettings):
-    """A node worker's settings, from ``FEDALIGN_`` variables (the broker's are the server's too)."""
-
-    model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
-
-    data_dir: Annotated[Path, Field(description="This machine's data: datasets, node state.")] = Path(
-        ".fedalign"
-    )
-    api_url: Annotated[str, Field(description="Where node workers reach the API.")] = "http://127.0.0.1:8000"
-    node_state_dir: Annotated[
-        Path | None, Field(description="Node state between steps; default data_dir/node-state.")
-    ] = None
-    step_time_limit_s: Annotated[
-        float,
-        Field(
-            gt=0,
-            description="Celery's hard time limit for a task (pools that enforce it; the solo pool does "
-            "not: there the step's lease is its deadline).",
-        ),
-    ] = 3600.0
-
-    @property
-    def state_dir(self) -> Path:
-        return self.node_state_dir or self.data_dir / "node-state"
 
 
 app = Celery("fedalign-workers", set_as_current=False)

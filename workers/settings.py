@@ -1,0 +1,41 @@
+"""A node's settings, from ``FEDALIGN_`` variables: what REST nodes and Celery node workers read.
+
+Apart from the Celery app (`workers.celery_app`) so that a REST node (``fedalign node run``) reads them
+without Celery installed (the ``celery`` extra is for partners who run Celery workers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from messaging.broker import BrokerSettings
+
+
+class WorkerSettings(BrokerSettings):
+    """A node worker's settings, from ``FEDALIGN_`` variables (the broker's are the server's too)."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
+
+    data_dir: Annotated[Path, Field(description="This machine's data: datasets, node state.")] = Path(
+        ".fedalign"
+    )
+    api_url: Annotated[str, Field(description="Where node workers reach the API.")] = "http://127.0.0.1:8000"
+    node_state_dir: Annotated[
+        Path | None, Field(description="Node state between steps; default data_dir/node-state.")
+    ] = None
+    step_time_limit_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="Celery's hard time limit for a task (pools that enforce it; the solo pool does "
+            "not: there the step's lease is its deadline).",
+        ),
+    ] = 3600.0
+
+    @property
+    def state_dir(self) -> Path:
+        return self.node_state_dir or self.data_dir / "node-state"
