@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import data, db, health, models, node, serve, simulate, up, worker
+from cli import data, db, export, health, models, node, predict, serve, simulate, up, worker
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +15,8 @@ app = typer.Typer(
 app.command()(simulate.simulate)
 app.command("init-model")(models.init_model)
 app.command("convert-checkpoint")(models.convert_checkpoint)
+app.command()(predict.predict)
+app.command()(export.export)
 app.command()(serve.serve)
 app.command()(serve.openapi)
 app.command()(worker.worker)

@@ -1423,54 +1423,61 @@ export interface components {
                 };
             };
         };
-        /** ModelCard */
+        /**
+         * ModelCard
+         * @description A trained target model's card (the module's docstring).
+         */
         ModelCard: {
-            /** Federation Id */
-            federation_id: string;
-            /** Federation */
-            federation: string;
-            /** Algorithm */
-            algorithm: string;
-            /** Architecture */
-            architecture: string;
-            /**
-             * Model
-             * @description Model options: num_classes, input_shape, hidden.
-             */
-            model: {
-                [key: string]: unknown;
-            };
-            /**
-             * Round
-             * @description The round the model comes from (the last).
-             */
-            round: number;
-            /**
-             * Target
-             * @description The target node that assembled and published it.
-             */
-            target: string;
-            /** Sha256 */
-            sha256: string;
-            /** Size */
-            size: number;
             /**
              * Format
-             * @default safetensors
+             * @default 1
+             * @constant
              */
-            format: string;
+            format: 1;
+            /** Architecture */
+            architecture: string;
+            /** Architecture Version */
+            architecture_version: string;
+            /** @description The config's [model] table (its init_checkpoint, a path on one machine, left out). */
+            model: components["schemas"]["ModelOptions"];
             /**
-             * Metrics
-             * @description The federation's metrics of that round.
+             * Conditional
+             * @description D read G's features times T's class probabilities (CDAN) in training.
+             * @default false
              */
-            metrics: {
-                [key: string]: number;
+            conditional: boolean;
+            /** @description The config's [preprocessing]: resize, mean and std apply to every input. */
+            preprocessing: components["schemas"]["Preprocessing"];
+            /** @description Every tensor of the federation's G, T and D. */
+            manifest: components["schemas"]["ModelManifestDocument"];
+            provenance: components["schemas"]["Provenance"];
+        };
+        /**
+         * ModelDocument
+         * @description Every tensor of one model, in its state dict's order.
+         */
+        ModelDocument: {
+            /**
+             * Model
+             * @enum {string}
+             */
+            model: "G" | "T" | "D";
+            /** Tensors */
+            tensors: components["schemas"]["TensorDocument"][];
+        };
+        /**
+         * ModelManifestDocument
+         * @description The federation's model manifest document (module docstring).
+         */
+        ModelManifestDocument: {
+            /** Architecture */
+            architecture: string;
+            /** Version */
+            version: string;
+            /** Models */
+            models: {
+                [key: string]: components["schemas"]["ModelDocument"];
             };
-            /**
-             * Manifest
-             * @description Every tensor in the file: G.* then T.*.
-             */
-            manifest: components["schemas"]["TensorOut"][];
         };
         /**
          * ModelOptions
@@ -1826,6 +1833,39 @@ export interface components {
             round_of_metrics: number | null;
         };
         /**
+         * Provenance
+         * @description Where the model comes from.
+         */
+        Provenance: {
+            /**
+             * Federation
+             * @description The federation's name.
+             */
+            federation: string;
+            /**
+             * Federation Id
+             * @description The server's id of the federation (none in a simulation).
+             */
+            federation_id?: string | null;
+            /**
+             * Algorithm
+             * @enum {string}
+             */
+            algorithm: "fedalign" | "fedavg" | "source_only";
+            /**
+             * Rounds
+             * @description The rounds it trained for (the model is the last one's).
+             */
+            rounds: number;
+            /** Seed */
+            seed: number;
+            /**
+             * Target
+             * @description The target node that assembled it.
+             */
+            target?: string | null;
+        };
+        /**
          * PublicKeyIn
          * @example {
          *       "public_key": "3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
@@ -1860,6 +1900,60 @@ export interface components {
             public_keys: {
                 [key: string]: string;
             };
+        };
+        /** PublishedModel */
+        PublishedModel: {
+            /** Federation Id */
+            federation_id: string;
+            /** Federation */
+            federation: string;
+            /** Algorithm */
+            algorithm: string;
+            /** Architecture */
+            architecture: string;
+            /**
+             * Model
+             * @description Model options: num_classes, input_shape, hidden.
+             */
+            model: {
+                [key: string]: unknown;
+            };
+            /**
+             * Round
+             * @description The round the model comes from (the last).
+             */
+            round: number;
+            /**
+             * Target
+             * @description The target node that assembled and published it.
+             */
+            target: string;
+            /**
+             * Sha256
+             * @description Of the file as the target uploaded it (GET .../model).
+             */
+            sha256: string;
+            /** Size */
+            size: number;
+            /**
+             * Format
+             * @default safetensors
+             */
+            format: string;
+            /**
+             * Metrics
+             * @description The federation's metrics of that round.
+             */
+            metrics: {
+                [key: string]: number;
+            };
+            /**
+             * Manifest
+             * @description Every tensor in the file: G.* then T.*.
+             */
+            manifest: components["schemas"]["TensorOut"][];
+            /** @description The model card: architecture, input pipeline, classes, manifest, provenance. GET .../model?card=true puts it in the file's safetensors metadata (key 'fedalign.model_card'), where `fedalign predict`, `fedalign export` and `fedalign.trained_model.load_model` read it. */
+            card: components["schemas"]["ModelCard"];
         };
         /** Readiness */
         Readiness: {
@@ -2128,6 +2222,23 @@ export interface components {
             secure?: {
                 [key: string]: components["schemas"]["SecureSlot"];
             };
+        };
+        /**
+         * TensorDocument
+         * @description One tensor: its name in the model's state dict, shape, safetensors dtype, and whether it travels.
+         */
+        TensorDocument: {
+            /** Name */
+            name: string;
+            /** Shape */
+            shape: number[];
+            /**
+             * Dtype
+             * @enum {string}
+             */
+            dtype: "F64" | "F32" | "F16" | "BF16" | "I64" | "I32" | "I16" | "I8" | "U8" | "BOOL";
+            /** Shared */
+            shared: boolean;
         };
         /** TensorOut */
         TensorOut: {
@@ -3581,7 +3692,10 @@ export interface operations {
     };
     download_model: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Put the model card in the file's safetensors metadata (key 'fedalign.model_card'), so that `fedalign predict` and `fedalign export` use the file as it is. Without it the file is the one the target uploaded, byte for byte (the sha256 that GET .../model/card gives). */
+                card?: boolean;
+            };
             header?: never;
             path: {
                 federation_id: string;
@@ -3590,7 +3704,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The model as safetensors (G.* and T.*). */
+            /** @description The model as safetensors (G.* and T.*); card=true: its card in the metadata. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3663,7 +3777,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ModelCard"];
+                    "application/json": components["schemas"]["PublishedModel"];
                 };
             };
             /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
@@ -4425,6 +4539,7 @@ export const hyperparametersExtractor_weightingValues: ReadonlyArray<FlattenedDe
 export const hyperparametersSource_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["source_extractor"]> = ["keep", "restart"];
 export const hyperparametersTarget_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["target_extractor"]> = ["average", "local", "none"];
 export const hyperparametersLocal_paramsValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["local_params"]> = ["bn_stats", "bn", "none"];
+export const modelDocumentModelValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelDocument"]["model"]> = ["G", "T", "D"];
 export const modelOptionsNormalizationValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["normalization"]> = ["batch", "group"];
 export const modelOptionsPrecisionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["precision"]> = ["bf16", "fp32"];
 export const nodeCreateRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeCreate"]["role"]> = ["source", "target"];
@@ -4439,7 +4554,9 @@ export const phaseOutStateValues: ReadonlyArray<FlattenedDeepRequired<components
 export const preprocessingAugmentValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Preprocessing"]["augment"]> = ["none", "flip", "crop_flip"];
 export const privacyBudget_actionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["budget_action"]> = ["stop", "warn"];
 export const privacyRandomnessValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["randomness"]> = ["secret", "seeded"];
+export const provenanceAlgorithmValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Provenance"]["algorithm"]> = ["fedalign", "fedavg", "source_only"];
 export const readinessStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Readiness"]["status"]> = ["ready", "not_ready"];
 export const roundOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundOut"]["state"]> = ["done", "open", "upcoming"];
 export const roundSummaryStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundSummary"]["state"]> = ["done", "open", "upcoming"];
 export const stepOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StepOut"]["status"]> = ["pending", "claimed", "done", "cancelled"];
+export const tensorDocumentDtypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TensorDocument"]["dtype"]> = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"];
