@@ -42,7 +42,9 @@ def worker(
         Path | None,
         typer.Option(help="A JSON file of node tokens (`fedalign up` writes one): serve every node in it."),
     ] = None,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    loglevel: Annotated[
+        str, typer.Option(help="Log level of the worker's own records (Celery's show from WARNING up).")
+    ] = "INFO",
 ) -> None:
     """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
     use_data_dir(data_dir)

@@ -29,6 +29,7 @@ from fedalign.device import CPU, Device
 from messaging.broker import BrokerSettings
 from messaging.celery_contract import STEP_TASK
 from messaging.celery_worker import configure_worker, start_worker
+from messaging.logs import LogSettings
 from workers.client import ClientError, NodeClient, NodeRunner, ServerError
 
 log = logging.getLogger("fedalign.workers")
@@ -39,8 +40,9 @@ STEP_MAX_RETRIES = 12
 STEP_RETRY_BACKOFF_MAX_S = 60
 
 
-class WorkerSettings(BrokerSettings):
-    """A node worker's settings, from ``FEDALIGN_`` variables (the broker's are the server's too)."""
+class WorkerSettings(BrokerSettings, LogSettings):
+    """A node worker's settings, from ``FEDALIGN_`` variables (the broker's and the logs' are the server's
+    too)."""
 
     model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
 
