@@ -67,8 +67,9 @@ class TargetModel(nn.Module):
         return self.T(self.G(x))
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) or (C, H, W) in [0, 1] of any size, resized to the card's input size as the
-        training data were (bilinear, antialiased when shrinking); what `forward` takes."""
+        """Images (N, C, H, W) or (C, H, W) in [0, 1] of any size, resized to the card's input size as
+        ``npz:`` and ``digits:`` data are (torch's bilinear, antialiased when shrinking); what `forward`
+        takes. (``imagefolder:`` reads each file at the size with Pillow's bilinear resize instead.)"""
         if not self.card.images:
             raise ValueError("this model takes vectors; prepare() resizes images")
         return ImageTransform(resize=self.card.input_shape[1:])(images)  # type: ignore[arg-type]
