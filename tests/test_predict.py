@@ -173,3 +173,54 @@ def test_data_the_model_does_not_take_are_refused_saying_what_it_takes(
     np.savez(tmp_path / "vectors.npz", x=np.zeros((4, 8), np.float32))
     with pytest.raises(DatasetError, match=r"takes inputs of shape \(3, 12, 12\).*samples have shape \(8,\)"):
         predict(model, f"npz:{tmp_path / 'vectors.npz'}")
+
+
+def test_simulate_saves_the_targets_model_for_predict(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, shift in (("a", 0.0), ("t", 1.0)):
+        y = rng.integers(0, 3, 60)
+        x = rng.normal(size=(60, 8)).astype(np.float32) + shift + np.eye(8, dtype=np.float32)[y] * 2
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+    (tmp_path / "fed.toml").write_text(
+        "\n".join(
+            [
+                'name = "vectors"',
+                'architecture = "mlp"',
+                "rounds = 1",
+                "[model]",
+                "num_classes = 3",
+                "input_shape = [8]",
+                "hidden = 8",
+                "[[nodes]]",
+                'name = "a"',
+                'role = "source"',
+                f'dataset = "npz:{tmp_path / "a.npz"}"',
+                "[[nodes]]",
+                'name = "t"',
+                'role = "target"',
+                f'dataset = "npz:{tmp_path / "t.npz"}"',
+            ]
+        )
+    )
+    model = tmp_path / "model.safetensors"
+    simulated = CliRunner().invoke(app, ["simulate", str(tmp_path / "fed.toml"), "--save-model", str(model)])
+    assert simulated.exit_code == 0, simulated.output
+    assert f"target model written to {model}, with its card" in simulated.output
+    predicted = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(model),
+            f"npz:{tmp_path / 't.npz'}",
+            "-o",
+            str(tmp_path / "p.csv"),
+            "--split",
+            "test",
+        ],
+    )
+    assert predicted.exit_code == 0, predicted.output
+    assert "mlp from federation 'vectors' (1 round), 3 classes" in predicted.output
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert rows and {r["split"] for r in rows} == {"test"}
+    right = sum(r["label"] == r["predicted"] for r in rows)
+    assert f"accuracy {right / len(rows):.4f} on {len(rows)} labelled samples" in predicted.output
