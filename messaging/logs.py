@@ -22,12 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter
+
+if TYPE_CHECKING:
+    from pythonjsonlogger.json import JsonFormatter
 
 FIELDS = ("federation", "round", "node")
 LogFormat = Literal["text", "json"]
@@ -115,6 +116,10 @@ class TextFormatter(logging.Formatter):
 def json_formatter() -> JsonFormatter:
     """One JSON object per line: timestamp, level, logger, message, federation, round, node (and the
     exception, if any). uvicorn's ``color_message`` (the message again, with ANSI colours) is left out."""
+    # Imported here: a node's settings (LogSettings) load without python-json-logger, which JSON logs need.
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.json import JsonFormatter
+
     return JsonFormatter(
         "%(levelname)s %(name)s %(message)s %(federation)s %(round)s %(node)s",
         rename_fields={"levelname": "level", "name": "logger"},
