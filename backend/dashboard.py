@@ -1,7 +1,10 @@
-"""The dashboard's built files (frontend/dist) at `/`, with the single-page app's fallback.
+"""The dashboard's built files at `/`, with the single-page app's fallback.
 
-Any path outside the API that names no file answers index.html, so a deep link such as
-/federations/<id> reloads into the app; paths under /api/ keep the API's JSON 404.
+The files are found in ``FEDALIGN_FRONTEND_DIR`` when it is set, else inside the installed package
+(``backend/dashboard_dist``, which building the wheel puts there: scripts/build_dashboard.py), else in the
+checkout's ``frontend/dist`` (an editable install, ``make setup``). Any path outside the API that names no
+file answers index.html, so a deep link such as /federations/<id> reloads into the app; paths under /api/
+keep the API's JSON 404.
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from backend.errors import not_found
 
-DEFAULT_DIST = Path(__file__).resolve().parent.parent / "frontend" / "dist"
+PACKAGED_DIST = Path(__file__).resolve().parent / "dashboard_dist"
+CHECKOUT_DIST = Path(__file__).resolve().parent.parent / "frontend" / "dist"
+
+
+def default_dist() -> Path:
+    """The wheel's built dashboard when the package holds one, else the checkout's frontend/dist."""
+    return PACKAGED_DIST if (PACKAGED_DIST / "index.html").is_file() else CHECKOUT_DIST
+
 
 # ECharts sets inline styles on the elements it draws; everything else comes from this origin only.
 SECURITY_HEADERS = {
@@ -25,14 +35,14 @@ SECURITY_HEADERS = {
 
 NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>FedAlign</title>
 <h1>FedAlign</h1><p>The API is running, but the dashboard has not been built.
-Run <code>make setup</code> (it builds <code>frontend/dist</code> with npm), or set
-<code>FEDALIGN_FRONTEND_DIR</code> to a built dashboard.
+Run <code>make setup</code> (it builds <code>frontend/dist</code> with npm), install a wheel built where
+Node.js was present (it holds the dashboard), or set <code>FEDALIGN_FRONTEND_DIR</code> to a built dashboard.
 The API is documented at <a href="/docs">/docs</a>.</p>
 """
 
 
 def mount(app: FastAPI, dist: Path | None) -> None:
-    root = (dist or DEFAULT_DIST).resolve()
+    root = (dist or default_dist()).resolve()
 
     @app.get("/{path:path}", include_in_schema=False)
     def dashboard(path: str, request: Request) -> Response:

@@ -12,12 +12,13 @@ import secrets
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from messaging.broker import BrokerSettings
+from messaging.logs import LogSettings
 
 log = logging.getLogger("fedalign.backend")
 
@@ -25,9 +26,10 @@ ADMIN_TOKEN_FILE = "admin_token"
 ADMIN_TOKEN_PREFIX = "fa_admin_"
 
 
-class Settings(BrokerSettings):
+class Settings(BrokerSettings, LogSettings):
     """The API service's settings: each field is the environment variable FEDALIGN_<FIELD NAME>; the
-    broker's (`BrokerSettings`: broker_url, queue_prefix, broker_poll_s) are the workers' too."""
+    broker's (`BrokerSettings`: broker_url, queue_prefix, broker_poll_s) and the logs' (`LogSettings`:
+    log_format) are the workers' too."""
 
     model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
 
@@ -99,17 +101,10 @@ class Settings(BrokerSettings):
     frontend_dir: Annotated[
         Path | None,
         Field(
-            description="The built dashboard (index.html and assets) served at /; default: frontend/dist "
-            "of this checkout."
+            description="The built dashboard (index.html and assets) served at /; default: the one inside "
+            "the installed package (a wheel), else frontend/dist of this checkout."
         ),
     ] = None
-    log_format: Annotated[
-        Literal["text", "json"],
-        Field(
-            description="`fedalign serve`'s logs: text, or one JSON object per line (with federation, "
-            "round and node fields)."
-        ),
-    ] = "text"
     metrics_token: Annotated[
         SecretStr | None,
         Field(description="Bearer token that GET /metrics requires; unset: /metrics is open."),

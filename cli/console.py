@@ -5,5 +5,6 @@ from __future__ import annotations
 
 from rich.console import Console
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a long line (a path, a URL) stays one line, however narrow the terminal or a log file's reader.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)

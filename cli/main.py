@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli import data, db, federations, health, models, node, serve, simulate, up, worker
+from cli import data, db, export, federations, health, models, node, predict, serve, simulate, up, worker
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -48,6 +48,8 @@ def main(
 app.command()(simulate.simulate)
 app.command("init-model")(models.init_model)
 app.command("convert-checkpoint")(models.convert_checkpoint)
+app.command()(predict.predict)
+app.command()(export.export)
 app.command()(serve.serve)
 app.command()(serve.openapi)
 app.command()(worker.worker)

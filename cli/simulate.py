@@ -15,7 +15,7 @@ from cli.options import set_threads
 from fedalign.config import ConfigError, load_config
 
 if TYPE_CHECKING:
-    from fedalign.simulate import RoundRecord
+    from fedalign.simulate import RoundRecord, SimulationResult
 
 # Columns of the per-round table, in order; a column shows only when some round has it.
 TABLE_METRICS = (
@@ -39,6 +39,13 @@ def simulate(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as JSON.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
+    save_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the target's final model here, with its card (for `fedalign predict` and "
+            "`fedalign export`; needs publish_model, the default)."
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation in this process and print its metrics round by round."""
     # torch and the models load only when a simulation runs.
@@ -95,6 +102,22 @@ def simulate(
     if json_path:
         result.write_json(json_path)
         console.print(f"metrics written to {json_path}")
+    if save_model:
+        _save_target_model(result, save_model)
+
+
+def _save_target_model(result: SimulationResult, path: Path) -> None:
+    from fedalign.trained_model import save_model
+
+    model = result.models.get("target_model")
+    if model is None:
+        console.print(
+            "[red]error:[/] the config sets publish_model = false, so the target keeps its model; set it to "
+            "true to save the model"
+        )
+        raise typer.Exit(1)
+    save_model(path, model, result.config)
+    console.print(f"target model written to {path}, with its card")
 
 
 def metrics_table(rounds: list[RoundRecord]) -> Table:

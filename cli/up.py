@@ -142,6 +142,9 @@ def run(options: UpOptions, say: Callable[[str], None]) -> None:
                     "--aggregator",
                     "--threads",
                     str(options.threads),
+                    # The API's level: the worker's lines are then its warnings and errors only.
+                    "--loglevel",
+                    options.log_level.upper(),
                 ),
             )
         )

@@ -44,7 +44,9 @@ def worker(
         Path | None,
         typer.Option(help="A JSON file of node tokens (`fedalign up` writes one): serve every node in it."),
     ] = None,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+    loglevel: Annotated[
+        str, typer.Option(help="Log level of the worker's own records (Celery's show from WARNING up).")
+    ] = "INFO",
 ) -> None:
     """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
     if aggregator:  # the server's aggregations: the server's code and its Celery

@@ -166,6 +166,42 @@ def read_header(
     data; JSON that is malformed or not the safetensors layout; an unknown dtype; offsets that do not
     match shape x dtype size, overlap, leave gaps, or do not end exactly at the end of the file.
     """
+    raw, data_start, size = _raw_header(source, max_header_bytes)
+    return _parse_header(raw, data_start, size - data_start, allow_metadata)
+
+
+def read_metadata(
+    source: bytes | str | os.PathLike[str], max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (empty when it has none), after the checks of
+    `read_header`."""
+    raw, data_start, size = _raw_header(source, max_header_bytes)
+    _parse_header(raw, data_start, size - data_start)
+    metadata = json.loads(raw.decode("utf-8")).get("__metadata__", {})
+    return dict(metadata)
+
+
+def header_with_metadata(source: str | os.PathLike[str], metadata: Mapping[str, str]) -> tuple[bytes, int]:
+    """A new beginning for a safetensors file, its header's ``__metadata__`` extended by ``metadata``.
+
+    Returns the bytes to write instead of the file's first ``data_start`` bytes, and ``data_start``: the
+    new file is those bytes followed by the old file from ``data_start`` on, unchanged (a tensor's offsets
+    count from the start of the data, so they stay valid). The header is padded with spaces to a multiple
+    of 8 bytes, as safetensors' own writer does, so the data stay aligned.
+    """
+    raw, data_start, size = _raw_header(source, DEFAULT_MAX_HEADER_BYTES)
+    _parse_header(raw, data_start, size - data_start)
+    header = json.loads(raw.decode("utf-8"))
+    header["__metadata__"] = {**header.get("__metadata__", {}), **metadata}
+    # __metadata__ first, as safetensors writes it; the tensors in their order.
+    ordered = {"__metadata__": header.pop("__metadata__"), **header}
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, data_start
+
+
+def _raw_header(source: bytes | str | os.PathLike[str], max_header_bytes: int) -> tuple[bytes, int, int]:
+    """The header's bytes, where the data start, and the file's size; refuses what is not safetensors."""
     with _opened(source) as (prefix_reader, size):
         head = prefix_reader(0, 8)
         # A header length of 640 (or 896, ...) bytes also starts with a pickle's b"\x80\x02" (...): a pickle
@@ -190,8 +226,7 @@ def read_header(
                 "corrupt", f"the header claims {header_len} bytes but only {size - 8} follow its length field"
             )
         raw = prefix_reader(8, header_len)
-    data_start = 8 + header_len
-    return _parse_header(raw, data_start, size - data_start, allow_metadata)
+    return raw, 8 + header_len, size
 
 
 def _parse_header(

@@ -4,21 +4,35 @@
 A message is acknowledged after its task ran and one at a time; kombu's Redis transport releases a
 message's prefetch credit even when Redis is down at the ack; the filesystem transport's consumed
 messages are pruned; and the worker runs in the calling process on the solo pool.
+
+A worker speaks in the product's own lines: its logs take the API's format (`messaging.logs`; JSON lines
+with ``FEDALIGN_LOG_FORMAT=json``), Celery's banner is not printed, and instead of Celery's warning about
+running as root (a worker that accepts only JSON messages cannot be made to run code by one) it says so in
+one line of its own.
 """
 
 from __future__ import annotations
 
+import logging
+import logging.config
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun
+from celery.apps import worker as celery_apps_worker
+from celery.exceptions import SecurityWarning
+from celery.signals import setup_logging, task_postrun, worker_ready
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from messaging.broker import BrokerSettings, celery_broker
 from messaging.filesystem import FILESYSTEM, prune_processed
+from messaging.logs import LogSettings, worker_logging_config
+
+log = logging.getLogger("fedalign.worker")
 
 # Consumed messages of the filesystem transport older than this are deleted (at most once a minute).
 PROCESSED_KEEP_S = 600.0
@@ -100,11 +114,42 @@ def _prune_processed(sender: Any = None, **_: Any) -> None:
     prune_processed(folder, PROCESSED_KEEP_S, now)
 
 
+def _logging_is_configured(**_: Any) -> None:
+    """A receiver of Celery's ``setup_logging``: with one connected, Celery leaves logging as it is (ours,
+    set up before the worker starts) instead of putting its own format on the root logger."""
+
+
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    """The worker consumes: say so, and stop on SIGTERM without Celery's line ("worker: Warm shutdown")."""
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender else []
+    log.info("worker ready, consuming %s", ", ".join(queues) or "nothing")
+    # The same warm shutdown Celery installed a moment ago, silent: `fedalign up` says "stopping" itself.
+    install = getattr(celery_apps_worker, "install_worker_term_handler", None)
+    controller = getattr(sender, "controller", None)
+    if install is not None and controller is not None:
+        install(controller, verbose=False)
+
+
+def running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def start_worker(app: Celery, queues: list[str], hostname: str, loglevel: str = "INFO") -> None:
     """Run a Celery worker of ``app`` in this process on ``queues``: the solo pool, one task at a time (CUDA
-    does not survive a fork, and a node's steps run in order on its state)."""
+    does not survive a fork, and a node's steps run in order on its state). ``loglevel``: FedAlign's own
+    records (Celery's and kombu's pass at WARNING and above)."""
+    logging.config.dictConfig(worker_logging_config(LogSettings().log_format, loglevel))
+    setup_logging.connect(_logging_is_configured, weak=False)
+    worker_ready.connect(_on_ready, weak=False)
+    if running_as_root():
+        # Celery's warning is about pickle, which these workers never accept (accept_content is JSON).
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        log.warning(
+            "running as root: the worker needs no privileges; where you can, run it as an unprivileged user"
+        )
     app.worker_main(
         [
+            "--quiet",  # no banner: the worker's own lines say what it serves
             "worker",
             "--pool=solo",
             "--concurrency=1",

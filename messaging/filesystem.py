@@ -64,6 +64,12 @@ class AtomicFilesystemChannel(filesystem.Channel):
 class AtomicFilesystemTransport(filesystem.Transport):
     Channel = AtomicFilesystemChannel
 
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        # No host: the queues are folders. kombu's default names one, "localhost", and warns on every
+        # connection that the URL filesystem:// supplied none.
+        return {"port": self.default_port}
+
 
 def filesystem_broker(url: str, data_dir: Path) -> dict[str, Any]:
     """Celery's broker settings for a ``filesystem://`` URL: its folders under ``data_dir/broker``

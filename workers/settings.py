@@ -13,10 +13,12 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from messaging.broker import BrokerSettings
+from messaging.logs import LogSettings
 
 
-class WorkerSettings(BrokerSettings):
-    """A node worker's settings, from ``FEDALIGN_`` variables (the broker's are the server's too)."""
+class WorkerSettings(BrokerSettings, LogSettings):
+    """A node worker's settings, from ``FEDALIGN_`` variables (the broker's and the logs' are the server's
+    too)."""
 
     model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
 

@@ -1,105 +1,39 @@
-"""Structured logs: every record carries ``federation``, ``round`` and ``node`` (null when it is about
-none), as JSON lines (``FEDALIGN_LOG_FORMAT=json``) or as text with the known fields appended.
+"""The API process's logging: `logging_config`, which gives uvicorn's records (startup, access lines) the
+shape of every other record from the first line on.
 
-The fields come from a context variable, not from each call site: the HTTP middleware opens one
-`LogFields` per request, and code that learns who a request is about (a node's token resolved, a step
-loaded, a federation locked) calls `bind`. Sync routes run in worker threads on a *copy* of the request's
-context, but the copy holds the same `LogFields` object, so what a route binds is still there when
-uvicorn writes the request's access line. Outside a request (the sweep, an aggregation thread, a Celery
-task) `bind` does nothing unless a `scope` was opened: a thread that runs one job after another must
-not stamp the next job's records with the last one's node.
-
-Tokens never appear here: the fields are ids, names and round numbers.
+The format itself, the fields every record carries (federation, round, node) and `bind` / `scope`, which set
+them, are `messaging.logs`: the workers write the same lines. They are imported here so that the server's
+code binds through ``backend.observability.logs`` as before.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
-from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter
+from messaging.logs import (
+    FIELDS,
+    ContextFilter,
+    LogFields,
+    LogFormat,
+    TextFormatter,
+    bind,
+    current,
+    json_formatter,
+    scope,
+)
 
-FIELDS = ("federation", "round", "node")
-LogFormat = Literal["text", "json"]
-
-
-@dataclass
-class LogFields:
-    federation: str | None = None
-    round: int | None = None
-    node: str | None = None
-
-
-_current: ContextVar[LogFields | None] = ContextVar("fedalign_log_fields", default=None)
-
-
-def current() -> LogFields | None:
-    return _current.get()
-
-
-def bind(*, federation: str | None = None, round: int | None = None, node: str | None = None) -> None:
-    """Note who the current request (or `scope`) is about; fields left None are kept as they are."""
-    fields = _current.get()
-    if fields is None:
-        return
-    if federation is not None:
-        fields.federation = federation
-    if round is not None:
-        fields.round = round
-    if node is not None:
-        fields.node = node
-
-
-@contextmanager
-def scope(**fields: Any) -> Iterator[LogFields]:
-    """Records inside the block carry ``fields`` (on top of the enclosing scope's); `bind` inside it
-    changes this scope only."""
-    parent = _current.get()
-    opened = replace(parent or LogFields(), **fields)
-    token = _current.set(opened)
-    try:
-        yield opened
-    finally:
-        _current.reset(token)
-
-
-class ContextFilter(logging.Filter):
-    """Puts the bound fields on every record that does not carry them already (``extra=`` wins)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        fields = _current.get()
-        for name in FIELDS:
-            if not hasattr(record, name):
-                setattr(record, name, getattr(fields, name) if fields is not None else None)
-        return True
-
-
-class TextFormatter(logging.Formatter):
-    """``time level logger: message [federation=.. round=.. node=..]``, the brackets only when known."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        known = [f"{n}={getattr(record, n)}" for n in FIELDS if getattr(record, n, None) is not None]
-        return f"{text} [{' '.join(known)}]" if known else text
-
-
-def json_formatter() -> JsonFormatter:
-    """One JSON object per line: timestamp, level, logger, message, federation, round, node (and the
-    exception, if any). uvicorn's ``color_message`` (the message again, with ANSI colours) is left out."""
-    return JsonFormatter(
-        "%(levelname)s %(name)s %(message)s %(federation)s %(round)s %(node)s",
-        rename_fields={"levelname": "level", "name": "logger"},
-        timestamp=True,
-        reserved_attrs=[*RESERVED_ATTRS, "color_message"],
-    )
+__all__ = [
+    "FIELDS",
+    "ContextFilter",
+    "LogFields",
+    "LogFormat",
+    "TextFormatter",
+    "bind",
+    "current",
+    "json_formatter",
+    "logging_config",
+    "scope",
+]
 
 
 def logging_config(log_format: LogFormat, level: str = "info") -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""The published target model's card."""
+"""The published target model: the file's facts, its metrics, and its card."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from fedalign.model_card import ModelCard
 
 
 class TensorOut(BaseModel):
@@ -13,7 +15,7 @@ class TensorOut(BaseModel):
     dtype: str
 
 
-class ModelCard(BaseModel):
+class PublishedModel(BaseModel):
     federation_id: str
     federation: str
     algorithm: str
@@ -21,8 +23,13 @@ class ModelCard(BaseModel):
     model: dict[str, Any] = Field(description="Model options: num_classes, input_shape, hidden.")
     round: int = Field(description="The round the model comes from (the last).")
     target: str = Field(description="The target node that assembled and published it.")
-    sha256: str
+    sha256: str = Field(description="Of the file as the target uploaded it (GET .../model).")
     size: int
     format: str = "safetensors"
     metrics: dict[str, float] = Field(description="The federation's metrics of that round.")
     manifest: list[TensorOut] = Field(description="Every tensor in the file: G.* then T.*.")
+    card: ModelCard = Field(
+        description="The model card: architecture, input pipeline, classes, manifest, provenance. GET "
+        ".../model?card=true puts it in the file's safetensors metadata (key 'fedalign.model_card'), "
+        "where `fedalign predict`, `fedalign export` and `fedalign.trained_model.load_model` read it."
+    )

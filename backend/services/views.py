@@ -13,7 +13,7 @@ from backend.errors import conflict, not_found
 from backend.models import Aggregation, Artifact, Event, Federation, Metric, Node, Step
 from backend.schemas.aggregations import AggregationOut
 from backend.schemas.metrics import MetricPoint, MetricSeries, MetricSeriesList
-from backend.schemas.published import ModelCard, TensorOut
+from backend.schemas.published import PublishedModel, TensorOut
 from backend.schemas.rounds import (
     ArtifactOut,
     LeftOut,
@@ -26,6 +26,7 @@ from backend.schemas.rounds import (
 )
 from backend.services.manifests import federation_manifest, manifest_out, published_manifest
 from backend.services.orchestrator import federation_config, protocol_state
+from fedalign.model_card import ModelCard
 from fedalign.phases import round_phases
 from fedalign.protocol import Protocol, ProtocolState
 from messaging.node_api import FederationManifest
@@ -278,7 +279,15 @@ def published_artifact(session: Session, federation: Federation) -> Artifact:
     return artifact
 
 
-def model_card(session: Session, federation: Federation) -> ModelCard:
+def target_model_card(federation: Federation) -> ModelCard:
+    """The card of the federation's target model, derived from its config and model manifest (nodes never
+    send one: their uploads carry tensors only)."""
+    # The stored manifest document: the server never builds a plug-in's models.
+    config = federation_config(federation)
+    return ModelCard.of(config, federation_manifest(federation), federation_id=federation.id)
+
+
+def model_card(session: Session, federation: Federation) -> PublishedModel:
     artifact = published_artifact(session, federation)
     config = federation_config(federation)
     metrics = {
@@ -289,7 +298,7 @@ def model_card(session: Session, federation: Federation) -> ModelCard:
             )
         )
     }
-    return ModelCard(
+    return PublishedModel(
         federation_id=federation.id,
         federation=federation.name,
         algorithm=config.algorithm,
@@ -304,6 +313,7 @@ def model_card(session: Session, federation: Federation) -> ModelCard:
             TensorOut(name=t.name, shape=list(t.shape), dtype=t.dtype)
             for t in published_manifest(federation_manifest(federation))
         ],
+        card=target_model_card(federation),
     )
 
 

@@ -270,7 +270,9 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     model_download.value.save_as(model_path)
     with safe_open(str(model_path), framework="pt") as model:
         names = set(model.keys())
+        metadata = model.metadata() or {}
     assert names and all(n.startswith(("G.", "T.")) for n in names), names
+    assert "fedalign.model_card" in metadata, "the download carries its card (fedalign predict reads it)"
     with page.expect_download() as csv_download:
         page.get_by_role("button", name="Export CSV").click()
     rows = list(csv.DictReader(io.StringIO(Path(csv_download.value.path()).read_text())))

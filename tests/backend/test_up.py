@@ -1,10 +1,12 @@
 """``fedalign up`` as a new user meets it: one command, a fresh data directory, the demo federation started
-through the API and run to its end by the worker it brought up; Ctrl-C stops everything."""
+through the API and run to its end by the worker it brought up; Ctrl-C stops everything. What it prints on
+the way is FedAlign's own: no third-party warning, banner or shutdown line."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -14,6 +16,37 @@ from process_support import RUN_TIMEOUT_S, Processes, child_env, cli, free_port,
 from fedalign.data.cache import default_cache_dir
 
 DEMO_ROUNDS = 2
+
+# What a first run of `fedalign up` may print: its own lines (the banner, the API's and the worker's start,
+# "stopping") and FedAlign's log records (messaging.logs.TextFormatter, loggers under "fedalign"). Anything
+# else (a Python warning, setuptools' notices, Celery's banner, root warning or shutdown line, kombu's
+# warnings) is a third party's line, which a first run must not show.
+PRODUCT_LINES = re.compile(
+    "|".join(
+        [
+            r"generated an admin token; it is in .*",
+            r"admin token: in .*",
+            r"FedAlign API on http://\S+ \(docs at /docs\); database \S+",
+            r"FedAlign is up: the dashboard on .*",
+            r"sign in with the admin token \S+",
+            r"  \(kept in .*\)",
+            r"demo federation \S+: digits -> MNIST-M, .*",
+            r"start the demo federation with Start on its page, or:",
+            r"  curl -X POST .*",
+            r"the demo federation is running",
+            r"follow it live: .*",
+            r"Ctrl-C stops everything\.",
+            r"worker for .*",
+            r"stopping",
+            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR|CRITICAL) fedalign(\.[\w.]+)?: .*",
+        ]
+    )
+)
+
+
+def foreign_lines(output: str) -> list[str]:
+    """The lines of ``output`` that FedAlign did not write."""
+    return [line for line in output.splitlines() if line.strip() and not PRODUCT_LINES.fullmatch(line)]
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -79,6 +112,10 @@ def test_fedalign_up_runs_the_demo_federation_and_stops_on_ctrl_c(tmp_path: Path
         os.kill(up.pid, signal.SIGINT)  # Ctrl-C
         code = up.wait(timeout=60)
     assert code == 0, processes.log("up")[-3000:]
+    output = processes.log("up")
+    assert foreign_lines(output) == [], output[-3000:]
+    # Run as root (CI, containers), the worker says so once, in its own words instead of Celery's warning.
+    assert output.count("running as root") == (1 if os.geteuid() == 0 else 0), output[-3000:]
     assert processes_mentioning(str(data_dir / "demo-nodes.json")) == [], "the worker outlived fedalign up"
     try:
         httpx.get(f"{url}/healthz", timeout=2)

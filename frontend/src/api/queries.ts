@@ -68,7 +68,8 @@ export const metricsQuery = (id: string) =>
 
 /** Same-origin URLs the browser downloads itself (the cookie authenticates them). */
 export const downloadUrls = {
-  model: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/model`,
+  // With its card in the file's metadata: what `fedalign predict` and `fedalign export` read.
+  model: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/model?card=true`,
   metricsCsv: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/metrics.csv`,
   events: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/events`,
 };

@@ -1654,54 +1654,34 @@ export interface components {
                 };
             };
         };
-        /** ModelCard */
+        /**
+         * ModelCard
+         * @description A trained target model's card (the module's docstring).
+         */
         ModelCard: {
-            /** Federation Id */
-            federation_id: string;
-            /** Federation */
-            federation: string;
-            /** Algorithm */
-            algorithm: string;
-            /** Architecture */
-            architecture: string;
-            /**
-             * Model
-             * @description Model options: num_classes, input_shape, hidden.
-             */
-            model: {
-                [key: string]: unknown;
-            };
-            /**
-             * Round
-             * @description The round the model comes from (the last).
-             */
-            round: number;
-            /**
-             * Target
-             * @description The target node that assembled and published it.
-             */
-            target: string;
-            /** Sha256 */
-            sha256: string;
-            /** Size */
-            size: number;
             /**
              * Format
-             * @default safetensors
+             * @default 1
+             * @constant
              */
-            format: string;
+            format: 1;
+            /** Architecture */
+            architecture: string;
+            /** Architecture Version */
+            architecture_version: string;
+            /** @description The config's [model] table (its init_checkpoint, a path on one machine, left out). */
+            model: components["schemas"]["ModelOptions"];
             /**
-             * Metrics
-             * @description The federation's metrics of that round.
+             * Conditional
+             * @description D read G's features times T's class probabilities (CDAN) in training.
+             * @default false
              */
-            metrics: {
-                [key: string]: number;
-            };
-            /**
-             * Manifest
-             * @description Every tensor in the file: G.* then T.*.
-             */
-            manifest: components["schemas"]["TensorOut"][];
+            conditional: boolean;
+            /** @description The config's [preprocessing]: resize, mean and std apply to every input. */
+            preprocessing: components["schemas"]["Preprocessing"];
+            /** @description Every tensor of the federation's G, T and D. */
+            manifest: components["schemas"]["ModelManifestDocument"];
+            provenance: components["schemas"]["Provenance"];
         };
         /**
          * ModelDocument
@@ -2094,6 +2074,39 @@ export interface components {
             round_of_metrics: number | null;
         };
         /**
+         * Provenance
+         * @description Where the model comes from.
+         */
+        Provenance: {
+            /**
+             * Federation
+             * @description The federation's name.
+             */
+            federation: string;
+            /**
+             * Federation Id
+             * @description The server's id of the federation (none in a simulation).
+             */
+            federation_id?: string | null;
+            /**
+             * Algorithm
+             * @enum {string}
+             */
+            algorithm: "fedalign" | "fedavg" | "source_only";
+            /**
+             * Rounds
+             * @description The rounds it trained for (the model is the last one's).
+             */
+            rounds: number;
+            /** Seed */
+            seed: number;
+            /**
+             * Target
+             * @description The target node that assembled it.
+             */
+            target?: string | null;
+        };
+        /**
          * PublicKeyIn
          * @example {
          *       "public_key": "3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
@@ -2141,6 +2154,60 @@ export interface components {
              * @description The published target model: every tensor of G and T (shared and local), named 'G.<name>' and 'T.<name>', one safetensors file.
              */
             tensors: components["schemas"]["TensorDocument"][];
+        };
+        /** PublishedModel */
+        PublishedModel: {
+            /** Federation Id */
+            federation_id: string;
+            /** Federation */
+            federation: string;
+            /** Algorithm */
+            algorithm: string;
+            /** Architecture */
+            architecture: string;
+            /**
+             * Model
+             * @description Model options: num_classes, input_shape, hidden.
+             */
+            model: {
+                [key: string]: unknown;
+            };
+            /**
+             * Round
+             * @description The round the model comes from (the last).
+             */
+            round: number;
+            /**
+             * Target
+             * @description The target node that assembled and published it.
+             */
+            target: string;
+            /**
+             * Sha256
+             * @description Of the file as the target uploaded it (GET .../model).
+             */
+            sha256: string;
+            /** Size */
+            size: number;
+            /**
+             * Format
+             * @default safetensors
+             */
+            format: string;
+            /**
+             * Metrics
+             * @description The federation's metrics of that round.
+             */
+            metrics: {
+                [key: string]: number;
+            };
+            /**
+             * Manifest
+             * @description Every tensor in the file: G.* then T.*.
+             */
+            manifest: components["schemas"]["TensorOut"][];
+            /** @description The model card: architecture, input pipeline, classes, manifest, provenance. GET .../model?card=true puts it in the file's safetensors metadata (key 'fedalign.model_card'), where `fedalign predict`, `fedalign export` and `fedalign.trained_model.load_model` read it. */
+            card: components["schemas"]["ModelCard"];
         };
         /** Readiness */
         Readiness: {
@@ -4129,7 +4196,10 @@ export interface operations {
     };
     download_model: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Put the model card in the file's safetensors metadata (key 'fedalign.model_card'), so that `fedalign predict` and `fedalign export` use the file as it is. Without it the file is the one the target uploaded, byte for byte (the sha256 that GET .../model/card gives). */
+                card?: boolean;
+            };
             header?: never;
             path: {
                 federation_id: string;
@@ -4138,7 +4208,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The model as safetensors (G.* and T.*). */
+            /** @description The model as safetensors (G.* and T.*); card=true: its card in the metadata. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -4211,7 +4281,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ModelCard"];
+                    "application/json": components["schemas"]["PublishedModel"];
                 };
             };
             /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
@@ -5127,6 +5197,7 @@ export const phaseOutStateValues: ReadonlyArray<FlattenedDeepRequired<components
 export const preprocessingAugmentValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Preprocessing"]["augment"]> = ["none", "flip", "crop_flip"];
 export const privacyBudget_actionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["budget_action"]> = ["stop", "warn"];
 export const privacyRandomnessValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Privacy"]["randomness"]> = ["secret", "seeded"];
+export const provenanceAlgorithmValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Provenance"]["algorithm"]> = ["fedalign", "fedavg", "source_only"];
 export const readinessStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Readiness"]["status"]> = ["ready", "not_ready"];
 export const roundOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundOut"]["state"]> = ["done", "open", "upcoming"];
 export const roundSummaryStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundSummary"]["state"]> = ["done", "open", "upcoming"];
