@@ -81,10 +81,11 @@ from bench.harness import (
 )
 from fedalign import params
 from fedalign.config import FederationConfig
-from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
+from fedalign.manifest import Manifest, is_floating
 from fedalign.model_manifest import ModelManifest
 from fedalign.phases import round_phases
 from fedalign.protocol import Protocol
+from fedalign.torch_dtypes import SAFETENSORS_DTYPES
 from messaging.node_api import STATUS_HEADER
 from messaging.node_api import TERMINAL_STATUSES as TERMINAL
 

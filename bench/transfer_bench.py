@@ -67,8 +67,9 @@ from bench.harness import (
 )
 from fedalign import params
 from fedalign.config import FederationConfig
-from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, is_floating
+from fedalign.manifest import Manifest, is_floating
 from fedalign.model_manifest import ModelManifest
+from fedalign.torch_dtypes import SAFETENSORS_DTYPES
 
 ADMIN_TOKEN = "transfer-bench-admin-token-0123456789"
 MB = 1_000_000

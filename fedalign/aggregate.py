@@ -28,7 +28,8 @@ import torch
 from safetensors import safe_open
 
 from fedalign import params
-from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, dtype_name, is_floating
+from fedalign.manifest import Manifest, is_floating
+from fedalign.torch_dtypes import SAFETENSORS_DTYPES, dtype_name
 from fedalign.weighting import WEIGHT_SUM_TOLERANCE, AggregationError
 
 Source = Path | str | bytes

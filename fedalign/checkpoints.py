@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from fedalign import params
-from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, dtype_name
+from fedalign.manifest import Manifest
 from fedalign.model_names import MODELS
 from fedalign.models import ModelSet
+from fedalign.torch_dtypes import SAFETENSORS_DTYPES, dtype_name
 
 State = dict[str, torch.Tensor]
 

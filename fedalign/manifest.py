@@ -11,31 +11,26 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-# safetensors dtype names <-> torch dtypes, for the dtypes a model may hold.
-SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
+# The safetensors dtype names a model may hold, with each one's size in bytes. Kept free of torch: the
+# manifest document is read by installs that never train (the coordinator's CLI, the server).
+DTYPE_BYTES: dict[str, int] = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
 }
-TORCH_TO_SAFETENSORS: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The safetensors name of a torch dtype (``torch.float32`` -> ``"F32"``)."""
-    try:
-        return TORCH_TO_SAFETENSORS[dtype]
-    except KeyError as exc:
-        raise ValueError(f"dtype {dtype} cannot be stored in a manifest") from exc
+DTYPE_NAMES: tuple[str, ...] = tuple(DTYPE_BYTES)
 
 
 def is_floating(dtype: str) -> bool:
@@ -55,7 +50,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=SAFETENSORS_DTYPES[self.dtype]).element_size()
+        return self.numel * DTYPE_BYTES[self.dtype]
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "shared": self.shared}
@@ -106,6 +101,8 @@ class Manifest:
     def from_state_dict(
         cls, model: str, state: Mapping[str, torch.Tensor], local: Iterable[str] = ()
     ) -> Manifest:
+        from fedalign.torch_dtypes import dtype_name
+
         local_set = set(local)
         return cls(
             model,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedalign.architecture_names import ARCHITECTURE_PATTERN
-from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, TensorSpec
+from fedalign.manifest import DTYPE_NAMES, Manifest, TensorSpec
 from fedalign.model_names import MODELS
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class TensorDocument(_Strict):
 
     name: Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
     shape: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_DIMENSIONS)]
-    dtype: Literal[tuple(SAFETENSORS_DTYPES)]  # type: ignore[valid-type]
+    dtype: Literal[DTYPE_NAMES]  # type: ignore[valid-type]
     shared: bool
 
 

@@ -69,8 +69,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from safetensors import safe_open
 
 from fedalign import params
-from fedalign.manifest import SAFETENSORS_DTYPES, Manifest, TensorSpec, is_floating
+from fedalign.manifest import Manifest, TensorSpec, is_floating
 from fedalign.phases import Phase
+from fedalign.torch_dtypes import SAFETENSORS_DTYPES
 from fedalign.weighting import WEIGHT_SUM_TOLERANCE
 
 Source = Path | str | bytes

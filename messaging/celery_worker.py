@@ -36,6 +36,8 @@ log = logging.getLogger("fedalign.worker")
 
 # Consumed messages of the filesystem transport older than this are deleted (at most once a minute).
 PROCESSED_KEEP_S = 600.0
+# The line a worker logs once it consumes: what a supervisor (or a test) waits for.
+READY_MESSAGE = "worker ready, consuming"
 PRUNE_EVERY_S = 60.0
 
 
@@ -122,7 +124,7 @@ def _logging_is_configured(**_: Any) -> None:
 def _on_ready(sender: Any = None, **_: Any) -> None:
     """The worker consumes: say so, and stop on SIGTERM without Celery's line ("worker: Warm shutdown")."""
     queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender else []
-    log.info("worker ready, consuming %s", ", ".join(queues) or "nothing")
+    log.info("%s %s", READY_MESSAGE, ", ".join(queues) or "nothing")
     # The same warm shutdown Celery installed a moment ago, silent: `fedalign up` says "stopping" itself.
     install = getattr(celery_apps_worker, "install_worker_term_handler", None)
     controller = getattr(sender, "controller", None)

@@ -44,6 +44,7 @@ from process_support import (
 
 from backend.settings import Settings
 from cli.main import app
+from messaging.celery_worker import READY_MESSAGE
 from workers.celery_app import WorkerSettings
 from workers.client import NodeClient, NodeRunner
 
@@ -483,7 +484,8 @@ def test_the_services_run_from_the_compose_commands(compose: dict[str, Any], tmp
             )
             broker_check = healthcheck_argv(services["aggregator"]["healthcheck"]["test"])
             assert healthy(broker_check, aggregator_env)
-            wait_until(lambda: " ready." in processes.log("aggregator"), START_TIMEOUT_S, "the aggregator")
+            aggregator_ready = lambda: READY_MESSAGE in processes.log("aggregator")  # noqa: E731
+            wait_until(aggregator_ready, START_TIMEOUT_S, "the aggregator")
 
             # A federation: alpha's steps on a node worker started from compose's command, beta and omega
             # polling over REST, the server's averages on the aggregator.
@@ -512,7 +514,7 @@ def test_the_services_run_from_the_compose_commands(compose: dict[str, Any], tmp
             assert healthy(
                 healthcheck_argv(services["worker-cpu"]["healthcheck"]["test"]), child_env(**node_env)
             )
-            wait_until(lambda: " ready." in processes.log("worker"), START_TIMEOUT_S, "alpha's worker")
+            wait_until(lambda: READY_MESSAGE in processes.log("worker"), START_TIMEOUT_S, "alpha's worker")
 
             assert admin.post(f"/api/v1/federations/{fid}/start").status_code == 200
             runners = {n: NodeRunner(NodeClient(url, tokens[n])) for n in ("beta", "omega")}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedalign.manifest import Manifest, TensorSpec, dtype_name
+from fedalign.manifest import Manifest, TensorSpec
 from fedalign.params import (
     ParameterError,
     from_bytes,
@@ -20,6 +20,7 @@ from fedalign.params import (
     to_bytes,
     validate,
 )
+from fedalign.torch_dtypes import dtype_name
 
 MANIFEST = Manifest(
     "D",
