@@ -39,6 +39,7 @@ from backend.services.messages import CeleryAggregationDispatcher, CeleryMesseng
 from backend.services.orchestrator import Orchestrator
 from backend.services.store import ArtifactStore
 from backend.services.sweep import Sweeper
+from backend.services.trackers import TrackerExporter
 from backend.settings import Settings
 
 log = logging.getLogger("fedalign.backend")
@@ -113,12 +114,15 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
             services.db, settings.broker_url, settings.data_dir, settings.queue_prefix
         )
         sweep = asyncio.create_task(services.sweeper.run_forever(settings.sweep_interval_s), name="sweep")
+        exporter = TrackerExporter(services.db, settings.tracker_destinations())
+        trackers = asyncio.create_task(exporter.run_forever(settings.trackers_interval_s), name="trackers")
         try:
             yield
         finally:
-            sweep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweep
+            for task in (sweep, trackers):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             services.notifier.bind(None)
             app.state.queue_collector.close()
             await asyncio.to_thread(services.dispatcher.close)

@@ -169,6 +169,8 @@ class Federation(Base):
         JSON(none_as_null=True), default=None, deferred=True
     )
     phase_opened_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Every experiment tracker it streams to has its whole run (`backend.services.trackers`).
+    trackers_done: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
@@ -349,3 +351,24 @@ class Event(Base):
     type: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class TrackerExport(Base):
+    """How far a federation's metrics have been streamed to one experiment tracker (`fedalign.trackers`).
+
+    Rounds up to ``exported_round`` are in the tracker's run ``run_id``; ``finished`` once the run is closed
+    with the federation's final status. ``error`` holds the last failure (the tracker unreachable, ...),
+    cleared by the next success: the export retries, and the federation itself never waits for it.
+    """
+
+    __tablename__ = "tracker_exports"
+
+    federation_id: Mapped[str] = mapped_column(
+        ForeignKey("federations.id", ondelete="CASCADE"), primary_key=True
+    )
+    tracker: Mapped[str] = mapped_column(String(32), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    exported_round: Mapped[int] = mapped_column(Integer, default=0)
+    finished: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)

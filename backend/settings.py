@@ -14,9 +14,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from fedalign.trackers import Destinations, require
 from messaging.broker import BrokerSettings
 from messaging.logs import LogSettings
 
@@ -118,7 +119,30 @@ class Settings(BrokerSettings, LogSettings):
         ),
     ] = None
 
-    @field_validator("metrics_token", "metrics_addr", mode="before")
+    mlflow_tracking_uri: Annotated[
+        str | None,
+        Field(
+            description="MLflow tracking URI (a server, or sqlite:///path.db) that each federation's "
+            "per-round metrics and config stream to, one MLflow run per federation; unset: none. Needs the "
+            "mlflow extra.",
+        ),
+    ] = None
+    mlflow_experiment: Annotated[
+        str,
+        Field(min_length=1, max_length=200, description="The MLflow experiment of the federations' runs."),
+    ] = "fedalign"
+    tensorboard_dir: Annotated[
+        Path | None,
+        Field(
+            description="Folder of TensorBoard event files: each federation's per-round metrics and config "
+            "in a sub-folder of its own; unset: none. Needs the tensorboard extra.",
+        ),
+    ] = None
+    trackers_interval_s: Annotated[
+        float, Field(gt=0, description="How often settled rounds are streamed to the experiment trackers.")
+    ] = 5.0
+
+    @field_validator("metrics_token", "metrics_addr", "mlflow_tracking_uri", "tensorboard_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes `${FEDALIGN_METRICS_TOKEN:-}` as an empty string when the operator set nothing.
@@ -139,6 +163,15 @@ class Settings(BrokerSettings, LogSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @model_validator(mode="after")
+    def _trackers_installed(self) -> Settings:
+        for tracker in self.tracker_destinations().configured():
+            require(tracker)  # TrackerNotInstalled is a ValueError's kin: say which extra, at start
+        return self
+
+    def tracker_destinations(self) -> Destinations:
+        return Destinations(self.mlflow_tracking_uri, self.mlflow_experiment, self.tensorboard_dir)
 
     @cached_property
     def admin_secret(self) -> str:

@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cli.console import console
+from cli.exit_codes import NOT_INSTALLED
 from cli.extras import needs
 from cli.options import set_threads
-from fedalign.config import ConfigError, load_config
+from fedalign.config import ConfigError, FederationConfig, load_config
+from fedalign.trackers import Destinations, TrackerError, TrackerNotInstalled, TrackerRun, open_run, selected
 
 if TYPE_CHECKING:
     from fedalign.simulate import RoundRecord, SimulationResult
@@ -46,6 +49,23 @@ def simulate(
             "`fedalign export`; needs publish_model, the default)."
         ),
     ] = None,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            metavar="URI",
+            help="Stream each round's metrics and the config to this MLflow tracking URI (a server, or "
+            "sqlite:///mlflow.db); needs the mlflow extra.",
+        ),
+    ] = None,
+    mlflow_experiment: Annotated[str, typer.Option(help="The MLflow experiment of the run.")] = "fedalign",
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Write each round's metrics and the config as TensorBoard event files under DIR; needs the "
+            "tensorboard extra.",
+        ),
+    ] = None,
 ) -> None:
     """Run a whole federation in this process and print its metrics round by round."""
     # torch and the models load only when a simulation runs.
@@ -65,6 +85,7 @@ def simulate(
     if updates:
         config = config.model_validate({**config.model_dump(), **updates})
     set_threads(threads)
+    runs = _open_tracker_runs(config, Destinations(mlflow, mlflow_experiment, tensorboard))
     console.print(
         f"[bold]{config.name}[/]: {config.algorithm} on {config.architecture}, {config.rounds} rounds, "
         f"seed {config.seed}, aggregator {config.aggregator}, nodes: "
@@ -90,12 +111,20 @@ def simulate(
                 if k in record.metrics
             )
             progress.update(task, advance=1, last=last)
+            # Round r - 1 is settled once round r is done (`settled_round`); the rest at the end.
+            if record.round > 1:
+                log_rounds(runs, records[-2:-1])
 
         try:
             result = run_simulation(config, device=Device.pick(device), on_round=on_round)
         except (ValueError, RuntimeError) as exc:
+            for run in runs:
+                run.finish("FAILED")
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(1) from exc
+    log_rounds(runs, records[-1:])
+    for run in runs:
+        run.finish("FINISHED")
     console.print(metrics_table(result.rounds))
     for event in result.events:
         console.print(f"[yellow]{event}[/]")
@@ -104,6 +133,28 @@ def simulate(
         console.print(f"metrics written to {json_path}")
     if save_model:
         _save_target_model(result, save_model)
+
+
+def log_rounds(runs: list[TrackerRun], records: list[RoundRecord]) -> None:
+    for record in records:
+        for run in runs:
+            run.log_round(record.round, record.metrics, record.nodes)
+
+
+def _open_tracker_runs(config: FederationConfig, destinations: Destinations) -> list[TrackerRun]:
+    runs = []
+    for tracker in config.trackers or ():
+        if tracker not in destinations.configured():
+            console.print(
+                f"[yellow]the config streams to {tracker}, but no --{tracker} destination is given[/]"
+            )
+    for tracker in selected(config.trackers, destinations):
+        try:
+            runs.append(open_run(tracker, destinations, config.name, config.model_dump(mode="json")))
+        except TrackerError as exc:
+            console.print(f"[red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(NOT_INSTALLED if isinstance(exc, TrackerNotInstalled) else 1) from exc
+    return runs
 
 
 def _save_target_model(result: SimulationResult, path: Path) -> None:

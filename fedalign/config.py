@@ -26,6 +26,7 @@ from pydantic import (
 
 from fedalign import presets
 from fedalign.architecture_names import ARCHITECTURE_PATTERN, BUILTINS, ENTRY_POINT_GROUP
+from fedalign.trackers import TRACKER_NAMES, TrackerName
 
 Algorithm = Literal["fedalign", "fedavg", "source_only"]
 Role = Literal["source", "target"]
@@ -499,6 +500,16 @@ class FederationConfig(_Strict):
             "parameter values must stay within +-2^20."
         ),
     ] = False
+    trackers: Annotated[
+        list[TrackerName] | None,
+        Field(
+            description="Experiment trackers (mlflow, tensorboard) that this federation's per-round metrics "
+            "and config stream to, among those configured where it runs (the deployment's "
+            "FEDALIGN_MLFLOW_TRACKING_URI and FEDALIGN_TENSORBOARD_DIR, or `fedalign simulate --mlflow "
+            "--tensorboard`); unset: every configured one; []: none.",
+            max_length=len(TRACKER_NAMES),
+        ),
+    ] = None
     privacy: Privacy = Privacy()
     preprocessing: Preprocessing = Preprocessing()
     hyperparameters: Hyperparameters = Hyperparameters()

@@ -118,3 +118,12 @@ def fresh_metrics(
         "disc_acc_fresh_target": parts[1],
         "pad": 2.0 * (1.0 - 2.0 * (1.0 - acc)),
     }
+
+
+def settled_round(open_round: int, finished: bool, last_round: int) -> int:
+    """The last round whose metrics can no longer change, with `open_round` the round in progress.
+
+    A round's fresh-discriminator metrics (`fresh_metrics`) are recorded during the next round's adapt
+    phase, so while round R runs, round R - 1 may still gain metrics and R - 2 is the last settled one.
+    """
+    return last_round if finished else max(0, open_round - 2)

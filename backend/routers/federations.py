@@ -50,7 +50,10 @@ def create_federation(
 ) -> FederationCreated:
     settings = body.model_dump(mode="json")  # type: ignore[attr-defined]
     federation, token = federations.create(
-        services.orchestrator, settings, services.settings.max_upload_bytes
+        services.orchestrator,
+        settings,
+        services.settings.max_upload_bytes,
+        services.settings.tracker_destinations(),
     )
     out = _out(services, federation.id)
     return FederationCreated(**out.model_dump(), join_token=token)
@@ -93,7 +96,12 @@ def clone_federation(
 ) -> FederationCloned:
     overrides = body.model_dump(exclude_none=True, exclude={"nodes"})
     federation, join_token, registered = federations.clone(
-        services.orchestrator, federation_id, overrides, body.nodes, services.settings.max_upload_bytes
+        services.orchestrator,
+        federation_id,
+        overrides,
+        body.nodes,
+        services.settings.max_upload_bytes,
+        services.settings.tracker_destinations(),
     )
     base = services.base_url(request)
     node_tokens = [federations.node_created(n, token, base, services.settings) for n, token in registered]

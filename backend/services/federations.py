@@ -40,6 +40,7 @@ from backend.services.orchestrator import (
 )
 from backend.settings import Settings
 from fedalign.config import FederationConfig
+from fedalign.trackers import Destinations
 
 ROUTES = "list them with GET /api/v1/federations"
 
@@ -172,7 +173,10 @@ def all_federations(session: Session) -> list[Federation]:
 
 
 def create(
-    orchestrator: Orchestrator, settings: dict[str, Any], max_upload_bytes: int
+    orchestrator: Orchestrator,
+    settings: dict[str, Any],
+    max_upload_bytes: int,
+    trackers: Destinations | None = None,
 ) -> tuple[Federation, str]:
     """A new federation; for a built-in architecture (without init_checkpoint) with its initial parameters
     and their manifest document, built here when its settings allow (otherwise the start says what is
@@ -184,6 +188,14 @@ def create(
         # The request's schema checks each field; rules across fields (secure aggregation's) are checked here.
         problems = "; ".join(e["msg"] for e in exc.errors())
         raise ApiError(422, "invalid_request", f"the federation's settings are invalid: {problems}") from exc
+    unavailable = [t for t in config.trackers or () if t not in (trackers or Destinations()).configured()]
+    if unavailable:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"the federation streams to {', '.join(unavailable)}, which this deployment does not configure "
+            "(FEDALIGN_MLFLOW_TRACKING_URI, FEDALIGN_TENSORBOARD_DIR); leave trackers unset for what it has",
+        )
     initial = None
     if initial_models.server_builds(config):
         try:
@@ -232,6 +244,7 @@ def clone(
     overrides: dict[str, Any],
     with_nodes: bool,
     max_upload_bytes: int,
+    trackers: Destinations | None = None,
 ) -> tuple[Federation, str, list[tuple[Node, str]]]:
     """A new federation with the same config (and, with_nodes, the same nodes under new tokens). An uploaded
     initial model comes along when the copy's models are the same (same architecture, model settings, seed
@@ -247,7 +260,7 @@ def clone(
         ]
     try:
         federation, join_token = create(
-            orchestrator, {**settings, **overrides, "name": name}, max_upload_bytes
+            orchestrator, {**settings, **overrides, "name": name}, max_upload_bytes, trackers
         )
     except ValidationError as exc:
         problems = "; ".join(e["msg"] for e in exc.errors())
