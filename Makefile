@@ -7,13 +7,13 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
         bench-load bench-privacy bench-round bench-transfer bench-steps bench-data clean
 
-# The dev set includes the optional extras (export: ONNX; parquet), so that their tests run. setuptools says
+# The dev set includes the optional extras (export: ONNX; parquet; the trackers), so that their tests run. setuptools says
 # on every editable install that it is one ("Editable installation" / "Please be careful with folders ..."):
 # that notice is filtered, so a first `make run` prints what FedAlign has to say.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[server,dev,bench,docs,export,parquet]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install --quiet -e '.[server,dev,bench,docs,export,parquet,mlflow,tensorboard]'
 	touch $(STAMP)
 
 # The dashboard: npm packages exactly as locked, then the static build the API serves at /.

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import statistics
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -298,6 +299,18 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     page.wait_for_function(
         "() => document.querySelector('[data-testid=\"chart-compare-target-acc\"]')?.dataset.lines === '1'"
     )
+    # The settings in which they differ: the algorithm and the name, each federation's value in its column.
+    diff = page.get_by_test_id("settings-diff")
+    algorithm = diff.get_by_role("row", name="algorithm")
+    assert algorithm.get_by_role("cell").all_inner_texts() == ["fedalign", "fedavg"]
+    assert diff.get_by_role("row", name="rounds").count() == 0  # the same in both: not listed
+    # Any metric either reports can be drawn: task_loss joins the charts, and the URL keeps the choice.
+    page.get_by_role("checkbox", name="task_loss").check()
+    page.wait_for_function(
+        "() => document.querySelector('[data-testid=\"chart-compare-task-loss\"]')?.dataset.lines === '1'"
+    )
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(page.url).query)
+    assert query["metrics"] == ["target_acc,disc_acc,task_loss"]
 
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Admin token", exact=True).wait_for()

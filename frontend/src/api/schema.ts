@@ -1291,6 +1291,11 @@ export interface components {
              */
             secure_aggregation: boolean;
             /**
+             * Trackers
+             * @description Experiment trackers (mlflow, tensorboard) that this federation's per-round metrics and config stream to, among those configured where it runs (the deployment's FEDALIGN_MLFLOW_TRACKING_URI and FEDALIGN_TENSORBOARD_DIR, or `fedalign simulate --mlflow --tensorboard`); unset: every configured one; []: none.
+             */
+            trackers?: ("mlflow" | "tensorboard")[] | null;
+            /**
              * @default {
              *       "noise_multiplier": 0,
              *       "max_grad_norm": 1,
@@ -5170,6 +5175,7 @@ export const federationCreatedStatusValues: ReadonlyArray<FlattenedDeepRequired<
 export const federationOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationOut"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const federationSettingsAlgorithmValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["algorithm"]> = ["fedalign", "fedavg", "source_only"];
 export const federationSettingsAggregatorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["aggregator"]> = ["server", "target"];
+export const federationSettingsTrackersAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["FederationSettings"]["trackers"]> = ["mlflow", "tensorboard"];
 export const hyperparametersPresetAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["preset"]> = ["digits_recipe"];
 export const hyperparametersOptimizerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["optimizer"]> = ["sgd", "adam", "adamw"];
 export const hyperparametersLr_scheduleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["lr_schedule"]> = ["constant", "dann"];

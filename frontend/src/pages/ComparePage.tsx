@@ -3,28 +3,21 @@ import { useMemo } from "react";
 import { Link, useSearchParams } from "react-router";
 import { federationsQuery, metricsQuery } from "../api/queries";
 import { EChart } from "../charts/EChart";
-import { type ChartLine, type ChartScale, lineOption } from "../charts/lineOption";
+import { type ChartLine, lineOption } from "../charts/lineOption";
 import { Empty, ErrorNotice, Loading } from "../components/feedback";
+import {
+  comparableMetrics,
+  compareScale,
+  compareTestId,
+  DEFAULT_COMPARED,
+  settingDifferences,
+} from "../metrics/compare";
 import { findSeries } from "../metrics/series";
 import { useTitle } from "../useTitle";
 
-const COMPARED = [
-  {
-    name: "target_acc",
-    title: "Target accuracy",
-    testId: "chart-compare-target-acc",
-    scale: { y: "accuracy", min: 0, max: 1 },
-  },
-  {
-    name: "disc_acc",
-    title: "Discriminator accuracy (balanced)",
-    testId: "chart-compare-disc-acc",
-    scale: { y: "accuracy", min: 0, max: 1, reference: { value: 0.5, label: "aligned (0.5)" } },
-  },
-] as const satisfies readonly { name: string; title: string; testId: string; scale: ChartScale }[];
-
-/** Two or more federations side by side; the selection lives in the URL (?ids=a,b) so it can be shared.
- * Without an event stream per federation, running ones are polled. */
+/** Two or more federations side by side: any metric they report on one chart each, and the settings in
+ * which they differ. The selection lives in the URL (?ids=a,b&metrics=x,y) so it can be shared. Without
+ * an event stream per federation, running ones are polled. */
 export function ComparePage() {
   const [params, setParams] = useSearchParams();
   const ids = useMemo(() => (params.get("ids") ?? "").split(",").filter(Boolean), [params]);
@@ -33,11 +26,26 @@ export function ComparePage() {
     queries: ids.map((id) => ({ ...metricsQuery(id), refetchInterval: 10_000 })),
   });
 
-  const toggle = (id: string) => {
-    const next = ids.includes(id) ? ids.filter((x) => x !== id) : [...ids, id];
-    setParams(next.length ? { ids: next.join(",") } : {}, { replace: true });
+  const available = comparableMetrics(metrics.map((m) => m.data));
+  const chosen = params.get("metrics");
+  const drawn =
+    chosen === null
+      ? available.filter((n) => (DEFAULT_COMPARED as readonly string[]).includes(n))
+      : chosen.split(",").filter(Boolean);
+
+  const update = (nextIds: string[], nextMetrics: string[] | null) => {
+    const next: Record<string, string> = {};
+    if (nextIds.length) next.ids = nextIds.join(",");
+    if (nextMetrics !== null) next.metrics = nextMetrics.join(",");
+    setParams(next, { replace: true });
   };
-  const nameOf = (id: string) => federations.data?.items.find((f) => f.id === id)?.name ?? id;
+  const toggle = (id: string) =>
+    update(ids.includes(id) ? ids.filter((x) => x !== id) : [...ids, id], chosen === null ? null : drawn);
+  const toggleMetric = (name: string) =>
+    update(ids, drawn.includes(name) ? drawn.filter((x) => x !== name) : [...drawn, name]);
+  const federationOf = (id: string) => federations.data?.items.find((f) => f.id === id);
+  const nameOf = (id: string) => federationOf(id)?.name ?? id;
+  const differences = settingDifferences(ids.map((id) => federationOf(id)?.config ?? {}));
   useTitle("Compare");
 
   return (
@@ -85,34 +93,96 @@ export function ComparePage() {
       {ids.length < 2 ? (
         <p className="muted">Pick two or more federations above to draw their curves on the same charts.</p>
       ) : (
-        <div className="chart-grid">
-          {metrics.map((m, i) =>
-            m.isError ? (
-              <ErrorNotice key={ids[i]} error={m.error} what={`the metrics of ${nameOf(ids[i]!)}`} />
-            ) : null,
-          )}
-          {metrics.some((m) => m.isPending) && <Loading what="metrics" />}
-          {COMPARED.map((chart) => {
-            const lines: ChartLine[] = ids.map((id, i) => ({
-              label: nameOf(id),
-              points: findSeries(metrics[i]?.data, chart.name)?.points ?? [],
-            }));
-            return (
-              <figure key={chart.testId} className="chart-card" aria-labelledby={`${chart.testId}-title`}>
-                <figcaption>
-                  <h3 id={`${chart.testId}-title`}>{chart.title}</h3>
-                </figcaption>
-                <EChart
-                  className="chart"
-                  option={lineOption(lines, chart.scale)}
-                  label={`${chart.title} per round, one line per federation`}
-                  data-testid={chart.testId}
-                  data-lines={lines.filter((l) => l.points.length > 0).length}
-                />
-              </figure>
-            );
-          })}
-        </div>
+        <>
+          <section className="panel" aria-labelledby="metrics-title">
+            <h2 id="metrics-title">Metrics</h2>
+            {metrics.map((m, i) =>
+              m.isError ? (
+                <ErrorNotice key={ids[i]} error={m.error} what={`the metrics of ${nameOf(ids[i]!)}`} />
+              ) : null,
+            )}
+            {metrics.some((m) => m.isPending) ? (
+              <Loading what="metrics" />
+            ) : available.length === 0 ? (
+              <p className="muted">None of these federations has reported a metric yet.</p>
+            ) : (
+              <fieldset className="picker">
+                <legend>Draw</legend>
+                {available.map((name) => (
+                  <label key={name}>
+                    <input
+                      type="checkbox"
+                      checked={drawn.includes(name)}
+                      onChange={() => toggleMetric(name)}
+                    />{" "}
+                    <code>{name}</code>
+                  </label>
+                ))}
+              </fieldset>
+            )}
+          </section>
+          <div className="chart-grid">
+            {drawn.map((name) => {
+              const testId = compareTestId(name);
+              const scale = compareScale(name);
+              const lines: ChartLine[] = ids.map((id, i) => ({
+                label: nameOf(id),
+                points: findSeries(metrics[i]?.data, name)?.points ?? [],
+              }));
+              return (
+                <figure key={name} className="chart-card" aria-labelledby={`${testId}-title`}>
+                  <figcaption>
+                    <h3 id={`${testId}-title`}>
+                      <code>{name}</code> per round
+                    </h3>
+                  </figcaption>
+                  <EChart
+                    className="chart"
+                    option={lineOption(lines, scale)}
+                    label={`${name} per round, one line per federation`}
+                    data-testid={testId}
+                    data-lines={lines.filter((l) => l.points.length > 0).length}
+                  />
+                </figure>
+              );
+            })}
+          </div>
+          <section className="panel" aria-labelledby="settings-title">
+            <h2 id="settings-title">Settings that differ</h2>
+            {differences.length === 0 ? (
+              <p className="muted">These federations have the same settings.</p>
+            ) : (
+              <div className="table-wrap">
+                <table data-testid="settings-diff">
+                  <thead>
+                    <tr>
+                      <th scope="col">Setting</th>
+                      {ids.map((id) => (
+                        <th scope="col" key={id}>
+                          {nameOf(id)}
+                        </th>
+                      ))}
+                    </tr>
+                  </thead>
+                  <tbody>
+                    {differences.map((d) => (
+                      <tr key={d.key}>
+                        <th scope="row">
+                          <code>{d.key}</code>
+                        </th>
+                        {d.values.map((v, i) => (
+                          <td key={ids[i]}>
+                            {v === undefined ? <span className="muted">(not set)</span> : <code>{v}</code>}
+                          </td>
+                        ))}
+                      </tr>
+                    ))}
+                  </tbody>
+                </table>
+              </div>
+            )}
+          </section>
+        </>
       )}
     </>
   );
