@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.schemas.nodes import NodeCreated
 from fedalign.config import Algorithm, FederationConfig
+from fedalign.trackers import TrackerName
 from messaging.node_api import FederationStatus
 
 CREATE_EXAMPLE: dict[str, Any] = {
@@ -49,6 +50,16 @@ class Progress(BaseModel):
     round_of_metrics: int | None = Field(description="The round those two were measured in.")
 
 
+class TrackerExportOut(BaseModel):
+    """How far the federation has been streamed to one experiment tracker (docs: Experiment trackers)."""
+
+    tracker: TrackerName
+    run_id: str | None = Field(description="The tracker's run: MLflow's run id, TensorBoard's sub-folder.")
+    exported_round: int = Field(description="Rounds up to this one are in the tracker.")
+    finished: bool = Field(description="The run is closed with the federation's final status.")
+    error: str | None = Field(description="The last failure to reach the tracker (retried), if any.")
+
+
 InitialModelPart = Literal["manifest", "parameters"]
 
 
@@ -78,6 +89,9 @@ class FederationOut(BaseModel):
     progress: Progress
     model_published: bool = Field(description="The target's model can be downloaded (GET .../model).")
     initial_model: InitialModelOut
+    trackers: list[TrackerExportOut] = Field(
+        default_factory=list, description="Its runs in the experiment trackers, once it has streamed to any."
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
     started_at: dt.datetime | None

@@ -14,9 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.errors import ApiError, conflict, forbidden, not_found
-from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, utcnow
+from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, TrackerExport, utcnow
 from backend.observability import logs
-from backend.schemas.federations import FederationOut, InitialModelOut, Progress
+from backend.schemas.federations import FederationOut, InitialModelOut, Progress, TrackerExportOut
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeOut
 from backend.security import (
     JOIN_PREFIX,
@@ -69,8 +69,33 @@ def latest_metrics(session: Session, federation_ids: list[str]) -> dict[str, Lat
     return latest
 
 
+def tracker_exports_of(session: Session, federation_ids: list[str]) -> dict[str, list[TrackerExportOut]]:
+    exports: dict[str, list[TrackerExportOut]] = {fid: [] for fid in federation_ids}
+    if federation_ids:
+        rows = session.scalars(
+            select(TrackerExport)
+            .where(TrackerExport.federation_id.in_(federation_ids))
+            .order_by(TrackerExport.tracker)
+        )
+        for row in rows:
+            exports[row.federation_id].append(
+                TrackerExportOut(
+                    tracker=row.tracker,  # type: ignore[arg-type]
+                    run_id=row.run_id,
+                    exported_round=row.exported_round,
+                    finished=row.finished,
+                    error=row.error,
+                )
+            )
+    return exports
+
+
 def federation_out(
-    federation: Federation, node_names: list[str], latest: Latest, initial_model: InitialModelOut
+    federation: Federation,
+    node_names: list[str],
+    latest: Latest,
+    initial_model: InitialModelOut,
+    trackers: list[TrackerExportOut],
 ) -> FederationOut:
     round_: int | None = None
     phase: str | None = None
@@ -106,6 +131,7 @@ def federation_out(
             and "target_model" in (federation.final_models or {})
         ),
         initial_model=initial_model,
+        trackers=trackers,
         created_at=federation.created_at,
         updated_at=federation.updated_at,
         started_at=federation.started_at,
@@ -116,7 +142,8 @@ def federation_out(
 def view(session: Session, federation: Federation) -> FederationOut:
     latest = latest_metrics(session, [federation.id])[federation.id]
     initial = initial_models.initial_models_of(session, [federation.id])[federation.id]
-    return federation_out(federation, node_names(session, federation.id), latest, initial)
+    trackers = tracker_exports_of(session, [federation.id])[federation.id]
+    return federation_out(federation, node_names(session, federation.id), latest, initial, trackers)
 
 
 def views_of(session: Session, federations: list[Federation]) -> list[FederationOut]:
@@ -130,7 +157,8 @@ def views_of(session: Session, federations: list[Federation]) -> list[Federation
         for federation_id, name in rows:
             names[federation_id].append(name)
     initial = initial_models.initial_models_of(session, ids)
-    return [federation_out(f, names[f.id], latest[f.id], initial[f.id]) for f in federations]
+    trackers = tracker_exports_of(session, ids)
+    return [federation_out(f, names[f.id], latest[f.id], initial[f.id], trackers[f.id]) for f in federations]
 
 
 def node_out(node: Node, federation_status: str | None = None) -> NodeOut:

@@ -122,3 +122,26 @@ describe("the nodes table", () => {
     );
   });
 });
+
+describe("the experiment tracker runs", () => {
+  it("name each run and how far it got, and a tracker that is down with its error", () => {
+    renderPage(
+      federation({
+        trackers: [
+          { tracker: "mlflow", run_id: "abc123", exported_round: 3, finished: true, error: null },
+          { tracker: "tensorboard", run_id: null, exported_round: 0, finished: false, error: "disk full" },
+        ],
+      }),
+    );
+    const runs = screen.getByTestId("tracker-runs");
+    expect(runs).toHaveTextContent("MLflow run abc123, rounds up to 3 (closed)");
+    expect(runs).toHaveTextContent(
+      "TensorBoard no run yet, rounds up to 0 · not reachable, retrying: disk full",
+    );
+  });
+
+  it("are not shown for a federation that streams to none", () => {
+    renderPage(federation({ trackers: [] }));
+    expect(screen.queryByTestId("tracker-runs")).toBeNull();
+  });
+});

@@ -121,6 +121,8 @@ def test_a_served_federation_streams_every_round_and_its_config_to_both_trackers
     params = run.data.params
     assert params["rounds"] == str(ROUNDS) and params["nodes.omega.role"] == "target"
     board = tensorboard_series(settings)
+    assert settings.tensorboard_dir is not None
+    (board_dir,) = settings.tensorboard_dir.iterdir()
     assert set(board) == set(expected)
     assert all(close(board[k], expected[k]) for k in expected)
     with api.services.db.read() as session:
@@ -129,6 +131,24 @@ def test_a_served_federation_streams_every_round_and_its_config_to_both_trackers
             ("mlflow", ROUNDS, True, None),
             ("tensorboard", ROUNDS, True, None),
         }
+    # The API says where the runs are: MLflow's run id, TensorBoard's folder.
+    shown = api.ok("GET", f"/api/v1/federations/{fid}")["trackers"]
+    assert shown == [
+        {
+            "tracker": "mlflow",
+            "run_id": run.info.run_id,
+            "exported_round": ROUNDS,
+            "finished": True,
+            "error": None,
+        },
+        {
+            "tracker": "tensorboard",
+            "run_id": board_dir.name,
+            "exported_round": ROUNDS,
+            "finished": True,
+            "error": None,
+        },
+    ]
 
 
 @pytest.mark.parametrize("interval_s", [3600.0])  # two exporters stand for the API before and after a restart
@@ -179,6 +199,8 @@ def test_a_tracker_that_is_down_never_holds_the_federation(
         row = session.get(TrackerExport, (fid, "mlflow"))
         assert row is not None and row.error and not row.finished and row.exported_round == 0
     assert not trackers_done(api, fid)  # retried on the next pass
+    (shown,) = api.ok("GET", f"/api/v1/federations/{fid}")["trackers"]
+    assert shown["tracker"] == "mlflow" and shown["error"] and not shown["finished"]
 
 
 @pytest.mark.parametrize("with_mlflow", [False])

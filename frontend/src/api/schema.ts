@@ -985,6 +985,11 @@ export interface components {
             model_published: boolean;
             initial_model: components["schemas"]["InitialModelOut"];
             /**
+             * Trackers
+             * @description Its runs in the experiment trackers, once it has streamed to any.
+             */
+            trackers?: components["schemas"]["TrackerExportOut"][];
+            /**
              * Created At
              * Format: date-time
              */
@@ -1054,6 +1059,11 @@ export interface components {
              */
             model_published: boolean;
             initial_model: components["schemas"]["InitialModelOut"];
+            /**
+             * Trackers
+             * @description Its runs in the experiment trackers, once it has streamed to any.
+             */
+            trackers?: components["schemas"]["TrackerExportOut"][];
             /**
              * Created At
              * Format: date-time
@@ -1155,6 +1165,11 @@ export interface components {
              */
             model_published: boolean;
             initial_model: components["schemas"]["InitialModelOut"];
+            /**
+             * Trackers
+             * @description Its runs in the experiment trackers, once it has streamed to any.
+             */
+            trackers?: components["schemas"]["TrackerExportOut"][];
             /**
              * Created At
              * Format: date-time
@@ -2518,6 +2533,37 @@ export interface components {
             shape: number[];
             /** Dtype */
             dtype: string;
+        };
+        /**
+         * TrackerExportOut
+         * @description How far the federation has been streamed to one experiment tracker (docs: Experiment trackers).
+         */
+        TrackerExportOut: {
+            /**
+             * Tracker
+             * @enum {string}
+             */
+            tracker: "mlflow" | "tensorboard";
+            /**
+             * Run Id
+             * @description The tracker's run: MLflow's run id, TensorBoard's sub-folder.
+             */
+            run_id: string | null;
+            /**
+             * Exported Round
+             * @description Rounds up to this one are in the tracker.
+             */
+            exported_round: number;
+            /**
+             * Finished
+             * @description The run is closed with the federation's final status.
+             */
+            finished: boolean;
+            /**
+             * Error
+             * @description The last failure to reach the tracker (retried), if any.
+             */
+            error: string | null;
         };
         /** UploadResult */
         UploadResult: {
@@ -5209,3 +5255,4 @@ export const roundOutStateValues: ReadonlyArray<FlattenedDeepRequired<components
 export const roundSummaryStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundSummary"]["state"]> = ["done", "open", "upcoming"];
 export const stepOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StepOut"]["status"]> = ["pending", "claimed", "done", "cancelled", "failed"];
 export const tensorDocumentDtypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TensorDocument"]["dtype"]> = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"];
+export const trackerExportOutTrackerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TrackerExportOut"]["tracker"]> = ["mlflow", "tensorboard"];

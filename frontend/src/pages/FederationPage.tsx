@@ -13,6 +13,7 @@ import { PrivacyChart } from "../components/PrivacyChart";
 import { RegisterNodeForm } from "../components/RegisterNodeForm";
 import { RoundsTable } from "../components/RoundsTable";
 import { StatusBadge } from "../components/StatusBadge";
+import { TrackerRuns } from "../components/TrackerRuns";
 import { type StreamState, useFederationEvents } from "../live/useFederationEvents";
 import { FEDERATION_CHARTS, NO_TARGET_LABELS, targetHasLabels } from "../metrics/charts";
 import { type Collapse, detectCollapse } from "../metrics/series";
@@ -154,6 +155,7 @@ function FederationView({ federation }: { federation: Federation }) {
             </button>
           </div>
           <p className="hint">{modelHint(federation)}</p>
+          <TrackerRuns trackers={federation.trackers} />
         </section>
       </div>
 
