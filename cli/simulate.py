@@ -14,6 +14,7 @@ from cli.console import console
 from cli.exit_codes import NOT_INSTALLED
 from cli.extras import needs
 from cli.options import set_threads
+from fedalign.checkpoint_files import checkpoint_filename
 from fedalign.config import ConfigError, FederationConfig, load_config
 from fedalign.trackers import Destinations, TrackerError, TrackerNotInstalled, TrackerRun, open_run, selected
 
@@ -47,6 +48,14 @@ def simulate(
         typer.Option(
             help="Write the target's final model here, with its card (for `fedalign predict` and "
             "`fedalign export`; needs publish_model, the default)."
+        ),
+    ] = None,
+    save_checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Write each checkpoint (checkpoint_every) as DIR/round-NNNN.safetensors, with its card, and "
+            "say which one the label-free rule selects.",
         ),
     ] = None,
     mlflow: Annotated[
@@ -133,6 +142,8 @@ def simulate(
         console.print(f"metrics written to {json_path}")
     if save_model:
         _save_target_model(result, save_model)
+    if result.checkpoints:
+        _report_checkpoints(result, save_checkpoints)
 
 
 def log_rounds(runs: list[TrackerRun], records: list[RoundRecord]) -> None:
@@ -155,6 +166,22 @@ def _open_tracker_runs(config: FederationConfig, destinations: Destinations) -> 
             console.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(NOT_INSTALLED if isinstance(exc, TrackerNotInstalled) else 1) from exc
     return runs
+
+
+def _report_checkpoints(result: SimulationResult, directory: Path | None) -> None:
+    from fedalign.trained_model import save_model
+
+    selected = result.selected_checkpoint
+    console.print(
+        f"checkpoints after rounds {', '.join(map(str, sorted(result.checkpoints)))}; selected: round "
+        f"{selected} (the best source validation accuracy: no target label is used)"
+    )
+    if directory is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for round_, model in sorted(result.checkpoints.items()):
+        save_model(directory / checkpoint_filename(round_), model, result.config)
+    console.print(f"checkpoints written to {directory}, with their cards")
 
 
 def _save_target_model(result: SimulationResult, path: Path) -> None:

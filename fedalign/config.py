@@ -488,6 +488,17 @@ class FederationConfig(_Strict):
         bool,
         Field(description="The target uploads its final model (shared and local tensors) for download."),
     ] = True
+    checkpoint_every: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=100_000,
+            description="The target also uploads its model every this many rounds (a checkpoint: evaluated "
+            "that round, downloadable on its own); of all checkpoints, the one with the best source "
+            "validation accuracy is marked selected, a choice made without target labels. Needs "
+            "publish_model. Unset: only the final model.",
+        ),
+    ] = None
     secure_aggregation: Annotated[
         bool,
         Field(
@@ -573,6 +584,14 @@ class FederationConfig(_Strict):
             raise ValueError(
                 f"preprocessing.mean and std have {len(p.mean)} values for images of {shape[0]} "
                 "channel(s); give one value per channel, or one for all"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_checkpoints(self) -> FederationConfig:
+        if self.checkpoint_every is not None and not self.publish_model:
+            raise ValueError(
+                "checkpoint_every needs publish_model = true: a checkpoint is the target's model, uploaded"
             )
         return self
 

@@ -127,3 +127,14 @@ def settled_round(open_round: int, finished: bool, last_round: int) -> int:
     phase, so while round R runs, round R - 1 may still gain metrics and R - 2 is the last settled one.
     """
     return last_round if finished else max(0, open_round - 2)
+
+
+def selected_checkpoint(source_val_acc: Mapping[int, float | None]) -> int | None:
+    """Of the checkpoints (round -> the sources' validation accuracy that round), the one to use: the best
+    source validation accuracy, the later round on a tie; the last one when none was measured. No target
+    label takes part: the sources' validation splits are labelled, the target's test split is never read.
+    """
+    if not source_val_acc:
+        return None
+    measured = [(value, round_) for round_, value in source_val_acc.items() if value is not None]
+    return max(measured)[1] if measured else max(source_val_acc)

@@ -11,8 +11,9 @@ counts), then rounds 1..R, each a fixed list of phases (`Schedule.round`):
   on them as in ``fedalign`` without the discriminator), ``eval``.
 * ``source_only``: ``train`` over the sources alone, ``eval``; the target applies the sources' model.
 
-``eval`` runs every ``eval_every`` rounds and in the last round; with ``publish_model`` the last round ends
-with ``publish``, in which the target uploads its final model.
+``eval`` runs every ``eval_every`` rounds, in each checkpoint round and in the last round; with
+``publish_model`` the last round ends with ``publish``, in which the target uploads its final model, and so
+does every ``checkpoint_every``-th round (a checkpoint).
 
 A `Phase` says everything the schedule decides about one phase, per role: the newest aggregates its step
 starts from, the models it uploads, and the optimiser steps it takes on its training data. The protocol
@@ -75,10 +76,17 @@ class Schedule:
     rounds: int
     publish_model: bool
     hp: Hyperparameters
+    checkpoint_every: int | None = None
 
     @classmethod
     def of(cls, config: FederationConfig) -> Schedule:
-        return cls(config.algorithm, config.rounds, config.publish_model, config.hyperparameters)
+        return cls(
+            config.algorithm,
+            config.rounds,
+            config.publish_model,
+            config.hyperparameters,
+            config.checkpoint_every,
+        )
 
     def round(self, round_: int) -> tuple[Phase, ...]:
         """The phases of round `round_`, in order (0 is setup)."""
@@ -94,7 +102,15 @@ class Schedule:
         return self.algorithm == "fedalign" or self.hp.target_terms
 
     def evaluates(self, round_: int) -> bool:
-        return round_ == self.rounds or round_ % self.hp.eval_every == 0
+        # A checkpoint's round is evaluated: its source validation accuracy is what selects one.
+        return round_ == self.rounds or round_ % self.hp.eval_every == 0 or self.publishes(round_)
+
+    def publishes(self, round_: int) -> bool:
+        """Whether round `round_` ends with the target uploading its model: the last, and each checkpoint."""
+        if not self.publish_model or round_ < 1:
+            return False
+        every = self.checkpoint_every
+        return round_ == self.rounds or (every is not None and round_ % every == 0)
 
     def downloads(self, role: Role) -> tuple[str, ...]:
         """The newest aggregates a step of `role` starts from, in every phase after setup.
@@ -188,7 +204,7 @@ def _round(s: Schedule, round_: int) -> tuple[Phase, ...]:
         phases = [_training(s, "train", round_)]
     if s.evaluates(round_):
         phases.append(_evaluation(s))
-    if round_ == s.rounds and s.publish_model:
+    if s.publishes(round_):
         phases.append(_publish(s))
     return tuple(phases)
 

@@ -140,6 +140,14 @@ class PhaseClosed:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """The target's model after round `round` is stored under `key` (every publish phase, the last too)."""
+
+    round: int
+    key: str
+
+
+@dataclass(frozen=True)
 class Finish:
     models: dict[str, str]
     # Why the run ended before its last round (its privacy budget); empty when it ran every round.
@@ -195,6 +203,7 @@ Action = (
     | NodeFailed
     | PhaseClosed
     | Finish
+    | Checkpoint
     | Stall
     | PrivacyWarning
 )
@@ -687,6 +696,10 @@ class Protocol:
             round_level = round_metrics(self.config, self.state.node_metrics, self.state.samples, r)
             if round_level:
                 actions.append(RecordMetrics(r, round_level))
+        if phase.kind == "publish":
+            actions.append(
+                Checkpoint(r, submission_key(r, phase.name, PUBLISHED_MODEL, self.config.target.name))
+            )
         self.state.done = {}
         self.state.failures = {}
         self.state.failed = {}

@@ -28,11 +28,13 @@ from fedalign.device import CPU, Device
 from fedalign.failures import failure_reason, is_retryable
 from fedalign.initial_parameters import InitialParameters, build_initial
 from fedalign.manifest import Manifest
+from fedalign.metrics import selected_checkpoint
 from fedalign.node import NodeRuntime, State, load_node_data
 from fedalign.protocol import (
     Action,
     Aggregate,
     AggregateDone,
+    Checkpoint,
     Finish,
     InitialiseModels,
     NodeFailed,
@@ -66,6 +68,8 @@ class SimulationResult:
     rounds: list[RoundRecord]
     models: dict[str, State]
     events: list[str] = field(default_factory=list)
+    # The target's model after each publishing round (checkpoint_every, and the last), by round.
+    checkpoints: dict[int, State] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"rounds": [r.to_json() for r in self.rounds if r.round > 0], "events": self.events}
@@ -73,6 +77,12 @@ class SimulationResult:
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @property
+    def selected_checkpoint(self) -> int | None:
+        """The checkpoint a label-free rule picks (`fedalign.metrics.selected_checkpoint`)."""
+        by_round = {r.round: r.metrics.get("source_val_acc") for r in self.rounds}
+        return selected_checkpoint({r: by_round.get(r) for r in self.checkpoints})
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -192,6 +202,7 @@ class Simulator:
         self.records: dict[int, RoundRecord] = {}
         self.events: list[str] = []
         self.final: dict[str, str] = {}
+        self.checkpoints: dict[int, State] = {}
 
     def record(self, round_: int) -> RoundRecord:
         return self.records.setdefault(round_, RoundRecord(round_))
@@ -210,7 +221,7 @@ class Simulator:
                 on_round(self.record(last_reported))
         rounds = [self.records[r] for r in sorted(self.records)]
         models = {m: self.store[k] for m, k in self.final.items() if k in self.store}
-        return SimulationResult(self.config, rounds, models, self.events)
+        return SimulationResult(self.config, rounds, models, self.events, dict(self.checkpoints))
 
     def _carry_out(self, action: Action) -> list[Action]:
         if isinstance(action, InitialiseModels):
@@ -276,6 +287,9 @@ class Simulator:
             return []
         if isinstance(action, Stall):
             raise RuntimeError(f"simulation stalled in round {action.round} {action.phase}: {action.reason}")
+        if isinstance(action, Checkpoint):
+            self.checkpoints[action.round] = self.store[action.key]
+            return []
         if isinstance(action, Finish):
             self.final = dict(action.models)
             if action.reason:  # ended before its last round (its privacy budget)
