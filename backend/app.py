@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
         node_api,
     ):
         app.include_router(module.router)
+    app.include_router(published.checkpoints_router)
     api_docs.mount(app)
     dashboard.mount(app, settings.frontend_dir)  # last: its catch-all must not shadow a route
     return app

@@ -169,6 +169,8 @@ class Federation(Base):
         JSON(none_as_null=True), default=None, deferred=True
     )
     phase_opened_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The target's checkpoints (checkpoint_every, and the final model): round (as text) -> artifact key.
+    checkpoints: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     # Every experiment tracker it streams to has its whole run (`backend.services.trackers`).
     trackers_done: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

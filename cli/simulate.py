@@ -180,7 +180,7 @@ def _report_checkpoints(result: SimulationResult, directory: Path | None) -> Non
         return
     directory.mkdir(parents=True, exist_ok=True)
     for round_, model in sorted(result.checkpoints.items()):
-        save_model(directory / checkpoint_filename(round_), model, result.config)
+        save_model(directory / checkpoint_filename(round_), model, result.config, round_=round_)
     console.print(f"checkpoints written to {directory}, with their cards")
 
 

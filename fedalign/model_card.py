@@ -119,8 +119,10 @@ class ModelCard(_Strict):
         *,
         federation_id: str | None = None,
         target: str | None = None,
+        round_: int | None = None,
     ) -> ModelCard:
-        """The card of a federation's target model, from its config and model manifest document."""
+        """The card of a federation's target model, from its config and model manifest document; `round_`:
+        a checkpoint's round (default: the last)."""
         if target is None and config.nodes:
             target = config.target.name
         return cls(
@@ -134,7 +136,7 @@ class ModelCard(_Strict):
                 federation=config.name,
                 federation_id=federation_id,
                 algorithm=config.algorithm,
-                rounds=config.rounds,
+                rounds=config.rounds if round_ is None else round_,
                 seed=config.seed,
                 target=target,
             ),

@@ -175,11 +175,14 @@ def save_model(
     manifest: ModelManifest | None = None,
     *,
     federation_id: str | None = None,
+    round_: int | None = None,
 ) -> ModelCard:
     """Write a target model (``G.<name>``, ``T.<name>``) with its card in the file's metadata; returns the
     card. ``manifest``: the federation's model manifest document (default: built from the config, which
-    imports the architecture)."""
-    card = ModelCard.of(config, manifest or ModelManifest.for_config(config), federation_id=federation_id)
+    imports the architecture); ``round_``: a checkpoint's round (default: the last)."""
+    card = ModelCard.of(
+        config, manifest or ModelManifest.for_config(config), federation_id=federation_id, round_=round_
+    )
     names = card.tensor_names()
     missing = [n for n in names if n not in state]
     if missing or len(state) != len(names):

@@ -13,10 +13,13 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from backend.deps import Admin, ServicesDep
 from backend.errors import responses
+from backend.models import Artifact
 from backend.observability import metrics
-from backend.schemas.published import PublishedModel
+from backend.schemas.published import CheckpointList, PublishedModel
 from backend.services import federations, views
 from fedalign import params
+from fedalign.checkpoint_files import checkpoint_filename
+from fedalign.model_card import ModelCard
 
 router = APIRouter(prefix="/api/v1/federations/{federation_id}/model", tags=["model"])
 
@@ -70,9 +73,14 @@ def download_model(
         federation = federations.get(session, federation_id)
         artifact = views.published_artifact(session, federation)
         metrics.download_served(artifact.kind, artifact.size)
-        filename = f"{federation.name}-target-model.safetensors".replace("/", "_").replace('"', "")
+        filename = f"{federation.name}-target-model.safetensors"
         model_card = views.target_model_card(federation) if card else None
-    path = services.store.path(artifact.sha256)
+    return _model_file(services.store.path(artifact.sha256), artifact, filename, model_card)
+
+
+def _model_file(path: FilePath, artifact: Artifact, filename: str, model_card: ModelCard | None) -> Response:
+    """The stored file as it is, or with `model_card` in its safetensors metadata."""
+    filename = filename.replace("/", "_").replace('"', "")
     if model_card is None:
         return FileResponse(
             path,
@@ -100,3 +108,42 @@ def model_card(
 ) -> PublishedModel:
     with services.db.read() as session:
         return views.model_card(session, federations.get(session, federation_id))
+
+
+checkpoints_router = APIRouter(prefix="/api/v1/federations/{federation_id}/checkpoints", tags=["model"])
+
+
+@checkpoints_router.get("", response_model=CheckpointList, responses=responses(401, 403, 404, 422))
+def list_checkpoints(
+    services: ServicesDep, _admin: Admin, federation_id: Annotated[str, Path(max_length=36)]
+) -> CheckpointList:
+    """The target's checkpoints so far (checkpoint_every, and the final model), the selected one marked."""
+    with services.db.read() as session:
+        federation = federations.get(session, federation_id)
+        return CheckpointList(items=[out for out, _ in views.checkpoints(session, federation)])
+
+
+@checkpoints_router.get(
+    "/{round}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": SAFETENSORS, "description": "The checkpoint as safetensors, as GET .../model."}
+    }
+    | responses(401, 403, 404, 422),
+)
+def download_checkpoint(
+    services: ServicesDep,
+    _admin: Admin,
+    federation_id: Annotated[str, Path(max_length=36)],
+    round: Annotated[int, Path(ge=1, le=100_000)],
+    card: Annotated[
+        bool, Query(description="Put the model card in the file's metadata, as GET .../model.")
+    ] = False,
+) -> Response:
+    with services.db.read() as session:
+        federation = federations.get(session, federation_id)
+        artifact = views.checkpoint(session, federation, round)
+        metrics.download_served(artifact.kind, artifact.size)
+        filename = checkpoint_filename(round, federation.name)
+        model_card = views.target_model_card(federation, round) if card else None
+    return _model_file(services.store.path(artifact.sha256), artifact, filename, model_card)

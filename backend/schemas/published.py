@@ -33,3 +33,20 @@ class PublishedModel(BaseModel):
         ".../model?card=true puts it in the file's safetensors metadata (key 'fedalign.model_card'), "
         "where `fedalign predict`, `fedalign export` and `fedalign.trained_model.load_model` read it."
     )
+
+
+class CheckpointOut(BaseModel):
+    """One checkpoint of the target's model (checkpoint_every, and the final model)."""
+
+    round: int
+    source_val_acc: float | None = Field(description="The sources' validation accuracy that round.")
+    selected: bool = Field(
+        description="The one the label-free rule picks: the best source validation accuracy (the later "
+        "round on a tie). No target label takes part."
+    )
+    sha256: str
+    size: int
+
+
+class CheckpointList(BaseModel):
+    items: list[CheckpointOut]

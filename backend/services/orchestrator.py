@@ -37,6 +37,7 @@ from fedalign.config import FederationConfig
 from fedalign.protocol import (
     Action,
     Aggregate,
+    Checkpoint,
     Event,
     Finish,
     InitialiseModels,
@@ -317,6 +318,8 @@ class Transaction:
         elif isinstance(action, Stall):
             if fed.status in ("running", "stalled"):
                 self.set_status("stalled", action.reason)
+        elif isinstance(action, Checkpoint):
+            fed.checkpoints = {**(fed.checkpoints or {}), str(action.round): action.key}
         elif isinstance(action, Finish):
             fed.final_models = dict(action.models)
             # A run its privacy budget stopped early says why (stall_reason holds a run ending's reason).

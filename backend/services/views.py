@@ -13,7 +13,7 @@ from backend.errors import conflict, not_found
 from backend.models import Aggregation, Artifact, Event, Federation, Metric, Node, Step
 from backend.schemas.aggregations import AggregationOut
 from backend.schemas.metrics import MetricPoint, MetricSeries, MetricSeriesList
-from backend.schemas.published import PublishedModel, TensorOut
+from backend.schemas.published import CheckpointOut, PublishedModel, TensorOut
 from backend.schemas.rounds import (
     ArtifactOut,
     LeftOut,
@@ -26,6 +26,7 @@ from backend.schemas.rounds import (
 )
 from backend.services.manifests import federation_manifest, manifest_out, published_manifest
 from backend.services.orchestrator import federation_config, protocol_state
+from fedalign.metrics import selected_checkpoint
 from fedalign.model_card import ModelCard
 from fedalign.phases import round_phases
 from fedalign.protocol import Protocol, ProtocolState
@@ -279,12 +280,12 @@ def published_artifact(session: Session, federation: Federation) -> Artifact:
     return artifact
 
 
-def target_model_card(federation: Federation) -> ModelCard:
-    """The card of the federation's target model, derived from its config and model manifest (nodes never
-    send one: their uploads carry tensors only)."""
+def target_model_card(federation: Federation, round_: int | None = None) -> ModelCard:
+    """The card of the federation's target model (or of its checkpoint of `round_`), derived from its config
+    and model manifest (nodes never send one: their uploads carry tensors only)."""
     # The stored manifest document: the server never builds a plug-in's models.
     config = federation_config(federation)
-    return ModelCard.of(config, federation_manifest(federation), federation_id=federation.id)
+    return ModelCard.of(config, federation_manifest(federation), federation_id=federation.id, round_=round_)
 
 
 def model_card(session: Session, federation: Federation) -> PublishedModel:
@@ -320,3 +321,53 @@ def model_card(session: Session, federation: Federation) -> PublishedModel:
 def federation_manifest_out(federation: Federation) -> FederationManifest:
     """The federation's models before a run (the admin's view; a node's is the same)."""
     return manifest_out(federation_manifest(federation), federation_config(federation))
+
+
+def checkpoints(session: Session, federation: Federation) -> list[tuple[CheckpointOut, Artifact]]:
+    """The federation's checkpoints so far, by round, each with its stored file; the selected one marked."""
+    keys = {int(round_): key for round_, key in (federation.checkpoints or {}).items()}
+    if not keys:
+        return []
+    artifacts = {
+        a.key: a
+        for a in session.scalars(
+            select(Artifact).where(
+                Artifact.federation_id == federation.id, Artifact.key.in_(list(keys.values()))
+            )
+        )
+    }
+    accuracy = dict(
+        session.execute(
+            select(Metric.round, Metric.value).where(
+                Metric.federation_id == federation.id,
+                Metric.node.is_(None),
+                Metric.name == "source_val_acc",
+                Metric.round.in_(list(keys)),
+            )
+        ).all()
+    )
+    stored = {r: k for r, k in keys.items() if k in artifacts}
+    chosen = selected_checkpoint({r: accuracy.get(r) for r in stored})
+    return [
+        (
+            CheckpointOut(
+                round=r,
+                source_val_acc=accuracy.get(r),
+                selected=r == chosen,
+                sha256=artifacts[k].sha256,
+                size=artifacts[k].size,
+            ),
+            artifacts[k],
+        )
+        for r, k in sorted(stored.items())
+    ]
+
+
+def checkpoint(session: Session, federation: Federation, round_: int) -> Artifact:
+    for out, artifact in checkpoints(session, federation):
+        if out.round == round_:
+            return artifact
+    kept = ", ".join(str(r) for r in sorted(int(r) for r in (federation.checkpoints or {}))) or "none yet"
+    raise not_found(
+        f"federation {federation.name!r} has no checkpoint of round {round_} (checkpoints: {kept})"
+    )

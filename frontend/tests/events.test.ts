@@ -79,6 +79,12 @@ describe("queries an event makes stale", () => {
     expect(of("node_removed")).toContainEqual(keys.nodes("f"));
     expect(of("status")).toContainEqual(keys.federations);
   });
+
+  it("include the checkpoints when a phase opens (a publish phase has closed) and when the run ends", () => {
+    const of = (type: string) => staleQueries(parseEvent(message(type, {}))!, "f");
+    expect(of("phase")).toContainEqual(keys.checkpoints("f"));
+    expect(of("status")).toContainEqual(keys.checkpoints("f"));
+  });
 });
 
 describe("the stream's URL", () => {
@@ -88,7 +94,12 @@ describe("the stream's URL", () => {
   });
 
   it("comes with a refetch of the queries read apart from the snapshot", () => {
-    expect(queriesBeforeSnapshot("f")).toEqual([keys.federation("f"), keys.nodes("f"), keys.rounds("f")]);
+    expect(queriesBeforeSnapshot("f")).toEqual([
+      keys.federation("f"),
+      keys.nodes("f"),
+      keys.rounds("f"),
+      keys.checkpoints("f"),
+    ]);
     expect(queriesBeforeSnapshot("f")).not.toContainEqual(keys.metrics("f"));
   });
 });

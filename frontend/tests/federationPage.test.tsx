@@ -1,9 +1,9 @@
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
-import { render, screen } from "@testing-library/react";
+import { render, screen, within } from "@testing-library/react";
 import { MemoryRouter, Route, Routes } from "react-router";
 import { describe, expect, it, vi } from "vitest";
 import { keys } from "../src/api/queries";
-import type { Federation, Node } from "../src/api/types";
+import type { Checkpoint, Federation, Node } from "../src/api/types";
 import { NO_TARGET_LABELS } from "../src/metrics/charts";
 import { FederationPage } from "../src/pages/FederationPage";
 import { metricsResponse } from "./fixtures";
@@ -37,13 +37,14 @@ function federation(overrides: Partial<Federation>): Federation {
   };
 }
 
-function renderPage(fed: Federation, nodes: Node[] = []) {
+function renderPage(fed: Federation, nodes: Node[] = [], checkpoints: Checkpoint[] = []) {
   // Everything is in the cache and fresh: the page makes no request.
   const client = new QueryClient({ defaultOptions: { queries: { staleTime: Infinity, retry: false } } });
   client.setQueryData(keys.federation(fed.id), fed);
   client.setQueryData(keys.nodes(fed.id), { items: nodes });
   client.setQueryData(keys.rounds(fed.id), { items: [] });
   client.setQueryData(keys.metrics(fed.id), metricsResponse(3));
+  client.setQueryData(keys.checkpoints(fed.id), { items: checkpoints });
   render(
     <QueryClientProvider client={client}>
       <MemoryRouter initialEntries={[`/federations/${fed.id}`]}>
@@ -143,5 +144,37 @@ describe("the experiment tracker runs", () => {
   it("are not shown for a federation that streams to none", () => {
     renderPage(federation({ trackers: [] }));
     expect(screen.queryByTestId("tracker-runs")).toBeNull();
+  });
+});
+
+describe("the checkpoints", () => {
+  const checkpoint = (round: number, acc: number, selected = false): Checkpoint => ({
+    round,
+    source_val_acc: acc,
+    selected,
+    sha256: "0".repeat(64),
+    size: 100,
+  });
+
+  it("list each round's model to download, the selected one marked", () => {
+    const config = { algorithm: "fedalign", rounds: 5, publish_model: true, checkpoint_every: 2 };
+    renderPage(
+      federation({ config }),
+      [],
+      [checkpoint(2, 0.61), checkpoint(4, 0.74, true), checkpoint(5, 0.7)],
+    );
+    const table = screen.getByTestId("checkpoints");
+    const rows = within(table).getAllByRole("row").slice(1);
+    expect(rows.map((r) => r.textContent)).toEqual([
+      "261.0%Download round 2",
+      "4 selected74.0%Download round 4",
+      "570.0%Download round 5",
+    ]);
+    expect(within(table).getByRole("button", { name: "Download round 4" })).toBeEnabled();
+  });
+
+  it("are not shown for a federation without checkpoint_every", () => {
+    renderPage(federation({}), [], [checkpoint(3, 0.5, true)]);
+    expect(screen.queryByTestId("checkpoints")).toBeNull();
   });
 });

@@ -1,4 +1,5 @@
-"""Experiment trackers: how far each federation's metrics have been streamed to MLflow or TensorBoard.
+"""Experiment trackers (how far each federation's metrics have been streamed to MLflow or TensorBoard) and
+the target's checkpoints.
 
 Revision ID: 0005
 Revises: 0004
@@ -21,6 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("federations") as batch:
         batch.add_column(sa.Column("trackers_done", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("checkpoints", sa.JSON(), nullable=True))
     op.create_table(
         "tracker_exports",
         sa.Column("federation_id", sa.String(36), nullable=False),
@@ -43,4 +45,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("tracker_exports")
     with op.batch_alter_table("federations") as batch:
+        batch.drop_column("checkpoints")
         batch.drop_column("trackers_done")

@@ -11,6 +11,7 @@ export const keys = {
   rounds: (id: string) => ["federation", id, "rounds"] as const,
   round: (id: string, n: number) => ["federation", id, "rounds", n] as const,
   metrics: (id: string) => ["federation", id, "metrics"] as const,
+  checkpoints: (id: string) => ["federation", id, "checkpoints"] as const,
 };
 
 const path = (federation_id: string) => ({ params: { path: { federation_id } } });
@@ -66,10 +67,19 @@ export const metricsQuery = (id: string) =>
     refetchOnWindowFocus: false,
   });
 
+export const checkpointsQuery = (id: string) =>
+  queryOptions({
+    queryKey: keys.checkpoints(id),
+    queryFn: ({ signal }) =>
+      unwrap(api.GET("/api/v1/federations/{federation_id}/checkpoints", { ...path(id), signal })),
+  });
+
 /** Same-origin URLs the browser downloads itself (the cookie authenticates them). */
 export const downloadUrls = {
   // With its card in the file's metadata: what `fedalign predict` and `fedalign export` read.
   model: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/model?card=true`,
+  checkpoint: (id: string, round: number) =>
+    `/api/v1/federations/${encodeURIComponent(id)}/checkpoints/${round}?card=true`,
   metricsCsv: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/metrics.csv`,
   events: (id: string) => `/api/v1/federations/${encodeURIComponent(id)}/events`,
 };

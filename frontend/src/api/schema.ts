@@ -712,6 +712,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/federations/{federation_id}/checkpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Checkpoints
+         * @description The target's checkpoints so far (checkpoint_every, and the final model), the selected one marked.
+         */
+        get: operations["list_checkpoints"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/federations/{federation_id}/checkpoints/{round}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Download Checkpoint */
+        get: operations["download_checkpoint"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -788,6 +825,33 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+        };
+        /** CheckpointList */
+        CheckpointList: {
+            /** Items */
+            items: components["schemas"]["CheckpointOut"][];
+        };
+        /**
+         * CheckpointOut
+         * @description One checkpoint of the target's model (checkpoint_every, and the final model).
+         */
+        CheckpointOut: {
+            /** Round */
+            round: number;
+            /**
+             * Source Val Acc
+             * @description The sources' validation accuracy that round.
+             */
+            source_val_acc: number | null;
+            /**
+             * Selected
+             * @description The one the label-free rule picks: the best source validation accuracy (the later round on a tie). No target label takes part.
+             */
+            selected: boolean;
+            /** Sha256 */
+            sha256: string;
+            /** Size */
+            size: number;
         };
         /**
          * CompleteRequest
@@ -1299,6 +1363,11 @@ export interface components {
              * @default true
              */
             publish_model: boolean;
+            /**
+             * Checkpoint Every
+             * @description The target also uploads its model every this many rounds (a checkpoint: evaluated that round, downloadable on its own); of all checkpoints, the one with the best source validation accuracy is marked selected, a choice made without target labels. Needs publish_model. Unset: only the final model.
+             */
+            checkpoint_every?: number | null;
             /**
              * Secure Aggregation
              * @description Secure aggregation (Bonawitz et al., CCS 2017): nodes upload their parameters masked, so whoever aggregates (the server or the target node) learns only the weighted average of each phase's uploads, never one node's parameters. Protects against an honest-but-curious aggregator that colludes with no node. Needs at least two sources in every average (two source nodes, min_sources >= 2) and no shared integer tensor (so not local_params 'none', nor algorithm 'source_only': both share BatchNorm's batch counters); parameter values must stay within +-2^20.
@@ -5184,6 +5253,126 @@ export interface operations {
             };
             /** @description The request body exceeds the configured size limit. */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_checkpoints: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                federation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CheckpointList"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    download_checkpoint: {
+        parameters: {
+            query?: {
+                /** @description Put the model card in the file's metadata, as GET .../model. */
+                card?: boolean;
+            };
+            header?: never;
+            path: {
+                federation_id: string;
+                round: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The checkpoint as safetensors, as GET .../model. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/octet-stream": string;
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -19,3 +19,4 @@ export type MetricSeries = Schemas["MetricSeries"];
 export type MetricPoint = Schemas["MetricPoint"];
 export type SessionOut = Schemas["SessionOut"];
 export type EventType = Schemas["EventType"];
+export type Checkpoint = Schemas["CheckpointOut"];

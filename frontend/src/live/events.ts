@@ -79,7 +79,12 @@ export function eventStreamUrl(federationId: string, after: number): string {
  * Events after it mark them stale as usual (`staleQueries`).
  */
 export function queriesBeforeSnapshot(federationId: string): QueryKey[] {
-  return [keys.federation(federationId), keys.nodes(federationId), keys.rounds(federationId)];
+  return [
+    keys.federation(federationId),
+    keys.nodes(federationId),
+    keys.rounds(federationId),
+    keys.checkpoints(federationId),
+  ];
 }
 
 /** Queries an event makes stale. Metrics points are not refetched: the event carries them. */
@@ -87,14 +92,17 @@ export function staleQueries(event: LiveEvent, federationId: string): QueryKey[]
   const rounds = keys.rounds(federationId); // a prefix: the rounds list and every round's detail
   const federation = keys.federation(federationId);
   const nodes = keys.nodes(federationId);
+  // A publish phase closing (a "phase" event) adds a checkpoint; a new source_val_acc may change the pick.
+  const checkpoints = keys.checkpoints(federationId);
   // A type this dashboard does not know yet (a newer server): refetch the federation, to be safe.
   if (!isEventType(event.type)) return [federation];
   // Every EventType has its case: a new one fails to compile until it is given its queries.
   switch (event.type) {
     case "status":
       // The federation carries model_published, which turns true with the status "finished".
-      return [federation, keys.federations, rounds, nodes];
+      return [federation, keys.federations, rounds, nodes, checkpoints];
     case "phase":
+      return [federation, rounds, checkpoints];
     case "phase_closed":
     case "unmasking":
       return [federation, rounds];

@@ -4,6 +4,7 @@ import { downloadUrls, federationQuery, metricsQuery, nodesQuery, roundsQuery } 
 import type { Federation } from "../api/types";
 import { MetricChart } from "../charts/MetricChart";
 import { AlignmentSummary } from "../components/AlignmentSummary";
+import { CheckpointsTable } from "../components/CheckpointsTable";
 import { CurrentRound } from "../components/CurrentRound";
 import { download } from "../components/download";
 import { FederationControls } from "../components/FederationControls";
@@ -156,6 +157,9 @@ function FederationView({ federation }: { federation: Federation }) {
           </div>
           <p className="hint">{modelHint(federation)}</p>
           <TrackerRuns trackers={federation.trackers} />
+          {federation.config.checkpoint_every != null && federation.status !== "created" ? (
+            <CheckpointsTable federationId={id} />
+          ) : null}
         </section>
       </div>
 
