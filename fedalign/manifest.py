@@ -13,24 +13,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from fedalign.dtype_names import DTYPE_BYTES
+
 if TYPE_CHECKING:
     import torch
-
-# The safetensors dtype names a model may hold, with each one's size in bytes. Kept free of torch: the
-# manifest document is read by installs that never train (the coordinator's CLI, the server).
-DTYPE_BYTES: dict[str, int] = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
-DTYPE_NAMES: tuple[str, ...] = tuple(DTYPE_BYTES)
 
 
 def is_floating(dtype: str) -> bool:

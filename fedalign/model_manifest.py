@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedalign.architecture_names import ARCHITECTURE_PATTERN
-from fedalign.manifest import DTYPE_NAMES, Manifest, TensorSpec
+from fedalign.dtype_names import DTYPE_NAMES
+from fedalign.manifest import Manifest, TensorSpec
 from fedalign.model_names import MODELS
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedalign.manifest import DTYPE_NAMES
+from fedalign.dtype_names import DTYPE_NAMES
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
