@@ -3,9 +3,12 @@ outside Celery, polling the API for its steps (`workers.client`, the ``node`` ex
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import asdict
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from backend.schemas.nodes import NodeCreate, NodeMode
 from cli import exit_codes
@@ -47,6 +50,7 @@ def node_run(
     use_data_dir(data_dir)
     set_threads(threads)
     from fedalign.device import Device
+    from workers.audit import AuditLog
     from workers.client import ClientError, NodeClient, run_node
     from workers.settings import WorkerSettings
 
@@ -56,7 +60,7 @@ def node_run(
     settings = WorkerSettings()
     api_url = api or settings.api_url
     try:
-        with NodeClient(api_url, token) as client:
+        with NodeClient(api_url, token, audit=AuditLog(settings.audit_path)) as client:
             steps = run_node(
                 client,
                 dataset,
@@ -69,6 +73,75 @@ def node_run(
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"ran {steps} steps; the federation is {status}")
+
+
+@app.command("audit")
+@needs("node audit", "node")
+def node_audit(
+    data_dir: DataDirOption = None,
+    verify_only: Annotated[
+        bool,
+        typer.Option("--verify", help="Only verify: the chain intact and nothing but parameters/metrics."),
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Show and verify this machine's record of everything its nodes sent: each request with its size,
+    sha256 and what it held (tensor names, JSON fields, metrics). Exits 1 when the record was altered or
+    something other than parameters and the protocol's metrics was sent."""
+    use_data_dir(data_dir)
+    from cli.output import print_json
+    from workers import audit
+    from workers.settings import WorkerSettings
+
+    path = WorkerSettings().audit_path
+    if not path.exists():
+        console.print(
+            f"[red]error:[/] no audit log at {path}: no node has sent anything from this data directory"
+        )
+        raise typer.Exit(exit_codes.USAGE)
+    checked = audit.verify(path)
+    if json_output:
+        entries = [] if verify_only else audit.read(path)
+        print_json({"path": str(path), "ok": checked.ok, **asdict(checked), "entries": entries})
+    else:
+        if not verify_only:
+            console.print(audit_table(audit.read(path)))
+        console.print(f"{checked.entries} requests, {checked.sent_bytes} bytes sent, recorded in {path}")
+        if checked.chain_broken_at is not None:
+            console.print(
+                f"[red]the record was altered: the chain breaks at line {checked.chain_broken_at}[/]"
+            )
+        for line in checked.undeclared:
+            console.print(f"[red]not parameters or declared metrics: {line}[/]")
+        if checked.ok:
+            console.print("[green]verified: the record is intact, and only parameters and metrics left[/]")
+    if not checked.ok:
+        raise typer.Exit(1)
+
+
+def audit_table(entries: list[dict[str, Any]]) -> Table:
+    table = Table("time", "request", "status", "bytes", "sha256", "what")
+    for e in entries:
+        body = e.get("body", {})
+        kind = body.get("kind", "?")
+        if kind == "safetensors":
+            what = f"parameters: {len(body['tensors'])} tensors"
+        elif kind == "json":
+            metrics = body.get("metrics")
+            what = (
+                "metrics: " + ", ".join(sorted(metrics)) if metrics else "json: " + ", ".join(body["fields"])
+            )
+        else:
+            what = kind
+        table.add_row(
+            e.get("time", "")[:19],
+            f"{e.get('method')} {escape(e.get('url', ''))}",
+            str(e.get("status", e.get("error", ""))),
+            str(e.get("bytes", 0)),
+            e.get("sha256", "")[:12],
+            escape(what),
+        )
+    return table
 
 
 @app.command("register")

@@ -107,6 +107,7 @@ def worker(
                 # --dataset is this one node's data; nodes from --credentials use their registered specs.
                 data=dataset if n.token == token else None,
                 device=picked,
+                audit_path=settings.audit_path,
             )
             for n in nodes
         ]

@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from fedalign.device import CPU, Device
 from messaging.celery_contract import STEP_TASK
 from messaging.celery_worker import configure_worker, start_worker
+from workers.audit import AuditLog
 from workers.client import ClientError, NodeClient, NodeRunner, ServerError
 from workers.settings import WorkerSettings
 
@@ -59,13 +60,15 @@ class ServedNode:
     state_dir: Path
     data: str | None = None
     device: Device = CPU
+    audit_path: Path | None = None  # where every request it sends is recorded (`workers.audit`)
     _runner: NodeRunner | None = field(default=None, repr=False)
 
     def runner(self) -> NodeRunner:
         if self._runner is None:
             # Built once: the data set is loaded once per worker, the models stay warm between steps.
+            audit = AuditLog(self.audit_path) if self.audit_path is not None else None
             self._runner = NodeRunner(
-                NodeClient(self.api_url, self.token), self.data, self.device, self.state_dir
+                NodeClient(self.api_url, self.token, audit=audit), self.data, self.device, self.state_dir
             )
         return self._runner
 

@@ -52,6 +52,7 @@ from fedalign.node import NodeRuntime, StepResult, load_node_data
 from fedalign.protocol import StepSpec
 from messaging import node_api
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
+from workers.audit import AuditedTransport, AuditLog
 from workers.state import NodeStateFile, SecAggLedger
 
 log = logging.getLogger("fedalign.workers")
@@ -152,10 +153,16 @@ class NodeClient:
         *,
         timeout: float = 60.0,
         http: httpx.Client | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        """``audit``: write every request this client sends to that log (`workers.audit`); it needs a
+        client of its own, so not with ``http``."""
+        if audit is not None and http is not None:
+            raise ValueError("an audited NodeClient makes its own HTTP client; do not pass http")
         self.base_url = base_url.rstrip("/")
         self._owns_http = http is None
-        self.http = http if http is not None else httpx.Client(timeout=timeout)
+        transport = AuditedTransport(audit) if audit is not None else None
+        self.http = http if http is not None else httpx.Client(timeout=timeout, transport=transport)
         self._auth = {"Authorization": f"Bearer {token}"}
         # The federation's status as the last task poll reported it.
         self.federation_status: str | None = None

@@ -14,6 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from messaging.broker import BrokerSettings
 from messaging.logs import LogSettings
+from workers.audit import AUDIT_FILE
 
 
 class WorkerSettings(BrokerSettings, LogSettings):
@@ -41,3 +42,8 @@ class WorkerSettings(BrokerSettings, LogSettings):
     @property
     def state_dir(self) -> Path:
         return self.node_state_dir or self.data_dir / "node-state"
+
+    @property
+    def audit_path(self) -> Path:
+        """Every request this machine's nodes send, one line each (`workers.audit`)."""
+        return self.data_dir / AUDIT_FILE
