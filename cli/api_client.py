@@ -129,6 +129,12 @@ class ApiClient:
         response = self._request("POST", f"/api/v1/federations/{federation_id}/{action}")
         return self._parsed(FederationOut, response)
 
+    def continue_for(self, federation_id: str, rounds: int) -> FederationOut:
+        response = self._request(
+            "POST", f"/api/v1/federations/{federation_id}/continue", json={"rounds": rounds}
+        )
+        return self._parsed(FederationOut, response)
+
     def put_initial_manifest(self, federation_id: str, document: dict[str, Any]) -> dict[str, Any]:
         """The manifest document `fedalign init-model` wrote (before the start)."""
         path = f"/api/v1/federations/{federation_id}/initial-model/manifest"

@@ -343,6 +343,25 @@ def cancel_federation(
     _transition("cancel", federation, url, token, json_out)
 
 
+@app.command("continue")
+def continue_federation(
+    federation: FederationArgument,
+    rounds: Annotated[int, typer.Option(min=1, max=100_000, help="How many more rounds to run.")],
+    url: UrlOption = None,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a finished federation for more rounds, from where it ended. REST nodes that left when it finished
+    are started again (`fedalign node run`, same data directory)."""
+    with failures(), admin_client(url, token, "`fedalign federations continue`") as api:
+        found = api.find_federation(federation)
+        after = api.continue_for(found.id, rounds)
+    if json_out:
+        print_json(after)
+    else:
+        console.print(f"federation [bold]{escape(after.name)}[/] ({after.id}) is {_status(after)}")
+
+
 # ---------------------------------------------------------------------------------------------- watch
 
 
@@ -415,7 +434,8 @@ def _follow(api: ApiClient, federation: FederationOut, *, show: bool) -> Federat
                         current = api.federation(federation.id)
                         refreshed = time.monotonic()
                         _show(progress, task, current)
-                    if terminal:
+                    # A continued federation's stream replays its earlier ending: only the present one counts.
+                    if terminal and current.status in TERMINAL_STATUSES:
                         return current
                 # The server closed the stream (it restarts, or the federation is gone: this says which).
                 current = api.federation(federation.id)

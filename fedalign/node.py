@@ -263,6 +263,11 @@ class NodeRuntime:
             return {}
         return {"dp_epsilon": self.privacy.epsilon(self.dp_steps.steps)}
 
+    def extend_to(self, rounds: int) -> None:
+        """The federation was continued to `rounds` rounds: schedules over the run's length follow it."""
+        self.config = self.config.model_copy(update={"rounds": rounds})
+        self.schedule = Schedule.of(self.config)
+
     def run(self, step: StepSpec, downloads: Mapping[str, Mapping[str, torch.Tensor]]) -> StepResult:
         if step.node != self.name:
             raise StepError(f"step for node {step.node!r} sent to node {self.name!r}")

@@ -380,6 +380,23 @@ class Protocol:
         init = InitialiseModels(keys=dict(self.state.latest), seed=derive_seed(self.config.seed, "init"))
         return [init, *self._open_phase()]
 
+    def extend(self) -> list[Action]:
+        """Go on after a finished run, whose config now has more rounds: the next round opens as it would
+        have in a run that long. A run its privacy budget ended is not extended (its budget is spent)."""
+        state = self.state
+        if not state.finished:
+            raise ProtocolError("not_finished", "only a finished run can be continued")
+        if state.round >= self.config.rounds:
+            raise ProtocolError("no_more_rounds", f"the run already has {self.config.rounds} rounds")
+        actions = self._privacy_before(state.round + 1)
+        if any(isinstance(a, Finish) for a in actions):
+            return actions  # the budget allows no further round: finished again, with the reason
+        state.finished = False
+        state.round += 1
+        state.phase_index = 0
+        state.node_metrics = {}
+        return actions + self._open_phase()
+
     def handle(self, event: Event) -> list[Action]:
         if not self.state.started:
             raise ProtocolError("not_started", "the run has not started")

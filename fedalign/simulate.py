@@ -208,8 +208,22 @@ class Simulator:
         return self.records.setdefault(round_, RoundRecord(round_))
 
     def run(self, on_round: RoundCallback | None = None) -> SimulationResult:
-        queue: deque[Action] = deque(self.protocol.start())
-        last_reported = 0
+        return self._run(self.protocol.start(), on_round, last_reported=0)
+
+    def continue_for(self, rounds: int, on_round: RoundCallback | None = None) -> SimulationResult:
+        """Go on for `rounds` more rounds after a finished run, from its last state (as a served federation
+        continued with POST .../continue)."""
+        finished_round = self.protocol.state.round
+        self.config = self.config.model_copy(update={"rounds": self.config.rounds + rounds})
+        self.protocol = Protocol(self.config, self.protocol.state)
+        for runtime in self.nodes.values():
+            runtime.extend_to(self.config.rounds)
+        return self._run(self.protocol.extend(), on_round, last_reported=finished_round)
+
+    def _run(
+        self, start: list[Action], on_round: RoundCallback | None, last_reported: int
+    ) -> SimulationResult:
+        queue: deque[Action] = deque(start)
         while queue:
             action = queue.popleft()
             queue.extend(self._carry_out(action))

@@ -339,6 +339,11 @@ class NodeRunner:
         return True
 
     def run(self, task: Task) -> None:
+        if task.round > self.config.rounds:
+            # The federation was continued for more rounds after it finished: take its longer config.
+            self.federation = self.client.federation()
+            if self.broken is None:
+                self.runtime.extend_to(self.config.rounds)
         if task.kind == "reveal":
             self._reveal(task)
             return

@@ -11,6 +11,7 @@ from backend.errors import ApiError, responses
 from backend.schemas.federations import (
     FederationClone,
     FederationCloned,
+    FederationContinue,
     FederationCreated,
     FederationList,
     FederationOut,
@@ -138,6 +139,17 @@ def resume_federation(
 ) -> FederationOut:
     """Hand out steps again; the open phase's deadline starts over."""
     federations.resume(services.orchestrator, federation_id)
+    return _out(services, federation_id)
+
+
+@router.post("/{federation_id}/continue", response_model=FederationOut, responses=TRANSITION)
+def continue_federation(
+    body: FederationContinue, services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+) -> FederationOut:
+    """Run a finished federation for more rounds, from where it ended: the result equals one run that long
+    from the start (for schedules over the run's length, the later rounds follow the longer run). REST
+    nodes that left when it finished are started again with the same data directory."""
+    federations.continue_for(services.orchestrator, federation_id, body.rounds)
     return _out(services, federation_id)
 
 

@@ -105,6 +105,12 @@ class FederationCreated(FederationOut):
     )
 
 
+class FederationContinue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: Annotated[int, Field(ge=1, le=100_000, description="How many more rounds to run.")]
+
+
 class FederationClone(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -431,6 +431,26 @@ def start(orchestrator: Orchestrator, federation_id: str, max_upload_bytes: int)
         tx.start(config)
 
 
+def continue_for(orchestrator: Orchestrator, federation_id: str, rounds: int) -> None:
+    """A finished federation goes on for `rounds` more rounds from its last state (its nodes' too: a REST
+    node that left when the run finished is started again with the same data directory)."""
+    with orchestrator.transaction(federation_id) as tx:
+        fed = tx.federation
+        if fed.status != "finished":
+            raise _illegal(fed, "continue", "finished")
+        if fed.stall_reason:  # a run its privacy budget ended says so here
+            raise conflict("cannot_continue", f"the federation cannot go on: {fed.stall_reason}")
+        config = federation_config(fed)
+        try:
+            longer = FederationConfig.model_validate({**fed.config, "rounds": config.rounds + rounds})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ApiError(422, "invalid_request", f"the federation cannot go on: {problems}") from exc
+        fed.finished_at = None
+        tx.set_status("running", None)
+        tx.extend(longer)
+
+
 def pause(orchestrator: Orchestrator, federation_id: str) -> None:
     with orchestrator.transaction(federation_id) as tx:
         if tx.federation.status not in ("running", "stalled"):

@@ -207,6 +207,13 @@ class Transaction:
         actions = protocol.start()
         self._apply(protocol, actions, before=None)
 
+    def extend(self, config: FederationConfig) -> None:
+        """Continue a finished run under `config`, the same with more rounds (`Protocol.extend`)."""
+        protocol = Protocol(config, protocol_state(self.federation), reveal_steps=True)
+        actions = protocol.extend()
+        self.federation.config = config.model_dump(mode="json")
+        self._apply(protocol, actions, before=None)
+
     def handle(self, event: Event) -> list[Action]:
         """Feed one event; `fedalign.protocol.ProtocolError` propagates (and the transaction rolls back)."""
         fed = self.federation

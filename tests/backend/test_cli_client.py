@@ -164,6 +164,16 @@ def test_watch_follows_a_run_live_and_says_how_it_ended(
     assert "finished after 2 of 2 rounds" in watched.stdout and "target acc" in watched.stdout
     assert "status: finished" in watched.stdout  # followed live, not read once at the end
 
+    # One round more: the nodes (which left when it finished) run again, and it ends after 3 of 3 rounds.
+    continued = parsed(fedalign("federations", "continue", created["id"], "--rounds", "1", "--json"))
+    assert continued["status"] == "running" and continued["config"]["rounds"] == 3
+    nodes_running({n["name"]: n["token"] for n in created["node_tokens"]})
+    watched = fedalign("federations", "watch", created["id"])
+    assert watched.exit_code == exit_codes.OK, watched.stdout + watched.stderr
+    assert "finished after 3 of 3 rounds" in watched.stdout
+    again = fedalign("federations", "continue", created["id"], "--rounds", "0")
+    assert again.exit_code == 2  # typer's usage error: at least 1
+
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_pause_resume_and_cancel_drive_the_run_and_watch_says_it_was_cancelled(

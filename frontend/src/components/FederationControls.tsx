@@ -1,4 +1,5 @@
 import { useMutation, useQueryClient } from "@tanstack/react-query";
+import { useState } from "react";
 import { api, errorMessage, unwrap } from "../api/client";
 import { keys } from "../api/queries";
 import type { Federation, FederationStatus } from "../api/types";
@@ -12,7 +13,7 @@ const ACTIONS = [
 
 type Action = (typeof ACTIONS)[number]["action"];
 
-/** Start / pause / resume / cancel, each enabled in the statuses the server accepts it in
+/** Start / pause / resume / cancel (and, once finished, continue for more rounds), each enabled in the statuses the server accepts it in
  * (backend/services/federations.py); the server still has the last word (409). */
 export function FederationControls({ federation }: { federation: Federation }) {
   const client = useQueryClient();
@@ -42,11 +43,60 @@ export function FederationControls({ federation }: { federation: Federation }) {
           {label}
         </button>
       ))}
+      {federation.status === "finished" && <ContinueForm federation={federation} />}
       {transition.error && (
         <p className="field-error" role="alert">
           {errorMessage(transition.error)}
         </p>
       )}
     </div>
+  );
+}
+
+/** A finished federation goes on for more rounds from where it ended (POST .../continue). */
+function ContinueForm({ federation }: { federation: Federation }) {
+  const client = useQueryClient();
+  const [rounds, setRounds] = useState(10);
+  const extend = useMutation({
+    mutationFn: () =>
+      unwrap(
+        api.POST("/api/v1/federations/{federation_id}/continue", {
+          params: { path: { federation_id: federation.id } },
+          body: { rounds },
+        }),
+      ),
+    onSuccess: (updated) => {
+      client.setQueryData(keys.federation(federation.id), updated);
+      return client.invalidateQueries({ queryKey: keys.federations });
+    },
+  });
+  const valid = Number.isInteger(rounds) && rounds >= 1 && rounds <= 100_000;
+  return (
+    <form
+      className="continue"
+      onSubmit={(e) => {
+        e.preventDefault();
+        if (valid) extend.mutate();
+      }}
+    >
+      <label>
+        More rounds{" "}
+        <input
+          type="number"
+          min={1}
+          max={100000}
+          value={Number.isNaN(rounds) ? "" : rounds}
+          onChange={(e) => setRounds(e.target.valueAsNumber)}
+        />
+      </label>{" "}
+      <button type="submit" disabled={extend.isPending || !valid}>
+        Continue
+      </button>
+      {extend.error && (
+        <p className="field-error" role="alert">
+          {errorMessage(extend.error)}
+        </p>
+      )}
+    </form>
   );
 }
