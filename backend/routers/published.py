@@ -124,7 +124,7 @@ def list_checkpoints(
 
 
 @checkpoints_router.get(
-    "/{round}",
+    "/{round_number}",
     response_class=FileResponse,
     responses={
         200: {"content": SAFETENSORS, "description": "The checkpoint as safetensors, as GET .../model."}
@@ -135,15 +135,15 @@ def download_checkpoint(
     services: ServicesDep,
     _admin: Admin,
     federation_id: Annotated[str, Path(max_length=36)],
-    round: Annotated[int, Path(ge=1, le=100_000)],
+    round_number: Annotated[int, Path(ge=1, le=100_000)],
     card: Annotated[
         bool, Query(description="Put the model card in the file's metadata, as GET .../model.")
     ] = False,
 ) -> Response:
     with services.db.read() as session:
         federation = federations.get(session, federation_id)
-        artifact = views.checkpoint(session, federation, round)
+        artifact = views.checkpoint(session, federation, round_number)
         metrics.download_served(artifact.kind, artifact.size)
-        filename = checkpoint_filename(round, federation.name)
-        model_card = views.target_model_card(federation, round) if card else None
+        filename = checkpoint_filename(round_number, federation.name)
+        model_card = views.target_model_card(federation, round_number) if card else None
     return _model_file(services.store.path(artifact.sha256), artifact, filename, model_card)

@@ -754,7 +754,7 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/federations/{federation_id}/checkpoints/{round}": {
+    "/api/v1/federations/{federation_id}/checkpoints/{round_number}": {
         parameters: {
             query?: never;
             header?: never;
@@ -5449,7 +5449,7 @@ export interface operations {
             header?: never;
             path: {
                 federation_id: string;
-                round: number;
+                round_number: number;
             };
             cookie?: never;
         };
