@@ -171,7 +171,8 @@ def test_a_worker_killed_mid_step_has_that_step_claimed_again_and_completed_once
 
         wait_until(finished, RUN_TIMEOUT_S, "the federation to finish", poll_s=0.5)
         rerun = step_row()
-        assert (rerun["status"], rerun["attempts"]) == ("done", 2), rerun
+        # Claimed again (a slow run of it past its own short lease may add a claim, never a completion).
+        assert rerun["status"] == "done" and rerun["attempts"] >= 2, rerun
         # The same step, claimed again by the new worker (its message sent again by the sweep once the lease
         # expired), and completed exactly once.
         assert f"received step {step_id} for node" in processes.log(f"{victim}-again")
