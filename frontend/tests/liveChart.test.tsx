@@ -85,8 +85,12 @@ describe("the discriminator chart, live", () => {
     act(() =>
       FakeEventSource.last!.emit(41, "metrics", { round: 5, node: "mnist", metrics: { disc_acc_own: 0.5 } }),
     );
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    expect(chart).toHaveAttribute("data-points", "4");
+    // Events are handled in order: once a later round is plotted, the two above have been handled too.
+    act(() =>
+      FakeEventSource.last!.emit(42, "metrics", { round: 6, node: null, metrics: { disc_acc: 0.52 } }),
+    );
+    await waitFor(() => expect(chart).toHaveAttribute("data-points", "5"));
+    expect(discAcc(client).map((point) => point.round)).toEqual([1, 2, 3, 4, 6]);
   });
 
   it("replaces the point of a round the snapshot already holds", async () => {

@@ -393,9 +393,11 @@ def test_every_endpoint_lets_through_only_the_right_credentials(api: Api, world:
         rule = EXPECTED[(method, template)]
         passing = allowed(rule, method)
         state_change = method not in SAFE_METHODS
+        # GET /node/task claims a step: a refused caller must change nothing there either.
+        snapshotted = state_change or (method, template) == ("GET", N + "/task")
         for caller in CALLERS:
             call = rule.call(world) if rule.call else Call(path_of(template, world, rule.about))
-            before = snapshot(api) if state_change and caller not in passing else None
+            before = snapshot(api) if snapshotted and caller not in passing else None
             api.client.cookies.clear()
             try:
                 response = api.client.request(

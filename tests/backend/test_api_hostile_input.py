@@ -6,6 +6,7 @@ under the data directory (artifacts and temp files) are the same before and afte
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
@@ -22,7 +23,7 @@ from test_api_node_steps import SAMPLES, finish_setup, put, started, valid
 from backend.models import Base, Federation
 from fedalign import params
 
-Snapshot = tuple[dict[str, Any], dict[str, Any], frozenset[tuple[str, int]]]
+Snapshot = tuple[dict[str, Any], dict[str, Any], frozenset[tuple[str, str]]]
 
 
 def snapshot(api: Api) -> Snapshot:
@@ -33,7 +34,12 @@ def snapshot(api: Api) -> Snapshot:
         }
         states = {f.id: (f.status, f.protocol_state) for f in session.scalars(select(Federation))}
     root = Path(api.services.settings.data_dir)
-    files = frozenset((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+    # Contents, not sizes: a refused upload must not have rewritten a stored file with bytes of its size.
+    files = frozenset(
+        (str(p.relative_to(root)), hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in root.rglob("*")
+        if p.is_file()
+    )
     return rows, states, files
 
 

@@ -97,10 +97,11 @@ def drive_with_deadlines(api: Api, runners: dict[str, NodeRunner]) -> None:
     """`drive`, but whenever no node has anything to do, the open phase's deadline passes."""
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not all(r.finished for r in runners.values()):
+        # Checked on every pass: a step that fails and is retried forever also counts as progress.
+        assert time.monotonic() < deadline, "the federation did not finish in time"
         if any([runner.step_once() for runner in runners.values()]):
             continue
         if not sweep_past_deadline(api):  # the phase waits for a server-side aggregation
-            assert time.monotonic() < deadline, "the federation did not finish in time"
             time.sleep(0.01)
 
 
@@ -283,15 +284,17 @@ class SilentFromRound1(Simulator):
         return self.protocol.handle(Deadline(state.round, phase)) if waiting == {"gamma"} else []
 
 
+@pytest.mark.parametrize("aggregator", ["server", "target"])
 def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
-    api: Api, vector_specs: Callable[[], dict[str, str]], tmp_path: Path
+    api: Api, vector_specs: Callable[[], dict[str, str]], tmp_path: Path, aggregator: str
 ) -> None:
     """gamma joins (its key is relayed, so everyone masks against it), claims round 1's discriminator step
     and falls silent: each phase closes at its deadline without it, the survivors reveal their seeds with
-    gamma (and no other), and the run ends with the simulator's numbers driven through the same deadlines.
-    gamma's masked upload, arriving after the deadline, is refused; it has nothing to reveal."""
+    gamma (and no other), the aggregator (the server, or the target in its aggregate steps) unmasks the
+    survivors' sum with them, and the run ends with the simulator's numbers driven through the same
+    deadlines. gamma's masked upload, arriving after the deadline, is refused; it has nothing to reveal."""
     specs = {**vector_specs(), "gamma": write_vectors(tmp_path / "gamma.npz", 4, 0.6)}
-    settings = secure_settings(min_sources=2, phase_deadline_s=60)
+    settings = secure_settings(min_sources=2, phase_deadline_s=60, aggregator=aggregator)
     federation, tokens = api.federation_with_nodes(specs, **settings)
     fid = federation["id"]
     tokens["gamma"] = api.register(fid, "gamma", "source", specs["gamma"])["token"]
@@ -331,6 +334,10 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
     config = config_of(settings, specs)
     reference = SilentFromRound1(config).run()
     assert served_rounds(api, fid) == expected_rounds(reference)
+    model = api.request("GET", f"/api/v1/federations/{fid}/model")
+    assert model.status_code == 200 and model.content == params.to_bytes(reference.models["target_model"])
+    by = {a["by"] for a in api.ok("GET", f"/api/v1/federations/{fid}/aggregations")["items"]}
+    assert by == {"server" if aggregator == "server" else "omega"}
     closed = [e["payload"] for e in events_of(api, fid) if e["type"] == "phase_closed"]
     assert [(c["round"], c["phase"], c["missing"]) for c in closed] == [
         (r, p, ["gamma"]) for r in (1, 2) for p in ("disc1", "adapt", "eval")
@@ -352,6 +359,19 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
         assert not session.scalars(
             select(Artifact).where(Artifact.federation_id == fid, Artifact.node == "gamma")
         ).all()
+        # With the target aggregating, its aggregate steps unmasked the survivors' sum: each held the same
+        # dropout list and every survivor's reveal, and gamma's upload was never an input.
+        aggregates = list(
+            session.scalars(select(Step).where(Step.federation_id == fid, Step.kind == "aggregate"))
+        )
+        masked = [(step.spec, slot) for step in aggregates for slot in step.spec.secure.values()]
+        phases = {(step.round, step.phase) for step in aggregates if step.spec.secure}
+        assert phases == (
+            {(r, p) for r in (1, 2) for p in ("disc1", "adapt")} if aggregator == "target" else set()
+        )
+        for spec, slot in masked:  # T's average has the surviving sources only
+            assert slot.dropped == ["gamma"] and set(slot.reveals) == set(spec.inputs)
+            assert {"alpha", "beta"} <= set(spec.inputs) <= {"alpha", "beta", "omega"}
 
 
 # ---------------------------------------------------------------------------------------------------------

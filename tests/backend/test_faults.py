@@ -14,8 +14,9 @@ in-process simulator's metrics (`fedalign.simulate.simulate`, same config and se
   simulator driven through the same deadlines), and its late upload and completion are refused;
 * a node's upload, completion and Celery message replayed after the step completed, and after the run.
 
-A worker killed mid-step is covered by `test_celery_workers` (a lost message and a killed worker); the
-API-level rules these rely on are in `test_api_node_steps` and `test_api_aggregations`.
+A worker killed mid-step is covered by `test_worker_killed` (with this file's `Gate`, on both brokers),
+a lost message by `test_celery_workers`; the API-level rules these rely on are in `test_api_node_steps`,
+`test_api_aggregations` and `test_api_aggregation_failures`.
 """
 
 from __future__ import annotations
