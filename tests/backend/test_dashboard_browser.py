@@ -309,6 +309,7 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     # The settings in which they differ: the algorithm and the name, each federation's value in its column.
     diff = page.get_by_test_id("settings-diff")
     algorithm = diff.get_by_role("row", name="algorithm")
+    algorithm.get_by_role("cell").last.wait_for()  # drawn once both federations' configs are in
     assert algorithm.get_by_role("cell").all_inner_texts() == ["fedalign", "fedavg"]
     assert diff.get_by_role("row", name="rounds").count() == 0  # the same in both: not listed
     # Any metric either reports can be drawn: task_loss joins the charts, and the URL keeps the choice.
