@@ -39,6 +39,7 @@ from backend.services.orchestrator import (
     protocol_state,
 )
 from backend.settings import Settings
+from fedalign.architecture_names import BUILTINS
 from fedalign.config import FederationConfig
 
 ROUTES = "list them with GET /api/v1/federations"
@@ -186,12 +187,13 @@ def create(
         raise ApiError(422, "invalid_request", f"the federation's settings are invalid: {problems}") from exc
     initial = None
     if initial_models.server_builds(config):
-        try:
-            initial = initial_models.build(config, max_upload_bytes)
-        except ApiError:
-            # Settings the architecture cannot take (such as a model too large to upload): the start says
-            # what is wrong, as it did before the server built anything at creation.
-            initial = None
+        # Settings the architecture cannot take (an input shape it cannot read, a model too large to upload)
+        # are refused here, with what is wrong (422), checked on the meta device before anything is built.
+        initial = initial_models.build(config, max_upload_bytes)
+    elif config.architecture in BUILTINS:
+        # A built-in started from a checkpoint: the server does not build its parameters, but its document
+        # is the server's own to check (a plug-in's is checked when its creator uploads it).
+        initial_models.check_size(initial_models.builtin_manifest(config), max_upload_bytes)
     token = new_token(JOIN_PREFIX)
     federation = Federation(
         id=str(uuid.uuid4()),
