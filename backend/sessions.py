@@ -16,12 +16,15 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 
 SESSION_COOKIE = "fedalign_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# <id>.<expiry>.<mac>: URL-safe base64 (ASCII), a Unix time of at most 11 digits, URL-safe base64.
+_COOKIE = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,11}\.[A-Za-z0-9_-]{1,64}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,11 @@ def issue(admin_token: str, ttl_s: float, now: dt.datetime | None = None) -> Das
 
 def verify(admin_token: str, cookie: str, now: dt.datetime | None = None) -> DashboardSession | None:
     """The session a cookie holds, or None when it is forged, malformed or expired."""
-    parts = cookie.split(".")
-    if len(parts) != 3 or not parts[1].isdigit() or len(cookie) > 256:
+    # ASCII only, and in the shape `issue` writes: str.isdigit() accepts '²' and other non-ASCII digits,
+    # which int() or the MAC's ASCII encoding would then fail on.
+    if len(cookie) > 256 or not _COOKIE.fullmatch(cookie):
         return None
-    session_id, expires, mac = parts
+    session_id, expires, mac = cookie.split(".")
     key = _key(admin_token)
     if not hmac.compare_digest(mac.encode("ascii", "replace"), _mac(key, f"{session_id}.{expires}").encode()):
         return None

@@ -45,7 +45,7 @@ def too_large(size: int, limit: int) -> ApiError:
 def check_declared_size(request: Request, limit: int) -> None:
     """413 before reading when Content-Length already says the body is over ``limit``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
 
 

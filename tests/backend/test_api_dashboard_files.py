@@ -52,3 +52,10 @@ def test_without_a_build_the_root_says_how_to_build_it(tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as c:
         response = c.get("/")
     assert response.status_code == 503 and "make setup" in response.text
+
+
+@pytest.mark.parametrize("path", ["/%00", "/assets/%00app.js", "/federations/x%00y"])
+def test_a_nul_byte_in_a_path_is_a_404_not_a_server_error(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404, response.text
+    assert "NUL" in response.json()["error"]["message"]

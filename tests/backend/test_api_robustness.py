@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable
@@ -14,8 +16,12 @@ from typing import Any
 import httpx
 import pytest
 from api_support import Api
+from test_api_aggregations import wait_until
+from test_api_node_steps import finish_setup, put, started, valid
 
+from backend.observability import metrics
 from backend.settings import Settings
+from fedalign import params
 
 SAMPLES = {"train": 40, "val": 10, "test": 10}
 
@@ -145,3 +151,39 @@ def test_a_burst_of_concurrent_requests_is_answered_without_exhausting_the_pool(
     with ThreadPoolExecutor(max_workers=80) as pool:
         statuses = list(pool.map(one, range(80)))
     assert statuses == [200] * 80
+
+
+UPLOAD_ROUTE = "/api/v1/node/steps/{step_id}/uploads/{slot}"
+
+
+def uploads_answered(status: int) -> float:
+    labels = {"method": "PUT", "route": UPLOAD_ROUTE, "status": str(status)}
+    return metrics.REGISTRY.get_sample_value("fedalign_http_requests_total", labels) or 0.0
+
+
+def test_a_node_that_disconnects_mid_upload_is_a_client_error_not_a_500(
+    api: Api, live_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fedalign.backend")
+    _, tokens = started(api)
+    finish_setup(api, tokens)
+    task = api.task(tokens["alpha"])
+    assert task is not None
+    body = params.to_bytes(valid("D"))
+    closed, failed = uploads_answered(499), uploads_answered(500)
+    url = httpx.URL(live_server)
+    head = (
+        f"PUT {httpx.URL(task['uploads']['D']).path} HTTP/1.1\r\nHost: {url.host}\r\n"
+        f"Authorization: Bearer {tokens['alpha']}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((url.host, url.port)) as sock:
+        sock.sendall(head.encode() + body[: len(body) // 2])
+    wait_until(lambda: uploads_answered(499) == closed + 1)
+    assert uploads_answered(500) == failed
+    assert any("disconnected" in r.getMessage() for r in caplog.records), "the disconnect was not logged"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "logged as a server error"
+    # Nothing of the half upload is left, and the whole one is then taken.
+    assert not list(Path(api.services.settings.data_dir).rglob("upload-*.part"))
+    put_ok = put(api, task["uploads"]["D"], tokens["alpha"], body)
+    assert put_ok.status_code == 200, put_ok.text

@@ -78,3 +78,21 @@ def test_a_session_ends_with_its_expiry_and_with_a_new_admin_token() -> None:
     assert verify(ADMIN_TOKEN, session.cookie, now=now) is not None
     assert verify(ADMIN_TOKEN, session.cookie, now=now + dt.timedelta(seconds=61)) is None
     assert verify("rotated-admin-token", session.cookie, now=now) is None
+
+
+def test_a_cookie_with_non_ascii_digits_or_letters_is_refused_not_a_server_error(api: Api) -> None:
+    valid = issue(ADMIN_TOKEN, 3600)
+    session_id, expires, mac = valid.cookie.split(".")
+    hostile = [
+        f"{session_id}.²³.{mac}",  # str.isdigit() says True; int() and the MAC's ASCII encoding do not
+        f"{session_id}.{expires[:-1]}٣.{mac}",  # an Arabic-Indic digit
+        f"ü{session_id}.{expires}.{mac}",
+        f"{session_id}.{expires}.{mac[:-1]}é",
+        f"{session_id}.{'9' * 40}.{mac}",  # an expiry no date holds
+    ]
+    for cookie in hostile:
+        header = {"Cookie": f"{SESSION_COOKIE}={cookie}".encode()}
+        for path in ("/api/v1/federations", "/api/v1/session"):
+            response = api.request("GET", path, token=None, headers=header)
+            assert response.status_code == 401, f"{cookie!r} on {path}: {response.text}"
+            assert "sign" in response.json()["error"]["message"].lower() or "token" in response.text
