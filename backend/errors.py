@@ -18,6 +18,8 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from backend.http_limits import BodyTooSlow
+
 log = logging.getLogger("fedalign.backend")
 
 
@@ -143,6 +145,13 @@ def install(app: FastAPI) -> None:
         )
         return error_response(
             CLIENT_CLOSED, "client_disconnected", "the client disconnected before sending its whole request"
+        )
+
+    @app.exception_handler(BodyTooSlow)
+    async def _too_slow(request: Request, exc: BodyTooSlow) -> JSONResponse:
+        log.info("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            408, "request_timeout", f"{exc} (FEDALIGN_BODY_TIMEOUT_S); send it again, faster or smaller"
         )
 
     @app.exception_handler(DataError)

@@ -186,7 +186,9 @@ async def put_initial_parameters(
     uploads.check_media_type(request)
     manifest = await run_in_threadpool(_manifest_for_upload, services, federation_id)
     uploads.check_declared_size(request, limit)
-    staged = await uploads.receive(request, services.store, limit)
+    slot = ("initial", federation_id)
+    with uploads.IN_FLIGHT.one_at_a_time(slot, f"federation {federation_id}'s initial parameters"):
+        staged = await uploads.receive(request, services.store, limit)
     try:
         try:
             await run_in_threadpool(params.validate, staged.path, manifest.every_tensor(), limit)
