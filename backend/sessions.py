@@ -6,8 +6,10 @@ scripts cannot read (HttpOnly, SameSite=Strict). A cookie is sent with every req
 request that changes state must also carry the session's CSRF token in `X-CSRF-Token`, which only a page of
 this origin could have read from `GET /api/v1/session`.
 
-Sessions are stateless: ``<id>.<expiry>.<mac>``, the MAC keyed by a key derived from the admin token, so
-rotating the admin token ends every session, and none outlives its expiry (`FEDALIGN_SESSION_TTL_S`).
+The cookie is ``<id>.<expiry>.<mac>``, the MAC keyed by a key derived from the admin token, so rotating the
+admin token ends every session, and none outlives its expiry (`FEDALIGN_SESSION_TTL_S`). Sessions are also
+kept on the server (`DashboardSessionRecord`, the id's sha256 only): a cookie is valid only while its row
+exists, so signing out ends the session at once, for a copy of the cookie too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from backend.models import DashboardSessionRecord, utcnow
 
 SESSION_COOKIE = "fedalign_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -32,6 +39,10 @@ class DashboardSession:
     cookie: str
     csrf_token: str
     expires_at: dt.datetime
+
+    @property
+    def id_sha256(self) -> str:
+        return hashlib.sha256(self.cookie.split(".", 1)[0].encode("ascii")).hexdigest()
 
 
 def _key(admin_token: str) -> bytes:
@@ -71,6 +82,21 @@ def verify(admin_token: str, cookie: str, now: dt.datetime | None = None) -> Das
     if expires_at <= (now or dt.datetime.now(dt.UTC)):
         return None
     return DashboardSession(cookie=cookie, csrf_token=_mac(key, f"csrf.{session_id}"), expires_at=expires_at)
+
+
+def record(db: Session, dashboard: DashboardSession, now: dt.datetime | None = None) -> None:
+    """Keep a new session on the server; expired ones are dropped on the way (nothing else removes them)."""
+    db.execute(delete(DashboardSessionRecord).where(DashboardSessionRecord.expires_at <= (now or utcnow())))
+    db.add(DashboardSessionRecord(id_sha256=dashboard.id_sha256, expires_at=dashboard.expires_at))
+
+
+def is_active(db: Session, dashboard: DashboardSession) -> bool:
+    """Whether the server still holds the session (not signed out)."""
+    return db.get(DashboardSessionRecord, dashboard.id_sha256) is not None
+
+
+def end(db: Session, dashboard: DashboardSession) -> None:
+    db.execute(delete(DashboardSessionRecord).where(DashboardSessionRecord.id_sha256 == dashboard.id_sha256))
 
 
 def csrf_ok(session: DashboardSession, presented: str | None) -> bool:

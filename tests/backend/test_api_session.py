@@ -63,6 +63,28 @@ def test_signing_out_ends_the_session_in_this_browser(api: Api) -> None:
     assert api.request("GET", "/api/v1/federations", token=None).status_code == 401
 
 
+def test_signing_out_ends_the_session_on_the_server_so_a_copied_cookie_stops_working(api: Api) -> None:
+    csrf = sign_in(api)
+    copied = api.client.cookies[SESSION_COOKIE]
+    other = issue(ADMIN_TOKEN, 3600)  # genuine and unexpired, but never signed in: the server holds no row
+    assert api.request("DELETE", "/api/v1/session", token=None).status_code == 204
+    for cookie in (copied, other.cookie):
+        api.client.cookies.set(SESSION_COOKIE, cookie)
+        for path in ("/api/v1/federations", "/api/v1/session"):
+            response = api.request("GET", path, token=None)
+            assert response.status_code == 401, f"{path}: {response.text}"
+        before = api.ok("GET", "/api/v1/federations", token=ADMIN_TOKEN)["items"]
+        refused = api.request(
+            "POST", "/api/v1/federations", token=None, headers={"X-CSRF-Token": csrf}, json={"name": "late"}
+        )
+        assert refused.status_code == 401, refused.text
+        assert api.ok("GET", "/api/v1/federations", token=ADMIN_TOKEN)["items"] == before
+    # Another sign-in still works: only the ended session is gone.
+    api.client.cookies.clear()
+    sign_in(api)
+    assert api.request("GET", "/api/v1/federations", token=None).status_code == 200
+
+
 def test_a_forged_or_expired_cookie_is_refused(api: Api) -> None:
     past = issue(ADMIN_TOKEN, 60, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
     other_server = issue("another-servers-admin-token", 3600)

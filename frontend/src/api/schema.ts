@@ -64,7 +64,8 @@ export interface paths {
         post: operations["sign_in"];
         /**
          * Sign out
-         * @description Forget the session cookie in this browser (harmless without one).
+         * @description End the session on the server (its cookie stops working at once, wherever a copy of it is) and
+         *     forget the cookie in this browser; harmless without one.
          */
         delete: operations["sign_out"];
         options?: never;
@@ -1723,7 +1724,7 @@ export interface components {
             num_classes: number;
             /**
              * Input Shape
-             * @description Shape of one input: channels, height, width for images; one length for vectors.
+             * @description Shape of one input: channels, height, width for images; one length for vectors. At most 4 axes of at most 1000000 each, 67108864 values in all.
              * @default [
              *       3,
              *       28,
