@@ -91,6 +91,7 @@ DESCRIPTIONS = {
     413: "The request body exceeds the configured size limit.",
     415: "The request body's Content-Type is not one this endpoint reads.",
     422: "The request is well-formed but its content is invalid; `details` lists each problem.",
+    429: "Too many at once from this client (e.g. open event streams); close some and try again.",
 }
 
 

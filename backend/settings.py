@@ -153,6 +153,15 @@ class Settings(BrokerSettings, LogSettings):
             description="Concurrent connections `fedalign serve` accepts; beyond, requests get 503.",
         ),
     ] = 1000
+    max_streams_per_client: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="Live event streams one client address may hold open at once (per API process); "
+            "beyond, 429.",
+        ),
+    ] = 16
     metrics_token: Annotated[
         SecretStr | None,
         Field(description="Bearer token that GET /metrics requires; unset: /metrics is open."),

@@ -464,7 +464,8 @@ export interface paths {
         };
         /**
          * Stream Events
-         * @description Every event of the federation after ``Last-Event-ID`` (all of them without it), then live ones.
+         * @description Every event of the federation after ``Last-Event-ID`` (all of them without it), then live ones. A
+         *     client address holds at most FEDALIGN_MAX_STREAMS_PER_CLIENT streams at once (429 beyond).
          */
         get: operations["stream_events"];
         put?: never;
@@ -4390,6 +4391,15 @@ export interface operations {
             };
             /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many at once from this client (e.g. open event streams); close some and try again. */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
