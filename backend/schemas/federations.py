@@ -91,6 +91,13 @@ class FederationCreated(FederationOut):
     )
 
 
+class JoinToken(BaseModel):
+    join_token: str = Field(
+        description="The federation's new join token (Authorization: Bearer); the old one no longer works. "
+        "Shown once; the server keeps only its hash."
+    )
+
+
 class FederationClone(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

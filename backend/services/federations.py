@@ -337,6 +337,38 @@ def get_node(session: Session, federation_id: str, name: str) -> Node:
     return node
 
 
+def rotate_node_token(orchestrator: Orchestrator, federation_id: str, name: str) -> tuple[Node, str]:
+    """A new token for the node; its old one stops working at once (the node runs on with the new one)."""
+    token = new_token(NODE_PREFIX)
+    with orchestrator.transaction(federation_id) as tx:
+        node = get_node(tx.session, federation_id, name)
+        node.token_hash = token_hash(token)
+        tx.session.flush()
+    return node, token
+
+
+def revoke_node_token(orchestrator: Orchestrator, federation_id: str, name: str) -> None:
+    """The node's token stops working at once; it has none until rotated (a new one is issued)."""
+    with orchestrator.transaction(federation_id) as tx:
+        node = get_node(tx.session, federation_id, name)
+        # The hash of a token nobody was ever shown: no bearer token matches it.
+        node.token_hash = token_hash(new_token(NODE_PREFIX))
+
+
+def rotate_join_token(orchestrator: Orchestrator, federation_id: str) -> str:
+    """A new join token for the federation; the old one stops working at once."""
+    token = new_token(JOIN_PREFIX)
+    with orchestrator.transaction(federation_id) as tx:
+        tx.federation.join_token_hash = token_hash(token)
+    return token
+
+
+def revoke_join_token(orchestrator: Orchestrator, federation_id: str) -> None:
+    """The federation's join token stops working at once: no more registrations until it is rotated."""
+    with orchestrator.transaction(federation_id) as tx:
+        tx.federation.join_token_hash = token_hash(new_token(JOIN_PREFIX))
+
+
 def delete_node(orchestrator: Orchestrator, federation_id: str, name: str) -> None:
     with orchestrator.transaction(federation_id) as tx:
         node = get_node(tx.session, federation_id, name)
