@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from backend import api_docs, dashboard, errors, migrate
 from backend.database import Database, make_engine
 from backend.deps import Services
+from backend.http_limits import BodyReadTimeout
 from backend.limits import JsonBodyLimit
 from backend.observability import exposition
 from backend.observability.queues import QueueCollector
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
     )
     errors.install(app)
     app.add_middleware(JsonBodyLimit, max_bytes=settings.max_json_bytes)
+    app.add_middleware(BodyReadTimeout, timeout_s=settings.body_timeout_s)
     # After the body limit, so outside it: its refusals are counted too.
     metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     exposition.install(app, metrics_token)

@@ -51,6 +51,9 @@ def mount(app: FastAPI, dist: Path | None) -> None:
         index = root / "index.html"
         if not index.is_file():
             return HTMLResponse(NOT_BUILT, status_code=503, headers=SECURITY_HEADERS)
+        if "\x00" in path:
+            # No file name holds a NUL byte, and the operating system refuses to look one up.
+            raise not_found("no such page: a path cannot hold a NUL byte")
         if path:
             candidate = (root / path).resolve()
             # resolve() folds '..', so a path that climbs out of the build folder is never served.

@@ -17,7 +17,7 @@ from backend.services.events import EventNotifier
 from backend.services.orchestrator import Orchestrator
 from backend.services.store import ArtifactStore
 from backend.services.sweep import Sweeper
-from backend.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, csrf_ok, verify
+from backend.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, csrf_ok, is_active, verify
 from backend.settings import Settings
 
 
@@ -84,6 +84,9 @@ def get_credential(
         return credential
     if cookie:
         dashboard = verify(services.admin_token, cookie)
+        if dashboard is not None:
+            with services.db.read() as session:
+                dashboard = dashboard if is_active(session, dashboard) else None
         if dashboard is None:
             raise unauthorized("the dashboard session has expired or was ended; sign in again")
         if request.method not in SAFE_METHODS and not csrf_ok(dashboard, request.headers.get(CSRF_HEADER)):

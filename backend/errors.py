@@ -16,6 +16,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from backend.http_limits import BodyTooSlow
 
 log = logging.getLogger("fedalign.backend")
 
@@ -42,6 +45,10 @@ class ErrorBody(BaseModel):
     )
 
     error: ErrorDetail
+
+
+# The status of a request whose client disconnected before it was read (nginx's 499, "client closed").
+CLIENT_CLOSED = 499
 
 
 class ApiError(Exception):
@@ -84,6 +91,7 @@ DESCRIPTIONS = {
     413: "The request body exceeds the configured size limit.",
     415: "The request body's Content-Type is not one this endpoint reads.",
     422: "The request is well-formed but its content is invalid; `details` lists each problem.",
+    429: "Too many at once from this client (e.g. open event streams); close some and try again.",
 }
 
 
@@ -128,6 +136,24 @@ def install(app: FastAPI) -> None:
                 422, "invalid_request", "the request body cannot be read: send JSON encoded as UTF-8"
             )
         return error_response(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # The client went away before its request was read (a node stopped mid-upload): its error, not the
+        # server's. Nobody reads this answer; it is what /metrics counts (499, nginx's "client closed").
+        log.info(
+            "%s %s: the client disconnected before its request was read", request.method, request.url.path
+        )
+        return error_response(
+            CLIENT_CLOSED, "client_disconnected", "the client disconnected before sending its whole request"
+        )
+
+    @app.exception_handler(BodyTooSlow)
+    async def _too_slow(request: Request, exc: BodyTooSlow) -> JSONResponse:
+        log.info("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            408, "request_timeout", f"{exc} (FEDALIGN_BODY_TIMEOUT_S); send it again, faster or smaller"
+        )
 
     @app.exception_handler(DataError)
     async def _unstorable(request: Request, exc: DataError) -> JSONResponse:

@@ -374,3 +374,14 @@ class TrackerExport(Base):
     finished: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DashboardSessionRecord(Base):
+    """A signed-in dashboard session (`backend.sessions`): the cookie is valid only while its row exists,
+    so signing out ends it on the server at once. Only the session id's sha256 is kept."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

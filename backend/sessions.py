@@ -6,8 +6,10 @@ scripts cannot read (HttpOnly, SameSite=Strict). A cookie is sent with every req
 request that changes state must also carry the session's CSRF token in `X-CSRF-Token`, which only a page of
 this origin could have read from `GET /api/v1/session`.
 
-Sessions are stateless: ``<id>.<expiry>.<mac>``, the MAC keyed by a key derived from the admin token, so
-rotating the admin token ends every session, and none outlives its expiry (`FEDALIGN_SESSION_TTL_S`).
+The cookie is ``<id>.<expiry>.<mac>``, the MAC keyed by a key derived from the admin token, so rotating the
+admin token ends every session, and none outlives its expiry (`FEDALIGN_SESSION_TTL_S`). Sessions are also
+kept on the server (`DashboardSessionRecord`, the id's sha256 only): a cookie is valid only while its row
+exists, so signing out ends the session at once, for a copy of the cookie too.
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from backend.models import DashboardSessionRecord, utcnow
 
 SESSION_COOKIE = "fedalign_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# <id>.<expiry>.<mac>: URL-safe base64 (ASCII), a Unix time of at most 11 digits, URL-safe base64.
+_COOKIE = re.compile(r"[A-Za-z0-9_-]{1,64}\.[0-9]{1,11}\.[A-Za-z0-9_-]{1,64}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,10 @@ class DashboardSession:
     cookie: str
     csrf_token: str
     expires_at: dt.datetime
+
+    @property
+    def id_sha256(self) -> str:
+        return hashlib.sha256(self.cookie.split(".", 1)[0].encode("ascii")).hexdigest()
 
 
 def _key(admin_token: str) -> bytes:
@@ -56,10 +70,11 @@ def issue(admin_token: str, ttl_s: float, now: dt.datetime | None = None) -> Das
 
 def verify(admin_token: str, cookie: str, now: dt.datetime | None = None) -> DashboardSession | None:
     """The session a cookie holds, or None when it is forged, malformed or expired."""
-    parts = cookie.split(".")
-    if len(parts) != 3 or not parts[1].isdigit() or len(cookie) > 256:
+    # ASCII only, and in the shape `issue` writes: str.isdigit() accepts '²' and other non-ASCII digits,
+    # which int() or the MAC's ASCII encoding would then fail on.
+    if len(cookie) > 256 or not _COOKIE.fullmatch(cookie):
         return None
-    session_id, expires, mac = parts
+    session_id, expires, mac = cookie.split(".")
     key = _key(admin_token)
     if not hmac.compare_digest(mac.encode("ascii", "replace"), _mac(key, f"{session_id}.{expires}").encode()):
         return None
@@ -67,6 +82,21 @@ def verify(admin_token: str, cookie: str, now: dt.datetime | None = None) -> Das
     if expires_at <= (now or dt.datetime.now(dt.UTC)):
         return None
     return DashboardSession(cookie=cookie, csrf_token=_mac(key, f"csrf.{session_id}"), expires_at=expires_at)
+
+
+def record(db: Session, dashboard: DashboardSession, now: dt.datetime | None = None) -> None:
+    """Keep a new session on the server; expired ones are dropped on the way (nothing else removes them)."""
+    db.execute(delete(DashboardSessionRecord).where(DashboardSessionRecord.expires_at <= (now or utcnow())))
+    db.add(DashboardSessionRecord(id_sha256=dashboard.id_sha256, expires_at=dashboard.expires_at))
+
+
+def is_active(db: Session, dashboard: DashboardSession) -> bool:
+    """Whether the server still holds the session (not signed out)."""
+    return db.get(DashboardSessionRecord, dashboard.id_sha256) is not None
+
+
+def end(db: Session, dashboard: DashboardSession) -> None:
+    db.execute(delete(DashboardSessionRecord).where(DashboardSessionRecord.id_sha256 == dashboard.id_sha256))
 
 
 def csrf_ok(session: DashboardSession, presented: str | None) -> bool:

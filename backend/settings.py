@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedalign.trackers import Destinations, require
@@ -25,6 +25,28 @@ log = logging.getLogger("fedalign.backend")
 
 ADMIN_TOKEN_FILE = "admin_token"
 ADMIN_TOKEN_PREFIX = "fa_admin_"
+ENV_PREFIX = "FEDALIGN_"
+# The admin token is the master key: shorter than this, it can be guessed or is a placeholder.
+MIN_ADMIN_TOKEN_LENGTH = 32
+EMPTY_IS_UNSET = frozenset({"metrics_token", "metrics_addr", "public_url"})
+
+
+class SettingsError(ValueError):
+    """Settings the service cannot start with, every problem named by its environment variable."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; `SettingsError` with a readable message when they are invalid
+    (the commands print it instead of a traceback)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            where = f"{ENV_PREFIX}{field.upper()}: " if field else ""
+            problems.append(where + str(err["msg"]).removeprefix("Value error, "))
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from exc
 
 
 class Settings(BrokerSettings, LogSettings):
@@ -32,7 +54,7 @@ class Settings(BrokerSettings, LogSettings):
     broker's (`BrokerSettings`: broker_url, queue_prefix, broker_poll_s) and the logs' (`LogSettings`:
     log_format) are the workers' too."""
 
-    model_config = SettingsConfigDict(env_prefix="FEDALIGN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     data_dir: Annotated[Path, Field(description="Artifacts, the SQLite file and the admin token file.")] = (
         Path(".fedalign")
@@ -106,6 +128,41 @@ class Settings(BrokerSettings, LogSettings):
             "the installed package (a wheel), else frontend/dist of this checkout."
         ),
     ] = None
+    header_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="How long a connection may take to send a request's headers (`fedalign serve`); one "
+            "that trickles them (slowloris) is closed.",
+        ),
+    ] = 10.0
+    body_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=86_400,
+            description="How long a request's body may take to arrive whole, from its first byte read "
+            "(408 beyond); long enough for the largest upload over the slowest node's link.",
+        ),
+    ] = 600.0
+    max_connections: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="Concurrent connections `fedalign serve` accepts; beyond, requests get 503.",
+        ),
+    ] = 1000
+    max_streams_per_client: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=10_000,
+            description="Live event streams one client address may hold open at once (per API process); "
+            "beyond, 429.",
+        ),
+    ] = 16
     metrics_token: Annotated[
         SecretStr | None,
         Field(description="Bearer token that GET /metrics requires; unset: /metrics is open."),
@@ -145,8 +202,38 @@ class Settings(BrokerSettings, LogSettings):
     @field_validator("metrics_token", "metrics_addr", "mlflow_tracking_uri", "tensorboard_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        # compose passes `${FEDALIGN_METRICS_TOKEN:-}` as an empty string when the operator set nothing.
+        # An operator's .env may leave them empty to mean "not set".
         return None if value == "" else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_values(cls, data: object) -> object:
+        # An empty variable is a mistake (a compose file's unset ${VAR}), never a choice: an empty
+        # data_dir would be the working directory, an empty database_url SQLite, an empty admin token
+        # anyone's. Only the settings documented as "empty: unset" may be empty.
+        if isinstance(data, dict):
+            empty = sorted(
+                f"{ENV_PREFIX}{name.upper()}"
+                for name, value in data.items()
+                if value == "" and name not in EMPTY_IS_UNSET
+            )
+            if empty:
+                raise ValueError(
+                    f"{', '.join(empty)} is set but empty; give it a value or unset it to use the default"
+                )
+        return data
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_admin_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"FEDALIGN_ADMIN_TOKEN has {len(token.get_secret_value())} characters; it must have at "
+                f"least {MIN_ADMIN_TOKEN_LENGTH} (the admin token is the master key: make one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or unset it to have one "
+                "generated into data_dir)"
+            )
+        return token
 
     @field_validator("database_url")
     @classmethod

@@ -10,16 +10,50 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from backend.errors import ApiError
+from backend.errors import ApiError, conflict
 from backend.services.store import ArtifactStore, Staged
 
 SAFETENSORS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 UPLOAD_TYPES = frozenset({"application/octet-stream", "application/x-safetensors"})
+
+
+class InFlight:
+    """The uploads this process is receiving, by slot: a second upload to a slot while one streams in is
+    refused (409), so that one slot never holds more than one temporary file of up to the upload limit."""
+
+    def __init__(self) -> None:
+        self._slots: set[tuple[str, ...]] = set()
+        self._lock = threading.Lock()
+
+    def __contains__(self, slot: tuple[str, ...]) -> bool:
+        with self._lock:
+            return slot in self._slots
+
+    @contextmanager
+    def one_at_a_time(self, slot: tuple[str, ...], what: str) -> Iterator[None]:
+        with self._lock:
+            if slot in self._slots:
+                raise conflict(
+                    "upload_in_progress",
+                    f"an upload to {what} is already in progress; wait for its answer before sending another",
+                )
+            self._slots.add(slot)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._slots.discard(slot)
+
+
+IN_FLIGHT = InFlight()
 
 
 def check_media_type(request: Request) -> None:
@@ -45,7 +79,7 @@ def too_large(size: int, limit: int) -> ApiError:
 def check_declared_size(request: Request, limit: int) -> None:
     """413 before reading when Content-Length already says the body is over ``limit``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
 
 

@@ -25,10 +25,15 @@ def serve(
 
     from backend import migrate
     from backend.app import create_app
+    from backend.http_limits import bounded_h11_protocol
     from backend.observability.logs import logging_config
-    from backend.settings import ADMIN_TOKEN_FILE, Settings
+    from backend.settings import ADMIN_TOKEN_FILE, SettingsError, load_settings
 
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from exc
     migrate.upgrade(settings.sqlalchemy_url)
     if settings.admin_token is None:
         settings.admin_secret  # noqa: B018 - created now, so its location is printed before serving
@@ -40,6 +45,10 @@ def serve(
         create_app(settings),
         host=host,
         port=port,
+        # Slow clients cannot hold connections: headers within header_timeout_s (bodies: the app's own
+        # limit), at most max_connections at once.
+        http=bounded_h11_protocol(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
         log_level=log_level,
         log_config=logging_config(settings.log_format, log_level),
     )

@@ -95,7 +95,7 @@ def wait_ready(api_url: str, supervisor: Supervisor, api: Child) -> None:
 def run(options: UpOptions, say: Callable[[str], None]) -> None:
     """Run the product until SIGINT or SIGTERM; raises UpError when it cannot."""
     from backend import migrate  # the server's own schema and settings: loaded by this command only
-    from backend.settings import Settings
+    from backend.settings import SettingsError, load_settings
 
     data_dir = options.data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,10 @@ def run(options: UpOptions, say: Callable[[str], None]) -> None:
     os.environ["FEDALIGN_DATA_DIR"] = str(data_dir)
     os.environ.setdefault("FEDALIGN_BROKER_URL", "filesystem://")
     os.environ["FEDALIGN_API_URL"] = api_url
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise UpError(str(exc)) from exc
     migrate.upgrade(settings.sqlalchemy_url)
     admin_token = settings.admin_secret
 

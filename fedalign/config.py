@@ -8,6 +8,7 @@ never an edit to a training loop.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +38,16 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_OPTIONS_BYTES = 16_384
 # A failed step offered again more often than this is a node that cannot run it.
 MAX_STEP_RETRIES = 10
+# A phase (or setup) that waits longer than a year is a typo; the bound also keeps every deadline a date
+# the server can compute (1e308 seconds overflows one).
+MAX_DEADLINE_S = 366 * 24 * 3600
+# One input's shape: at most four axes, each at most this long, and this many values in all (a
+# 3x4096x4096 image is 50 million), so that no setting asks a node or the server for petabytes.
+MAX_INPUT_AXES = 4
+MAX_INPUT_AXIS = 1_000_000
+MAX_INPUT_VALUES = 2**26
+# More sources than any deployment registers: a bound, not a limit anyone meets.
+MAX_NODES = 10_000
 # The names of fedalign.presets; listed as a choice (an enum) even while there is only one.
 PresetName = Annotated[
     Literal[tuple(presets.PRESETS)],  # type: ignore[valid-type]
@@ -225,8 +236,14 @@ class ModelOptions(_Strict):
 
     num_classes: Annotated[int, Field(ge=2, le=10_000, description="Classes the task model T predicts.")] = 10
     input_shape: Annotated[
-        tuple[int, ...],
-        Field(description="Shape of one input: channels, height, width for images; one length for vectors."),
+        tuple[Annotated[int, Field(ge=1, le=MAX_INPUT_AXIS)], ...],
+        Field(
+            min_length=1,
+            max_length=MAX_INPUT_AXES,
+            description="Shape of one input: channels, height, width for images; one length for vectors. "
+            f"At most {MAX_INPUT_AXES} axes of at most {MAX_INPUT_AXIS} each, {MAX_INPUT_VALUES} values "
+            "in all.",
+        ),
     ] = (3, 28, 28)
     hidden: Annotated[
         int, Field(ge=1, le=65_536, description="Width of the hidden layers (the mlp's, and D's).")
@@ -265,6 +282,17 @@ class ModelOptions(_Strict):
             "run in float32); 'fp32': never autocast, for models that need float32 throughout."
         ),
     ] = "bf16"
+
+    @field_validator("input_shape")
+    @classmethod
+    def _bounded_input(cls, shape: tuple[int, ...]) -> tuple[int, ...]:
+        values = math.prod(shape)
+        if values > MAX_INPUT_VALUES:
+            raise ValueError(
+                f"model.input_shape {list(shape)} holds {values} values per input, more than "
+                f"{MAX_INPUT_VALUES}: give the shape of one example (channels, height, width, or a length)"
+            )
+        return shape
 
     @field_validator("options")
     @classmethod
@@ -369,7 +397,7 @@ class Privacy(_Strict):
     ] = 1e-5
     epsilon_budget: Annotated[
         float | None,
-        Field(gt=0, description="Epsilon (at delta) a node may spend; default: no budget."),
+        Field(gt=0, le=1e6, description="Epsilon (at delta) a node may spend; default: no budget."),
     ] = None
     budget_action: Annotated[
         Literal["stop", "warn"],
@@ -454,12 +482,14 @@ class FederationConfig(_Strict):
         ),
     ] = "server"
     min_sources: Annotated[
-        int | None, Field(ge=1, description="Sources a phase needs at its deadline; default: all.")
+        int | None,
+        Field(ge=1, le=MAX_NODES, description="Sources a phase needs at its deadline; default: all."),
     ] = None
     phase_deadline_s: Annotated[
         float | None,
         Field(
             gt=0,
+            le=MAX_DEADLINE_S,
             description="Seconds a phase waits for its nodes before the quorum rule applies; "
             "default: wait indefinitely.",
         ),
@@ -468,6 +498,7 @@ class FederationConfig(_Strict):
         float | None,
         Field(
             gt=0,
+            le=MAX_DEADLINE_S,
             description="Seconds the setup phase (nodes joining) waits before the quorum rule applies: a "
             "source that has not finished setup by then takes no part in the run. Default: "
             "phase_deadline_s (joining often takes longer than a phase: set it apart).",

@@ -115,8 +115,9 @@ class ModelManifest:
         return cls(architecture, models.version, model_manifests(models, policy))
 
     @classmethod
-    def for_config(cls, config: FederationConfig) -> ModelManifest:
-        """The manifest of the federation's models, built on the meta device (no values, no allocation).
+    def for_config(cls, config: FederationConfig, *, real_fallback: bool = True) -> ModelManifest:
+        """The manifest of the federation's models, built on the meta device (no values, no allocation;
+        see `fedalign.models.meta_models` for ``real_fallback``).
 
         Imports the architecture's factory: never call it on the server for a plug-in architecture.
         """
@@ -124,7 +125,8 @@ class ModelManifest:
         from fedalign.models import meta_models
         from fedalign.protocol import effective_local_policy
 
-        models = meta_models(config.architecture, ArchitectureContext.of(config))
+        context = ArchitectureContext.of(config)
+        models = meta_models(config.architecture, context, real_fallback=real_fallback)
         return cls.of(config.architecture, models, effective_local_policy(config))
 
     def to_json(self) -> dict[str, Any]:

@@ -155,13 +155,20 @@ def manifests(
     return model_manifests(meta_models(architecture, context), policy)
 
 
-def meta_models(architecture: str, context: ArchitectureContext) -> ModelSet:
+def meta_models(architecture: str, context: ArchitectureContext, *, real_fallback: bool = True) -> ModelSet:
     """The models with names, shapes and dtypes but no values: on the meta device nothing is allocated or
-    initialised (a 100 MB model took 3.4 s to build for its manifest)."""
+    initialised (a 100 MB model took 3.4 s to build for its manifest).
+
+    Without ``real_fallback`` a model the meta device cannot build raises `ArchitectureError` instead of
+    being built for real: what checks untrusted settings (the server, for a built-in architecture) must
+    never allocate what they ask for.
+    """
     try:
         with torch.device("meta"):
             return build(architecture, context)
     except ArchitectureError:
+        if not real_fallback:
+            raise
         # A layer the meta device cannot run (its probe failed there): build it for real. A model that
         # breaks the contract fails here again, with the same message.
         return build(architecture, context, seed=0)

@@ -552,3 +552,12 @@ def test_the_services_run_from_the_compose_commands(compose: dict[str, Any], tmp
         finally:
             processes.stop()
             flush_redis()
+
+
+def test_metrics_are_protected_by_default_in_the_compose_file() -> None:
+    """Without FEDALIGN_METRICS_TOKEN in docker/.env, compose refuses to start (it names every node)."""
+    env = {k: v for k, v in env_example().items() if k != "FEDALIGN_METRICS_TOKEN"}
+    with pytest.raises(AssertionError, match=r"FEDALIGN_METRICS_TOKEN\} is required"):
+        interpolate(yaml.safe_load(COMPOSE.read_text()), env, set())
+    api = interpolate(yaml.safe_load(COMPOSE.read_text()), env_example(), set())["services"]["api"]
+    assert api["environment"]["FEDALIGN_METRICS_TOKEN"] == env_example()["FEDALIGN_METRICS_TOKEN"]

@@ -17,6 +17,7 @@ from backend.schemas.federations import (
     FederationOut,
     FederationSettings,
     InitialModelOut,
+    JoinToken,
 )
 from backend.services import federations, initial_models, views
 from fedalign import params
@@ -113,6 +114,26 @@ def clone_federation(
 TRANSITION = responses(401, 403, 404, 409, 413, 422)
 
 
+@router.post(
+    "/{federation_id}/join-token",
+    response_model=JoinToken,
+    responses=responses(401, 403, 404, 413, 422),
+    summary="Rotate the join token: a new one, shown once; the old one stops working at once",
+)
+def rotate_join_token(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> JoinToken:
+    return JoinToken(join_token=federations.rotate_join_token(services.orchestrator, federation_id))
+
+
+@router.delete(
+    "/{federation_id}/join-token",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(401, 403, 404, 422),
+    summary="Revoke the join token: no node registers with it any more, until it is rotated",
+)
+def revoke_join_token(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> None:
+    federations.revoke_join_token(services.orchestrator, federation_id)
+
+
 @router.post("/{federation_id}/start", response_model=FederationOut, responses=TRANSITION)
 def start_federation(
     services: ServicesDep, _admin: Admin, federation_id: str = FederationId
@@ -206,7 +227,9 @@ async def put_initial_parameters(
     uploads.check_media_type(request)
     manifest = await run_in_threadpool(_manifest_for_upload, services, federation_id)
     uploads.check_declared_size(request, limit)
-    staged = await uploads.receive(request, services.store, limit)
+    slot = ("initial", federation_id)
+    with uploads.IN_FLIGHT.one_at_a_time(slot, f"federation {federation_id}'s initial parameters"):
+        staged = await uploads.receive(request, services.store, limit)
     try:
         try:
             await run_in_threadpool(params.validate, staged.path, manifest.every_tensor(), limit)

@@ -143,6 +143,19 @@ async def upload(
     # In a worker thread: a blocking wait for a pooled connection here would stall the event loop itself.
     target = await run_in_threadpool(_upload_target, services, node, step_id, slot)
     uploads.check_declared_size(request, limit)
+    with uploads.IN_FLIGHT.one_at_a_time(("step", str(step_id), slot), f"slot {slot!r} of step {step_id}"):
+        return await _receive_upload(request, services, node, step_id, slot, target, limit)
+
+
+async def _receive_upload(
+    request: Request,
+    services: ServicesDep,
+    node: NodeCredential,
+    step_id: int,
+    slot: str,
+    target: transfers.UploadTarget,
+    limit: int,
+) -> UploadResult:
     staged = await uploads.receive(request, services.store, limit)
     try:
         validate = secagg.validate_masked if target.masked else params.validate

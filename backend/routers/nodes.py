@@ -1,4 +1,5 @@
-"""Nodes of a federation: register (admin or join token), list, inspect, remove before the start."""
+"""Nodes of a federation: register (admin or join token), list, inspect, remove before the start, rotate or
+revoke a node's token."""
 
 from __future__ import annotations
 
@@ -58,3 +59,32 @@ def delete_node(
     services: ServicesDep, _admin: Admin, federation_id: str = FederationId, name: str = NodeName
 ) -> None:
     federations.delete_node(services.orchestrator, federation_id, name)
+
+
+@router.post(
+    "/{name}/token",
+    response_model=NodeCreated,
+    responses=responses(401, 403, 404, 413, 422),
+    summary="Rotate a node's token: a new one, shown once; the old one stops working at once",
+)
+def rotate_node_token(
+    request: Request,
+    services: ServicesDep,
+    _admin: Admin,
+    federation_id: str = FederationId,
+    name: str = NodeName,
+) -> NodeCreated:
+    node, token = federations.rotate_node_token(services.orchestrator, federation_id, name)
+    return federations.node_created(node, token, services.base_url(request), services.settings)
+
+
+@router.delete(
+    "/{name}/token",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(401, 403, 404, 422),
+    summary="Revoke a node's token: it stops working at once, until the token is rotated",
+)
+def revoke_node_token(
+    services: ServicesDep, _admin: Admin, federation_id: str = FederationId, name: str = NodeName
+) -> None:
+    federations.revoke_node_token(services.orchestrator, federation_id, name)

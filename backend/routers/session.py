@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
+from backend import sessions
 from backend.deps import ServicesDep
 from backend.errors import forbidden, responses, unauthorized
 from backend.schemas.session import SessionCreate, SessionOut
@@ -16,6 +17,16 @@ router = APIRouter(prefix="/api/v1/session", tags=["session"])
 def _secure(services: ServicesDep, request: Request) -> bool:
     configured = services.settings.cookie_secure
     return configured if configured is not None else request.url.scheme == "https"
+
+
+def _signed_in(services: ServicesDep, request: Request) -> DashboardSession | None:
+    """The request's session when its cookie is genuine, unexpired and still held by the server."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    dashboard = verify(services.admin_token, cookie) if cookie else None
+    if dashboard is None:
+        return None
+    with services.db.read() as session:
+        return dashboard if sessions.is_active(session, dashboard) else None
 
 
 def _out(dashboard: DashboardSession) -> SessionOut:
@@ -34,6 +45,8 @@ def sign_in(body: SessionCreate, request: Request, response: Response, services:
     if credential.kind != "admin":
         raise forbidden(f"the dashboard signs in with the admin token, not a {credential.kind} token")
     dashboard = issue(services.admin_token, services.settings.session_ttl_s)
+    with services.db.write() as session:
+        sessions.record(session, dashboard)
     response.set_cookie(
         SESSION_COOKIE,
         dashboard.cookie,
@@ -51,8 +64,7 @@ def sign_in(body: SessionCreate, request: Request, response: Response, services:
 def current_session(request: Request, response: Response, services: ServicesDep) -> SessionOut:
     """The signed-in session's CSRF token and expiry (a reloaded page asks here)."""
     # Read directly rather than as a security scheme: this route answers 401 or the session, never 403.
-    cookie = request.cookies.get(SESSION_COOKIE)
-    dashboard = verify(services.admin_token, cookie) if cookie else None
+    dashboard = _signed_in(services, request)
     if dashboard is None:
         raise unauthorized(
             "not signed in, or the session has expired: POST /api/v1/session with the admin token"
@@ -63,7 +75,12 @@ def current_session(request: Request, response: Response, services: ServicesDep)
 
 @router.delete("", status_code=status.HTTP_204_NO_CONTENT, summary="Sign out")
 def sign_out(request: Request, response: Response, services: ServicesDep) -> None:
-    """Forget the session cookie in this browser (harmless without one)."""
+    """End the session on the server (its cookie stops working at once, wherever a copy of it is) and
+    forget the cookie in this browser; harmless without one."""
+    dashboard = _signed_in(services, request)
+    if dashboard is not None:
+        with services.db.write() as session:
+            sessions.end(session, dashboard)
     response.delete_cookie(
         SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(services, request)
     )

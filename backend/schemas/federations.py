@@ -111,6 +111,13 @@ class FederationContinue(BaseModel):
     rounds: Annotated[int, Field(ge=1, le=100_000, description="How many more rounds to run.")]
 
 
+class JoinToken(BaseModel):
+    join_token: str = Field(
+        description="The federation's new join token (Authorization: Bearer); the old one no longer works. "
+        "Shown once; the server keeps only its hash."
+    )
+
+
 class FederationClone(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

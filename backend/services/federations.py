@@ -39,6 +39,7 @@ from backend.services.orchestrator import (
     protocol_state,
 )
 from backend.settings import Settings
+from fedalign.architecture_names import BUILTINS
 from fedalign.config import FederationConfig
 from fedalign.trackers import Destinations
 
@@ -226,12 +227,13 @@ def create(
         )
     initial = None
     if initial_models.server_builds(config):
-        try:
-            initial = initial_models.build(config, max_upload_bytes)
-        except ApiError:
-            # Settings the architecture cannot take (such as a model too large to upload): the start says
-            # what is wrong, as it did before the server built anything at creation.
-            initial = None
+        # Settings the architecture cannot take (an input shape it cannot read, a model too large to upload)
+        # are refused here, with what is wrong (422), checked on the meta device before anything is built.
+        initial = initial_models.build(config, max_upload_bytes)
+    elif config.architecture in BUILTINS:
+        # A built-in started from a checkpoint: the server does not build its parameters, but its document
+        # is the server's own to check (a plug-in's is checked when its creator uploads it).
+        initial_models.check_size(initial_models.builtin_manifest(config), max_upload_bytes)
     token = new_token(JOIN_PREFIX)
     federation = Federation(
         id=str(uuid.uuid4()),
@@ -374,6 +376,38 @@ def get_node(session: Session, federation_id: str, name: str) -> Node:
             f"list them with GET /api/v1/federations/{federation_id}/nodes"
         )
     return node
+
+
+def rotate_node_token(orchestrator: Orchestrator, federation_id: str, name: str) -> tuple[Node, str]:
+    """A new token for the node; its old one stops working at once (the node runs on with the new one)."""
+    token = new_token(NODE_PREFIX)
+    with orchestrator.transaction(federation_id) as tx:
+        node = get_node(tx.session, federation_id, name)
+        node.token_hash = token_hash(token)
+        tx.session.flush()
+    return node, token
+
+
+def revoke_node_token(orchestrator: Orchestrator, federation_id: str, name: str) -> None:
+    """The node's token stops working at once; it has none until rotated (a new one is issued)."""
+    with orchestrator.transaction(federation_id) as tx:
+        node = get_node(tx.session, federation_id, name)
+        # The hash of a token nobody was ever shown: no bearer token matches it.
+        node.token_hash = token_hash(new_token(NODE_PREFIX))
+
+
+def rotate_join_token(orchestrator: Orchestrator, federation_id: str) -> str:
+    """A new join token for the federation; the old one stops working at once."""
+    token = new_token(JOIN_PREFIX)
+    with orchestrator.transaction(federation_id) as tx:
+        tx.federation.join_token_hash = token_hash(token)
+    return token
+
+
+def revoke_join_token(orchestrator: Orchestrator, federation_id: str) -> None:
+    """The federation's join token stops working at once: no more registrations until it is rotated."""
+    with orchestrator.transaction(federation_id) as tx:
+        tx.federation.join_token_hash = token_hash(new_token(JOIN_PREFIX))
 
 
 def delete_node(orchestrator: Orchestrator, federation_id: str, name: str) -> None:

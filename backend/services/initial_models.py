@@ -115,7 +115,9 @@ def builtin_manifest(config: FederationConfig) -> ModelManifest:
     """A built-in architecture's document under the federation's settings, built on the meta device (no
     values, nothing allocated); 422 when the settings do not fit the architecture."""
     try:
-        return ModelManifest.for_config(config)
+        # Meta device only: settings that no meta build takes are refused, never built for real (an
+        # input_shape that asks for petabytes would be allocated by the fallback).
+        return ModelManifest.for_config(config, real_fallback=False)
     except Exception as exc:  # ArchitectureError, and torch's own errors for sizes no layer takes
         raise _unbuildable(config, exc) from exc
 

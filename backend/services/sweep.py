@@ -56,10 +56,17 @@ class Sweeper:
     def sweep_once(self, now: dt.datetime | None = None) -> SweepReport:
         now = now or utcnow()
         report = SweepReport()
-        report.released = self._release_leases(now)
-        report.resent = self._resend_steps(now)
-        report.dispatched = self._dispatch_aggregations(now)
-        report.deadlines = self._feed_deadlines(now)
+        # Each part on its own: one that fails (the broker down, say) never keeps the others from running.
+        for field, part in (
+            ("released", self._release_leases),
+            ("resent", self._resend_steps),
+            ("dispatched", self._dispatch_aggregations),
+            ("deadlines", self._feed_deadlines),
+        ):
+            try:
+                setattr(report, field, part(now))
+            except Exception:
+                log.exception("sweep: %s failed; the next pass tries again", field)
         return report
 
     def _release_leases(self, now: dt.datetime) -> int:
@@ -119,34 +126,58 @@ class Sweeper:
 
     def _feed_deadlines(self, now: dt.datetime) -> int:
         with self.db.read() as session:
-            candidates = [
-                (f.id, f.phase_opened_at, _deadline_s(f))
-                for f in session.scalars(
-                    select(Federation).where(
+            candidates = list(
+                session.execute(
+                    select(Federation.id, Federation.phase_opened_at).where(
                         Federation.status.in_(("running", "stalled")), Federation.phase_opened_at.is_not(None)
                     )
                 )
-            ]
+            )
         fed = 0
-        for federation_id, opened, deadline in candidates:
-            if deadline is None or opened is None or now < opened + dt.timedelta(seconds=float(deadline)):
-                continue
+        for federation_id, opened in candidates:
+            # Each federation on its own: whatever goes wrong with one (a config the server cannot read, a
+            # deadline it cannot compute) stalls that one with the reason and never stops the others'.
             try:
-                with self.orchestrator.transaction(federation_id) as tx:
-                    federation = tx.federation
-                    # Checked again under the lock: the phase may have moved on since the read above.
-                    if (
-                        federation.status not in ("running", "stalled")
-                        or federation.phase_opened_at != opened
-                    ):
-                        continue
-                    state = protocol_state(federation)
-                    round_, phase = open_phase(federation_config(federation), state)
-                    tx.handle(Deadline(round_, phase))
-                    fed += 1
+                fed += self._feed_deadline(federation_id, opened, now)
             except (ApiError, ProtocolError) as exc:
                 log.info("deadline of federation %s not applied: %s", federation_id, exc)
+            except Exception as exc:
+                reason = f"the server could not apply its phase deadline: {type(exc).__name__}: {exc}"
+                if self._stall(federation_id, reason):
+                    log.exception("deadline of federation %s failed; it is stalled", federation_id)
         return fed
+
+    def _feed_deadline(self, federation_id: str, opened: dt.datetime, now: dt.datetime) -> int:
+        with self.db.read() as session:
+            federation = session.get(Federation, federation_id)
+            if federation is None:
+                return 0
+            deadline = _deadline_s(federation)
+        if deadline is None or now < opened + dt.timedelta(seconds=float(deadline)):
+            return 0
+        with self.orchestrator.transaction(federation_id) as tx:
+            federation = tx.federation
+            # Checked again under the lock: the phase may have moved on since the read above.
+            if federation.status not in ("running", "stalled") or federation.phase_opened_at != opened:
+                return 0
+            state = protocol_state(federation)
+            round_, phase = open_phase(federation_config(federation), state)
+            tx.handle(Deadline(round_, phase))
+            return 1
+
+    def _stall(self, federation_id: str, reason: str) -> bool:
+        """Mark the federation stalled with ``reason``; False when it already was (for this reason), so
+        that a federation failing every pass is logged once."""
+        try:
+            with self.orchestrator.transaction(federation_id) as tx:
+                fed = tx.federation
+                if fed.status not in ("running", "stalled") or fed.stall_reason == reason:
+                    return False
+                tx.set_status("stalled", reason)
+                return True
+        except Exception:
+            log.exception("federation %s could not be marked stalled", federation_id)
+            return True
 
     async def run_forever(self, interval_s: float) -> None:
         while True:

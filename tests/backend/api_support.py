@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from bench import harness
 from workers.client import NodeClient, NodeRunner
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef0123"
 
 
 def postgres_or_skip() -> None:

@@ -192,6 +192,11 @@ def a_node_to_delete(world: World) -> Call:
     return Call(f"/api/v1/federations/{world.created.id}/nodes/{name}")
 
 
+def a_federation(world: World) -> str:
+    """A federation of its own (its join token can be rotated without touching the world's)."""
+    return new_federation(world.api).id
+
+
 def uploaded_then_complete(world: World) -> Call:
     alpha = world.running.tokens["alpha"]
     upload = world.api.request(
@@ -245,6 +250,19 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", F + "/nodes"): Rule(MANAGE, (200,), "created"),
     ("GET", F + "/nodes/{name}"): Rule(MANAGE, (200,), "created"),
     ("DELETE", F + "/nodes/{name}"): Rule(MANAGE, (204,), "created", call=a_node_to_delete),
+    # Credentials' life cycle: on a node or a federation of their own, so the world's tokens stay valid.
+    ("POST", F + "/nodes/{name}/token"): Rule(
+        MANAGE, (200,), "created", call=lambda w: Call(a_node_to_delete(w).path + "/token")
+    ),
+    ("DELETE", F + "/nodes/{name}/token"): Rule(
+        MANAGE, (204,), "created", call=lambda w: Call(a_node_to_delete(w).path + "/token")
+    ),
+    ("POST", F + "/join-token"): Rule(
+        MANAGE, (200,), "created", call=lambda w: Call(f"/api/v1/federations/{a_federation(w)}/join-token")
+    ),
+    ("DELETE", F + "/join-token"): Rule(
+        MANAGE, (204,), "created", call=lambda w: Call(f"/api/v1/federations/{a_federation(w)}/join-token")
+    ),
     # A federation's initial model, before it starts: the manifest document, then the parameters (the tiny
     # federation's own, which the server built: uploading them again changes nothing).
     ("PUT", F + "/initial-model/manifest"): Rule(
@@ -412,6 +430,9 @@ def test_every_endpoint_lets_through_only_the_right_credentials(api: Api, world:
                 continue
             status = response.status_code
             where = f"{method} {template} as {caller}: {status} {response.text[:160]}"
+            if (method, template) == ("DELETE", "/api/v1/session") and caller.startswith("session"):
+                # Signing out ended the world's session on the server: the callers after it need a new one.
+                world.cookie, world.csrf = sign_in(api)
             if caller in passing:
                 expected = rule.ok
             elif caller in ("none", "wrong"):

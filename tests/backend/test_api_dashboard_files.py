@@ -19,7 +19,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     (dist / "index.html").write_text("<!doctype html><div id=root></div>")
     (dist / "assets" / "app-1234.js").write_text("console.log('app')")
     (tmp_path / "secret.txt").write_text("outside the build")
-    settings = Settings(data_dir=tmp_path / "data", admin_token="t" * 20, frontend_dir=dist)
+    settings = Settings(data_dir=tmp_path / "data", admin_token="t" * 32, frontend_dir=dist)
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -48,7 +48,14 @@ def test_nothing_outside_the_build_is_served(client: TestClient) -> None:
 
 
 def test_without_a_build_the_root_says_how_to_build_it(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", admin_token="t" * 20, frontend_dir=tmp_path / "none")
+    settings = Settings(data_dir=tmp_path / "data", admin_token="t" * 32, frontend_dir=tmp_path / "none")
     with TestClient(create_app(settings)) as c:
         response = c.get("/")
     assert response.status_code == 503 and "make setup" in response.text
+
+
+@pytest.mark.parametrize("path", ["/%00", "/assets/%00app.js", "/federations/x%00y"])
+def test_a_nul_byte_in_a_path_is_a_404_not_a_server_error(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404, response.text
+    assert "NUL" in response.json()["error"]["message"]

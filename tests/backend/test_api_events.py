@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -9,9 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from api_support import ADMIN_TOKEN, Api
+from test_api_aggregations import wait_until
 
+from backend.routers.events import STREAMS
 from backend.schemas.events import EVENT_TYPES, EventOut
 from backend.services import events
+from backend.settings import Settings
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -60,7 +64,9 @@ def test_the_event_log_replays_in_order_and_resumes_after_last_event_id(api: Api
 
 def test_a_live_stream_delivers_new_events_as_they_happen(live_server: str) -> None:
     with httpx.Client(base_url=live_server, headers=ADMIN, timeout=10) as http:
-        created = http.post("/api/v1/federations", json={"name": "live", "architecture": "mlp"}).json()
+        created = http.post(
+            "/api/v1/federations", json={"name": "live", "architecture": "mlp", "model": {"input_shape": [4]}}
+        ).json()
         fid = created["id"]
         with http.stream("GET", f"/api/v1/federations/{fid}/events") as stream:
             messages = parse(stream.iter_lines())
@@ -101,3 +107,27 @@ def test_the_openapi_document_declares_every_event_type_as_one_schema(api: Api) 
     assert document["components"]["schemas"]["EventOut"]["properties"]["type"] == {
         "$ref": "#/components/schemas/EventType"
     }
+
+
+def test_a_client_holds_a_bounded_number_of_event_streams(
+    api: Api, settings: Settings, live_server: str
+) -> None:
+    settings.max_streams_per_client = 3
+    fid = api.create_federation()["id"]
+    url = f"{live_server}/api/v1/federations/{fid}/events"
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(httpx.Client(headers=api.admin, timeout=30))
+        streams = []
+        for _ in range(3):
+            stream = stack.enter_context(client.stream("GET", url))
+            assert stream.status_code == 200
+            streams.append(stream)
+        refused = client.get(url)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["code"] == "too_many_streams"
+        assert client.get(url, params={"follow": "false"}).status_code == 429, "a replay is a stream too"
+        streams[0].close()
+        wait_until(lambda: STREAMS.count("127.0.0.1") == 2)
+        again = stack.enter_context(client.stream("GET", url))
+        assert again.status_code == 200
+    wait_until(lambda: STREAMS.count("127.0.0.1") == 0)

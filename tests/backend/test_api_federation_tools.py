@@ -105,7 +105,7 @@ def test_registering_a_node_returns_the_command_its_machine_runs(api: Api) -> No
 
 def test_a_celery_nodes_command_names_its_broker_but_never_a_broker_password(tmp_path: Path) -> None:
     def command(broker: str) -> str:
-        settings = Settings(data_dir=tmp_path, broker_url=broker, admin_token="t" * 20)
+        settings = Settings(data_dir=tmp_path, broker_url=broker, admin_token="t" * 32)
         return run_command("celery", "site-a", "fa_node_x", "https://fl.example.org/", settings)
 
     assert command("redis://broker:6379/0") == (

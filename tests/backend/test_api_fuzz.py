@@ -73,7 +73,7 @@ AWKWARD_NAME = 'digits → "mnistm"\n(copy)'
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory: pytest.TempPathFactory) -> Any:
     # The document needs no database; the app that answers the requests is the `api` fixture's.
-    settings = Settings(data_dir=tmp_path_factory.mktemp("fuzz-openapi"), admin_token="x" * 16)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("fuzz-openapi"), admin_token="x" * 32)
     return schemathesis.openapi.from_dict(create_app(settings).openapi())
 
 

@@ -114,3 +114,43 @@ def test_a_node_sees_its_own_dataset_spec_but_not_the_others(api: Api) -> None:
     assert api.request("GET", "/api/v1/node/federation").status_code == 403
     assert api.request("GET", "/api/v1/node/federation", token=federation["join_token"]).status_code == 403
     assert api.request("GET", "/api/v1/node/federation", token="fa_node_forged").status_code == 401
+
+
+def test_a_rotated_node_token_replaces_the_old_one_at_once(api: Api) -> None:
+    federation, tokens = api.federation_with_nodes()
+    fid = federation["id"]
+    api.start(fid)
+    rotated = api.ok("POST", f"/api/v1/federations/{fid}/nodes/alpha/token")
+    assert rotated["name"] == "alpha" and rotated["token"] != tokens["alpha"]
+    assert f"FEDALIGN_NODE_TOKEN={rotated['token']}" in rotated["run_command"]
+    old = api.request("GET", "/api/v1/node/task", token=tokens["alpha"])
+    assert old.status_code == 401, old.text
+    task = api.task(rotated["token"])
+    assert task is not None and task["kind"] == "setup", "the node runs on with its new token"
+    assert api.task(tokens["beta"]) is not None, "the other nodes' tokens are untouched"
+
+
+def test_a_revoked_node_token_stops_working_until_rotated(api: Api) -> None:
+    federation, tokens = api.federation_with_nodes()
+    fid = federation["id"]
+    api.ok("DELETE", f"/api/v1/federations/{fid}/nodes/alpha/token", 204)
+    assert api.request("GET", "/api/v1/node/federation", token=tokens["alpha"]).status_code == 401
+    assert api.request("GET", "/api/v1/node/federation", token=tokens["beta"]).status_code == 200
+    rotated = api.ok("POST", f"/api/v1/federations/{fid}/nodes/alpha/token")
+    assert api.request("GET", "/api/v1/node/federation", token=rotated["token"]).status_code == 200
+
+
+def test_a_rotated_or_revoked_join_token_registers_no_more_nodes(api: Api) -> None:
+    federation = api.create_federation()
+    fid, old = federation["id"], federation["join_token"]
+    node = {"role": "source", "dataset": "npz:/data/x.npz"}
+    new = api.ok("POST", f"/api/v1/federations/{fid}/join-token")["join_token"]
+    assert new != old
+    refused = api.request("POST", f"/api/v1/federations/{fid}/nodes", token=old, json={"name": "a", **node})
+    assert refused.status_code == 401, refused.text
+    api.ok("POST", f"/api/v1/federations/{fid}/nodes", 201, token=new, json={"name": "b", **node})
+    api.ok("DELETE", f"/api/v1/federations/{fid}/join-token", 204)
+    revoked = api.request("POST", f"/api/v1/federations/{fid}/nodes", token=new, json={"name": "c", **node})
+    assert revoked.status_code == 401, revoked.text
+    names = [n["name"] for n in api.ok("GET", f"/api/v1/federations/{fid}/nodes")["items"]]
+    assert names == ["b"]

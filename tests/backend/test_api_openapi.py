@@ -19,7 +19,7 @@ ERROR_REF = "#/components/schemas/ErrorBody"
 @pytest.fixture(scope="module")
 def document(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # Building the document needs no database: the app is never started here.
-    settings = Settings(data_dir=tmp_path_factory.mktemp("openapi"), admin_token="x" * 16)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("openapi"), admin_token="x" * 32)
     return create_app(settings).openapi()
 
 

@@ -63,6 +63,28 @@ def test_signing_out_ends_the_session_in_this_browser(api: Api) -> None:
     assert api.request("GET", "/api/v1/federations", token=None).status_code == 401
 
 
+def test_signing_out_ends_the_session_on_the_server_so_a_copied_cookie_stops_working(api: Api) -> None:
+    csrf = sign_in(api)
+    copied = api.client.cookies[SESSION_COOKIE]
+    other = issue(ADMIN_TOKEN, 3600)  # genuine and unexpired, but never signed in: the server holds no row
+    assert api.request("DELETE", "/api/v1/session", token=None).status_code == 204
+    for cookie in (copied, other.cookie):
+        api.client.cookies.set(SESSION_COOKIE, cookie)
+        for path in ("/api/v1/federations", "/api/v1/session"):
+            response = api.request("GET", path, token=None)
+            assert response.status_code == 401, f"{path}: {response.text}"
+        before = api.ok("GET", "/api/v1/federations", token=ADMIN_TOKEN)["items"]
+        refused = api.request(
+            "POST", "/api/v1/federations", token=None, headers={"X-CSRF-Token": csrf}, json={"name": "late"}
+        )
+        assert refused.status_code == 401, refused.text
+        assert api.ok("GET", "/api/v1/federations", token=ADMIN_TOKEN)["items"] == before
+    # Another sign-in still works: only the ended session is gone.
+    api.client.cookies.clear()
+    sign_in(api)
+    assert api.request("GET", "/api/v1/federations", token=None).status_code == 200
+
+
 def test_a_forged_or_expired_cookie_is_refused(api: Api) -> None:
     past = issue(ADMIN_TOKEN, 60, now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
     other_server = issue("another-servers-admin-token", 3600)
@@ -78,3 +100,21 @@ def test_a_session_ends_with_its_expiry_and_with_a_new_admin_token() -> None:
     assert verify(ADMIN_TOKEN, session.cookie, now=now) is not None
     assert verify(ADMIN_TOKEN, session.cookie, now=now + dt.timedelta(seconds=61)) is None
     assert verify("rotated-admin-token", session.cookie, now=now) is None
+
+
+def test_a_cookie_with_non_ascii_digits_or_letters_is_refused_not_a_server_error(api: Api) -> None:
+    valid = issue(ADMIN_TOKEN, 3600)
+    session_id, expires, mac = valid.cookie.split(".")
+    hostile = [
+        f"{session_id}.²³.{mac}",  # str.isdigit() says True; int() and the MAC's ASCII encoding do not
+        f"{session_id}.{expires[:-1]}٣.{mac}",  # an Arabic-Indic digit
+        f"ü{session_id}.{expires}.{mac}",
+        f"{session_id}.{expires}.{mac[:-1]}é",
+        f"{session_id}.{'9' * 40}.{mac}",  # an expiry no date holds
+    ]
+    for cookie in hostile:
+        header = {"Cookie": f"{SESSION_COOKIE}={cookie}".encode()}
+        for path in ("/api/v1/federations", "/api/v1/session"):
+            response = api.request("GET", path, token=None, headers=header)
+            assert response.status_code == 401, f"{cookie!r} on {path}: {response.text}"
+            assert "sign" in response.json()["error"]["message"].lower() or "token" in response.text

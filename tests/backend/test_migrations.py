@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,12 +11,14 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from api_support import tiny_settings
+from sqlalchemy import JSON, column, create_engine, inspect, select, table, text
 from typer.testing import CliRunner
 
 from backend import migrate
 from backend.models import Base
 from cli.main import app
+from fedalign.config import MAX_DEADLINE_S, MAX_NODES, FederationConfig
 
 TABLES = {"federations", "nodes", "steps", "artifacts", "aggregations", "metrics", "events"}
 
@@ -71,3 +75,39 @@ def test_the_db_commands_migrate_by_hand(tmp_path: Path, monkeypatch: pytest.Mon
         assert not TABLES & set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_stored_settings_beyond_the_new_bounds_are_brought_within_them(empty_database: str) -> None:
+    """Revision 0005: a federation stored with a deadline of 1e308 s (which overflowed the sweep) and other
+    values beyond issue 18's bounds reads as a valid config after the upgrade; others are untouched."""
+    migrate.upgrade(empty_database, "0004")
+    unbounded = {
+        **tiny_settings(model={"num_classes": 3, "input_shape": [8], "hidden": 8, "normalization": "group"}),
+        "phase_deadline_s": 1e308,
+        "setup_deadline_s": 1e300,
+        "min_sources": 10**15,
+        "privacy": {"noise_multiplier": 1.0, "epsilon_budget": 1e200},
+    }
+    healthy = {**tiny_settings(), "phase_deadline_s": 30.0}
+    engine = create_engine(empty_database)
+    federations = table("federations", column("id"), column("config", JSON))
+    now = dt.datetime.now(dt.UTC)
+    try:
+        with engine.begin() as connection:
+            for fid, config in (("unbounded", unbounded), ("healthy", healthy)):
+                connection.execute(
+                    text(
+                        "INSERT INTO federations (id, name, config, status, join_token_hash, created_at, "
+                        "updated_at) VALUES (:id, 'f', :config, 'created', :hash, :now, :now)"
+                    ),
+                    {"id": fid, "config": json.dumps(config), "hash": fid * 4, "now": now},
+                )
+        migrate.upgrade(empty_database)
+        with engine.connect() as connection:
+            stored = dict(connection.execute(select(federations.c.id, federations.c.config)).all())
+    finally:
+        engine.dispose()
+    bounded = FederationConfig.model_validate(stored["unbounded"])
+    assert (bounded.phase_deadline_s, bounded.setup_deadline_s) == (MAX_DEADLINE_S, MAX_DEADLINE_S)
+    assert bounded.min_sources == MAX_NODES and bounded.privacy.epsilon_budget == 1e6
+    assert stored["healthy"] == healthy

@@ -8,9 +8,11 @@ import json
 import os
 import re
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 from process_support import RUN_TIMEOUT_S, Processes, child_env, cli, free_port, wait_ready, wait_until
 
 from fedalign.data.cache import default_cache_dir
@@ -122,3 +124,30 @@ def test_fedalign_up_runs_the_demo_federation_and_stops_on_ctrl_c(tmp_path: Path
         raise AssertionError("the API outlived fedalign up")
     except httpx.TransportError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "says"),
+    [
+        ("up", {"FEDALIGN_ADMIN_TOKEN": ""}, "FEDALIGN_ADMIN_TOKEN is set but empty"),
+        ("serve", {"FEDALIGN_ADMIN_TOKEN": ""}, "FEDALIGN_ADMIN_TOKEN is set but empty"),
+        ("up", {"FEDALIGN_ADMIN_TOKEN": "x"}, "it must have at least 32"),
+        ("serve", {"FEDALIGN_DATABASE_URL": ""}, "FEDALIGN_DATABASE_URL is set but empty"),
+    ],
+)
+def test_unusable_settings_stop_the_command_with_a_message_not_a_traceback(
+    tmp_path: Path, command: str, env: dict[str, str], says: str
+) -> None:
+    data_dir = tmp_path / "fedalign"
+    done = subprocess.run(
+        [*cli(command), "--port", str(free_port())],
+        env=child_env(FEDALIGN_DATA_DIR=str(data_dir), **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert says in " ".join(output.split()), output
+    assert "Traceback" not in output, output
+    assert not (data_dir / "fedalign.db").exists(), "the command went on to create the database"

@@ -64,7 +64,8 @@ export interface paths {
         post: operations["sign_in"];
         /**
          * Sign out
-         * @description Forget the session cookie in this browser (harmless without one).
+         * @description End the session on the server (its cookie stops working at once, wherever a copy of it is) and
+         *     forget the cookie in this browser; harmless without one.
          */
         delete: operations["sign_out"];
         options?: never;
@@ -123,6 +124,24 @@ export interface paths {
         /** Copy a federation's config (and its nodes, under new tokens), e.g. to run a baseline beside it */
         post: operations["clone_federation"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/federations/{federation_id}/join-token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Rotate the join token: a new one, shown once; the old one stops working at once */
+        post: operations["rotate_join_token"];
+        /** Revoke the join token: no node registers with it any more, until it is rotated */
+        delete: operations["revoke_join_token"];
         options?: never;
         head?: never;
         patch?: never;
@@ -339,6 +358,24 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/federations/{federation_id}/nodes/{name}/token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Rotate a node's token: a new one, shown once; the old one stops working at once */
+        post: operations["rotate_node_token"];
+        /** Revoke a node's token: it stops working at once, until the token is rotated */
+        delete: operations["revoke_node_token"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/federations/{federation_id}/rounds": {
         parameters: {
             query?: never;
@@ -485,7 +522,8 @@ export interface paths {
         };
         /**
          * Stream Events
-         * @description Every event of the federation after ``Last-Event-ID`` (all of them without it), then live ones.
+         * @description Every event of the federation after ``Last-Event-ID`` (all of them without it), then live ones. A
+         *     client address holds at most FEDALIGN_MAX_STREAMS_PER_CLIENT streams at once (429 beyond).
          */
         get: operations["stream_events"];
         put?: never;
@@ -1694,6 +1732,14 @@ export interface components {
              */
             size: number | null;
         };
+        /** JoinToken */
+        JoinToken: {
+            /**
+             * Join Token
+             * @description The federation's new join token (Authorization: Bearer); the old one no longer works. Shown once; the server keeps only its hash.
+             */
+            join_token: string;
+        };
         JsonValue: unknown;
         /** LeftOut */
         LeftOut: {
@@ -1842,7 +1888,7 @@ export interface components {
             num_classes: number;
             /**
              * Input Shape
-             * @description Shape of one input: channels, height, width for images; one length for vectors.
+             * @description Shape of one input: channels, height, width for images; one length for vectors. At most 4 axes of at most 1000000 each, 67108864 values in all.
              * @default [
              *       3,
              *       28,
@@ -3138,6 +3184,131 @@ export interface operations {
             };
         };
     };
+    rotate_join_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The federation's id, as returned when it was created. */
+                federation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JoinToken"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    revoke_join_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The federation's id, as returned when it was created. */
+                federation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     start_federation: {
         parameters: {
             query?: never;
@@ -4035,6 +4206,135 @@ export interface operations {
             };
         };
     };
+    rotate_node_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The federation's id. */
+                federation_id: string;
+                /** @description The node's name, unique within its federation. */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NodeCreated"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    revoke_node_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The federation's id. */
+                federation_id: string;
+                /** @description The node's name, unique within its federation. */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_rounds: {
         parameters: {
             query?: never;
@@ -4620,6 +4920,15 @@ export interface operations {
             };
             /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many at once from this client (e.g. open event streams); close some and try again. */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
