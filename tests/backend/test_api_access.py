@@ -297,6 +297,16 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     # Not published while the federation runs: 409 is the answer that got past the credentials.
     ("GET", F + "/model"): Rule(MANAGE, (409,), "running"),
     ("GET", F + "/model/card"): Rule(MANAGE, (409,), "running"),
+    # No checkpoint is kept while it runs without checkpoint_every: the list is empty, round 1's is a 404.
+    ("GET", F + "/checkpoints"): Rule(MANAGE, (200,), "running"),
+    ("GET", F + "/checkpoints/{round_number}"): Rule(MANAGE, (404,), "running"),
+    # Only a finished federation continues: 409 is the answer that got past the credentials.
+    ("POST", F + "/continue"): Rule(
+        MANAGE,
+        (409,),
+        "running",
+        call=lambda w: Call(f"/api/v1/federations/{w.running.id}/continue", json={"rounds": 1}),
+    ),
     # The dashboard's EventSource can send only the cookie.
     ("GET", F + "/events"): Rule(
         MANAGE,
