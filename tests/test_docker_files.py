@@ -536,8 +536,10 @@ def test_the_services_run_from_the_compose_commands(compose: dict[str, Any], tmp
             assert alpha["samples"], "alpha's setup never ran on its worker"
             admin.close()
 
-            # The API's metrics (open: .env.example sets no metrics token) and the aggregator's own.
-            api_metrics = httpx.get(f"{url}/metrics", timeout=10).text
+            # The API's metrics (with the token .env.example sets: compose requires one) and the aggregator's.
+            metrics_auth = {"Authorization": f"Bearer {env_example()['FEDALIGN_METRICS_TOKEN']}"}
+            assert httpx.get(f"{url}/metrics", timeout=10).status_code == 401
+            api_metrics = httpx.get(f"{url}/metrics", headers=metrics_auth, timeout=10).text
             assert re.search(r"^fedalign_broker_up 1\.0$", api_metrics, re.MULTILINE)
             assert re.search(
                 r'^fedalign_step_duration_seconds_count\{kind="setup",node="alpha"\} 1\.0$',
