@@ -84,7 +84,7 @@ def build_services(settings: Settings, messenger: CeleryMessenger | None = None)
 
         dispatcher = ThreadPoolDispatcher(run_aggregation, settings.aggregation_workers)
     orchestrator = Orchestrator(db, store, notifier, dispatcher=dispatcher, send_steps=send_steps)
-    aggregation = AggregationService(db, store, orchestrator, settings.lease_seconds)
+    aggregation = AggregationService(db, store, orchestrator, settings.aggregation_lease_s)
     return Services(
         settings=settings,
         db=db,

@@ -12,10 +12,13 @@ in-process simulator's metrics (`fedalign.simulate.simulate`, same config and se
   again empty each time;
 * a node that never answers after its setup: phases close at their deadline without it (compared with the
   simulator driven through the same deadlines), and its late upload and completion are refused;
-* a node's upload, completion and Celery message replayed after the step completed, and after the run.
+* a node's upload, completion and Celery message replayed after the step completed, and after the run;
+* a node's worker SIGKILLed mid-step (its upload held by the proxy) after its heartbeats kept the step past
+  its short lease: the step is claimed again by the restarted worker within a bound far below the old
+  ten-minute lease, and the run ends with the simulator's metrics.
 
-A worker killed mid-step is covered by `test_celery_workers` (a lost message and a killed worker); the
-API-level rules these rely on are in `test_api_node_steps` and `test_api_aggregations`.
+The API-level rules these rely on are in `test_api_node_steps`, `test_api_heartbeats` and
+`test_api_aggregations`.
 """
 
 from __future__ import annotations
@@ -54,12 +57,18 @@ from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.protocol import Action, Deadline, RunStep
 from fedalign.simulate import SimulationResult, Simulator, simulate
+from messaging.node_api import HEARTBEATS_PER_LEASE
 from workers.client import NodeClient, NodeRunner
 
 # name, role, data seed, domain shift: 2 sources and 1 target
 NODES = (("alpha", "source", 1, 0.0), ("beta", "source", 2, 0.3), ("omega", "target", 3, 1.5))
 ROUNDS = 3
 TERMINAL = ("finished", "failed", "cancelled")
+# A step's lease in the worker-kill test (FEDALIGN_LEASE_SECONDS), and how long its step may wait after the
+# kill to be claimed again: generous for a loaded machine (a worker's start included), and far below the
+# ten minutes a step's lease had to last before heartbeats.
+LEASE_S = 3
+RECOVERY_BOUND_S = 90
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -649,3 +658,60 @@ def test_a_replayed_upload_completion_and_message_change_nothing(tmp_path: Path)
             assert snapshot() == finished
             node.close()
         assert_simulators_run(admin, federation, reference)
+
+
+def test_a_worker_killed_mid_step_loses_its_step_within_a_lease_and_the_run_keeps_the_simulators_metrics(
+    tmp_path: Path,
+) -> None:
+    """Round 1's first upload is held by the proxy: its worker is mid-step, sending heartbeats. Once more
+    heartbeats than fit in one lease went through, the step is still claimed on its first attempt (the
+    heartbeats kept it). Then the worker is SIGKILLed and started again on its data directory: the sweep
+    releases the step once its lease runs out and sends it again, the restarted worker claims it (its second
+    attempt) well within `RECOVERY_BOUND_S`, answers it from the node's saved result, and the run finishes
+    with the simulator's metrics."""
+    with cluster(tmp_path, FEDALIGN_LEASE_SECONDS=str(LEASE_S)) as c, c.admin() as admin:
+        c.start_api()
+        c.start_aggregator()
+        federation = c.create(admin)
+        fid = federation.id
+        with RecordingProxy(c.api_url) as proxy:
+            gate = Gate(proxy.http)
+            proxy.http = gate  # type: ignore[assignment]
+            for name, _, _, _ in NODES:
+                c.start_worker(federation, name, api_url=proxy.url)
+            gate.arm()  # the first upload: round 1's discriminator (setup uploads nothing)
+            assert admin.post(f"/api/v1/federations/{fid}/start").status_code == 200
+            reference = simulate(federation.config())  # meanwhile
+            wait_until(lambda: c.processes.assert_alive() or gate.held.is_set(), RUN_TIMEOUT_S, "an upload")
+            step_id = int(gate.holds[0].split("/steps/")[1].split("/")[0])
+            beats = f"/api/v1/node/steps/{step_id}/heartbeat"
+
+            def step() -> dict[str, Any]:
+                phases = admin.get(f"/api/v1/federations/{fid}/rounds/1").json()["phases"]
+                return next(s for p in phases for s in p["steps"] if s["id"] == step_id)
+
+            node = step()["node"]
+            held_at = len(proxy.records)
+            wait_until(
+                lambda: (
+                    c.processes.assert_alive()
+                    or sum(r.path == beats for r in proxy.records[held_at:]) > HEARTBEATS_PER_LEASE + 1
+                ),
+                RUN_TIMEOUT_S,
+                "heartbeats for longer than one lease",
+            )
+            kept = step()
+            assert (kept["status"], kept["attempts"]) == ("claimed", 1), kept
+
+            stop(c.processes, node, signal.SIGKILL)
+            c.start_worker(federation, node, api_url=proxy.url)
+            wait_until(
+                lambda: c.processes.assert_alive() or step()["attempts"] >= 2,
+                RECOVERY_BOUND_S,
+                f"{node}'s step to be claimed again after its worker died",
+            )
+            gate.released.set()  # the dead worker's upload: forwarded late, the same bytes as the re-run's
+            wait_finished(c, admin, fid)
+            assert_simulators_run(admin, federation, reference)
+            again = step()
+            assert (again["status"], again["attempts"]) == ("done", 2), again
