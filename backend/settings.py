@@ -84,6 +84,15 @@ class Settings(BrokerSettings, LogSettings):
             "re-dispatches pending aggregations and applies phase deadlines.",
         ),
     ] = 2.0
+    inline_aggregation_max_bytes: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="A server-side average whose largest input is at most this many bytes is computed "
+            "in the API process as soon as the phase's last submission is in (no job on the aggregator "
+            "queue); larger ones go to the aggregator queue (or the API's aggregation threads). 0: none.",
+        ),
+    ] = 1024 * 1024
     aggregation_workers: Annotated[
         int, Field(ge=1, le=64, description="Threads computing aggregations in the API process (no broker).")
     ] = 2

@@ -69,6 +69,9 @@ TERMINAL = ("finished", "failed", "cancelled")
 # ten minutes a step's lease had to last before heartbeats.
 LEASE_S = 3
 RECOVERY_BOUND_S = 90
+# Tests that hold a phase in aggregation: even these tiny models averaged by the aggregator worker, not by
+# the API as soon as the phase's last submission is in.
+ON_THE_AGGREGATOR_QUEUE = {"FEDALIGN_INLINE_AGGREGATION_MAX_BYTES": "0"}
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -387,7 +390,7 @@ def test_redis_restarted_mid_run_loses_its_queues_and_the_sweep_sends_them_again
     Redis is down, so its worker cannot acknowledge the message, and the API cannot send the next steps;
     Redis comes back, the worker reconnects and the sweep sends what was not sent. The run finishes with
     the simulator's metrics."""
-    with cluster(tmp_path, FEDALIGN_STEP_RESEND_S="2") as c, c.admin() as admin:
+    with cluster(tmp_path, FEDALIGN_STEP_RESEND_S="2", **ON_THE_AGGREGATOR_QUEUE) as c, c.admin() as admin:
         c.start_api()
         federation = c.create(admin)
         fid = federation.id
@@ -586,7 +589,7 @@ def test_a_replayed_upload_completion_and_message_change_nothing(tmp_path: Path)
     and changes nothing, anything different is 409 already_completed, and the step's Celery message sent
     again is dropped by alpha's worker. After the run the upload and the claim are 409 federation_finished
     and the completion is still answered as it was. The run's metrics and model are the simulator's."""
-    with cluster(tmp_path) as c, c.admin() as admin:
+    with cluster(tmp_path, **ON_THE_AGGREGATOR_QUEUE) as c, c.admin() as admin:
         c.start_api()
         federation = c.create(admin)
         fid = federation.id
