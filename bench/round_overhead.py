@@ -84,12 +84,14 @@ from fedalign import data as datasets
 from fedalign.config import FederationConfig, load_config
 from fedalign.protocol import Action, Aggregate, Finish, RunStep
 from fedalign.simulate import Simulator
+from messaging.celery_worker import READY_MESSAGE
 from messaging.node_api import TERMINAL_STATUSES as TERMINAL
 
 ADMIN_TOKEN = "round-overhead-bench-admin-token-0123"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 START_TIMEOUT_S = 120.0
-READY = re.compile(rb"\bready\.")
+# The line a worker logs once it consumes (its wording is the messaging contract's).
+READY = re.compile(re.escape(READY_MESSAGE.encode()))
 
 
 # ------------------------------------------------------------------------------------------- timelines
