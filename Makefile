@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
-        bench-load bench-privacy bench-round bench-transfer bench-steps bench-data clean
+        bench-load bench-privacy bench-recovery bench-round bench-transfer bench-steps bench-data clean
 
 # The dev set includes the optional extras (export: ONNX; parquet; the trackers), so that their tests run. setuptools says
 # on every editable install that it is one ("Editable installation" / "Please be careful with folders ..."):
@@ -90,6 +90,9 @@ bench-privacy: setup
 # (CUDA with bf16 autocast when present).
 bench-round: setup
 	$(BIN)/python -m bench.round_overhead --json bench/results/round-overhead.json
+
+bench-recovery: setup
+	$(BIN)/python -m bench.recovery --kills 10 --json bench/results/recovery.json
 
 bench-transfer: setup
 	$(BIN)/python -m bench.transfer_bench --json bench/results/transfer.json

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -85,8 +86,18 @@ def build_services(settings: Settings, messenger: CeleryMessenger | None = None)
             aggregation.run(job_id)
 
         dispatcher = ThreadPoolDispatcher(run_aggregation, settings.aggregation_workers)
-    orchestrator = Orchestrator(db, store, notifier, dispatcher=dispatcher, send_steps=send_steps)
-    aggregation = AggregationService(db, store, orchestrator, settings.lease_seconds)
+    orchestrator = Orchestrator(
+        db,
+        store,
+        notifier,
+        dispatcher=dispatcher,
+        send_steps=send_steps,
+        inline_aggregation_bytes=settings.inline_aggregation_max_bytes,
+    )
+    aggregation = AggregationService(db, store, orchestrator, settings.aggregation_lease_s)
+    # A small model's average takes milliseconds: a step's short lease covers it if this process dies.
+    inline_lease = dt.timedelta(seconds=settings.lease_seconds)
+    orchestrator.run_inline = lambda job_id: aggregation.run(job_id, inline_lease)
     return Services(
         settings=settings,
         db=db,

@@ -86,18 +86,36 @@ class Settings(BrokerSettings, LogSettings):
         float,
         Field(
             gt=0,
-            description="How long a claimed step (or a running aggregation) is held before it can be claimed "
-            "again; longer than a step takes.",
+            description="How long a claimed step is held without a heartbeat: the node running it renews "
+            "the lease every third of this (POST .../heartbeat), so it bounds how long a dead worker's step "
+            "waits to run again, not how long a step may take.",
+        ),
+    ] = 10.0
+    aggregation_lease_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="How long a running server-side aggregation is held before another runner may take "
+            "it over (no heartbeat: longer than the largest aggregation takes).",
         ),
     ] = 600.0
     sweep_interval_s: Annotated[
         float,
         Field(
             gt=0,
-            description="Period of the sweep that releases expired leases, re-dispatches pending "
-            "aggregations and applies phase deadlines.",
+            description="Period of the sweep that releases expired leases (and sends their steps again), "
+            "re-dispatches pending aggregations and applies phase deadlines.",
         ),
-    ] = 5.0
+    ] = 2.0
+    inline_aggregation_max_bytes: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="A server-side average whose largest input is at most this many bytes is computed "
+            "in the API process as soon as the phase's last submission is in (no job on the aggregator "
+            "queue); larger ones go to the aggregator queue (or the API's aggregation threads). 0: none.",
+        ),
+    ] = 1024 * 1024
     aggregation_workers: Annotated[
         int, Field(ge=1, le=64, description="Threads computing aggregations in the API process (no broker).")
     ] = 2

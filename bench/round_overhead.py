@@ -9,9 +9,11 @@ shipped) the same config and seed run in two arms, alternately, ``--repeats`` ti
 
 - simulated: `fedalign.simulate.Simulator` in this process (a subclass that only notes when each action
   starts and ends);
-- served: ``fedalign serve`` (PostgreSQL: a scratch database created on ``--postgres-url`` and dropped at
-  the end, or ``--db sqlite``) with Redis as the broker (``--redis-url``, a database number of its own,
-  flushed at the start and the end) and Celery workers started with ``fedalign worker``: by default one
+- served, in each of ``--deployments`` (by default both, one after the other in the same run):
+  ``redis-postgres``, ``fedalign serve`` on PostgreSQL (a scratch database created on ``--postgres-url``
+  and dropped at the end) with Redis as the broker (``--redis-url``, a database number of its own, flushed
+  at the start and the end); ``embedded``, SQLite and the filesystem broker, as ``fedalign up`` runs by
+  default. Celery workers are started with ``fedalign worker``: by default one
   worker serving every node and the aggregator (``--credentials ... --aggregator``, as ``fedalign up``
   runs them), so that both arms run the same work one piece at a time; ``--workers per-node`` starts one
   worker per node and one for the aggregator instead. The nodes are registered in mode ``celery``.
@@ -53,6 +55,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,12 +84,14 @@ from fedalign import data as datasets
 from fedalign.config import FederationConfig, load_config
 from fedalign.protocol import Action, Aggregate, Finish, RunStep
 from fedalign.simulate import Simulator
+from messaging.celery_worker import READY_MESSAGE
 from messaging.node_api import TERMINAL_STATUSES as TERMINAL
 
 ADMIN_TOKEN = "round-overhead-bench-admin-token-0123"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 START_TIMEOUT_S = 120.0
-READY = re.compile(rb"\bready\.")
+# The line a worker logs once it consumes (its wording is the messaging contract's).
+READY = re.compile(re.escape(READY_MESSAGE.encode()))
 
 
 # ------------------------------------------------------------------------------------------- timelines
@@ -623,18 +628,19 @@ def summarise(scale: int, runs: list[dict[str, Timeline]], workers: str) -> dict
     }
 
 
-def print_markdown(result: dict[str, Any]) -> None:
+def print_markdown(result: dict[str, Any], name: str, scales: list[dict[str, Any]]) -> None:
     c = result["config"]
     print(
-        f"\n## Round overhead: {c['config']}, {c['rounds']} rounds, seed {c['seed']}, {c['db']} + Redis, "
-        f"workers: {c['workers']}, {c['repeats']} repeats per arm, one torch thread everywhere\n"
+        f"\n## Round overhead: {c['config']}, {c['rounds']} rounds, seed {c['seed']}, "
+        f"{c['deployments'][name]}, workers: {c['workers']}, {c['repeats']} repeats per arm, "
+        "one torch thread everywhere\n"
     )
     print(
         "| k | simulated s/round | served s/round | served / simulated, rounds 2..R | rounds 1..R | "
         "overhead | phase transition, served: after aggregation / without | simulator | metrics equal |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    for s in result["scales"]:
+    for s in scales:
         a, t, r = s["arms"], s["transitions"], s["served_over_simulated"]
         without = t["served_without_aggregation_s"]
         without_ms = "–" if without is None else f"{1000 * without['median']:.0f}"
@@ -646,21 +652,20 @@ def print_markdown(result: dict[str, Any]) -> None:
             f"{1000 * t['simulated_s']['median']:.1f} ms | {all(s['metrics_equal'])} |"
         )
     print("\nWhere the time goes (seconds over rounds 1..R, median over repeats):\n")
-    keys = list(result["scales"][0]["breakdown"][0])
-    print("| part | " + " | ".join(f"k={s['local_steps']}" for s in result["scales"]) + " |")
-    print("|---|" + "---:|" * len(result["scales"]))
+    keys = list(scales[0]["breakdown"][0])
+    print("| part | " + " | ".join(f"k={s['local_steps']}" for s in scales) + " |")
+    print("|---|" + "---:|" * len(scales))
     for key in keys:
-        values = [statistics.median(b[key] for b in s["breakdown"] if key in b) for s in result["scales"]]
+        values = [statistics.median(b[key] for b in s["breakdown"] if key in b) for s in scales]
         print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
-    anatomy_ = result.get("anatomy")
-    if anatomy_:
-        print(
-            f"\nOne served step taken apart ({anatomy_['steps']} steps, REST nodes driven from the bench):\n"
-        )
-        print("| part | calls | per step, ms | median per call, ms |")
-        print("|---|---:|---:|---:|")
-        for kind, v in anatomy_["per_kind"].items():
-            print(f"| {kind} | {v['calls']} | {v['per_step_ms']:.1f} | {v['median_ms']:.1f} |")
+
+
+def print_anatomy(anatomy_: dict[str, Any]) -> None:
+    print(f"\nOne served step taken apart ({anatomy_['steps']} steps, REST nodes driven from the bench):\n")
+    print("| part | calls | per step, ms | median per call, ms |")
+    print("|---|---:|---:|---:|")
+    for kind, v in anatomy_["per_kind"].items():
+        print(f"| {kind} | {v['calls']} | {v['per_step_ms']:.1f} | {v['median_ms']:.1f} |")
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -679,7 +684,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each arm per scale, alternated")
     parser.add_argument("--workers", choices=["single", "per-node"], default="single")
-    parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument(
+        "--deployments",
+        nargs="+",
+        choices=list(DEPLOYMENTS),
+        default=list(DEPLOYMENTS),
+        help="served deployments, each against the simulator in this run (the step anatomy: the first)",
+    )
     parser.add_argument("--postgres-url", default=POSTGRES_ADMIN_URL)
     parser.add_argument("--redis-url", default=REDIS_URL, help="a database number the bench may flush")
     parser.add_argument(
@@ -697,25 +708,27 @@ def scaled(config: FederationConfig, rounds: int, k: int) -> FederationConfig:
     return FederationConfig.model_validate(raw)
 
 
-def main() -> int:
-    args = parse_args()
-    torch.set_num_threads(1)
-    base = load_config(args.config)
-    for node in base.nodes:
-        datasets.load(node.dataset)  # built into the cache once, before anything is timed
-    load_at_start = os.getloadavg()
-    started = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="fedalign-round-") as tmp, contextlib.ExitStack() as stack:
-        root = Path(tmp)
-        data_dir = root / "server"
-        data_dir.mkdir()
+# The deployments a run compares, each served against the simulator in the same run.
+DEPLOYMENTS = {
+    "redis-postgres": "PostgreSQL (a scratch database) + Redis",
+    "embedded": "SQLite + the filesystem broker (fedalign up's default)",
+}
+
+
+@contextlib.contextmanager
+def deployment(name: str, root: Path, args: argparse.Namespace) -> Iterator[Server]:
+    """The API of deployment ``name`` on a data directory under ``root``, ready; stopped at the end."""
+    with contextlib.ExitStack() as stack:
+        data_dir = root / name / "server"
+        data_dir.mkdir(parents=True)
         (data_dir / "datasets").symlink_to(datasets.default_cache_dir())
-        if args.db == "postgres":
+        if name == "redis-postgres":
             database_url = stack.enter_context(scratch_postgres(args.postgres_url, "fedalign_round"))
+            broker = stack.enter_context(scratch_redis(args.redis_url))
         else:
             database_url = f"sqlite:///{data_dir / 'fedalign.db'}"
-        broker = stack.enter_context(scratch_redis(args.redis_url))
+            # An absolute folder: per-node workers have data directories of their own.
+            broker = f"filesystem://{root / name / 'broker'}"
         env = child_env(
             FEDALIGN_DATA_DIR=str(data_dir),
             FEDALIGN_DATABASE_URL=database_url,
@@ -725,35 +738,50 @@ def main() -> int:
         )
         port = free_port()
         api_argv = fedalign_command("serve", "--host", "127.0.0.1", "--port", str(port))
-        api = start_child("api", api_argv, env, root, cwd=REPO)
+        api = start_child(f"api-{name}", api_argv, env, root / name, cwd=REPO)
         stack.callback(stop_child, api)
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, [api], START_TIMEOUT_S)
-        server = Server(url, database_url, data_dir, env, api, root)
-        for k in args.local_steps:
-            config = scaled(base, args.rounds, k)
-            runs: list[dict[str, Timeline]] = []
-            for repeat in range(args.repeats):
-                run: dict[str, Timeline] = {}
-                order = ("simulated", "served") if repeat % 2 == 0 else ("served", "simulated")
-                for arm in order:
-                    t0 = time.perf_counter()
-                    if arm == "simulated":
-                        run[arm] = simulated_arm(config)
-                    else:
-                        run[arm] = served_arm(server, config, args.workers, f"k{k}r{repeat}", args.timeout)
-                    print(
-                        f"k={k} repeat {repeat} {arm}: rounds 1..{config.rounds} in {run[arm].total:.2f} s "
-                        f"({time.perf_counter() - t0:.1f} s with setup)",
-                        flush=True,
-                    )
-                runs.append(run)
-            results.append(summarise(k, runs, args.workers))
-        anatomy_result = (
-            anatomy(server, scaled(base, args.anatomy_rounds, 1), args.timeout)
-            if args.anatomy_rounds
-            else None
-        )
+        yield Server(url, database_url, data_dir, env, api, root / name)
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(1)
+    base = load_config(args.config)
+    for node in base.nodes:
+        datasets.load(node.dataset)  # built into the cache once, before anything is timed
+    load_at_start = os.getloadavg()
+    started = time.perf_counter()
+    by_deployment: dict[str, list[dict[str, Any]]] = {}
+    anatomy_result = None
+    with tempfile.TemporaryDirectory(prefix="fedalign-round-") as tmp:
+        for name in args.deployments:
+            with deployment(name, Path(tmp), args) as server:
+                results: list[dict[str, Any]] = []
+                for k in args.local_steps:
+                    config = scaled(base, args.rounds, k)
+                    runs: list[dict[str, Timeline]] = []
+                    for repeat in range(args.repeats):
+                        run: dict[str, Timeline] = {}
+                        order = ("simulated", "served") if repeat % 2 == 0 else ("served", "simulated")
+                        for arm in order:
+                            t0 = time.perf_counter()
+                            if arm == "simulated":
+                                run[arm] = simulated_arm(config)
+                            else:
+                                tag = f"k{k}r{repeat}"
+                                run[arm] = served_arm(server, config, args.workers, tag, args.timeout)
+                            print(
+                                f"{name} k={k} repeat {repeat} {arm}: rounds 1..{config.rounds} in "
+                                f"{run[arm].total:.2f} s ({time.perf_counter() - t0:.1f} s with setup)",
+                                flush=True,
+                            )
+                        runs.append(run)
+                    results.append(summarise(k, runs, args.workers))
+                by_deployment[name] = results
+                if args.anatomy_rounds and anatomy_result is None:
+                    anatomy_result = anatomy(server, scaled(base, args.anatomy_rounds, 1), args.timeout)
     result = {
         "config": {
             "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
@@ -762,8 +790,8 @@ def main() -> int:
             "local_steps": args.local_steps,
             "repeats": args.repeats,
             "workers": args.workers,
-            "db": args.db,
-            "broker": "redis",
+            "deployments": {name: DEPLOYMENTS[name] for name in args.deployments},
+            "anatomy_deployment": args.deployments[0] if args.anatomy_rounds else None,
             "torch_threads": 1,
         },
         "machine": {
@@ -773,13 +801,22 @@ def main() -> int:
             "platform": platform.platform(),
         },
         "wall_s": time.perf_counter() - started,
-        "scales": results,
+        "deployments": {name: {"scales": scales} for name, scales in by_deployment.items()},
         "anatomy": anatomy_result,
     }
-    print_markdown(result)
+    for name, scales in by_deployment.items():
+        print_markdown(result, name, scales)
+    print("\nserved / simulated wall time, rounds 2..R (each run), side by side:")
+    for name, scales in by_deployment.items():
+        for s in scales:
+            ratios = ", ".join(f"{x:.2f}" for x in s["served_over_simulated"]["rounds_2_to_R"])
+            print(f"  {name:15s} k={s['local_steps']:<3d} {ratios}")
+    if anatomy_result:
+        print_anatomy(anatomy_result)
     if args.json:
         write_json(args.json, stamped(result))
-    return 0 if all(all(s["metrics_equal"]) for s in results) else 1
+    every = [s for scales in by_deployment.values() for s in scales]
+    return 0 if all(all(s["metrics_equal"]) for s in every) else 1
 
 
 if __name__ == "__main__":

@@ -128,7 +128,9 @@ class Task(BaseModel):
                     "uploads": {"D": "http://127.0.0.1:8000/api/v1/node/steps/42/uploads/D"},
                     "complete_url": "http://127.0.0.1:8000/api/v1/node/steps/42/complete",
                     "fail_url": "http://127.0.0.1:8000/api/v1/node/steps/42/fail",
-                    "lease_expires_at": "2026-01-01T12:10:00Z",
+                    "lease_expires_at": "2026-01-01T12:00:10Z",
+                    "heartbeat_url": "http://127.0.0.1:8000/api/v1/node/steps/42/heartbeat",
+                    "heartbeat_s": 3.3,
                     "inputs": {},
                     "weights": {},
                 }
@@ -151,7 +153,19 @@ class Task(BaseModel):
         description="Where to POST a failure (reason, retryable) when the step cannot be run, instead of "
         "letting its lease run out."
     )
-    lease_expires_at: dt.datetime = Field(description="Finish before this, or the step is handed out again.")
+    lease_expires_at: dt.datetime = Field(
+        description="The lease's end: renewed by each heartbeat; once it passes without one, the step is "
+        "handed out again."
+    )
+    heartbeat_url: str = Field(
+        description="Where to POST a heartbeat while the step runs (from the claim until its completion): "
+        "each one renews the lease."
+    )
+    heartbeat_s: float = Field(
+        gt=0,
+        description="How often to send a heartbeat: a third of the lease, so that one lost heartbeat does "
+        "not lose the step.",
+    )
     inputs: dict[str, str] = Field(description="Aggregate steps: node -> URL of its submission.")
     weights: dict[str, float] = Field(description="Aggregate steps: node -> normalised weight.")
     secure: dict[str, SecureSlot] = Field(
@@ -160,6 +174,15 @@ class Task(BaseModel):
         "(fedalign.secagg.Masker); for a reveal step, what to reveal (POST the seeds to complete_url); for a "
         "target's aggregate step, the survivors' reveals to unmask the sum with (fedalign.secagg.MaskedSum).",
     )
+
+
+# The share of a lease between two heartbeats: two may be lost (or late) before the lease runs out.
+HEARTBEATS_PER_LEASE = 3
+
+
+class HeartbeatResult(BaseModel):
+    step_id: int
+    lease_expires_at: dt.datetime = Field(description="The renewed lease's end.")
 
 
 class UploadResult(BaseModel):

@@ -76,8 +76,19 @@ class ServedNode:
 SERVED: dict[str, ServedNode] = {}
 
 
-def serve(nodes: list[ServedNode]) -> None:
+def serve(nodes: list[ServedNode], *, warm_up: bool = True) -> None:
+    """Serve ``nodes``; with ``warm_up``, build their runners (data, models) now, before consuming.
+
+    A worker is often started again because one of its steps waits for it (the dead worker's): its runner
+    built while that step's lease runs out, rather than once its message comes, shortens the wait. Built
+    here, in this thread, not beside a running step: building models reseeds torch's global generator,
+    which a step draws from."""
     SERVED.update({n.node_id: n for n in nodes})
+    for node in nodes if warm_up else ():
+        try:
+            node.runner()
+        except Exception as exc:  # the API is not reachable yet, say: the first step builds it instead
+            log.warning("node %s not warmed up (%s); its first step builds it", node.name, exc)
 
 
 class NodeCredential(BaseModel):

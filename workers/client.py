@@ -20,6 +20,10 @@ A step that raises (that mismatch, data that cannot be read, out of memory) is r
 paths, and whether a retry can help) instead of leaving it to its lease; so is a node that cannot load its
 data or build its models at all, at each step it is given.
 
+Whoever runs a step renews its short lease with a heartbeat (``POST`` the task's ``heartbeat_url`` every
+``heartbeat_s``, `workers.heartbeat`) from the claim to the completion, so a step may take as long as it
+needs and a node that dies mid-step loses it within one lease.
+
 Two ways to get tasks, one step code: `run_node` polls ``GET /api/v1/node/task`` (``fedalign node run``);
 the Celery worker claims the step a message points at (`NodeClient.claim`, `workers.celery_app`).
 
@@ -53,6 +57,7 @@ from fedalign.protocol import StepSpec
 from messaging import node_api
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.audit import AuditedTransport, AuditLog
+from workers.heartbeat import Heartbeat
 from workers.state import NodeStateFile, SecAggLedger
 
 log = logging.getLogger("fedalign.workers")
@@ -260,6 +265,14 @@ class NodeClient:
         """The federation's models: every tensor, the architecture and its version, the published layout."""
         return node_api.FederationManifest.model_validate_json(self._get("/api/v1/node/manifest").content)
 
+    def heartbeat(self, url: str, timeout_s: float | None = None) -> node_api.HeartbeatResult:
+        """Renew the lease of the step being run (its task's ``heartbeat_url``); 409 ClientError when the
+        step is not wanted any more. ``timeout_s``: give up sooner than other requests (a heartbeat that
+        waits longer than its period is late anyway)."""
+        timeout = self.http.timeout if timeout_s is None else httpx.Timeout(timeout_s)
+        response = self.http.post(self._url(url), headers=self._auth, timeout=timeout)
+        return node_api.HeartbeatResult.model_validate_json(self._check(response).content)
+
     def fail(self, url: str, reason: str, retryable: bool) -> node_api.FailResult:
         """Report the task's step failed (its ``fail_url``): ``reason`` for people, and whether a retry may
         help."""
@@ -339,11 +352,22 @@ class NodeRunner:
         return True
 
     def run(self, task: Task) -> None:
+        """Run the claimed ``task`` to its completion (or its failure report), renewing its lease with a
+        heartbeat all along (`workers.heartbeat`)."""
         if task.round > self.config.rounds:
             # The federation was continued for more rounds after it finished: take its longer config.
             self.federation = self.client.federation()
             if self.broken is None:
                 self.runtime.extend_to(self.config.rounds)
+        with Heartbeat(
+            lambda: self.client.heartbeat(task.heartbeat_url, timeout_s=task.heartbeat_s),
+            task.heartbeat_s,
+            stops_on=_lease_refused,
+            name=f"heartbeat-step-{task.step_id}",
+        ):
+            self._run(task)
+
+    def _run(self, task: Task) -> None:
         if task.kind == "reveal":
             self._reveal(task)
             return
@@ -514,6 +538,11 @@ class NodeRunner:
     @property
     def finished(self) -> bool:
         return self.client.federation_status in TERMINAL_STATUSES
+
+
+def _lease_refused(exc: Exception) -> bool:
+    """A heartbeat answered 4xx: the step is done, failed, cancelled, or not this node's; no retry helps."""
+    return isinstance(exc, ClientError) and not isinstance(exc, ServerError)
 
 
 def _b64(raw: bytes) -> str:

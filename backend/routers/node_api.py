@@ -23,6 +23,7 @@ from messaging.node_api import (
     FailRequest,
     FailResult,
     FederationManifest,
+    HeartbeatResult,
     NodeFederation,
     PublicKeyIn,
     PublicKeyOut,
@@ -74,10 +75,12 @@ def node_manifest(services: ServicesDep, node: NodeAuth) -> FederationManifest:
     | responses(401, 403, 404),
 )
 def next_task(request: Request, services: ServicesDep, node: NodeAuth) -> Task | Response:
-    """Claim this node's next step with a lease; finish it before ``lease_expires_at``."""
+    """Claim this node's next step with a lease; keep it with a heartbeat (``heartbeat_url``) every
+    ``heartbeat_s`` until it is complete, or it is handed out again after ``lease_expires_at``."""
     with services.db.write() as session:
-        step, federation_status = leases.claim_next(session, node, services.settings.lease_seconds)
-        task = leases.task_of(step, node, services.base_url(request)) if step else None
+        lease = services.settings.lease_seconds
+        step, federation_status = leases.claim_next(session, node, lease)
+        task = leases.task_of(step, node, services.base_url(request), lease) if step else None
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT, headers={STATUS_HEADER: federation_status})
     return task
@@ -94,8 +97,24 @@ def claim_step(request: Request, services: ServicesDep, node: NodeAuth, step_id:
     claimed before (a restarted worker, a retried message), is claimable; a done or cancelled step, or a
     federation that is paused or over, answers 409 with a code that says which: drop the message then."""
     with services.db.write() as session:
-        step = leases.claim_step(session, node, step_id, services.settings.lease_seconds)
-        return leases.task_of(step, node, services.base_url(request))
+        lease = services.settings.lease_seconds
+        step = leases.claim_step(session, node, step_id, lease)
+        return leases.task_of(step, node, services.base_url(request), lease)
+
+
+@router.post(
+    "/steps/{step_id}/heartbeat",
+    response_model=HeartbeatResult,
+    responses=responses(401, 403, 404, 409, 413, 422),
+    summary="Renew the lease of a step this node is running",
+)
+def heartbeat(services: ServicesDep, node: NodeAuth, step_id: StepId) -> HeartbeatResult:
+    """Renew the step's lease for ``lease_seconds`` from now: send one every ``heartbeat_s`` (the task's)
+    from the claim until the completion. A step whose lease ran out before is taken back if it is still
+    open. A done, failed or cancelled step, or a federation that is over, answers 409 with a code that
+    says which: the step's result is not wanted any more, stop sending heartbeats."""
+    with services.db.write() as session:
+        return leases.renew(session, node, step_id, services.settings.lease_seconds)
 
 
 @router.get(

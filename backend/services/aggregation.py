@@ -87,7 +87,7 @@ class AggregationService:
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.owner = f"api-{uuid.uuid4().hex[:12]}"
 
-    def claim(self, job_id: int) -> bool:
+    def claim(self, job_id: int, lease: dt.timedelta | None = None) -> bool:
         now = dt.datetime.now(dt.UTC)
         with self.db.write() as session:
             result = session.execute(
@@ -102,15 +102,16 @@ class AggregationService:
                 .values(
                     status="running",
                     lease_owner=self.owner,
-                    lease_expires_at=now + self.lease,
+                    lease_expires_at=now + (lease or self.lease),
                     attempts=Aggregation.attempts + 1,
                 )
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount == 1
 
-    def run(self, job_id: int) -> None:
-        if not self.claim(job_id):
+    def run(self, job_id: int, lease: dt.timedelta | None = None) -> None:
+        """Claim job ``job_id`` (for ``lease``, default the service's), average, store, feed the protocol."""
+        if not self.claim(job_id, lease):
             return
         with self.db.read() as session:
             job = session.get(Aggregation, job_id)

@@ -79,6 +79,8 @@ class AfterCommit:
     """Work that must wait for the commit: it would be wrong to do it for a transaction that rolls back."""
 
     aggregations: set[int] = field(default_factory=set)
+    # Jobs of small models: averaged in this process right after the commit, not sent anywhere.
+    inline_aggregations: set[int] = field(default_factory=set)
     # Steps of Celery-mode nodes to send to their queues: a message for a row that rolled back would point
     # at nothing.
     steps: list[StepMessage] = field(default_factory=list)
@@ -292,7 +294,18 @@ class Transaction:
                 )
                 self.session.add(job)
                 self.session.flush()
-                self.after.aggregations.add(job.id)
+                largest = max(
+                    self.session.scalars(
+                        select(Artifact.size).where(
+                            Artifact.federation_id == fed.id, Artifact.key.in_(list(action.inputs.values()))
+                        )
+                    ),
+                    default=0,
+                )
+                if self.orchestrator.averages_inline(largest):
+                    self.after.inline_aggregations.add(job.id)
+                else:
+                    self.after.aggregations.add(job.id)
             else:
                 aggregate_masking = None
                 if protocol.reveal_steps:
@@ -447,6 +460,13 @@ class Orchestrator:
 
     ``dispatcher`` runs the aggregation jobs a transaction wrote; ``send_steps``, given only when a broker
     is configured, sends Celery-mode nodes' steps to their queues (without it every node polls).
+
+    A job whose largest input is at most ``inline_aggregation_bytes`` is not dispatched: ``run_inline`` (the
+    aggregation service, set once it is built) averages it in this process as soon as the transaction that
+    wrote it commits, so the request that completed a phase's last step opens the next phase before it
+    answers. A small model's average takes less time than a message to a worker; a large one goes to the
+    dispatcher, off the request path. Either way the job is the same row, claimed, folded and stored in
+    transactions of its own, and the sweep dispatches it if this process dies first.
     """
 
     def __init__(
@@ -457,12 +477,19 @@ class Orchestrator:
         *,
         dispatcher: AggregationDispatcher,
         send_steps: StepDispatcher | None = None,
+        inline_aggregation_bytes: int = 0,
     ) -> None:
         self.db = db
         self.store = store
         self.notifier = notifier
         self.dispatcher = dispatcher
         self.send_steps = send_steps
+        self.inline_aggregation_bytes = inline_aggregation_bytes
+        self.run_inline: Callable[[int], None] | None = None
+
+    def averages_inline(self, largest_input_bytes: int) -> bool:
+        """Whether a job whose largest input has this size is averaged here, right after its commit."""
+        return self.run_inline is not None and largest_input_bytes <= self.inline_aggregation_bytes
 
     @contextmanager
     def transaction(self, federation_id: str) -> Iterator[Transaction]:
@@ -495,6 +522,15 @@ class Orchestrator:
             self.notifier.notify(federation_id)
         for record in after.record:
             record()
+        # Last: each inline job commits transactions of its own (which open the next phase), after this one's
+        # work left the process in order.
+        for job_id in sorted(after.inline_aggregations):
+            try:
+                assert self.run_inline is not None  # a job is inline only when there is a runner
+                self.run_inline(job_id)
+            except Exception:
+                # Its short lease expires and the sweep dispatches it: the caller's commit stands.
+                log.exception("aggregation job %s failed in the API process; the sweep sends it on", job_id)
 
     def collect_garbage(self, shas: Iterable[str]) -> int:
         """Delete the files of ``shas`` that no artifact row references; returns how many were deleted."""

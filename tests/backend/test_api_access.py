@@ -322,6 +322,9 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("POST", N + "/steps/{step_id}/claim"): Rule(
         frozenset({"own"}), (200,), "running", hidden=frozenset({"other_node"})
     ),
+    ("POST", N + "/steps/{step_id}/heartbeat"): Rule(
+        frozenset({"own"}), (200,), "running", hidden=frozenset({"other_node"})
+    ),
     # An aggregate: every node whose open step needs it (alpha's and beta's discriminator steps do).
     ("GET", N + "/artifacts/{key}"): Rule(frozenset({"own", "peer"}), (200,), "running"),
     ("PUT", N + "/steps/{step_id}/uploads/{slot}"): Rule(

@@ -83,12 +83,19 @@ def valid_d() -> dict[str, torch.Tensor]:
 
 
 def lose_dispatches(api: Api) -> None:
-    """As if the process died between each commit and its dispatch: the dispatcher drops what it gets."""
+    """As if the process died between each commit and its dispatch: the dispatcher drops what it gets, and
+    so does the API process's own runner of small models' averages."""
     api.services.dispatcher.dispatch = lambda _ids: None
+    RUN_INLINE[id(api)] = api.services.orchestrator.run_inline
+    api.services.orchestrator.run_inline = lambda _job_id: None
 
 
 def restore_dispatches(api: Api) -> None:
     del api.services.dispatcher.dispatch  # the stand-in goes, the dispatcher's own method is back
+    api.services.orchestrator.run_inline = RUN_INLINE.pop(id(api))
+
+
+RUN_INLINE: dict[int, Any] = {}
 
 
 def closed_disc_phase(api: Api, *, dispatch: bool) -> tuple[str, dict[str, str]]:
@@ -236,3 +243,41 @@ def test_a_restarted_server_resumes_from_the_database_with_the_same_numbers(
     reference = simulate(FederationConfig.model_validate({**tiny_settings(**overrides), "nodes": nodes}))
     for name, tensor in reference.models["target_model"].items():
         assert torch.equal(served[name], tensor), name
+
+
+def recorded_dispatches(api: Api) -> list[int]:
+    """The job ids the dispatcher is given from now on (it still runs them)."""
+    dispatched: list[int] = []
+    dispatch = api.services.dispatcher.dispatch
+
+    def recording(job_ids: Any) -> None:
+        ids = list(job_ids)
+        dispatched.extend(ids)
+        dispatch(ids)
+
+    api.services.dispatcher.dispatch = recording
+    return dispatched
+
+
+def test_a_small_models_average_is_computed_before_the_last_completion_is_answered(api: Api) -> None:
+    """D of the tiny federation is far below FEDALIGN_INLINE_AGGREGATION_MAX_BYTES: the completion that
+    closes disc1 answers once D_all is stored and adapt is open, and nothing goes to the dispatcher."""
+    dispatched = recorded_dispatches(api)
+    fid, tokens = closed_disc_phase(api, dispatch=True)
+    # No waiting: the phase moved on inside the last completion's request.
+    assert api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt"
+    jobs = api.ok("GET", f"/api/v1/federations/{fid}/aggregations")["items"]
+    assert [(j["key"], j["status"], j["attempts"]) for j in jobs] == [("r1/disc1/D", "done", 1)]
+    assert dispatched == []
+    task = api.task(tokens["alpha"])
+    assert task is not None and task["phase"] == "adapt"
+
+
+def test_a_model_above_the_inline_threshold_is_averaged_by_the_dispatcher(api: Api) -> None:
+    api.services.orchestrator.inline_aggregation_bytes = 0
+    dispatched = recorded_dispatches(api)
+    fid, _ = closed_disc_phase(api, dispatch=True)
+    with api.services.db.read() as session:
+        job_id = session.scalars(select(Aggregation.id)).one()
+    assert dispatched == [job_id]
+    wait_until(lambda: api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt")

@@ -112,6 +112,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             FEDALIGN_DATABASE_URL=database_url,
             FEDALIGN_ADMIN_TOKEN=ADMIN_TOKEN,
             FEDALIGN_SWEEP_INTERVAL_S="1",
+            # Every average on the aggregator worker, even these tiny models' (the API would average them
+            # itself): this is the aggregator queue's test.
+            FEDALIGN_INLINE_AGGREGATION_MAX_BYTES="0",
         )
         port = free_port()
         api_url = f"http://127.0.0.1:{port}"

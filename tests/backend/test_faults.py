@@ -12,11 +12,14 @@ in-process simulator's metrics (`fedalign.simulate.simulate`, same config and se
   again empty each time;
 * a node that never answers after its setup: phases close at their deadline without it (compared with the
   simulator driven through the same deadlines), and its late upload and completion are refused;
-* a node's upload, completion and Celery message replayed after the step completed, and after the run.
+* a node's upload, completion and Celery message replayed after the step completed, and after the run;
+* a node's worker SIGKILLed mid-step (its upload held by the proxy) after its heartbeats kept the step past
+  its short lease: the step is claimed again by the restarted worker within a bound far below the old
+  ten-minute lease, and the run ends with the simulator's metrics.
 
 A worker killed mid-step is covered by `test_worker_killed` (with this file's `Gate`, on both brokers),
 a lost message by `test_celery_workers`; the API-level rules these rely on are in `test_api_node_steps`,
-`test_api_aggregations` and `test_api_aggregation_failures`.
+`test_api_heartbeats`, `test_api_aggregations` and `test_api_aggregation_failures`.
 """
 
 from __future__ import annotations
@@ -55,12 +58,21 @@ from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.protocol import Action, Deadline, RunStep
 from fedalign.simulate import SimulationResult, Simulator, simulate
+from messaging.node_api import HEARTBEATS_PER_LEASE
 from workers.client import NodeClient, NodeRunner
 
 # name, role, data seed, domain shift: 2 sources and 1 target
 NODES = (("alpha", "source", 1, 0.0), ("beta", "source", 2, 0.3), ("omega", "target", 3, 1.5))
 ROUNDS = 3
 TERMINAL = ("finished", "failed", "cancelled")
+# A step's lease in the worker-kill test (FEDALIGN_LEASE_SECONDS), and how long its step may wait after the
+# kill to be claimed again: generous for a loaded machine (a worker's start included), and far below the
+# ten minutes a step's lease had to last before heartbeats.
+LEASE_S = 3
+RECOVERY_BOUND_S = 90
+# Tests that hold a phase in aggregation: even these tiny models averaged by the aggregator worker, not by
+# the API as soon as the phase's last submission is in.
+ON_THE_AGGREGATOR_QUEUE = {"FEDALIGN_INLINE_AGGREGATION_MAX_BYTES": "0"}
 
 
 # ------------------------------------------------------------------------------------------- processes
@@ -379,7 +391,7 @@ def test_redis_restarted_mid_run_loses_its_queues_and_the_sweep_sends_them_again
     Redis is down, so its worker cannot acknowledge the message, and the API cannot send the next steps;
     Redis comes back, the worker reconnects and the sweep sends what was not sent. The run finishes with
     the simulator's metrics."""
-    with cluster(tmp_path, FEDALIGN_STEP_RESEND_S="2") as c, c.admin() as admin:
+    with cluster(tmp_path, FEDALIGN_STEP_RESEND_S="2", **ON_THE_AGGREGATOR_QUEUE) as c, c.admin() as admin:
         c.start_api()
         federation = c.create(admin)
         fid = federation.id
@@ -578,7 +590,7 @@ def test_a_replayed_upload_completion_and_message_change_nothing(tmp_path: Path)
     and changes nothing, anything different is 409 already_completed, and the step's Celery message sent
     again is dropped by alpha's worker. After the run the upload and the claim are 409 federation_finished
     and the completion is still answered as it was. The run's metrics and model are the simulator's."""
-    with cluster(tmp_path) as c, c.admin() as admin:
+    with cluster(tmp_path, **ON_THE_AGGREGATOR_QUEUE) as c, c.admin() as admin:
         c.start_api()
         federation = c.create(admin)
         fid = federation.id
@@ -650,3 +662,60 @@ def test_a_replayed_upload_completion_and_message_change_nothing(tmp_path: Path)
             assert snapshot() == finished
             node.close()
         assert_simulators_run(admin, federation, reference)
+
+
+def test_a_worker_killed_mid_step_loses_its_step_within_a_lease_and_the_run_keeps_the_simulators_metrics(
+    tmp_path: Path,
+) -> None:
+    """Round 1's first upload is held by the proxy: its worker is mid-step, sending heartbeats. Once more
+    heartbeats than fit in one lease went through, the step is still claimed on its first attempt (the
+    heartbeats kept it). Then the worker is SIGKILLed and started again on its data directory: the sweep
+    releases the step once its lease runs out and sends it again, the restarted worker claims it (its second
+    attempt) well within `RECOVERY_BOUND_S`, answers it from the node's saved result, and the run finishes
+    with the simulator's metrics."""
+    with cluster(tmp_path, FEDALIGN_LEASE_SECONDS=str(LEASE_S)) as c, c.admin() as admin:
+        c.start_api()
+        c.start_aggregator()
+        federation = c.create(admin)
+        fid = federation.id
+        with RecordingProxy(c.api_url) as proxy:
+            gate = Gate(proxy.http)
+            proxy.http = gate  # type: ignore[assignment]
+            for name, _, _, _ in NODES:
+                c.start_worker(federation, name, api_url=proxy.url)
+            gate.arm()  # the first upload: round 1's discriminator (setup uploads nothing)
+            assert admin.post(f"/api/v1/federations/{fid}/start").status_code == 200
+            reference = simulate(federation.config())  # meanwhile
+            wait_until(lambda: c.processes.assert_alive() or gate.held.is_set(), RUN_TIMEOUT_S, "an upload")
+            step_id = int(gate.holds[0].split("/steps/")[1].split("/")[0])
+            beats = f"/api/v1/node/steps/{step_id}/heartbeat"
+
+            def step() -> dict[str, Any]:
+                phases = admin.get(f"/api/v1/federations/{fid}/rounds/1").json()["phases"]
+                return next(s for p in phases for s in p["steps"] if s["id"] == step_id)
+
+            node = step()["node"]
+            held_at = len(proxy.records)
+            wait_until(
+                lambda: (
+                    c.processes.assert_alive()
+                    or sum(r.path == beats for r in proxy.records[held_at:]) > HEARTBEATS_PER_LEASE + 1
+                ),
+                RUN_TIMEOUT_S,
+                "heartbeats for longer than one lease",
+            )
+            kept = step()
+            assert (kept["status"], kept["attempts"]) == ("claimed", 1), kept
+
+            stop(c.processes, node, signal.SIGKILL)
+            c.start_worker(federation, node, api_url=proxy.url)
+            wait_until(
+                lambda: c.processes.assert_alive() or step()["attempts"] >= 2,
+                RECOVERY_BOUND_S,
+                f"{node}'s step to be claimed again after its worker died",
+            )
+            gate.released.set()  # the dead worker's upload: forwarded late, the same bytes as the re-run's
+            wait_finished(c, admin, fid)
+            assert_simulators_run(admin, federation, reference)
+            again = step()
+            assert (again["status"], again["attempts"]) == ("done", 2), again

@@ -1,7 +1,10 @@
-"""Claiming a node's steps with a lease, and the task a claimed step is answered with.
+"""Claiming a node's steps with a lease, renewing it by heartbeat, and the task a claimed step is answered
+with.
 
 Claiming is a conditional UPDATE (``WHERE status = 'pending' OR the lease expired``) whose row count says
-who won, so two pollers never hold one step.
+who won, so two pollers never hold one step. A lease is short (``lease_seconds``): whoever runs the step
+renews it with a heartbeat every third of it, so a step may take as long as it needs while a worker that
+died holding one loses it within a lease, and the sweep hands it out again.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from backend.services.node_api.access import (
     refuse_if_over,
 )
 from backend.services.orchestrator import OPEN_STEP
-from messaging.node_api import Task
+from messaging.node_api import HEARTBEATS_PER_LEASE, HeartbeatResult, Task
 
 # How many claimable steps one poll tries before answering "nothing" (others may win the race for each).
 CLAIM_CANDIDATES = 5
@@ -124,7 +127,36 @@ def claim_step(session: Session, node: NodeCredential, step_id: int, lease_secon
     return _claimed(session, step_id)
 
 
-def task_of(step: Step, node: NodeCredential, base_url: str) -> Task:
+def renew(session: Session, node: NodeCredential, step_id: int, lease_seconds: float) -> HeartbeatResult:
+    """Renew the lease of the node's own open step ``step_id`` (a heartbeat) for ``lease_seconds`` from now.
+
+    A step the sweep released (its heartbeats were late) is taken back: the node that sends them is still
+    running it, and one node's steps run one at a time on that node. A step that is done, failed or
+    cancelled, or a federation that is over, answers 409 with a code that says which: the step's result is
+    not wanted any more (or, done, already had), so the node may stop. A paused federation's step in flight
+    keeps its lease: its result is still taken.
+    """
+    now = utcnow()
+    step = own_step(session, node, step_id)
+    refuse_if_over(federation_of(session, node), "its steps are not run any more")
+    if step.status == "done":
+        raise conflict("already_completed", f"step {step_id} is already complete; its lease is over")
+    if step.status == "failed":
+        raise conflict("step_failed", f"this node reported step {step_id} failed ({step.failure})")
+    refuse_if_cancelled(step)
+    expires = now + dt.timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(Step)
+        .where(Step.id == step_id, Step.status.in_(OPEN_STEP))
+        .values(status="claimed", lease_owner=f"node:{node.node_name}", lease_expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # completed or cancelled between the read and the update
+        raise conflict("not_claimable", f"step {step_id} is no longer open; its lease is over")
+    return HeartbeatResult(step_id=step_id, lease_expires_at=expires)
+
+
+def task_of(step: Step, node: NodeCredential, base_url: str, lease_seconds: float) -> Task:
     """The claimed ``step`` as its node gets it: the URLs to download from, upload to and answer at."""
     api = base_url.rstrip("/") + "/api/v1/node"
     spec = step.spec
@@ -146,6 +178,8 @@ def task_of(step: Step, node: NodeCredential, base_url: str) -> Task:
         complete_url=f"{api}/steps/{step.id}/{answer}",
         fail_url=f"{api}/steps/{step.id}/fail",
         lease_expires_at=step.lease_expires_at,
+        heartbeat_url=f"{api}/steps/{step.id}/heartbeat",
+        heartbeat_s=round(lease_seconds / HEARTBEATS_PER_LEASE, 3),  # a readable number on the wire
         inputs={name: f"{api}/artifacts/{key}" for name, key in spec.inputs.items()},
         weights=dict(spec.weights),
         secure=dict(spec.secure),

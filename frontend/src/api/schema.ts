@@ -585,7 +585,8 @@ export interface paths {
         };
         /**
          * Next Task
-         * @description Claim this node's next step with a lease; finish it before ``lease_expires_at``.
+         * @description Claim this node's next step with a lease; keep it with a heartbeat (``heartbeat_url``) every
+         *     ``heartbeat_s`` until it is complete, or it is handed out again after ``lease_expires_at``.
          */
         get: operations["next_task"];
         put?: never;
@@ -612,6 +613,29 @@ export interface paths {
          *     federation that is paused or over, answers 409 with a code that says which: drop the message then.
          */
         post: operations["claim_step"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/node/steps/{step_id}/heartbeat": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Renew the lease of a step this node is running
+         * @description Renew the step's lease for ``lease_seconds`` from now: send one every ``heartbeat_s`` (the task's)
+         *     from the claim until the completion. A step whose lease ran out before is taken back if it is still
+         *     open. A done, failed or cancelled step, or a federation that is over, answers 409 with a code that
+         *     says which: the step's result is not wanted any more, stop sending heartbeats.
+         */
+        post: operations["heartbeat"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1507,6 +1531,17 @@ export interface components {
              * @constant
              */
             status: "ok";
+        };
+        /** HeartbeatResult */
+        HeartbeatResult: {
+            /** Step Id */
+            step_id: number;
+            /**
+             * Lease Expires At
+             * Format: date-time
+             * @description The renewed lease's end.
+             */
+            lease_expires_at: string;
         };
         /**
          * Hyperparameters
@@ -2566,9 +2601,11 @@ export interface components {
          *       },
          *       "fail_url": "http://127.0.0.1:8000/api/v1/node/steps/42/fail",
          *       "federation_id": "0b7f...",
+         *       "heartbeat_s": 3.3,
+         *       "heartbeat_url": "http://127.0.0.1:8000/api/v1/node/steps/42/heartbeat",
          *       "inputs": {},
          *       "kind": "discriminator",
-         *       "lease_expires_at": "2026-01-01T12:10:00Z",
+         *       "lease_expires_at": "2026-01-01T12:00:10Z",
          *       "model": "",
          *       "node": "alpha",
          *       "phase": "disc1",
@@ -2628,9 +2665,19 @@ export interface components {
             /**
              * Lease Expires At
              * Format: date-time
-             * @description Finish before this, or the step is handed out again.
+             * @description The lease's end: renewed by each heartbeat; once it passes without one, the step is handed out again.
              */
             lease_expires_at: string;
+            /**
+             * Heartbeat Url
+             * @description Where to POST a heartbeat while the step runs (from the claim until its completion): each one renews the lease.
+             */
+            heartbeat_url: string;
+            /**
+             * Heartbeat S
+             * @description How often to send a heartbeat: a third of the lease, so that one lost heartbeat does not lose the step.
+             */
+            heartbeat_s: number;
             /**
              * Inputs
              * @description Aggregate steps: node -> URL of its submission.
@@ -5115,6 +5162,83 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Task"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    heartbeat: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The step's id, from the task. */
+                step_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HeartbeatResult"];
                 };
             };
             /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */

@@ -1,0 +1,63 @@
+"""A step's heartbeat: renews its lease from a background thread while the step runs.
+
+The server's lease on a step is short (a dead worker's step runs again within it), so whoever runs a step
+sends ``POST heartbeat_url`` every ``heartbeat_s`` from the claim to the completion, however long the
+downloads, the training and the uploads take. The thread only sends; the step itself never waits on it.
+A heartbeat that fails on the network is tried again at the next beat (the lease outlasts two missed
+beats); one the server refuses (409: the step is done, failed or cancelled, or the federation is over)
+stops the beats, since nobody wants the lease any more.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+log = logging.getLogger("fedalign.workers")
+
+
+class Heartbeat:
+    """``with Heartbeat(send, every_s):`` calls ``send()`` every ``every_s`` seconds until the block ends.
+
+    ``send`` raises to report a failure; ``stops_on`` lists the errors after which the beats stop (the server
+    refused them for good); any other error is logged and the next beat goes on.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[], object],
+        every_s: float,
+        *,
+        stops_on: Callable[[Exception], bool],
+        name: str = "heartbeat",
+    ) -> None:
+        self.send = send
+        self.every_s = every_s
+        self.stops_on = stops_on
+        self.sent = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, _type: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        # Event.wait, not sleep: the block's end stops the thread at once, not a beat later.
+        while not self._done.wait(self.every_s):
+            try:
+                self.send()
+                self.sent += 1
+            except Exception as exc:
+                if self.stops_on(exc):
+                    log.info("heartbeats stopped: %s", exc)
+                    return
+                log.warning("heartbeat failed (%s); trying again in %.1f s", exc, self.every_s)
