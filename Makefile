@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
-        bench-load bench-privacy bench-recovery bench-round bench-transfer bench-steps bench-data clean
+        bench-load bench-privacy bench-recovery bench-round bench-transfer bench-steps bench-data \
+        bench-ablation bench-signals clean
 
 # The dev set includes the optional extras (export: ONNX; parquet; the trackers), so that their tests run. setuptools says
 # on every editable install that it is one ("Editable installation" / "Please be careful with folders ..."):
@@ -108,6 +109,16 @@ bench-data: setup
 # seeds (bench.select_lambda; results in bench/results/lambda-*.jsonl).
 bench-lambda: setup
 	PY=$(BIN)/python bench/lambda_study.sh
+
+# The paired ablation of the adversarial term on digits: the recipe, lambda = 0, FedAvg with and without the
+# target terms, source-only, five paired seeds (CPU-hours; resumable: runs already logged are skipped).
+bench-ablation: setup
+	PY=$(BIN)/python bench/ablation_study.sh
+
+# The second benchmark family (signals): lambda chosen on source-only validation tasks, then the same
+# paired table on five seeds (about an hour on two cores; resumable).
+bench-signals: setup
+	PY=$(BIN)/python bench/signals_study.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist $(DOCS_SITE)
