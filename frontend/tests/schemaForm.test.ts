@@ -45,7 +45,7 @@ describe("validation messages", () => {
     );
     expect(validateField(field("hyperparameters.lr"), "0")).toMatch(/greater than 0 and at most 10/);
     expect(validateField(field("phase_deadline_s"), "-5")).toBe(
-      "Phase deadline (seconds) must be greater than 0; -5 is out of range.",
+      "Phase deadline (seconds) must be greater than 0 and at most 31622400; -5 is out of range.",
     );
   });
 
