@@ -16,7 +16,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from backend.schemas.events import EventOut
-from backend.schemas.federations import FederationCreated, FederationList, FederationOut
+from backend.schemas.federations import FederationCreated, FederationList, FederationOut, JoinToken
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeList
 from backend.schemas.rounds import RoundList
 
@@ -160,6 +160,21 @@ class ApiClient:
             "POST", f"/api/v1/federations/{federation_id}/nodes", json=node.model_dump(mode="json")
         )
         return self._parsed(NodeCreated, response)
+
+    def rotate_node_token(self, federation_id: str, name: str) -> NodeCreated:
+        response = self._request("POST", f"/api/v1/federations/{federation_id}/nodes/{name}/token")
+        return self._parsed(NodeCreated, response)
+
+    def revoke_node_token(self, federation_id: str, name: str) -> None:
+        self._request("DELETE", f"/api/v1/federations/{federation_id}/nodes/{name}/token")
+
+    def rotate_join_token(self, federation_id: str) -> JoinToken:
+        return self._parsed(
+            JoinToken, self._request("POST", f"/api/v1/federations/{federation_id}/join-token")
+        )
+
+    def revoke_join_token(self, federation_id: str) -> None:
+        self._request("DELETE", f"/api/v1/federations/{federation_id}/join-token")
 
     def rounds(self, federation_id: str) -> RoundList:
         return self._parsed(RoundList, self._request("GET", f"/api/v1/federations/{federation_id}/rounds"))

@@ -362,6 +362,76 @@ def continue_federation(
         console.print(f"federation [bold]{escape(after.name)}[/] ({after.id}) is {_status(after)}")
 
 
+# ---------------------------------------------------------------------------------------------- tokens
+
+RevokeOption = Annotated[
+    bool,
+    typer.Option("--revoke", help="Revoke it instead: it stops working at once, and nothing replaces it."),
+]
+
+
+@app.command("join-token")
+def join_token(
+    federation: FederationArgument,
+    revoke: RevokeOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Rotate the federation's join token (a new one, shown once; the old one stops working at once), or
+    revoke it."""
+    with failures(), admin_client(url, token, "`fedalign federations join-token`") as api:
+        found = api.find_federation(federation)
+        if revoke:
+            api.revoke_join_token(found.id)
+        else:
+            rotated = api.rotate_join_token(found.id)
+    if revoke:
+        if json_out:
+            print_json({"federation_id": found.id, "revoked": "join_token"})
+        else:
+            console.print(
+                f"the join token of [bold]{escape(found.name)}[/] is revoked: registering needs a new one"
+            )
+    elif json_out:
+        print_json(rotated)
+    else:
+        console.print(
+            f"the new join token of [bold]{escape(found.name)}[/] (shown once): {rotated.join_token}"
+        )
+
+
+@app.command("node-token")
+def node_token(
+    federation: FederationArgument,
+    node: Annotated[str, typer.Argument(metavar="NODE", help="The node's name.")],
+    revoke: RevokeOption = False,
+    url: UrlOption = None,
+    token: TokenOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Rotate a node's token (a new one, shown once, with the command that runs the node; the old one stops
+    working at once), or revoke it (until it is rotated)."""
+    with failures(), admin_client(url, token, "`fedalign federations node-token`") as api:
+        found = api.find_federation(federation)
+        if revoke:
+            api.revoke_node_token(found.id, node)
+        else:
+            rotated = api.rotate_node_token(found.id, node)
+    if revoke:
+        if json_out:
+            print_json({"federation_id": found.id, "node": node, "revoked": "token"})
+        else:
+            console.print(
+                f"node [bold]{escape(node)}[/]'s token is revoked: rotate it to let the node back in"
+            )
+    elif json_out:
+        print_json(rotated)
+    else:
+        console.print(f"node [bold]{escape(node)}[/]'s new token (shown once): {rotated.token}")
+        console.print(f"run it with:\n  {rotated.run_command}", soft_wrap=True, highlight=False)
+
+
 # ---------------------------------------------------------------------------------------------- watch
 
 

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from cli import exit_codes
 from cli.main import app
-from workers.client import NodeClient, run_node
+from workers.client import ClientError, NodeClient, run_node
 
 CONFIG = """
 name = "cli vectors"
@@ -338,3 +338,44 @@ def test_a_plugin_federation_is_created_with_the_initial_parameters_init_model_w
         str(tmp_path / "init.manifest.json"),
     )  # fmt: skip
     assert refused.exit_code == exit_codes.ERROR and "initial parameters refused" in refused.stderr
+
+
+# ------------------------------------------------------------------------------------------ credentials
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_coordinator_rotates_and_revokes_join_and_node_tokens(
+    fedalign: Invoke, config_file: Path, live_server: str
+) -> None:
+    created = parsed(fedalign("federations", "create", str(config_file), "--register-nodes", "--json"))
+    fid, old_join = created["id"], created["join_token"]
+    alpha = next(n["token"] for n in created["node_tokens"] if n["name"] == "alpha")
+    register = ("node", "register", fid, "--role", "source", "--dataset", "npz:/x.npz", "--json")
+
+    new_join = parsed(fedalign("federations", "join-token", fid, "--json"))["join_token"]
+    assert new_join != old_join
+    refused = fedalign(*register, "--name", "late", env_overrides={"FEDALIGN_TOKEN": old_join})
+    assert refused.exit_code == exit_codes.ERROR and "401" in refused.stderr
+    assert parsed(fedalign(*register, "--name", "late", env_overrides={"FEDALIGN_TOKEN": new_join}))["name"]
+    said = fedalign("federations", "join-token", fid, "--revoke")
+    assert said.exit_code == 0 and "revoked" in said.stdout
+    gone = fedalign(*register, "--name", "later", env_overrides={"FEDALIGN_TOKEN": new_join})
+    assert gone.exit_code == exit_codes.ERROR and "401" in gone.stderr
+
+    def task_status(token: str) -> int:
+        with NodeClient(live_server, token) as client:
+            try:
+                client.next_task()
+            except ClientError as exc:
+                return exc.status
+        return 200
+
+    assert task_status(alpha) == 200
+    rotated = parsed(fedalign("federations", "node-token", fid, "alpha", "--json"))
+    assert rotated["token"] != alpha and "fedalign node run" in rotated["run_command"]
+    assert task_status(alpha) == 401 and task_status(rotated["token"]) == 200
+    shown = fedalign("federations", "node-token", fid, "alpha", "--revoke")
+    assert shown.exit_code == 0 and "revoked" in shown.stdout
+    assert task_status(rotated["token"]) == 401
+    missing = fedalign("federations", "node-token", fid, "nobody")
+    assert missing.exit_code == exit_codes.ERROR and "404" in missing.stderr
