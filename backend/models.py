@@ -158,6 +158,10 @@ class Federation(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     protocol_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     join_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Limits of the join token, set when it is rotated with them (none: it registers any node until revoked).
+    join_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    join_registrations_left: Mapped[int | None] = mapped_column(Integer, default=None)
+    join_roles: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     stall_reason: Mapped[str | None] = mapped_column(Text, default=None)
     # Final artifact keys per model (Finish action); "target_model" is the published model.
     final_models: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)

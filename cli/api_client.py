@@ -16,7 +16,13 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from backend.schemas.events import EventOut
-from backend.schemas.federations import FederationCreated, FederationList, FederationOut, JoinToken
+from backend.schemas.federations import (
+    FederationCreated,
+    FederationList,
+    FederationOut,
+    JoinToken,
+    JoinTokenLimits,
+)
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeList
 from backend.schemas.rounds import RoundList
 
@@ -168,10 +174,10 @@ class ApiClient:
     def revoke_node_token(self, federation_id: str, name: str) -> None:
         self._request("DELETE", f"/api/v1/federations/{federation_id}/nodes/{name}/token")
 
-    def rotate_join_token(self, federation_id: str) -> JoinToken:
-        return self._parsed(
-            JoinToken, self._request("POST", f"/api/v1/federations/{federation_id}/join-token")
-        )
+    def rotate_join_token(self, federation_id: str, limits: JoinTokenLimits | None = None) -> JoinToken:
+        body = (limits or JoinTokenLimits()).model_dump(mode="json", exclude_none=True)
+        response = self._request("POST", f"/api/v1/federations/{federation_id}/join-token", json=body)
+        return self._parsed(JoinToken, response)
 
     def revoke_join_token(self, federation_id: str) -> None:
         self._request("DELETE", f"/api/v1/federations/{federation_id}/join-token")

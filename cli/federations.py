@@ -11,15 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backend.schemas.federations import FederationOut
+from backend.schemas.federations import FederationOut, JoinTokenLimits
 from backend.schemas.nodes import NodeCreate, NodeMode
 from backend.schemas.rounds import RoundSummary
 from cli import exit_codes
@@ -29,6 +30,7 @@ from cli.console import console, err_console
 from cli.extras import require
 from cli.output import error, failures, number, print_json, when
 from cli.simulate import TABLE_METRICS
+from fedalign.config import Role
 from messaging.node_api import TERMINAL_STATUSES
 
 app = typer.Typer(
@@ -364,6 +366,9 @@ def continue_federation(
 
 # ---------------------------------------------------------------------------------------------- tokens
 
+# The config's roles as a choice typer can list (it takes an Enum, not a Literal).
+RoleChoice = Enum("RoleChoice", {r: r for r in get_args(Role)}, type=str)  # type: ignore[misc]
+
 RevokeOption = Annotated[
     bool,
     typer.Option("--revoke", help="Revoke it instead: it stops working at once, and nothing replaces it."),
@@ -374,6 +379,21 @@ RevokeOption = Annotated[
 def join_token(
     federation: FederationArgument,
     revoke: RevokeOption = False,
+    expires_in: Annotated[
+        int | None,
+        typer.Option(
+            metavar="SECONDS",
+            min=60,
+            max=366 * 24 * 3600,
+            help="The new token stops working this long from now.",
+        ),
+    ] = None,
+    max_nodes: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="The new token registers at most this many nodes.")
+    ] = None,
+    role: Annotated[
+        list[RoleChoice] | None, typer.Option(help="A role the new token may register (repeat it for both).")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     json_out: JsonOption = False,
@@ -385,7 +405,9 @@ def join_token(
         if revoke:
             api.revoke_join_token(found.id)
         else:
-            rotated = api.rotate_join_token(found.id)
+            roles = [r.value for r in role or ()] or None
+            limits = JoinTokenLimits(expires_in_s=expires_in, max_registrations=max_nodes, roles=roles)
+            rotated = api.rotate_join_token(found.id, limits)
     if revoke:
         if json_out:
             print_json({"federation_id": found.id, "revoked": "join_token"})
@@ -399,6 +421,13 @@ def join_token(
         console.print(
             f"the new join token of [bold]{escape(found.name)}[/] (shown once): {rotated.join_token}"
         )
+        limits_said = [
+            f"expires {rotated.expires_at:%Y-%m-%d %H:%M} UTC" if rotated.expires_at else "",
+            f"registers {rotated.registrations_left} node(s)" if rotated.registrations_left else "",
+            f"only {' or '.join(rotated.roles)} nodes" if rotated.roles else "",
+        ]
+        if any(limits_said):
+            console.print("it " + ", ".join(x for x in limits_said if x))
 
 
 @app.command("node-token")

@@ -18,6 +18,7 @@ from backend.schemas.federations import (
     FederationSettings,
     InitialModelOut,
     JoinToken,
+    JoinTokenLimits,
 )
 from backend.services import federations, initial_models, views
 from fedalign import params
@@ -120,8 +121,14 @@ TRANSITION = responses(401, 403, 404, 409, 413, 422)
     responses=responses(401, 403, 404, 413, 422),
     summary="Rotate the join token: a new one, shown once; the old one stops working at once",
 )
-def rotate_join_token(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> JoinToken:
-    return JoinToken(join_token=federations.rotate_join_token(services.orchestrator, federation_id))
+def rotate_join_token(
+    services: ServicesDep,
+    _admin: Admin,
+    federation_id: str = FederationId,
+    limits: JoinTokenLimits | None = None,
+) -> JoinToken:
+    """With `limits`, the new token expires, registers at most so many nodes, or only some roles."""
+    return federations.rotate_join_token(services.orchestrator, federation_id, limits or JoinTokenLimits())
 
 
 @router.delete(

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.schemas.nodes import NodeCreated
-from fedalign.config import Algorithm, FederationConfig
+from fedalign.config import Algorithm, FederationConfig, Role
 from fedalign.trackers import TrackerName
 from messaging.node_api import FederationStatus
 
@@ -111,11 +111,35 @@ class FederationContinue(BaseModel):
     rounds: Annotated[int, Field(ge=1, le=100_000, description="How many more rounds to run.")]
 
 
+class JoinTokenLimits(BaseModel):
+    """What a new join token may do; every field unset: it registers any node until revoked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    expires_in_s: Annotated[
+        int | None,
+        Field(ge=60, le=366 * 24 * 3600, description="It stops working this many seconds from now."),
+    ] = None
+    max_registrations: Annotated[
+        int | None,
+        Field(ge=1, le=10_000, description="It registers at most this many nodes, then stops working."),
+    ] = None
+    roles: Annotated[
+        list[Role] | None,
+        Field(min_length=1, max_length=2, description="The roles it may register (e.g. only sources)."),
+    ] = None
+
+
 class JoinToken(BaseModel):
     join_token: str = Field(
         description="The federation's new join token (Authorization: Bearer); the old one no longer works. "
         "Shown once; the server keeps only its hash."
     )
+    expires_at: dt.datetime | None = Field(default=None, description="When it stops working, if it does.")
+    registrations_left: int | None = Field(
+        default=None, description="Nodes it may still register, if limited."
+    )
+    roles: list[Role] | None = Field(default=None, description="The roles it may register, if limited.")
 
 
 class FederationClone(BaseModel):

@@ -6,6 +6,7 @@ and a node's completion never interleave.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -13,10 +14,17 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.errors import ApiError, conflict, forbidden, not_found
+from backend.errors import ApiError, conflict, forbidden, not_found, unauthorized
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, TrackerExport, utcnow
 from backend.observability import logs
-from backend.schemas.federations import FederationOut, InitialModelOut, Progress, TrackerExportOut
+from backend.schemas.federations import (
+    FederationOut,
+    InitialModelOut,
+    JoinToken,
+    JoinTokenLimits,
+    Progress,
+    TrackerExportOut,
+)
 from backend.schemas.nodes import NodeCreate, NodeCreated, NodeOut
 from backend.security import (
     JOIN_PREFIX,
@@ -336,6 +344,8 @@ def register_node(
                 "(FEDALIGN_BROKER_URL); register it in mode 'rest' (it polls GET /api/v1/node/task) or "
                 "configure a broker",
             )
+        if isinstance(credential, JoinCredential):
+            _check_join_limits(fed, body.role)
         if any(n.name == body.name for n in existing):
             raise conflict(
                 "duplicate_name", f"a node named {body.name!r} is already registered; choose another name"
@@ -360,6 +370,8 @@ def register_node(
             state="registered",
         )
         tx.session.add(node)
+        if isinstance(credential, JoinCredential) and fed.join_registrations_left is not None:
+            fed.join_registrations_left -= 1
         tx.session.flush()
         tx.event("node_registered", {"node": node.name, "role": node.role, "mode": node.mode})
     return node, token
@@ -396,18 +408,45 @@ def revoke_node_token(orchestrator: Orchestrator, federation_id: str, name: str)
         node.token_hash = token_hash(new_token(NODE_PREFIX))
 
 
-def rotate_join_token(orchestrator: Orchestrator, federation_id: str) -> str:
-    """A new join token for the federation; the old one stops working at once."""
+def rotate_join_token(orchestrator: Orchestrator, federation_id: str, limits: JoinTokenLimits) -> JoinToken:
+    """A new join token for the federation, within `limits`; the old one stops working at once."""
     token = new_token(JOIN_PREFIX)
+    expires_at = (
+        utcnow() + dt.timedelta(seconds=limits.expires_in_s) if limits.expires_in_s is not None else None
+    )
     with orchestrator.transaction(federation_id) as tx:
-        tx.federation.join_token_hash = token_hash(token)
-    return token
+        fed = tx.federation
+        fed.join_token_hash = token_hash(token)
+        fed.join_expires_at = expires_at
+        fed.join_registrations_left = limits.max_registrations
+        fed.join_roles = list(limits.roles) if limits.roles is not None else None
+    return JoinToken(
+        join_token=token,
+        expires_at=expires_at,
+        registrations_left=limits.max_registrations,
+        roles=limits.roles,
+    )
 
 
 def revoke_join_token(orchestrator: Orchestrator, federation_id: str) -> None:
     """The federation's join token stops working at once: no more registrations until it is rotated."""
     with orchestrator.transaction(federation_id) as tx:
         tx.federation.join_token_hash = token_hash(new_token(JOIN_PREFIX))
+
+
+def _check_join_limits(fed: Federation, role: str) -> None:
+    """A join token's limits (`rotate_join_token`), before it registers a node in role `role`."""
+    if fed.join_expires_at is not None and utcnow() >= fed.join_expires_at:
+        raise unauthorized(
+            f"this join token expired at {fed.join_expires_at.isoformat()}; ask the coordinator for a new one"
+        )
+    if fed.join_registrations_left is not None and fed.join_registrations_left <= 0:
+        raise forbidden(
+            "this join token has registered all the nodes it may; ask the coordinator for a new one"
+        )
+    if fed.join_roles is not None and role not in fed.join_roles:
+        allowed = " or ".join(fed.join_roles)
+        raise forbidden(f"this join token registers only {allowed} nodes, not a {role}")
 
 
 def delete_node(orchestrator: Orchestrator, federation_id: str, name: str) -> None:

@@ -357,6 +357,15 @@ def test_the_coordinator_rotates_and_revokes_join_and_node_tokens(
     refused = fedalign(*register, "--name", "late", env_overrides={"FEDALIGN_TOKEN": old_join})
     assert refused.exit_code == exit_codes.ERROR and "401" in refused.stderr
     assert parsed(fedalign(*register, "--name", "late", env_overrides={"FEDALIGN_TOKEN": new_join}))["name"]
+    limited = fedalign(
+        "federations", "join-token", fid, "--max-nodes", "1", "--role", "target", "--expires-in", "3600"
+    )
+    assert limited.exit_code == 0 and "registers 1 node(s), only target nodes" in limited.stdout
+    limited_token = limited.stdout.split("(shown once): ", 1)[1].split()[0]
+    wrong_role = fedalign(*register, "--name", "src", env_overrides={"FEDALIGN_TOKEN": limited_token})
+    assert wrong_role.exit_code == exit_codes.ERROR and "only target nodes" in wrong_role.stderr
+    too_soon = fedalign("federations", "join-token", fid, "--expires-in", "5")
+    assert too_soon.exit_code == 2  # at least a minute: typer's usage error, nothing rotated
     said = fedalign("federations", "join-token", fid, "--revoke")
     assert said.exit_code == 0 and "revoked" in said.stdout
     gone = fedalign(*register, "--name", "later", env_overrides={"FEDALIGN_TOKEN": new_join})

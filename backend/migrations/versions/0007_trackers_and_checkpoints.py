@@ -1,5 +1,5 @@
-"""Experiment trackers (how far each federation's metrics have been streamed to MLflow or TensorBoard) and
-the target's checkpoints.
+"""Experiment trackers (how far each federation's metrics have been streamed to MLflow or TensorBoard), the
+target's checkpoints, and the join token's limits (expiry, registrations left, roles).
 
 Revision ID: 0007
 Revises: 0006
@@ -23,6 +23,9 @@ def upgrade() -> None:
     with op.batch_alter_table("federations") as batch:
         batch.add_column(sa.Column("trackers_done", sa.Boolean(), nullable=False, server_default=sa.false()))
         batch.add_column(sa.Column("checkpoints", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("join_expires_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("join_registrations_left", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("join_roles", sa.JSON(), nullable=True))
     op.create_table(
         "tracker_exports",
         sa.Column("federation_id", sa.String(36), nullable=False),
@@ -45,5 +48,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("tracker_exports")
     with op.batch_alter_table("federations") as batch:
+        batch.drop_column("join_roles")
+        batch.drop_column("join_registrations_left")
+        batch.drop_column("join_expires_at")
         batch.drop_column("checkpoints")
         batch.drop_column("trackers_done")

@@ -138,7 +138,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Rotate the join token: a new one, shown once; the old one stops working at once */
+        /**
+         * Rotate the join token: a new one, shown once; the old one stops working at once
+         * @description With `limits`, the new token expires, registers at most so many nodes, or only some roles.
+         */
         post: operations["rotate_join_token"];
         /** Revoke the join token: no node registers with it any more, until it is rotated */
         delete: operations["revoke_join_token"];
@@ -1774,6 +1777,42 @@ export interface components {
              * @description The federation's new join token (Authorization: Bearer); the old one no longer works. Shown once; the server keeps only its hash.
              */
             join_token: string;
+            /**
+             * Expires At
+             * @description When it stops working, if it does.
+             */
+            expires_at?: string | null;
+            /**
+             * Registrations Left
+             * @description Nodes it may still register, if limited.
+             */
+            registrations_left?: number | null;
+            /**
+             * Roles
+             * @description The roles it may register, if limited.
+             */
+            roles?: ("source" | "target")[] | null;
+        };
+        /**
+         * JoinTokenLimits
+         * @description What a new join token may do; every field unset: it registers any node until revoked.
+         */
+        JoinTokenLimits: {
+            /**
+             * Expires In S
+             * @description It stops working this many seconds from now.
+             */
+            expires_in_s?: number | null;
+            /**
+             * Max Registrations
+             * @description It registers at most this many nodes, then stops working.
+             */
+            max_registrations?: number | null;
+            /**
+             * Roles
+             * @description The roles it may register (e.g. only sources).
+             */
+            roles?: ("source" | "target")[] | null;
         };
         JsonValue: unknown;
         /** LeftOut */
@@ -3241,7 +3280,11 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["JoinTokenLimits"] | null;
+            };
+        };
         responses: {
             /** @description Successful Response */
             200: {
@@ -5967,6 +6010,8 @@ export const hyperparametersSource_extractorValues: ReadonlyArray<FlattenedDeepR
 export const hyperparametersTarget_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["target_extractor"]> = ["average", "local", "none"];
 export const hyperparametersLocal_paramsValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["local_params"]> = ["bn_stats", "bn", "none"];
 export const initialModelOutMissingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["InitialModelOut"]["missing"]> = ["manifest", "parameters"];
+export const joinTokenRolesAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["JoinToken"]["roles"]> = ["source", "target"];
+export const joinTokenLimitsRolesAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["JoinTokenLimits"]["roles"]> = ["source", "target"];
 export const modelDocumentModelValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelDocument"]["model"]> = ["G", "T", "D"];
 export const modelOptionsNormalizationValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["normalization"]> = ["batch", "group"];
 export const modelOptionsPrecisionValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ModelOptions"]["precision"]> = ["bf16", "fp32"];
