@@ -467,7 +467,10 @@ def test_the_services_run_from_the_compose_commands(compose: dict[str, Any], tmp
         )
         metrics_port = free_port()
         try:
-            processes.start("api", argv_of(api_command), server_env("api"))
+            # Every average on the aggregator queue: this tiny model's would otherwise be folded in the API
+            # process (FEDALIGN_INLINE_AGGREGATION_MAX_BYTES), and the aggregator service would idle.
+            api_env = server_env("api", FEDALIGN_INLINE_AGGREGATION_MAX_BYTES="0")
+            processes.start("api", argv_of(api_command), api_env)
             aggregator_env = server_env("aggregator", FEDALIGN_METRICS_ADDR=f"127.0.0.1:{metrics_port}")
             processes.start("aggregator", argv_of(services["aggregator"]["command"]), aggregator_env)
 
