@@ -126,12 +126,16 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
             services.db, settings.broker_url, settings.data_dir, settings.queue_prefix
         )
         sweep = asyncio.create_task(services.sweeper.run_forever(settings.sweep_interval_s), name="sweep")
-        exporter = TrackerExporter(services.db, settings.tracker_destinations())
-        trackers = asyncio.create_task(exporter.run_forever(settings.trackers_interval_s), name="trackers")
+        tasks = [sweep]
+        if settings.tracker_destinations().configured():  # no pass at all where nothing streams
+            exporter = TrackerExporter(services.db, settings.tracker_destinations())
+            tasks.append(
+                asyncio.create_task(exporter.run_forever(settings.trackers_interval_s), name="trackers")
+            )
         try:
             yield
         finally:
-            for task in (sweep, trackers):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

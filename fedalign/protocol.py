@@ -388,14 +388,8 @@ class Protocol:
             raise ProtocolError("not_finished", "only a finished run can be continued")
         if state.round >= self.config.rounds:
             raise ProtocolError("no_more_rounds", f"the run already has {self.config.rounds} rounds")
-        actions = self._privacy_before(state.round + 1)
-        if any(isinstance(a, Finish) for a in actions):
-            return actions  # the budget allows no further round: finished again, with the reason
         state.finished = False
-        state.round += 1
-        state.phase_index = 0
-        state.node_metrics = {}
-        return actions + self._open_phase()
+        return self._next_round()
 
     def handle(self, event: Event) -> list[Action]:
         if not self.state.started:
@@ -732,12 +726,18 @@ class Protocol:
             actions.append(Finish(models=models))
             return actions
         else:
-            actions += self._privacy_before(r + 1)
-            if self.state.finished:  # stopped by the privacy budget
-                return actions
-            self.state.round += 1
-            self.state.phase_index = 0
-            self.state.node_metrics = {}
+            return actions + self._next_round()
+        return actions + self._open_phase()
+
+    def _next_round(self) -> list[Action]:
+        """Open the round after the current one, unless the privacy budget allows no further round (then the
+        run finishes, with the reason)."""
+        actions = self._privacy_before(self.state.round + 1)
+        if self.state.finished:  # stopped by the privacy budget
+            return actions
+        self.state.round += 1
+        self.state.phase_index = 0
+        self.state.node_metrics = {}
         return actions + self._open_phase()
 
     def _privacy_before(self, round_: int) -> list[Action]:
