@@ -16,6 +16,7 @@ from cli.options import (
     DataDirOption,
     DatasetOption,
     DeviceOption,
+    StepsOption,
     ThreadsOption,
     TokenOption,
     set_threads,
@@ -47,6 +48,7 @@ def worker(
     loglevel: Annotated[
         str, typer.Option(help="Log level of the worker's own records (Celery's show from WARNING up).")
     ] = "INFO",
+    steps: StepsOption = None,
 ) -> None:
     """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
     if aggregator:  # the server's aggregations: the server's code and its Celery
@@ -55,6 +57,7 @@ def worker(
         require("celery", "`fedalign worker`")
     use_data_dir(data_dir)
     set_threads(threads)
+    from cli.node import load_steps_option
     from fedalign.device import Device
     from messaging.celery_contract import aggregator_queue, node_queue
     from workers import celery_app
@@ -96,6 +99,7 @@ def worker(
         )
         raise typer.Exit(2)
     picked = Device.pick(device)
+    node_steps = load_steps_option(steps)
     celery_app.serve(
         [
             celery_app.ServedNode(
@@ -108,6 +112,7 @@ def worker(
                 data=dataset if n.token == token else None,
                 device=picked,
                 audit_path=settings.audit_path,
+                steps=node_steps,
             )
             for n in nodes
         ]

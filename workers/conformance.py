@@ -93,6 +93,9 @@ class ConformanceReport:
     kinds: dict[str, KindReport] = field(
         default_factory=lambda: {kind: KindReport(kind) for kind in NODE_STEP_KINDS}
     )
+    # The first step that disagreed, in the order the federation ran them: later disagreements may only be
+    # its consequences (the node's own state differs from then on).
+    first: dict[str, str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -104,6 +107,7 @@ class ConformanceReport:
             "steps": self.steps,
             "tolerance": self.tolerance,
             "ok": self.ok,
+            "first_disagreement": self.first,
             "kinds": [k.to_json() for k in self.kinds.values()],
         }
 
@@ -185,12 +189,17 @@ class _SideBySide:
         try:
             got = self.candidate.run(step, copies)
         except Exception as exc:
-            kind.errors.append(f"{where}: raised {failure_reason(exc)}")
+            self.record(kind, kind.errors, [f"{where}: raised {failure_reason(exc)}"])
             return expected
-        tolerance = self.report.tolerance
-        kind.uploads += [f"{where}: {d}" for d in upload_differences(expected, got, tolerance)]
-        kind.metrics += [f"{where}: {d}" for d in metric_differences(expected, got, tolerance)]
+        tol = self.report.tolerance
+        self.record(kind, kind.uploads, [f"{where}: {d}" for d in upload_differences(expected, got, tol)])
+        self.record(kind, kind.metrics, [f"{where}: {d}" for d in metric_differences(expected, got, tol)])
         return expected
+
+    def record(self, kind: KindReport, into: list[str], found: list[str]) -> None:
+        into += found
+        if found and self.report.first is None:
+            self.report.first = {"kind": kind.kind, "disagreement": found[0]}
 
 
 def synthetic_data(config: FederationConfig, shift: float, seed: int) -> NodeData:
@@ -208,23 +217,24 @@ def synthetic_data(config: FederationConfig, shift: float, seed: int) -> NodeDat
     return node_data(f"synthetic:{seed}", *(split(SAMPLES[s]) for s in ("train", "val", "test")), classes)
 
 
-def scratch_config(settings: FederationConfig | None = None) -> FederationConfig:
-    """The scratch federation: ``settings`` (default `SCRATCH_SETTINGS`) with the synthetic nodes."""
-    base = settings.model_dump(mode="json") if settings is not None else SCRATCH_SETTINGS
+def scratch_config(settings: Mapping[str, Any] | None = None) -> FederationConfig:
+    """The scratch federation: ``settings`` (a config's, default `SCRATCH_SETTINGS`) with synthetic nodes.
+    Raises pydantic's ValidationError (a ValueError) for settings that are not a federation's."""
     nodes = [{"name": n, "role": r, "dataset": f"synthetic:{n}"} for n, r, _ in SCRATCH_NODES]
-    return FederationConfig.model_validate({**base, "nodes": nodes})
+    return FederationConfig.model_validate({**(settings or SCRATCH_SETTINGS), "nodes": nodes})
 
 
 def check_steps(
     steps: StepsFactory,
+    config: FederationConfig | None = None,
     *,
     name: str | None = None,
-    settings: FederationConfig | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     device: Device = CPU,
 ) -> ConformanceReport:
-    """Run ``steps`` beside the reference steps in a scratch federation; the report per step kind."""
-    config = scratch_config(settings)
+    """Run ``steps`` beside the reference steps in a scratch federation (`scratch_config`); the report
+    per step kind."""
+    config = config or scratch_config()
     data = {n: synthetic_data(config, shift, i) for i, (n, _, shift) in enumerate(SCRATCH_NODES)}
     report = ConformanceReport(name or getattr(steps, "__qualname__", repr(steps)), tolerance)
     with torch.random.fork_rng(devices=[]):

@@ -50,6 +50,8 @@ class PlainTorchSteps(Steps):
         ]
         if unsupported:
             raise StepError(f"these steps implement the method's defaults only, not {', '.join(unsupported)}")
+        # This node's domain label for D: every feature it sees in a discriminator step is labelled with it.
+        self.label = SOURCE if node.role == "source" else TARGET
         self.models = node.build_models()
         self.G, self.T, self.D = self.models.G, self.models.T, self.models.D
         # One optimiser per set of parameters, kept between steps: its momentum is the node's own.
@@ -73,7 +75,7 @@ class PlainTorchSteps(Steps):
         """flip: BCE(D(f), 1 - d), make D take this node's features for the other domain; confusion:
         BCE(D(f), 1/2), push D to the boundary."""
         if self.node.hp.adv_loss == "flip":
-            return self.domain_loss(logits, 1.0 - self.node.own_label)
+            return self.domain_loss(logits, 1.0 - self.label)
         return self.domain_loss(logits, 0.5)
 
     def set_lr(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -90,7 +92,7 @@ class PlainTorchSteps(Steps):
         self.G.eval()
         self.D.eval()
         correct, loss_sum = 0, 0.0
-        label = self.node.own_label
+        label = self.label
         with torch.no_grad():
             for x, _y in self.node.evaluation_batches(split):
                 with self.node.device.autocast:
@@ -130,7 +132,7 @@ class PlainTorchSteps(Steps):
         stream = self.node.batches(step)
         self.G.train()
         self.D.train()
-        label = self.node.own_label
+        label = self.label
         loss_sum, correct, seen = 0.0, 0, 0
         for _ in range(self.node.hp.disc_steps):
             x, _y = self.batch(stream)
