@@ -156,7 +156,7 @@ def node_check(
         console.print(f"{escape(steps)} {verdict} FedAlign's reference steps (tolerance {tolerance:g})")
         if report.first is not None:
             first = report.first
-            console.print(f"first disagreement, in a {first['kind']} step: {escape(first['disagreement'])}")
+            console.print(f"first disagreement ({first['kind']} step): {escape(first['disagreement'])}")
     if not report.ok:
         raise typer.Exit(exit_codes.ERROR)
 
