@@ -41,6 +41,13 @@ def kinds(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k["kind"]: k for k in report["kinds"]}
 
 
+def test_the_page_shows_the_example_file_itself_and_the_commands_tested_here() -> None:
+    page = (ROOT / "docs" / "node-steps.md").read_text(encoding="utf-8")
+    assert '--8<-- "examples/custom_steps/plain_torch_steps.py"' in page
+    assert f"PYTHONPATH=examples fedalign node check --steps {EXAMPLE}" in page
+    assert f"PYTHONPATH=examples fedalign node run --steps {EXAMPLE}" in page
+
+
 def test_the_plain_torch_example_agrees_with_the_reference_steps_exactly() -> None:
     code, output = check("--steps", EXAMPLE, "--tolerance", "0", "--json")
     assert code == 0, output
