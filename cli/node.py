@@ -67,6 +67,8 @@ def node_run(
         raise typer.Exit(2)
     settings = WorkerSettings()
     api_url = api or settings.api_url
+    if steps is not None:
+        console.print(f"this node runs its own steps: {escape(steps)}", soft_wrap=True)
     try:
         with NodeClient(api_url, token, audit=AuditLog(settings.audit_path)) as client:
             steps = run_node(

@@ -62,6 +62,9 @@ def worker(
     from messaging.celery_contract import aggregator_queue, node_queue
     from workers import celery_app
 
+    node_steps = load_steps_option(steps)  # a bad path stops the worker before it connects anywhere
+    if steps is not None:
+        console.print(f"its nodes run their own steps: {steps}", soft_wrap=True, markup=False)
     if aggregator:  # the server's code, only in a worker that aggregates
         from backend import celery_app as server_app
         from backend.settings import Settings
@@ -99,7 +102,6 @@ def worker(
         )
         raise typer.Exit(2)
     picked = Device.pick(device)
-    node_steps = load_steps_option(steps)
     celery_app.serve(
         [
             celery_app.ServedNode(

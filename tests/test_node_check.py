@@ -121,5 +121,6 @@ def test_a_steps_path_that_cannot_be_used_says_why(path: str, says: str) -> None
 def test_the_commands_answer_a_bad_steps_path_with_a_usage_error() -> None:
     code, output = check("--steps", f"{BROKEN}:NotSteps")
     assert code == 2 and "not a subclass of workers.steps.Steps" in output
-    result = CliRunner().invoke(app, ["node", "run", "--token", "t", "--steps", "nowhere:Steps"])
-    assert result.exit_code == 2 and "cannot import module 'nowhere'" in result.output
+    for command in (["node", "run"], ["worker"]):
+        result = CliRunner().invoke(app, [*command, "--token", "t", "--steps", "nowhere:Steps"])
+        assert result.exit_code == 2 and "cannot import module 'nowhere'" in result.output, command
