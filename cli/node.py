@@ -169,6 +169,11 @@ def _read_settings(path: Path) -> dict[str, Any]:
 
     settings = tomllib.loads(path.read_text(encoding="utf-8"))
     settings.pop("nodes", None)
+    # A relative init_checkpoint names a file beside the config (as `fedalign simulate` reads it).
+    model = settings.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init_checkpoint"), str):
+        checkpoint = Path(model["init_checkpoint"]).expanduser()
+        model["init_checkpoint"] = str(checkpoint if checkpoint.is_absolute() else path.parent / checkpoint)
     return settings
 
 

@@ -95,6 +95,35 @@ def test_a_missing_metric_is_caught_in_the_evaluate_step_naming_it() -> None:
     assert all(kinds(report)[k]["ok"] for k in ("setup", "discriminator", "adapt", "publish"))
 
 
+def test_a_metric_outside_the_protocols_list_never_leaves_the_steps() -> None:
+    code, report = check_json(f"{BROKEN}:LeaksAMetric")
+    assert code == 1
+    evaluate = kinds(report)["evaluate"]
+    assert not evaluate["metrics_agree"]
+    assert "metrics ['val_feature_mean'] that are not in REPORTED_METRICS" in evaluate["errors"][0]
+
+
+def test_the_scratch_federation_takes_a_configs_settings(tmp_path: Path) -> None:
+    config = tmp_path / "federation.toml"
+    config.write_text(
+        'name = "mine"\narchitecture = "mlp"\nrounds = 2\nseed = 3\n'
+        "[model]\nnum_classes = 4\ninput_shape = [6]\nhidden = 8\n"
+        '[hyperparameters]\nadv_loss = "confusion"\nbatch_size = 4\nlocal_steps = 3\n'
+        '[[nodes]]\nname = "a"\nrole = "target"\ndataset = "npz:/elsewhere.npz"\n',
+        encoding="utf-8",
+    )
+    code, output = check("--steps", EXAMPLE, "--config", str(config), "--tolerance", "0", "--json")
+    assert code == 0, output
+    assert all(kind["ok"] for kind in kinds(json.loads(output)).values() if kind["steps"])
+    # Settings the example refuses: it says so, and the check fails.
+    config.write_text(config.read_text().replace("local_steps = 3", "pseudo_label_threshold = 0.9"))
+    code, output = check("--steps", EXAMPLE, "--config", str(config))
+    assert code == 1 and "implement the method's defaults only, not pseudo_label_threshold" in output
+    config.write_text("rounds = 0\n")
+    code, output = check("--steps", EXAMPLE, "--config", str(config))
+    assert code == 2 and "rounds" in output
+
+
 def test_the_table_names_the_first_disagreement() -> None:
     code, output = check("--steps", f"{BROKEN}:MissingMetric")
     assert code == 1

@@ -28,12 +28,25 @@ from typing import get_args
 
 import torch
 
-from fedalign.node import State, StepResult
+from fedalign.node import State, StepError, StepResult
 from fedalign.phases import PhaseKind
 from fedalign.protocol import StepSpec
+from fedalign.steps import Batches
 from workers.step_context import NodeContext
 
-__all__ = ["NODE_STEP_KINDS", "Downloads", "NodeContext", "StepResult", "StepSpec", "Steps", "StepsFactory"]
+# Everything a `Steps` implementation needs from FedAlign, importable from here.
+__all__ = [
+    "NODE_STEP_KINDS",
+    "Batches",
+    "Downloads",
+    "NodeContext",
+    "State",
+    "StepError",
+    "StepResult",
+    "StepSpec",
+    "Steps",
+    "StepsFactory",
+]
 
 # The kinds of step a node's `Steps` computes, each a method of that name (aggregate and reveal steps are
 # the runner's own).

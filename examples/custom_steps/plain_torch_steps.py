@@ -24,10 +24,7 @@ from torch import nn
 
 from fedalign import optimizers
 from fedalign.data import SplitDataset
-from fedalign.node import State, StepError, StepResult
-from fedalign.protocol import StepSpec
-from fedalign.steps import Batches
-from workers.steps import Downloads, NodeContext, Steps
+from workers.steps import Batches, Downloads, NodeContext, State, StepError, StepResult, Steps, StepSpec
 
 SOURCE, TARGET = 1.0, 0.0  # D's label: its logit is the log-odds that a feature comes from a source
 

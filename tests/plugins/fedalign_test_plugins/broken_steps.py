@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 from custom_steps.plain_torch_steps import PlainTorchSteps
 
-from fedalign.node import StepResult
-from fedalign.protocol import StepSpec
-from workers.steps import Downloads, NodeContext, Steps
+from workers.steps import Downloads, NodeContext, StepResult, Steps, StepSpec
 
 
 class ReversedDiscriminatorLabel(PlainTorchSteps):
@@ -49,6 +47,15 @@ class MissingMetric(PlainTorchSteps):
     def evaluate(self, step: StepSpec, downloads: Downloads) -> StepResult:
         result = super().evaluate(step, downloads)
         del result.metrics["disc_eval_loss"]
+        return result
+
+
+class LeaksAMetric(PlainTorchSteps):
+    """An evaluation that also reports a statistic of the node's data, which no protocol metric is."""
+
+    def evaluate(self, step: StepSpec, downloads: Downloads) -> StepResult:
+        result = super().evaluate(step, downloads)
+        result.metrics["val_feature_mean"] = float(self.node.data.val.x.mean())  # type: ignore[attr-defined]
         return result
 
 
