@@ -3,8 +3,10 @@
 The simulator, the Celery worker and the REST client all run FedAlign's steps through `NodeRuntime.run`
 (a served node through `workers.reference_steps`, unless it runs a user's `workers.steps.Steps`), so a
 step means the same everywhere. The helpers a user's steps need to compute the same numbers
-(`training_batches`, `load_aggregate`, `full_model`, `check_step_result`) are functions here. Nothing here touches the network: a step takes the aggregates it downloads as
-state dicts and returns what it uploads as state dicts (shared tensors only) plus scalar metrics.
+(`training_batches`, `load_aggregate`, `full_model`, `check_step_result`) are functions here.
+
+Nothing here touches the network: a step takes the aggregates it downloads as state dicts and returns
+what it uploads as state dicts (shared tensors only) plus scalar metrics.
 """
 
 from __future__ import annotations
