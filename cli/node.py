@@ -1,10 +1,12 @@
 """``fedalign node``: a partner's node. ``register`` joins a federation (base install); ``run`` runs the node
-outside Celery, polling the API for its steps (`workers.client`, the ``node`` extra)."""
+outside Celery, polling the API for its steps (`workers.client`, the ``node`` extra); ``check`` compares a
+node's own steps with FedAlign's (`workers.conformance`)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -21,12 +23,16 @@ from cli.options import (
     DataDirOption,
     DatasetOption,
     DeviceOption,
+    StepsOption,
     ThreadsOption,
     TokenOption,
     set_threads,
     use_data_dir,
 )
 from fedalign.config import Role
+
+if TYPE_CHECKING:
+    from workers.steps import StepsFactory
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -44,11 +50,13 @@ def node_run(
     device: DeviceOption = "auto",
     threads: ThreadsOption = 1,
     poll_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between polls when idle.")] = 1.0,
+    steps: StepsOption = None,
 ) -> None:
     """Run one node outside Celery: poll the API for its steps, run them on its own data, upload the results,
     until its federation ends. Its local state persists under the data directory between steps."""
     use_data_dir(data_dir)
     set_threads(threads)
+    node_steps = load_steps_option(steps)
     from fedalign.device import Device
     from workers.audit import AuditLog
     from workers.client import ClientError, NodeClient, run_node
@@ -59,6 +67,8 @@ def node_run(
         raise typer.Exit(2)
     settings = WorkerSettings()
     api_url = api or settings.api_url
+    if steps is not None:
+        console.print(f"this node runs its own steps: {escape(steps)}", soft_wrap=True)
     try:
         with NodeClient(api_url, token, audit=AuditLog(settings.audit_path)) as client:
             steps = run_node(
@@ -67,12 +77,121 @@ def node_run(
                 device=Device.pick(device),
                 poll_interval_s=poll_interval,
                 state_dir=settings.state_dir,
+                steps=node_steps,
             )
             status = client.federation_status
     except ClientError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     console.print(f"ran {steps} steps; the federation is {status}")
+
+
+def load_steps_option(path: str | None) -> StepsFactory:
+    """The steps a ``--steps`` option names (FedAlign's own without one); exits with a usage error that says
+    what is wrong with the path."""
+    import os
+    import sys
+
+    from workers.reference_steps import ReferenceSteps
+    from workers.step_runtime import StepsError, load_steps
+
+    if path is None:
+        return ReferenceSteps
+    if os.getcwd() not in sys.path:  # as `python -m` would: a module beside the user is found
+        sys.path.append(os.getcwd())
+    try:
+        return load_steps(path)
+    except StepsError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(exit_codes.USAGE) from exc
+
+
+@app.command("check")
+@needs("node check", "node")
+def node_check(
+    steps: Annotated[
+        str,
+        typer.Option(
+            "--steps",
+            help="The steps to check: package.module:ClassName, a subclass of workers.steps.Steps.",
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="A federation config (TOML) whose settings the scratch federation takes (its nodes are "
+            "replaced by synthetic ones); default: the method's defaults on a small network."
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(min=0.0, help="Relative and absolute tolerance on every tensor value and metric."),
+    ] = 1e-5,
+    device: DeviceOption = "cpu",
+    threads: ThreadsOption = 1,
+    json_output: JsonOption = False,
+) -> None:
+    """Run your steps beside FedAlign's reference steps in a scratch federation on synthetic data (same step,
+    same downloads) and say, per step kind, whether their uploads and metrics agree. Exits 1 on a
+    disagreement."""
+    set_threads(threads)
+    node_steps = load_steps_option(steps)
+    from cli.output import print_json
+    from fedalign.device import Device
+    from workers.conformance import check_steps, scratch_config
+
+    try:
+        scratch = scratch_config(_read_settings(config) if config is not None else None)
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError and TOML's errors are ValueErrors
+        console.print(f"[red]error:[/] --config {config}: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(exit_codes.USAGE) from exc
+    try:
+        report = check_steps(node_steps, scratch, name=steps, tolerance=tolerance, device=Device.pick(device))
+    except Exception as exc:  # the user's class cannot even be built for the scratch federation
+        console.print(f"[red]error:[/] cannot run {escape(steps)}: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(exit_codes.ERROR) from exc
+    if json_output:
+        print_json(report.to_json())
+    else:
+        console.print(conformance_table(report.to_json()))
+        verdict = "[green]agrees with[/]" if report.ok else "[red]disagrees with[/]"
+        console.print(f"{escape(steps)} {verdict} FedAlign's reference steps (tolerance {tolerance:g})")
+        if report.first is not None:
+            first = report.first
+            console.print(f"first disagreement ({first['kind']} step): {escape(first['disagreement'])}")
+    if not report.ok:
+        raise typer.Exit(exit_codes.ERROR)
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """A federation config's settings, without its nodes (the scratch federation has its own)."""
+    import tomllib
+
+    settings = tomllib.loads(path.read_text(encoding="utf-8"))
+    settings.pop("nodes", None)
+    # A relative init_checkpoint names a file beside the config (as `fedalign simulate` reads it).
+    model = settings.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init_checkpoint"), str):
+        checkpoint = Path(model["init_checkpoint"]).expanduser()
+        model["init_checkpoint"] = str(checkpoint if checkpoint.is_absolute() else path.parent / checkpoint)
+    return settings
+
+
+def conformance_table(report: dict[str, Any]) -> Table:
+    table = Table("step kind", "steps", "uploads", "metrics", "first disagreements")
+    for kind in report["kinds"]:
+        if not kind["steps"]:
+            table.add_row(kind["kind"], "0", "", "", "not run in the scratch federation")
+            continue
+        shown = [*kind["errors"], *kind["uploads"], *kind["metrics"]][:3]
+        table.add_row(
+            kind["kind"],
+            str(kind["steps"]),
+            "[green]agree[/]" if kind["uploads_agree"] else "[red]differ[/]",
+            "[green]agree[/]" if kind["metrics_agree"] else "[red]differ[/]",
+            escape("\n".join(shown)),
+        )
+    return table
 
 
 @app.command("audit")

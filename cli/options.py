@@ -56,3 +56,13 @@ def use_data_dir(data_dir: Path | None) -> None:
     if data_dir is not None:
         # Read by the dataset cache and by every settings class of this process.
         os.environ["FEDALIGN_DATA_DIR"] = str(data_dir.expanduser().resolve())
+
+
+StepsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--steps",
+        help="The node's own steps: package.module:ClassName, a subclass of workers.steps.Steps (importable "
+        "from PYTHONPATH or the current directory); default: FedAlign's own.",
+    ),
+]

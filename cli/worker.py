@@ -16,6 +16,7 @@ from cli.options import (
     DataDirOption,
     DatasetOption,
     DeviceOption,
+    StepsOption,
     ThreadsOption,
     TokenOption,
     set_threads,
@@ -47,6 +48,7 @@ def worker(
     loglevel: Annotated[
         str, typer.Option(help="Log level of the worker's own records (Celery's show from WARNING up).")
     ] = "INFO",
+    steps: StepsOption = None,
 ) -> None:
     """A Celery worker: one node's steps (consuming only its queue node.<id>), and/or the aggregator."""
     if aggregator:  # the server's aggregations: the server's code and its Celery
@@ -55,10 +57,14 @@ def worker(
         require("celery", "`fedalign worker`")
     use_data_dir(data_dir)
     set_threads(threads)
+    from cli.node import load_steps_option
     from fedalign.device import Device
     from messaging.celery_contract import aggregator_queue, node_queue
     from workers import celery_app
 
+    node_steps = load_steps_option(steps)  # a bad path stops the worker before it connects anywhere
+    if steps is not None:
+        console.print(f"its nodes run their own steps: {steps}", soft_wrap=True, markup=False)
     if aggregator:  # the server's code, only in a worker that aggregates
         from backend import celery_app as server_app
         from backend.settings import Settings
@@ -108,6 +114,7 @@ def worker(
                 data=dataset if n.token == token else None,
                 device=picked,
                 audit_path=settings.audit_path,
+                steps=node_steps,
             )
             for n in nodes
         ]

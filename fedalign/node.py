@@ -1,8 +1,12 @@
 """One node's side of a federation: its data, its models and optimiser state, and how it runs a step.
 
-The simulator, the Celery worker and the REST client all run steps through `NodeRuntime.run`, so a step
-means the same everywhere. Nothing here touches the network: a step takes the aggregates it downloads as
-state dicts and returns what it uploads as state dicts (shared tensors only) plus scalar metrics.
+The simulator, the Celery worker and the REST client all run FedAlign's steps through `NodeRuntime.run`
+(a served node through `workers.reference_steps`, unless it runs a user's `workers.steps.Steps`), so a
+step means the same everywhere. The helpers a user's steps need to compute the same numbers
+(`training_batches`, `load_aggregate`, `full_model`, `check_step_result`) are functions here.
+
+Nothing here touches the network: a step takes the aggregates it downloads as state dicts and returns
+what it uploads as state dicts (shared tensors only) plus scalar metrics.
 """
 
 from __future__ import annotations
@@ -123,6 +127,65 @@ def shared_state(module: nn.Module, local: set[str]) -> State:
     return {k: v.detach().clone() for k, v in module.state_dict().items() if k not in local}
 
 
+def load_aggregate(
+    module: nn.Module,
+    model: str,
+    state: Mapping[str, torch.Tensor],
+    local: set[str],
+    *,
+    every_tensor: bool = False,
+) -> None:
+    """Take an aggregate's tensors into `module` (model `model`, whose names in `local` stay on the node).
+
+    An aggregate holds the shared tensors; round 0's hold every tensor. With `every_tensor` (setup),
+    every tensor is required and loaded, local ones included (pretrained BatchNorm statistics). Otherwise
+    only the shared ones are loaded, and the node's local tensors (BatchNorm statistics by default) stay,
+    even when the aggregate also holds them (a later step that still starts from round 0's).
+    """
+    own = module.state_dict()
+    everything = set(own)
+    taken = everything if every_tensor else everything - local
+    # What the aggregate must hold: every tensor at setup; later the shared ones, or every tensor when
+    # the step still starts from round 0's.
+    expected = everything if every_tensor or set(state) == everything else taken
+    missing = expected - set(state)
+    unexpected = set(state) - expected
+    if missing or unexpected:
+        raise StepError(
+            f"aggregate for {model} does not fit the model: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+    with torch.no_grad():
+        for k in taken:
+            own[k].copy_(state[k])
+
+
+def training_batches(
+    config: FederationConfig, data: NodeData, step: StepSpec, node_privacy: privacy.NodePrivacy | None = None
+) -> Batches:
+    """A step's training batches of the node's train split, read lazily, augmented when configured: a
+    stream seeded by the step's seed, so every node implementation draws the same batches."""
+    augment = augmentation(config.preprocessing, derive_seed(step.seed, "augment"))
+    if node_privacy is not None:
+        # DP-SGD's accounting assumes Poisson sampling, not fixed-size shuffled batches.
+        return node_privacy.batches(data.train, derive_seed(step.seed, "dp-batches"), augment)
+    return BatchStream(data.train, config.hyperparameters.batch_size, seed=step.seed, augment=augment)
+
+
+def check_step_result(step: StepSpec, result: StepResult) -> None:
+    """Refuses a step's result that must not leave the node: an upload the step did not ask for, one it
+    asked for and did not get, or a metric that is not in `REPORTED_METRICS`."""
+    unexpected = set(result.uploads) - set(step.uploads)
+    if unexpected:  # never send more than the step asked for
+        raise StepError(f"step produced uploads {sorted(unexpected)} it was not asked for")
+    missing = set(step.uploads) - set(result.uploads)
+    if missing:
+        raise StepError(f"a {step.kind} step must upload {sorted(missing)}; its result has no such upload")
+    undeclared = set(result.metrics) - REPORTED_METRICS
+    if undeclared:  # a new metric is declared in REPORTED_METRICS before it may leave the node
+        raise StepError(f"step produced metrics {sorted(undeclared)} that are not in REPORTED_METRICS")
+
+
 class NodeRuntime:
     def __init__(
         self,
@@ -191,29 +254,8 @@ class NodeRuntime:
         check(expected, self.manifest)
 
     def load(self, model: str, state: Mapping[str, torch.Tensor], *, every_tensor: bool = False) -> None:
-        """Take an aggregate's tensors into `model`.
-
-        An aggregate holds the shared tensors; round 0's hold every tensor. With `every_tensor` (setup),
-        every tensor is required and loaded, local ones included (pretrained BatchNorm statistics). Otherwise
-        only the shared ones are loaded, and the node's local tensors (BatchNorm statistics by default) stay,
-        even when the aggregate also holds them (a later step that still starts from round 0's).
-        """
-        own = self.models[model].state_dict()
-        everything = set(own)
-        taken = everything if every_tensor else everything - self.local[model]
-        # What the aggregate must hold: every tensor at setup; later the shared ones, or every tensor when
-        # the step still starts from round 0's.
-        expected = everything if every_tensor or set(state) == everything else taken
-        missing = expected - set(state)
-        unexpected = set(state) - expected
-        if missing or unexpected:
-            raise StepError(
-                f"aggregate for {model} does not fit the model: missing {sorted(missing)}, "
-                f"unexpected {sorted(unexpected)}"
-            )
-        with torch.no_grad():
-            for k in taken:
-                own[k].copy_(state[k])
+        """Take an aggregate's tensors into `model` (`load_aggregate`, with this node's local names)."""
+        load_aggregate(self.models[model], model, state, self.local[model], every_tensor=every_tensor)
 
     def shared(self, model: str) -> State:
         return {k: v.cpu() for k, v in shared_state(self.models[model], self.local[model]).items()}
@@ -241,12 +283,7 @@ class NodeRuntime:
     # ----------------------------------------------------------------------------------------- steps
 
     def _stream(self, step: StepSpec) -> Batches:
-        """The step's training batches of the node's train split, read lazily, augmented when configured."""
-        augment = augmentation(self.config.preprocessing, derive_seed(step.seed, "augment"))
-        if self.privacy is not None:
-            # DP-SGD's accounting assumes Poisson sampling, not fixed-size shuffled batches.
-            return self.privacy.batches(self.data.train, derive_seed(step.seed, "dp-batches"), augment)
-        return BatchStream(self.data.train, self.hp.batch_size, seed=step.seed, augment=augment)
+        return training_batches(self.config, self.data, step, self.privacy)
 
     def _private(
         self, step: StepSpec, optimizer: torch.optim.Optimizer, *modules: nn.Module
@@ -293,12 +330,7 @@ class NodeRuntime:
         for slot in step.uploads:
             if slot not in result.uploads:
                 result.uploads[slot] = self.shared(slot)
-        unexpected = set(result.uploads) - set(step.uploads)
-        if unexpected:  # never send more than the step asked for
-            raise StepError(f"step produced uploads {sorted(unexpected)} it was not asked for")
-        undeclared = set(result.metrics) - REPORTED_METRICS
-        if undeclared:  # a new metric is declared in REPORTED_METRICS before it may leave the node
-            raise StepError(f"step produced metrics {sorted(undeclared)} that are not in REPORTED_METRICS")
+        check_step_result(step, result)
         return result
 
     def _setup(self, step: StepSpec) -> StepResult:
@@ -412,8 +444,14 @@ class NodeRuntime:
         return StepResult(uploads={"model": self.full_model()})
 
     def full_model(self) -> State:
-        return {
-            f"{m}.{k}": v.detach().cpu().clone()
-            for m in ("G", "T")
-            for k, v in self.models[m].state_dict().items()
-        }
+        return full_model(self.models.G, self.models.T)
+
+
+def full_model(G: nn.Module, T: nn.Module) -> State:
+    """The target's published model: every tensor of G and T (shared and local), named ``G.<name>`` and
+    ``T.<name>``, on the CPU."""
+    return {
+        f"{m}.{k}": v.detach().cpu().clone()
+        for m, module in (("G", G), ("T", T))
+        for k, v in module.state_dict().items()
+    }

@@ -31,7 +31,9 @@ from messaging.celery_contract import STEP_TASK
 from messaging.celery_worker import configure_worker, start_worker
 from workers.audit import AuditLog
 from workers.client import ClientError, NodeClient, NodeRunner, ServerError
+from workers.reference_steps import ReferenceSteps
 from workers.settings import WorkerSettings
+from workers.steps import StepsFactory
 
 log = logging.getLogger("fedalign.workers")
 
@@ -61,6 +63,7 @@ class ServedNode:
     data: str | None = None
     device: Device = CPU
     audit_path: Path | None = None  # where every request it sends is recorded (`workers.audit`)
+    steps: StepsFactory = ReferenceSteps  # the node's steps (`workers.steps.Steps`)
     _runner: NodeRunner | None = field(default=None, repr=False)
 
     def runner(self) -> NodeRunner:
@@ -68,7 +71,11 @@ class ServedNode:
             # Built once: the data set is loaded once per worker, the models stay warm between steps.
             audit = AuditLog(self.audit_path) if self.audit_path is not None else None
             self._runner = NodeRunner(
-                NodeClient(self.api_url, self.token, audit=audit), self.data, self.device, self.state_dir
+                NodeClient(self.api_url, self.token, audit=audit),
+                self.data,
+                self.device,
+                self.state_dir,
+                self.steps,
             )
         return self._runner
 

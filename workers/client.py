@@ -52,13 +52,16 @@ from fedalign.device import CPU, Device
 from fedalign.failures import failure_reason, is_retryable
 from fedalign.manifest import Manifest
 from fedalign.model_manifest import ModelManifest, ModelManifestDocument
-from fedalign.node import NodeRuntime, StepResult, load_node_data
+from fedalign.node import StepResult, load_node_data
 from fedalign.protocol import StepSpec
 from messaging import node_api
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.audit import AuditedTransport, AuditLog
 from workers.heartbeat import Heartbeat
+from workers.reference_steps import ReferenceSteps
 from workers.state import NodeStateFile, SecAggLedger
+from workers.step_runtime import StepsRuntime
+from workers.steps import StepsFactory
 
 log = logging.getLogger("fedalign.workers")
 
@@ -294,7 +297,8 @@ class NodeRunner:
     """One node: its runtime, built from the federation's config and its own data.
 
     ``state_dir``: where the node's local state persists between steps (`workers.state`); without it
-    the state lives only in this object, as in the simulator.
+    the state lives only in this object, as in the simulator. ``steps``: the node's steps
+    (`workers.steps.Steps`), FedAlign's own by default.
     """
 
     def __init__(
@@ -303,8 +307,10 @@ class NodeRunner:
         data: datasets.NodeData | str | None = None,
         device: Device = CPU,
         state_dir: Path | None = None,
+        steps: StepsFactory = ReferenceSteps,
     ) -> None:
         self.client = client
+        self.steps = steps
         self.federation = client.federation()
         if data is None:
             data = self.federation.dataset
@@ -335,8 +341,8 @@ class NodeRunner:
             else None
         )
 
-    def _new_runtime(self) -> NodeRuntime:
-        return NodeRuntime(self.federation.node, self.federation.config, self.data, self.device)
+    def _new_runtime(self) -> StepsRuntime:
+        return StepsRuntime(self.federation.node, self.config, self.data, self.device, self.steps)
 
     @property
     def config(self) -> FederationConfig:
@@ -562,15 +568,17 @@ def run_node(
     device: Device = CPU,
     max_steps: int | None = None,
     state_dir: Path | None = None,
+    steps: StepsFactory = ReferenceSteps,
 ) -> int:
     """Run this node's steps until its federation ends (or ``max_steps``); returns how many ran.
 
     ``data``: the node's data set, or a spec to load it from; default: the spec it registered with.
     ``state_dir``: where the node's local state persists between steps (a restarted loop continues it).
+    ``steps``: the node's steps (`workers.steps.Steps`), FedAlign's own by default.
     Network errors and 5xx answers are retried after ``poll_interval_s``; a step the server no longer
     wants (its phase closed at the deadline) is dropped and the loop goes on.
     """
-    runner = NodeRunner(client, data, device, state_dir)
+    runner = NodeRunner(client, data, device, state_dir, steps)
     while max_steps is None or runner.steps_run < max_steps:
         try:
             ran = runner.step_once()

@@ -7,9 +7,11 @@ that they *could* import the plug-ins, and with Python's import log on (``PYTHON
 writes every module a process imports to its log): the test reads in those logs that neither ever did. The
 creator builds the initial parameters with ``fedalign init-model`` and uploads them; the nodes run on their
 own "machines" with the plug-ins installed: REST nodes (``fedalign node run``) in one federation, Celery
-node workers (``fedalign worker --node``) in another. Both equal the simulator bitwise. The target has no
-labels at all, so ``target_acc`` is absent everywhere. A third federation has a source whose copy of the
-plug-in has a wider layer: its Celery worker stops at setup and reports the first differing tensor.
+node workers (``fedalign worker --node``) in another. In each, one node runs a user's own steps
+(``--steps``, docs' plain-torch example) beside FedAlign's reference nodes. Both equal the simulator
+bitwise. The target has no labels at all, so ``target_acc`` is absent everywhere. A third federation has
+a source whose copy of the plug-in has a wider layer: its Celery worker stops at setup and reports the
+first differing tensor.
 """
 
 from __future__ import annotations
@@ -42,8 +44,13 @@ from fedalign.config import FederationConfig
 from fedalign.simulate import simulate
 
 TESTS = Path(__file__).resolve().parents[1]
-PLUGIN_PATH = os.pathsep.join([str(TESTS / "plugins"), str(TESTS / "data_plugins")])
-PLUGIN_MODULES = ("fedalign_test_plugins", "fedalign_test_loaders")
+PLUGIN_PATH = os.pathsep.join(
+    [str(TESTS / "plugins"), str(TESTS / "data_plugins"), str(TESTS.parent / "examples")]
+)
+PLUGIN_MODULES = ("fedalign_test_plugins", "fedalign_test_loaders", "custom_steps")
+# The node of each federation that runs the user's own steps (docs/node-steps.md's example).
+OWN_STEPS = {"rest": "alpha", "celery": "omega"}
+STEPS = "custom_steps.plain_torch_steps:PlainTorchSteps"
 LOADER = "python:fedalign_test_loaders:gaussians"
 SETTINGS = tiny_settings(architecture="fedalign_test_plugins.architectures:vector_net")
 NODES = (
@@ -154,6 +161,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 if name == "mismatch":
                     node_env["FEDALIGN_TEST_PLUGIN_VARIANT"] = "wider"  # another copy of the plug-in
                 options = ["--api", url, "--threads", "1", "--device", "cpu"]
+                if OWN_STEPS.get(name) == node:
+                    options += ["--steps", STEPS]
                 if mode == "rest":
                     argv = cli("node", "run", *options, "--poll-interval", "0.05")
                 else:
@@ -190,6 +199,7 @@ def test_a_plugin_federation_on_rest_and_celery_nodes_equals_the_simulation_bitw
     served: Served, federation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fid = served.ids[federation]
+    assert STEPS in served.processes.log(f"{federation}-{OWN_STEPS[federation]}")
     expected = simulated(monkeypatch, name=federation, **FEDERATIONS[federation])
     assert {
         **served_rounds_http(served.admin, fid),
