@@ -8,15 +8,17 @@ from enum import Enum
 from typing import Annotated, get_args
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
 from backend.access import Role
 from backend.schemas.access_tokens import AccessTokenCreate, AccessTokenCreated
+from cli import exit_codes
 from cli.client_config import JsonOption, TokenOption, UrlOption
 from cli.console import console
 from cli.federations import admin_client
-from cli.output import failures, print_json, when
+from cli.output import error, failures, print_json, when
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -51,8 +53,12 @@ def create(
     json_out: JsonOption = False,
 ) -> None:
     """Issue an access token; it is shown once (the server keeps only its hash)."""
-    with failures(), admin_client(url, token, "`fedalign tokens create`") as api:
+    try:
         body = AccessTokenCreate(name=name, role=role.value, organisation=organisation)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise error(f"fedalign tokens create: {problems}", exit_codes.USAGE) from exc
+    with failures(), admin_client(url, token, "`fedalign tokens create`") as api:
         created = api.create_access_token(body)
     _show_created(created, json_out, "issued the")
 

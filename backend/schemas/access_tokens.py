@@ -34,7 +34,8 @@ class AccessTokenCreate(BaseModel):
         if self.role == "coordinator" and self.organisation is not None:
             raise ValueError("a coordinator token reaches every organisation: leave organisation out")
         if self.role != "coordinator" and self.organisation is None:
-            raise ValueError(f"a {self.role} token belongs to one organisation: set organisation")
+            article = "an" if self.role == "owner" else "a"
+            raise ValueError(f"{article} {self.role} token belongs to one organisation: set organisation")
         return self
 
 
