@@ -640,20 +640,22 @@ def everything_stored(api: Api) -> str:
     return "\n".join(rows)
 
 
-def test_join_and_node_tokens_are_stored_only_as_their_hashes(api: Api, world: World) -> None:
+def test_join_node_and_access_tokens_are_stored_only_as_their_hashes(api: Api, world: World) -> None:
     tokens = [federation.join for federation in (world.created, world.running, world.other)] + [
         token
         for federation in (world.created, world.running, world.other)
         for token in federation.tokens.values()
     ]
+    tokens += world.access.values()
     stored = everything_stored(api)
     with api.services.db.read() as session:
         join_hashes = {h for (h,) in session.execute(text("SELECT join_token_hash FROM federations"))}
         node_hashes = {h for (h,) in session.execute(text("SELECT token_hash FROM nodes"))}
+        access_hashes = {h for (h,) in session.execute(text("SELECT token_hash FROM access_tokens"))}
     for token in tokens:
         assert token not in stored, "a token is stored in plain text"
         digest = hashlib.sha256(token.encode()).hexdigest()
-        assert digest in join_hashes | node_hashes
+        assert digest in join_hashes | node_hashes | access_hashes
     assert ADMIN_TOKEN not in stored
     data_dir = api.services.settings.data_dir
     for path in data_dir.rglob("*"):
@@ -721,6 +723,18 @@ def test_tokens_never_reach_the_logs(logged_server: tuple[str, Any]) -> None:
             tokens[name] = node.json()["token"]
         seen += tokens.values()
         assert http.post(f"/api/v1/federations/{federation['id']}/start", headers=admin).status_code == 200
+        viewer = http.post(
+            "/api/v1/tokens", json={"name": "v", "role": "viewer", "organisation": "acme"}, headers=admin
+        )
+        seen.append(viewer.json()["token"])
+        as_viewer = {"Authorization": f"Bearer {viewer.json()['token']}"}
+        assert http.get("/api/v1/federations", headers=as_viewer).status_code == 200
+        assert (
+            http.post(f"/api/v1/federations/{federation['id']}/start", headers=as_viewer).status_code == 403
+        )
+        viewer_session = http.post("/api/v1/session", json={"token": viewer.json()["token"]})
+        seen += [viewer_session.cookies[SESSION_COOKIE], viewer_session.json()["csrf_token"]]
+        http.cookies.clear()
         signed_in = http.post("/api/v1/session", json={"token": ADMIN_TOKEN})
         seen += [signed_in.cookies[SESSION_COOKIE], signed_in.json()["csrf_token"]]
         assert http.get("/api/v1/federations").status_code == 200  # with the cookie
