@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 
@@ -81,14 +83,18 @@ def list_federations(services: ServicesDep, caller: ListFederations) -> Federati
         every = federations.all_federations(session)
         scopes = access.scopes_of(session, [f.id for f in every], {f.id: f.owner_organisation for f in every})
         visible = [f for f in every if access.sees(caller, scopes[f.id])]
-        return FederationList(items=federations.views_of(session, visible))
+        sees_node = partial(access.sees_node, caller)
+        return FederationList(items=federations.views_of(session, visible, sees_node))
 
 
 @router.get("/{federation_id}", response_model=FederationOut, responses=responses(401, 403, 404, 422))
 def get_federation(
-    services: ServicesDep, _access: ReadFederation, federation_id: str = FederationId
+    services: ServicesDep, caller: ReadFederation, federation_id: str = FederationId
 ) -> FederationOut:
-    return _out(services, federation_id)
+    """The federation; its `nodes` are those the caller sees (a viewer: its own organisation's)."""
+    with services.db.read() as session:
+        federation = federations.get(session, federation_id)
+        return federations.view(session, federation, partial(access.sees_node, caller))
 
 
 @router.delete(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -148,23 +149,33 @@ def federation_out(
     )
 
 
-def view(session: Session, federation: Federation) -> FederationOut:
+# Which nodes a caller may see, by the node's organisation (`backend.access.sees_node`); None: every node.
+NodeFilter = Callable[[str | None], bool] | None
+
+
+def view(session: Session, federation: Federation, sees_node: NodeFilter = None) -> FederationOut:
     latest = latest_metrics(session, [federation.id])[federation.id]
     initial = initial_models.initial_models_of(session, [federation.id])[federation.id]
     trackers = tracker_exports_of(session, [federation.id])[federation.id]
-    return federation_out(federation, node_names(session, federation.id), latest, initial, trackers)
+    names = node_names(session, federation.id, sees_node)
+    return federation_out(federation, names, latest, initial, trackers)
 
 
-def views_of(session: Session, federations: list[Federation]) -> list[FederationOut]:
+def views_of(
+    session: Session, federations: list[Federation], sees_node: NodeFilter = None
+) -> list[FederationOut]:
     ids = [f.id for f in federations]
     latest = latest_metrics(session, ids)
     names: dict[str, list[str]] = {fid: [] for fid in ids}
     if ids:
         rows = session.execute(
-            select(Node.federation_id, Node.name).where(Node.federation_id.in_(ids)).order_by(Node.name)
+            select(Node.federation_id, Node.name, Node.organisation)
+            .where(Node.federation_id.in_(ids))
+            .order_by(Node.name)
         )
-        for federation_id, name in rows:
-            names[federation_id].append(name)
+        for federation_id, name, organisation in rows:
+            if sees_node is None or sees_node(organisation):
+                names[federation_id].append(name)
     initial = initial_models.initial_models_of(session, ids)
     trackers = tracker_exports_of(session, ids)
     return [federation_out(f, names[f.id], latest[f.id], initial[f.id], trackers[f.id]) for f in federations]
@@ -196,10 +207,11 @@ def node_created(node: Node, token: str, api_url: str, settings: Settings) -> No
     return NodeCreated(**node_out(node).model_dump(), token=token, run_command=command)
 
 
-def node_names(session: Session, federation_id: str) -> list[str]:
-    return list(
-        session.scalars(select(Node.name).where(Node.federation_id == federation_id).order_by(Node.name))
+def node_names(session: Session, federation_id: str, sees_node: NodeFilter = None) -> list[str]:
+    rows = session.execute(
+        select(Node.name, Node.organisation).where(Node.federation_id == federation_id).order_by(Node.name)
     )
+    return [name for name, organisation in rows if sees_node is None or sees_node(organisation)]
 
 
 def nodes_of(session: Session, federation_id: str) -> list[Node]:

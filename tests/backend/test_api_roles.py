@@ -70,9 +70,12 @@ def test_a_viewer_sees_its_own_organisations_nodes_only(api: Api) -> None:
     north = issue(api, "north", "viewer", "north")["token"]
     nodes = api.ok("GET", f"/api/v1/federations/{federation_id}/nodes", token=north)["items"]
     assert [(n["name"], n["organisation"]) for n in nodes] == [("alpha", "north")]
-    assert (
-        api.request("GET", f"/api/v1/federations/{federation_id}/nodes/beta", token=north).status_code == 404
-    )
+    beta = api.request("GET", f"/api/v1/federations/{federation_id}/nodes/beta", token=north)
+    assert beta.status_code == 404
+    # The federation itself names only the nodes the viewer sees, in the list and on its own.
+    assert api.ok("GET", f"/api/v1/federations/{federation_id}", token=north)["nodes"] == ["alpha"]
+    (seen,) = api.ok("GET", "/api/v1/federations", token=north)["items"]
+    assert seen["nodes"] == ["alpha"]
     everyone = api.ok("GET", f"/api/v1/federations/{federation_id}/nodes", token=owner)["items"]
     assert {n["name"] for n in everyone} == {"omega", "alpha", "beta"}
 
