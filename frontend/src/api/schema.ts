@@ -161,7 +161,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get Federation */
+        /**
+         * Get Federation
+         * @description The federation; its `nodes` are those the caller sees (a viewer: its own organisation's).
+         */
         get: operations["get_federation"];
         put?: never;
         post?: never;
