@@ -23,6 +23,7 @@ from backend.limits import JsonBodyLimit
 from backend.observability import exposition
 from backend.observability.queues import QueueCollector
 from backend.routers import (
+    access_tokens,
     aggregations,
     events,
     federations,
@@ -165,6 +166,7 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
     for module in (
         health,
         session,
+        access_tokens,
         federations,
         nodes,
         rounds,

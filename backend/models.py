@@ -162,6 +162,11 @@ class Federation(Base):
     join_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     join_registrations_left: Mapped[int | None] = mapped_column(Integer, default=None)
     join_roles: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # The organisation a join token fixes for the nodes it registers (none: each node names its own).
+    join_organisation: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The organisation that owns the federation (its creator's): its owner tokens manage it. None: only the
+    # coordinator does (a federation the coordinator created for no organisation).
+    owner_organisation: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     stall_reason: Mapped[str | None] = mapped_column(Text, default=None)
     # Final artifact keys per model (Finish action); "target_model" is the published model.
     final_models: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -191,6 +196,9 @@ class Node(Base):
     federation_id: Mapped[str] = mapped_column(ForeignKey("federations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(64))
     role: Mapped[str] = mapped_column(String(16))
+    # The organisation that runs the node (set at registration; a join token may fix it): its viewer
+    # tokens see the federations the node takes part in.
+    organisation: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     dataset: Mapped[str] = mapped_column(String(1024))
     mode: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -389,3 +397,23 @@ class DashboardSessionRecord(Base):
     id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The access token it signed in with; None: the environment's bootstrap admin token. Revoking or
+    # rotating the token deletes its sessions (ON DELETE CASCADE covers a deleted token).
+    access_token_id: Mapped[str | None] = mapped_column(
+        ForeignKey("access_tokens.id", ondelete="CASCADE"), default=None, index=True
+    )
+
+
+class AccessToken(Base):
+    """A person's or a service's token with a role (`backend.access.Role`) and an organisation: issued by
+    the coordinator, shown once, kept only as its sha256. Revoked tokens stay listed (who had access)."""
+
+    __tablename__ = "access_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    organisation: Mapped[str | None] = mapped_column(String(64), default=None)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)

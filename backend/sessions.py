@@ -1,4 +1,5 @@
-"""Dashboard sessions: the admin token exchanged once for a signed, HttpOnly cookie, plus a CSRF token.
+"""Dashboard sessions: an access token (or the admin token) exchanged once for a signed, HttpOnly cookie, plus
+a CSRF token.
 
 A browser's EventSource cannot send an Authorization header, and a token kept in page storage is readable by
 any script that runs there; so the dashboard signs in once and the server answers with a cookie that page
@@ -9,7 +10,9 @@ this origin could have read from `GET /api/v1/session`.
 The cookie is ``<id>.<expiry>.<mac>``, the MAC keyed by a key derived from the admin token, so rotating the
 admin token ends every session, and none outlives its expiry (`FEDALIGN_SESSION_TTL_S`). Sessions are also
 kept on the server (`DashboardSessionRecord`, the id's sha256 only): a cookie is valid only while its row
-exists, so signing out ends the session at once, for a copy of the cookie too.
+exists, so signing out ends the session at once, for a copy of the cookie too. The row names the access
+token the session signed in with: revoking or rotating that token deletes its sessions, and a session acts
+with that token's role (`backend.security.session_credential`).
 """
 
 from __future__ import annotations
@@ -84,15 +87,29 @@ def verify(admin_token: str, cookie: str, now: dt.datetime | None = None) -> Das
     return DashboardSession(cookie=cookie, csrf_token=_mac(key, f"csrf.{session_id}"), expires_at=expires_at)
 
 
-def record(db: Session, dashboard: DashboardSession, now: dt.datetime | None = None) -> None:
-    """Keep a new session on the server; expired ones are dropped on the way (nothing else removes them)."""
+def record(
+    db: Session, dashboard: DashboardSession, access_token_id: str | None, now: dt.datetime | None = None
+) -> None:
+    """Keep a new session on the server, signed in with access token `access_token_id` (None: the bootstrap
+    admin token); expired ones are dropped on the way (nothing else removes them)."""
     db.execute(delete(DashboardSessionRecord).where(DashboardSessionRecord.expires_at <= (now or utcnow())))
-    db.add(DashboardSessionRecord(id_sha256=dashboard.id_sha256, expires_at=dashboard.expires_at))
+    db.add(
+        DashboardSessionRecord(
+            id_sha256=dashboard.id_sha256, expires_at=dashboard.expires_at, access_token_id=access_token_id
+        )
+    )
 
 
-def is_active(db: Session, dashboard: DashboardSession) -> bool:
-    """Whether the server still holds the session (not signed out)."""
-    return db.get(DashboardSessionRecord, dashboard.id_sha256) is not None
+def held(db: Session, dashboard: DashboardSession) -> DashboardSessionRecord | None:
+    """The server's record of the session, None once it was signed out or its token revoked."""
+    return db.get(DashboardSessionRecord, dashboard.id_sha256)
+
+
+def end_for_token(db: Session, access_token_id: str) -> None:
+    """End every session signed in with the access token (it was revoked or rotated)."""
+    db.execute(
+        delete(DashboardSessionRecord).where(DashboardSessionRecord.access_token_id == access_token_id)
+    )
 
 
 def end(db: Session, dashboard: DashboardSession) -> None:

@@ -71,6 +71,13 @@ class Settings(BrokerSettings, LogSettings):
         SecretStr | None,
         Field(description="Bearer token for management; default: generated once into data_dir."),
     ] = None
+    admin_token_enabled: Annotated[
+        bool,
+        Field(
+            description="false: the admin token no longer signs in or authorises (it still keys the session "
+            "cookies); coordinators then use access tokens, which rotate and revoke without a restart."
+        ),
+    ] = True
     public_url: Annotated[
         str | None,
         Field(description="Base URL nodes reach the API at (behind a proxy); default: the request's."),

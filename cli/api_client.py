@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from backend.schemas.access_tokens import AccessTokenCreate, AccessTokenCreated, AccessTokenList
 from backend.schemas.events import EventOut
 from backend.schemas.federations import (
     FederationCreated,
@@ -155,6 +156,21 @@ class ApiClient:
         }
         with parameters.open("rb") as body:
             return dict(self._request("PUT", path, content=body, headers=headers).json())
+
+    # ---------------------------------------------------------------------------------- access tokens
+
+    def access_tokens(self) -> AccessTokenList:
+        return self._parsed(AccessTokenList, self._request("GET", "/api/v1/tokens"))
+
+    def create_access_token(self, body: AccessTokenCreate) -> AccessTokenCreated:
+        response = self._request("POST", "/api/v1/tokens", json=body.model_dump(mode="json"))
+        return self._parsed(AccessTokenCreated, response)
+
+    def rotate_access_token(self, token_id: str) -> AccessTokenCreated:
+        return self._parsed(AccessTokenCreated, self._request("POST", f"/api/v1/tokens/{token_id}/rotate"))
+
+    def revoke_access_token(self, token_id: str) -> None:
+        self._request("DELETE", f"/api/v1/tokens/{token_id}")
 
     # ------------------------------------------------------------------------------- nodes and rounds
 

@@ -394,6 +394,9 @@ def join_token(
     role: Annotated[
         list[RoleChoice] | None, typer.Option(help="A role the new token may register (repeat it for both).")
     ] = None,
+    organisation: Annotated[
+        str | None, typer.Option(help="Every node the new token registers belongs to this organisation.")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     json_out: JsonOption = False,
@@ -406,7 +409,9 @@ def join_token(
             api.revoke_join_token(found.id)
         else:
             roles = [r.value for r in role or ()] or None
-            limits = JoinTokenLimits(expires_in_s=expires_in, max_registrations=max_nodes, roles=roles)
+            limits = JoinTokenLimits(
+                expires_in_s=expires_in, max_registrations=max_nodes, roles=roles, organisation=organisation
+            )
             rotated = api.rotate_join_token(found.id, limits)
     if revoke:
         if json_out:
@@ -425,6 +430,7 @@ def join_token(
             f"expires {rotated.expires_at:%Y-%m-%d %H:%M} UTC" if rotated.expires_at else "",
             f"registers {rotated.registrations_left} node(s)" if rotated.registrations_left else "",
             f"only {' or '.join(rotated.roles)} nodes" if rotated.roles else "",
+            f"registers nodes of {escape(rotated.organisation)}" if rotated.organisation else "",
         ]
         if any(limits_said):
             console.print("it " + ", ".join(x for x in limits_said if x))

@@ -8,7 +8,21 @@ from typing import Annotated
 
 import typer
 
-from cli import data, db, export, federations, health, models, node, predict, serve, simulate, up, worker
+from cli import (
+    data,
+    db,
+    export,
+    federations,
+    health,
+    models,
+    node,
+    predict,
+    serve,
+    simulate,
+    tokens,
+    up,
+    worker,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -56,6 +70,7 @@ app.command()(worker.worker)
 app.command()(health.health)
 app.command()(up.up)
 app.add_typer(federations.app, name="federations")
+app.add_typer(tokens.app, name="tokens")
 app.add_typer(data.app, name="data")
 app.add_typer(db.app, name="db")
 app.add_typer(node.app, name="node")

@@ -274,11 +274,17 @@ def node_register(
     mode: Annotated[
         NodeMode, typer.Option(help="rest: the node polls the API; celery: steps are sent to its worker.")
     ] = "rest",
+    organisation: Annotated[
+        str | None,
+        typer.Option(
+            help="The organisation that runs the node (a join token may fix it); its viewers see it."
+        ),
+    ] = None,
     url: UrlOption = None,
     token: ClientTokenOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Register a node with the federation's join token (or the admin token); print the node's own token
+    """Register a node with the federation's join token (or a manager's token); print the node's own token
     (shown once) and the command that runs it."""
     from cli.api_client import ApiClient
     from cli.output import error, failures, print_json
@@ -289,7 +295,8 @@ def node_register(
             raise error(no_token_message("`fedalign node register`"), exit_codes.USAGE)
         with ApiClient(settings.url, settings.token) as api:
             created = api.register_node(
-                federation, NodeCreate(name=name, role=role, dataset=dataset, mode=mode)
+                federation,
+                NodeCreate(name=name, role=role, dataset=dataset, mode=mode, organisation=organisation),
             )
     if json_out:
         print_json(created)

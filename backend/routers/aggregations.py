@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, status
 from sqlalchemy import select
 
-from backend.deps import Admin, ServicesDep
+from backend.deps import ManageFederation, ServicesDep
 from backend.errors import conflict, not_found, responses
 from backend.models import Aggregation
 from backend.schemas.aggregations import AggregationList, AggregationTrigger
@@ -19,7 +19,7 @@ FederationId = Path(description="The federation's id.", max_length=36)
 
 @router.get("", response_model=AggregationList, responses=responses(401, 403, 404, 422))
 def list_aggregations(
-    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    services: ServicesDep, _access: ManageFederation, federation_id: str = FederationId
 ) -> AggregationList:
     with services.db.read() as session:
         return AggregationList(items=views.aggregations(session, federations.get(session, federation_id)))
@@ -33,7 +33,10 @@ def list_aggregations(
     summary="Run pending server-side aggregations now (or re-run a failed one)",
 )
 def trigger_aggregations(
-    body: AggregationTrigger, services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    body: AggregationTrigger,
+    services: ServicesDep,
+    _access: ManageFederation,
+    federation_id: str = FederationId,
 ) -> AggregationList:
     """Dispatches the federation's aggregation jobs that are not done, or only ``key``. A failed job is
     reset to pending first. The sweep does the same periodically; this is for not waiting."""

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from sqlalchemy import select
 from sse_starlette.sse import EventSourceResponse
 
-from backend.deps import Admin, ServicesDep
+from backend.deps import ReadFederation, ServicesDep
 from backend.errors import ApiError, responses
 from backend.limits import Bigint
 from backend.models import Event, Federation
@@ -115,7 +115,7 @@ def _data(event: EventOut) -> str:
 async def stream_events(
     request: Request,
     services: ServicesDep,
-    _admin: Admin,
+    _access: ReadFederation,
     federation_id: Annotated[str, Path(max_length=36)],
     last_event_id: Annotated[
         int | None, Header(alias="Last-Event-ID", ge=0, description="Replay events after this id."), Bigint

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Path, Request, status
 from fastapi.concurrency import run_in_threadpool
 
-from backend import uploads
-from backend.deps import Admin, ServicesDep
+from backend import access, uploads
+from backend.deps import (
+    ControlFederation,
+    CreateFederations,
+    ListFederations,
+    ManageFederation,
+    ManageNodes,
+    ReadFederation,
+    ServicesDep,
+)
 from backend.errors import ApiError, responses
 from backend.schemas.federations import (
     FederationClone,
@@ -49,28 +59,42 @@ def _out(services: ServicesDep, federation_id: str) -> FederationOut:
 def create_federation(
     body: FederationSettings,  # type: ignore[valid-type]  # a model generated from FederationConfig
     services: ServicesDep,
-    _admin: Admin,
+    creator: CreateFederations,
 ) -> FederationCreated:
+    """An owner's federation belongs to its organisation (its owner tokens manage it); the coordinator's to
+    none (only coordinators manage it)."""
     settings = body.model_dump(mode="json")  # type: ignore[attr-defined]
     federation, token = federations.create(
         services.orchestrator,
         settings,
         services.settings.max_upload_bytes,
         services.settings.tracker_destinations(),
+        owner_organisation=creator.organisation if creator.role == "owner" else None,
     )
     out = _out(services, federation.id)
     return FederationCreated(**out.model_dump(), join_token=token)
 
 
 @router.get("", response_model=FederationList, responses=responses(401, 403))
-def list_federations(services: ServicesDep, _admin: Admin) -> FederationList:
+def list_federations(services: ServicesDep, caller: ListFederations) -> FederationList:
+    """The federations the caller's token reaches: every one for a coordinator, its organisation's for an
+    owner, those its organisation takes part in for a viewer."""
     with services.db.read() as session:
-        return FederationList(items=federations.views_of(session, federations.all_federations(session)))
+        every = federations.all_federations(session)
+        scopes = access.scopes_of(session, [f.id for f in every], {f.id: f.owner_organisation for f in every})
+        visible = [f for f in every if access.sees(caller, scopes[f.id])]
+        sees_node = partial(access.sees_node, caller)
+        return FederationList(items=federations.views_of(session, visible, sees_node))
 
 
 @router.get("/{federation_id}", response_model=FederationOut, responses=responses(401, 403, 404, 422))
-def get_federation(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> FederationOut:
-    return _out(services, federation_id)
+def get_federation(
+    services: ServicesDep, caller: ReadFederation, federation_id: str = FederationId
+) -> FederationOut:
+    """The federation; its `nodes` are those the caller sees (a viewer: its own organisation's)."""
+    with services.db.read() as session:
+        federation = federations.get(session, federation_id)
+        return federations.view(session, federation, partial(access.sees_node, caller))
 
 
 @router.delete(
@@ -79,7 +103,9 @@ def get_federation(services: ServicesDep, _admin: Admin, federation_id: str = Fe
     responses=responses(401, 403, 404, 422),
     summary="Delete a federation with its rounds, metrics and stored parameters",
 )
-def delete_federation(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> None:
+def delete_federation(
+    services: ServicesDep, _access: ManageFederation, federation_id: str = FederationId
+) -> None:
     federations.delete(services.orchestrator, federation_id)
 
 
@@ -94,7 +120,7 @@ def clone_federation(
     body: FederationClone,
     request: Request,
     services: ServicesDep,
-    _admin: Admin,
+    cloner: ManageFederation,
     federation_id: str = FederationId,
 ) -> FederationCloned:
     overrides = body.model_dump(exclude_none=True, exclude={"nodes"})
@@ -105,6 +131,7 @@ def clone_federation(
         body.nodes,
         services.settings.max_upload_bytes,
         services.settings.tracker_destinations(),
+        cloner,
     )
     base = services.base_url(request)
     node_tokens = [federations.node_created(n, token, base, services.settings) for n, token in registered]
@@ -123,7 +150,7 @@ TRANSITION = responses(401, 403, 404, 409, 413, 422)
 )
 def rotate_join_token(
     services: ServicesDep,
-    _admin: Admin,
+    _access: ManageNodes,
     federation_id: str = FederationId,
     limits: JoinTokenLimits | None = None,
 ) -> JoinToken:
@@ -137,13 +164,13 @@ def rotate_join_token(
     responses=responses(401, 403, 404, 422),
     summary="Revoke the join token: no node registers with it any more, until it is rotated",
 )
-def revoke_join_token(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> None:
+def revoke_join_token(services: ServicesDep, _access: ManageNodes, federation_id: str = FederationId) -> None:
     federations.revoke_join_token(services.orchestrator, federation_id)
 
 
 @router.post("/{federation_id}/start", response_model=FederationOut, responses=TRANSITION)
 def start_federation(
-    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    services: ServicesDep, _access: ControlFederation, federation_id: str = FederationId
 ) -> FederationOut:
     """Freeze the registered nodes into the config, store round 0's models (from the initial parameters),
     open round 0. A federation without its initial parameters and manifest document (a plug-in
@@ -154,7 +181,7 @@ def start_federation(
 
 @router.post("/{federation_id}/pause", response_model=FederationOut, responses=TRANSITION)
 def pause_federation(
-    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    services: ServicesDep, _access: ControlFederation, federation_id: str = FederationId
 ) -> FederationOut:
     """Stop handing out steps; steps already claimed may still complete."""
     federations.pause(services.orchestrator, federation_id)
@@ -163,7 +190,7 @@ def pause_federation(
 
 @router.post("/{federation_id}/resume", response_model=FederationOut, responses=TRANSITION)
 def resume_federation(
-    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    services: ServicesDep, _access: ControlFederation, federation_id: str = FederationId
 ) -> FederationOut:
     """Hand out steps again; the open phase's deadline starts over."""
     federations.resume(services.orchestrator, federation_id)
@@ -172,7 +199,10 @@ def resume_federation(
 
 @router.post("/{federation_id}/continue", response_model=FederationOut, responses=TRANSITION)
 def continue_federation(
-    body: FederationContinue, services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    body: FederationContinue,
+    services: ServicesDep,
+    _access: ControlFederation,
+    federation_id: str = FederationId,
 ) -> FederationOut:
     """Run a finished federation for more rounds, from where it ended: the result equals one run that long
     from the start (for schedules over the run's length, the later rounds follow the longer run). REST
@@ -183,7 +213,7 @@ def continue_federation(
 
 @router.post("/{federation_id}/cancel", response_model=FederationOut, responses=TRANSITION)
 def cancel_federation(
-    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    services: ServicesDep, _access: ControlFederation, federation_id: str = FederationId
 ) -> FederationOut:
     """End the run for good: open steps and pending aggregations are cancelled."""
     federations.cancel(services.orchestrator, federation_id)
@@ -202,7 +232,10 @@ INITIAL_MODEL = responses(401, 403, 404, 409, 413, 422)
     summary="Upload the manifest document of the federation's initial parameters",
 )
 def put_initial_manifest(
-    body: ModelManifestDocument, services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    body: ModelManifestDocument,
+    services: ServicesDep,
+    _access: ManageFederation,
+    federation_id: str = FederationId,
 ) -> InitialModelOut:
     """The JSON document ``fedalign init-model`` writes beside the initial parameters
     (``init.manifest.json``): the architecture, its version, and every tensor of G, T and D. The server
@@ -223,7 +256,7 @@ def put_initial_manifest(
     summary="Upload the federation's initial parameters (safetensors)",
 )
 async def put_initial_parameters(
-    request: Request, services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    request: Request, services: ServicesDep, _access: ManageFederation, federation_id: str = FederationId
 ) -> InitialModelOut:
     """The safetensors file ``fedalign init-model`` writes (``init.safetensors``): every tensor of G, T and D
     as ``G.<name>``, ``T.<name>``, ``D.<name>``. Checked against the stored manifest document (upload it
@@ -266,7 +299,7 @@ def _manifest_for_upload(services: ServicesDep, federation_id: str) -> ModelMani
     summary="The federation's models: every tensor, the architecture and its version, the published layout",
 )
 def get_manifest(
-    services: ServicesDep, _admin: Admin, federation_id: str = FederationId
+    services: ServicesDep, _access: ReadFederation, federation_id: str = FederationId
 ) -> FederationManifest:
     """What its nodes read at setup (GET /api/v1/node/manifest): every tensor of G, T and D (name, shape,
     dtype, shared or local), the architecture and its declared version, and the published model's layout.

@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Query, Response
 
-from backend.deps import Admin, ServicesDep
+from backend.deps import ReadFederation, ServicesDep
 from backend.errors import responses
 from backend.schemas.metrics import MetricSeriesList
 from backend.services import federations, views
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/api/v1/federations/{federation_id}", tags=["metrics"
 @router.get("/metrics", response_model=MetricSeriesList, responses=responses(401, 403, 404, 422))
 def get_metrics(
     services: ServicesDep,
-    _admin: Admin,
+    _access: ReadFederation,
     federation_id: Annotated[str, Path(max_length=36)],
     node: Annotated[str | None, Query(max_length=64, description="Only this node's series.")] = None,
     name: Annotated[str | None, Query(max_length=64, description="Only this metric, e.g. disc_acc.")] = None,
@@ -35,7 +35,7 @@ def get_metrics(
     | responses(401, 403, 404, 422),
 )
 def export_metrics(
-    services: ServicesDep, _admin: Admin, federation_id: Annotated[str, Path(max_length=36)]
+    services: ServicesDep, _access: ReadFederation, federation_id: Annotated[str, Path(max_length=36)]
 ) -> Response:
     """Every recorded metric as CSV: one row per round and node (empty node: the federation's own), one column
     per metric name."""

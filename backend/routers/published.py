@@ -11,7 +11,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
-from backend.deps import Admin, ServicesDep
+from backend.deps import ReadModel, ServicesDep
 from backend.errors import responses
 from backend.models import Artifact
 from backend.observability import metrics
@@ -58,7 +58,7 @@ def _attachment(filename: str) -> str:
 )
 def download_model(
     services: ServicesDep,
-    _admin: Admin,
+    _access: ReadModel,
     federation_id: Annotated[str, Path(max_length=36)],
     card: Annotated[
         bool,
@@ -104,7 +104,7 @@ def _model_file(path: FilePath, artifact: Artifact, filename: str, model_card: M
 
 @router.get("/card", response_model=PublishedModel, responses=responses(401, 403, 404, 409, 422))
 def model_card(
-    services: ServicesDep, _admin: Admin, federation_id: Annotated[str, Path(max_length=36)]
+    services: ServicesDep, _access: ReadModel, federation_id: Annotated[str, Path(max_length=36)]
 ) -> PublishedModel:
     with services.db.read() as session:
         return views.model_card(session, federations.get(session, federation_id))
@@ -115,7 +115,7 @@ checkpoints_router = APIRouter(prefix="/api/v1/federations/{federation_id}/check
 
 @checkpoints_router.get("", response_model=CheckpointList, responses=responses(401, 403, 404, 422))
 def list_checkpoints(
-    services: ServicesDep, _admin: Admin, federation_id: Annotated[str, Path(max_length=36)]
+    services: ServicesDep, _access: ReadModel, federation_id: Annotated[str, Path(max_length=36)]
 ) -> CheckpointList:
     """The target's checkpoints so far (checkpoint_every, and the final model), the selected one marked."""
     with services.db.read() as session:
@@ -133,7 +133,7 @@ def list_checkpoints(
 )
 def download_checkpoint(
     services: ServicesDep,
-    _admin: Admin,
+    _access: ReadModel,
     federation_id: Annotated[str, Path(max_length=36)],
     round_number: Annotated[int, Path(ge=1, le=100_000)],
     card: Annotated[

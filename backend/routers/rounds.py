@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path
 
-from backend.deps import Admin, ServicesDep
+from backend.deps import ReadFederation, ServicesDep
 from backend.errors import responses
 from backend.schemas.rounds import RoundList, RoundOut
 from backend.services import federations, views
@@ -15,7 +15,9 @@ FederationId = Path(description="The federation's id.", max_length=36)
 
 
 @router.get("", response_model=RoundList, responses=responses(401, 403, 404, 422))
-def list_rounds(services: ServicesDep, _admin: Admin, federation_id: str = FederationId) -> RoundList:
+def list_rounds(
+    services: ServicesDep, _access: ReadFederation, federation_id: str = FederationId
+) -> RoundList:
     """Rounds begun so far (0 is setup), each with its phases and federation-level metrics."""
     with services.db.read() as session:
         return views.round_list(session, federations.get(session, federation_id))
@@ -24,7 +26,7 @@ def list_rounds(services: ServicesDep, _admin: Admin, federation_id: str = Feder
 @router.get("/{round_number}", response_model=RoundOut, responses=responses(401, 403, 404, 409, 422))
 def get_round(
     services: ServicesDep,
-    _admin: Admin,
+    _access: ReadFederation,
     federation_id: str = FederationId,
     round_number: int = Path(ge=0, description="0 is the setup round."),
 ) -> RoundOut:

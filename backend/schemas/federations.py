@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from backend.schemas.nodes import NodeCreated
-from fedalign.config import Algorithm, FederationConfig, Role
+from fedalign.config import NAME_PATTERN, Algorithm, FederationConfig, Role
 from fedalign.trackers import TrackerName
 from messaging.node_api import FederationStatus
 
@@ -84,6 +84,9 @@ class FederationOut(BaseModel):
     stall_reason: str | None = Field(description="Why the federation is stalled or failed, when it is.")
     config: dict[str, Any] = Field(description="The federation's config (FederationSettings) without nodes.")
     nodes: list[str] = Field(description="Registered node names.")
+    owner_organisation: str | None = Field(
+        default=None, description="The organisation whose owner tokens manage it (none: coordinators only)."
+    )
     round: int | None = Field(description="The open round once started.")
     phase: str | None = Field(description="The open phase once started.")
     progress: Progress
@@ -128,6 +131,14 @@ class JoinTokenLimits(BaseModel):
         list[Role] | None,
         Field(min_length=1, max_length=2, description="The roles it may register (e.g. only sources)."),
     ] = None
+    organisation: Annotated[
+        str | None,
+        Field(
+            pattern=NAME_PATTERN,
+            description="Every node it registers belongs to this organisation (a node naming another is "
+            "refused): hand each organisation its own join token.",
+        ),
+    ] = None
 
 
 class JoinToken(BaseModel):
@@ -140,6 +151,7 @@ class JoinToken(BaseModel):
         default=None, description="Nodes it may still register, if limited."
     )
     roles: list[Role] | None = Field(default=None, description="The roles it may register, if limited.")
+    organisation: str | None = Field(default=None, description="The organisation it fixes, if any.")
 
 
 class FederationClone(BaseModel):

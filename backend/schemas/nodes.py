@@ -24,6 +24,14 @@ class NodeCreate(BaseModel):
 
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="Unique within the federation.")]
     role: Role
+    organisation: Annotated[
+        str | None,
+        Field(
+            pattern=NAME_PATTERN,
+            description="The organisation that runs the node: its viewers see this federation. A join token "
+            "that fixes an organisation sets it (and refuses another).",
+        ),
+    ] = None
     dataset: Annotated[
         str,
         Field(
@@ -42,6 +50,7 @@ class NodeOut(BaseModel):
     federation_id: str
     name: str
     role: Role
+    organisation: str | None = Field(description="The organisation that runs the node, if named.")
     dataset: str
     mode: NodeMode
     state: str = Field(

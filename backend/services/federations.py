@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.access import BOOTSTRAP_COORDINATOR, AccessCredential
 from backend.errors import ApiError, conflict, forbidden, not_found, unauthorized
 from backend.models import Aggregation, Artifact, Federation, Metric, Node, Step, TrackerExport, utcnow
 from backend.observability import logs
@@ -29,10 +31,8 @@ from backend.schemas.nodes import NodeCreate, NodeCreated, NodeOut
 from backend.security import (
     JOIN_PREFIX,
     NODE_PREFIX,
-    AdminCredential,
     Credential,
     JoinCredential,
-    NodeCredential,
     new_token,
     token_hash,
 )
@@ -124,6 +124,7 @@ def federation_out(
         name=federation.name,
         status=federation.status,  # type: ignore[arg-type]
         stall_reason=federation.stall_reason,
+        owner_organisation=federation.owner_organisation,
         config={k: v for k, v in federation.config.items() if k != "nodes"},
         nodes=node_names,
         round=round_,
@@ -148,23 +149,33 @@ def federation_out(
     )
 
 
-def view(session: Session, federation: Federation) -> FederationOut:
+# Which nodes a caller may see, by the node's organisation (`backend.access.sees_node`); None: every node.
+NodeFilter = Callable[[str | None], bool] | None
+
+
+def view(session: Session, federation: Federation, sees_node: NodeFilter = None) -> FederationOut:
     latest = latest_metrics(session, [federation.id])[federation.id]
     initial = initial_models.initial_models_of(session, [federation.id])[federation.id]
     trackers = tracker_exports_of(session, [federation.id])[federation.id]
-    return federation_out(federation, node_names(session, federation.id), latest, initial, trackers)
+    names = node_names(session, federation.id, sees_node)
+    return federation_out(federation, names, latest, initial, trackers)
 
 
-def views_of(session: Session, federations: list[Federation]) -> list[FederationOut]:
+def views_of(
+    session: Session, federations: list[Federation], sees_node: NodeFilter = None
+) -> list[FederationOut]:
     ids = [f.id for f in federations]
     latest = latest_metrics(session, ids)
     names: dict[str, list[str]] = {fid: [] for fid in ids}
     if ids:
         rows = session.execute(
-            select(Node.federation_id, Node.name).where(Node.federation_id.in_(ids)).order_by(Node.name)
+            select(Node.federation_id, Node.name, Node.organisation)
+            .where(Node.federation_id.in_(ids))
+            .order_by(Node.name)
         )
-        for federation_id, name in rows:
-            names[federation_id].append(name)
+        for federation_id, name, organisation in rows:
+            if sees_node is None or sees_node(organisation):
+                names[federation_id].append(name)
     initial = initial_models.initial_models_of(session, ids)
     trackers = tracker_exports_of(session, ids)
     return [federation_out(f, names[f.id], latest[f.id], initial[f.id], trackers[f.id]) for f in federations]
@@ -179,6 +190,7 @@ def node_out(node: Node, federation_status: str | None = None) -> NodeOut:
         federation_id=node.federation_id,
         name=node.name,
         role=node.role,  # type: ignore[arg-type]
+        organisation=node.organisation,
         dataset=node.dataset,
         mode=node.mode,  # type: ignore[arg-type]
         state=state,
@@ -195,10 +207,11 @@ def node_created(node: Node, token: str, api_url: str, settings: Settings) -> No
     return NodeCreated(**node_out(node).model_dump(), token=token, run_command=command)
 
 
-def node_names(session: Session, federation_id: str) -> list[str]:
-    return list(
-        session.scalars(select(Node.name).where(Node.federation_id == federation_id).order_by(Node.name))
+def node_names(session: Session, federation_id: str, sees_node: NodeFilter = None) -> list[str]:
+    rows = session.execute(
+        select(Node.name, Node.organisation).where(Node.federation_id == federation_id).order_by(Node.name)
     )
+    return [name for name, organisation in rows if sees_node is None or sees_node(organisation)]
 
 
 def nodes_of(session: Session, federation_id: str) -> list[Node]:
@@ -214,10 +227,11 @@ def create(
     settings: dict[str, Any],
     max_upload_bytes: int,
     trackers: Destinations | None = None,
+    owner_organisation: str | None = None,
 ) -> tuple[Federation, str]:
-    """A new federation; for a built-in architecture (without init_checkpoint) with its initial parameters
-    and their manifest document, built here when its settings allow (otherwise the start says what is
-    wrong); for a plug-in, its creator uploads them."""
+    """A new federation (owned by `owner_organisation`, if any); for a built-in architecture (without
+    init_checkpoint) with its initial parameters and their manifest document, built here when its settings
+    allow (otherwise the start says what is wrong); for a plug-in, its creator uploads them."""
     db = orchestrator.db
     try:
         config = FederationConfig.model_validate(settings)
@@ -249,6 +263,7 @@ def create(
         config=config.model_dump(mode="json", exclude={"nodes"}),
         status="created",
         join_token_hash=token_hash(token),
+        owner_organisation=owner_organisation,
     )
     with db.write() as session:
         session.add(federation)
@@ -283,22 +298,31 @@ def clone(
     with_nodes: bool,
     max_upload_bytes: int,
     trackers: Destinations | None = None,
+    by: AccessCredential | None = None,
 ) -> tuple[Federation, str, list[tuple[Node, str]]]:
     """A new federation with the same config (and, with_nodes, the same nodes under new tokens). An uploaded
     initial model comes along when the copy's models are the same (same architecture, model settings, seed
-    and local-parameter policy); otherwise the copy needs its own upload before it starts."""
+    and local-parameter policy); otherwise the copy needs its own upload before it starts. The copy has the
+    original's owner organisation, and its nodes their organisations; `by` registers them."""
     db = orchestrator.db
     with db.read() as session:
         original = get(session, source_id)
         settings = {k: v for k, v in original.config.items() if k != "nodes"}
         name = overrides.pop("name", None) or f"{original.name} (copy)"[:200]
+        owner = original.owner_organisation
         nodes = [
-            NodeCreate(name=n.name, role=n.role, dataset=n.dataset, mode=n.mode)  # type: ignore[arg-type]
+            NodeCreate(
+                name=n.name,
+                role=n.role,  # type: ignore[arg-type]
+                dataset=n.dataset,
+                mode=n.mode,  # type: ignore[arg-type]
+                organisation=n.organisation,
+            )
             for n in nodes_of(session, source_id)
         ]
     try:
         federation, join_token = create(
-            orchestrator, {**settings, **overrides, "name": name}, max_upload_bytes, trackers
+            orchestrator, {**settings, **overrides, "name": name}, max_upload_bytes, trackers, owner
         )
     except ValidationError as exc:
         problems = "; ".join(e["msg"] for e in exc.errors())
@@ -307,9 +331,9 @@ def clone(
         initial_models.copy(orchestrator, source_id, federation.id)
     registered = []
     if with_nodes:
-        admin = AdminCredential()
+        registrar = by or BOOTSTRAP_COORDINATOR
         try:
-            registered = [register_node(orchestrator, federation.id, n, admin) for n in nodes]
+            registered = [register_node(orchestrator, federation.id, n, registrar) for n in nodes]
         except ApiError:
             delete(orchestrator, federation.id)  # all or nothing: no half-copied federation stays behind
             raise
@@ -322,11 +346,13 @@ def clone(
 def register_node(
     orchestrator: Orchestrator, federation_id: str, body: NodeCreate, credential: Credential
 ) -> tuple[Node, str]:
-    if isinstance(credential, NodeCredential) or (
+    """`credential`: a manager the route let through (`backend.access`), or a join token, which registers
+    only in its own federation, within its limits, and in the organisation it fixes."""
+    if not isinstance(credential, AccessCredential | JoinCredential) or (
         isinstance(credential, JoinCredential) and credential.federation_id != federation_id
     ):
         raise forbidden(
-            "this token cannot register nodes here; use the admin token or this federation's join token"
+            "this token cannot register nodes here; use a manager's token or this federation's join token"
         )
     with orchestrator.transaction(federation_id) as tx:
         fed = tx.federation
@@ -344,8 +370,10 @@ def register_node(
                 "(FEDALIGN_BROKER_URL); register it in mode 'rest' (it polls GET /api/v1/node/task) or "
                 "configure a broker",
             )
+        organisation = body.organisation
         if isinstance(credential, JoinCredential):
             _check_join_limits(fed, body.role)
+            organisation = _join_organisation(fed, body.organisation)
         if any(n.name == body.name for n in existing):
             raise conflict(
                 "duplicate_name", f"a node named {body.name!r} is already registered; choose another name"
@@ -364,6 +392,7 @@ def register_node(
             federation_id=federation_id,
             name=body.name,
             role=body.role,
+            organisation=organisation,
             dataset=body.dataset,
             mode=body.mode,
             token_hash=token_hash(token),
@@ -373,7 +402,10 @@ def register_node(
         if isinstance(credential, JoinCredential) and fed.join_registrations_left is not None:
             fed.join_registrations_left -= 1
         tx.session.flush()
-        tx.event("node_registered", {"node": node.name, "role": node.role, "mode": node.mode})
+        tx.event(
+            "node_registered",
+            {"node": node.name, "role": node.role, "mode": node.mode, "organisation": node.organisation},
+        )
     return node, token
 
 
@@ -420,11 +452,13 @@ def rotate_join_token(orchestrator: Orchestrator, federation_id: str, limits: Jo
         fed.join_expires_at = expires_at
         fed.join_registrations_left = limits.max_registrations
         fed.join_roles = list(limits.roles) if limits.roles is not None else None
+        fed.join_organisation = limits.organisation
     return JoinToken(
         join_token=token,
         expires_at=expires_at,
         registrations_left=limits.max_registrations,
         roles=limits.roles,
+        organisation=limits.organisation,
     )
 
 
@@ -447,6 +481,19 @@ def _check_join_limits(fed: Federation, role: str) -> None:
     if fed.join_roles is not None and role not in fed.join_roles:
         allowed = " or ".join(fed.join_roles)
         raise forbidden(f"this join token registers only {allowed} nodes, not a {role}")
+
+
+def _join_organisation(fed: Federation, asked: str | None) -> str | None:
+    """The organisation of a node a join token registers: the one the token fixes, if it fixes one."""
+    fixed = fed.join_organisation
+    if fixed is None:
+        return asked
+    if asked is not None and asked != fixed:
+        raise forbidden(
+            f"this join token registers nodes of organisation {fixed!r} only, not {asked!r}; leave "
+            "organisation out or ask the coordinator for your organisation's join token"
+        )
+    return fixed
 
 
 def delete_node(orchestrator: Orchestrator, federation_id: str, name: str) -> None:

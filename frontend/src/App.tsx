@@ -31,6 +31,10 @@ function Layout() {
           </NavLink>
           <NavLink to="/compare">Compare</NavLink>
         </nav>
+        <span className="muted" data-testid="signed-in-as">
+          {session.role}
+          {session.organisation ? ` · ${session.organisation}` : ""}
+        </span>
         <button type="button" onClick={() => signOut().catch((e: unknown) => setFailure(errorMessage(e)))}>
           Sign out
         </button>

@@ -3,9 +3,10 @@ import { render, screen, within } from "@testing-library/react";
 import { MemoryRouter, Route, Routes } from "react-router";
 import { describe, expect, it, vi } from "vitest";
 import { keys } from "../src/api/queries";
-import type { Checkpoint, Federation, Node } from "../src/api/types";
+import type { Checkpoint, Federation, Node, Operation } from "../src/api/types";
 import { NO_TARGET_LABELS } from "../src/metrics/charts";
 import { FederationPage } from "../src/pages/FederationPage";
+import { OperationsContext } from "../src/session/session";
 import { metricsResponse } from "./fixtures";
 
 vi.mock("../src/charts/EChart", () => ({
@@ -37,7 +38,31 @@ function federation(overrides: Partial<Federation>): Federation {
   };
 }
 
-function renderPage(fed: Federation, nodes: Node[] = [], checkpoints: Checkpoint[] = []) {
+// What GET /api/v1/session lists for a coordinator and for a viewer (backend/access.py).
+const COORDINATOR: Operation[] = [
+  "federations.list",
+  "federations.create",
+  "federation.read",
+  "federation.nodes.read",
+  "federation.model.read",
+  "federation.control",
+  "federation.manage",
+  "federation.nodes.manage",
+  "access_tokens.manage",
+];
+const VIEWER: Operation[] = [
+  "federations.list",
+  "federation.read",
+  "federation.nodes.read",
+  "federation.model.read",
+];
+
+function renderPage(
+  fed: Federation,
+  nodes: Node[] = [],
+  checkpoints: Checkpoint[] = [],
+  operations: Operation[] = COORDINATOR,
+) {
   // Everything is in the cache and fresh: the page makes no request.
   const client = new QueryClient({ defaultOptions: { queries: { staleTime: Infinity, retry: false } } });
   client.setQueryData(keys.federation(fed.id), fed);
@@ -47,15 +72,40 @@ function renderPage(fed: Federation, nodes: Node[] = [], checkpoints: Checkpoint
   client.setQueryData(keys.checkpoints(fed.id), { items: checkpoints });
   render(
     <QueryClientProvider client={client}>
-      <MemoryRouter initialEntries={[`/federations/${fed.id}`]}>
-        <Routes>
-          <Route path="/federations/:federationId" element={<FederationPage />} />
-        </Routes>
-      </MemoryRouter>
+      <OperationsContext.Provider value={operations}>
+        <MemoryRouter initialEntries={[`/federations/${fed.id}`]}>
+          <Routes>
+            <Route path="/federations/:federationId" element={<FederationPage />} />
+          </Routes>
+        </MemoryRouter>
+      </OperationsContext.Provider>
     </QueryClientProvider>,
   );
-  return screen.getByRole("button", { name: "Download model" });
+  return screen.queryByRole("button", { name: "Download model" });
 }
+
+describe("what the page offers each role", () => {
+  it("gives a coordinator the run controls and each node's token controls", () => {
+    renderPage(federation({ status: "running" }), [node({ name: "alpha" })]);
+    expect(screen.getByRole("group", { name: "Run controls" })).toBeVisible();
+    expect(screen.getByRole("button", { name: "Rotate alpha's token" })).toBeVisible();
+    expect(screen.getByRole("button", { name: "Revoke alpha's token" })).toBeVisible();
+  });
+
+  it("gives a viewer no control that changes anything, and still the model and the nodes", () => {
+    renderPage(
+      federation({ status: "created", model_published: true }),
+      [node({ name: "alpha" })],
+      [],
+      VIEWER,
+    );
+    expect(screen.queryByRole("group", { name: "Run controls" })).toBeNull();
+    expect(screen.queryByRole("group", { name: "Join token" })).toBeNull();
+    expect(screen.queryByRole("button", { name: /token|Remove|Register/ })).toBeNull();
+    expect(screen.getByRole("button", { name: "Download model" })).toBeEnabled();
+    expect(screen.getByRole("row", { name: /alpha/ })).toBeVisible();
+  });
+});
 
 describe("the Download model button", () => {
   it("is enabled when the federation says its model is published", () => {
@@ -81,6 +131,7 @@ function node(overrides: Partial<Node>): Node {
     federation_id: "fed-1",
     name: "alpha",
     role: "source",
+    organisation: null,
     dataset: "npz:/data/alpha.npz",
     mode: "rest",
     state: "finished",

@@ -25,7 +25,17 @@ from backend.app import create_app
 from backend.settings import Settings
 from bench import harness
 
-TABLES = ("events", "metrics", "aggregations", "artifacts", "steps", "nodes", "federations")
+TABLES = (
+    "events",
+    "metrics",
+    "aggregations",
+    "artifacts",
+    "steps",
+    "nodes",
+    "federations",
+    "dashboard_sessions",
+    "access_tokens",
+)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,15 @@ an expectation. Every operation is called, with a request that is valid where th
 no credentials, a token the server does not know, the admin token, the federation's join token, another
 federation's join token, another federation's node token, a node token of this federation but another node
 (`peer`), this node's own token (`own`), and the dashboard's session cookie with and without its CSRF
-header. The allowed callers must get the operation's success status (or the one status named for it, such
-as 409 for a model that is not published yet); every other caller must get 401 (no or unknown credentials),
-403 (valid credentials without the right, or the session without its CSRF token on a state change), or 404
-where the resource is not theirs to see (another federation's step), and a refused state change must leave
-every table as it was.
+header; and by each role's access token (`backend.access`): a coordinator's, the owner's (organisation
+acme owns the world's federations), a viewer of the target's organisation (acme), a viewer of a source's
+organisation (north), the same acme viewer signed in to the dashboard, and an owner and a viewer of another
+organisation (elsewhere, which takes part only in `other`). The allowed callers must get the operation's
+success status (or the one status named for it, such as 409 for a model that is not published yet); every
+other caller must get 401 (no or unknown credentials), 403 (valid credentials without the right, or the
+session without its CSRF token on a state change), or 404 where the resource is not theirs to see (another
+federation's step; another organisation's federation), and a refused state change must leave every table
+as it was.
 """
 
 from __future__ import annotations
@@ -51,10 +55,26 @@ CALLERS = (
     "own",
     "session",
     "session_nocsrf",
+    "coordinator",
+    "owner",
+    "viewer",
+    "source_viewer",
+    "viewer_session",
+    "other_owner",
+    "other_viewer",
 )
 ANYONE = frozenset(CALLERS)
-MANAGE = frozenset({"admin", "session"})  # the session without CSRF joins them on safe methods
+# The session without CSRF joins the session on safe methods; the viewer's session is the viewer's twin.
+COORDINATORS = frozenset({"admin", "session", "coordinator"})
+MANAGE = COORDINATORS | {"owner"}  # the federation's owner manages it as a coordinator does
+READ = MANAGE | {"viewer", "source_viewer"}  # both organisations take part
 NODES = frozenset({"own", "peer", "other_node"})  # each asks about itself
+# Who stands in for whom: a caller behaves as its twin, and another organisation's token is refused with 404
+# (not 403) where its twin may perform the operation, on the world's federations it does not take part in.
+TWIN = {"viewer_session": "viewer"}
+OUTSIDERS = {"other_owner": "owner", "other_viewer": "viewer"}
+# The organisations: acme owns the world's federations and runs their target; north and south run sources.
+ORGANISATIONS = {"alpha": "north", "beta": "south", "omega": "acme"}
 
 
 # Secure aggregation's bodies: a usable X25519 public key, and a seed (both 32 bytes, base64).
@@ -84,7 +104,9 @@ class Federation:
 @dataclass
 class World:
     """`created`: a federation with alpha, beta, omega, not started; `running`: one past its setup, whose
-    alpha has claimed its discriminator step; `other`: another federation with its own node."""
+    alpha has claimed its discriminator step (both owned by acme, their nodes run by `ORGANISATIONS`);
+    `other`: another federation with its own node, owned by and run by elsewhere. `access`: each access
+    caller's bearer token; `viewer_cookie`, `viewer_csrf`: the acme viewer's dashboard session."""
 
     api: Api
     created: Federation
@@ -93,23 +115,45 @@ class World:
     step: dict[str, Any]  # alpha's claimed task in `running`
     cookie: str
     csrf: str
+    access: dict[str, str]
+    viewer_cookie: str = ""
+    viewer_csrf: str = ""
     serial: int = 0
 
     def fresh_created(self) -> None:
-        self.created = new_federation(self.api)
+        self.created = new_federation(self.api, self.access["owner"])
 
     def unique(self, prefix: str) -> str:
         self.serial += 1
         return f"{prefix}-{self.serial}"
 
 
-def new_federation(api: Api, **overrides: Any) -> Federation:
-    federation, tokens = api.federation_with_nodes(**overrides)
+def issue_token(api: Api, name: str, role: str, organisation: str | None = None) -> str:
+    body = {"name": name, "role": role} | ({"organisation": organisation} if organisation else {})
+    return str(api.ok("POST", "/api/v1/tokens", 201, json=body)["token"])
+
+
+def new_federation(
+    api: Api, owner: str = ADMIN_TOKEN, organisations: dict[str, str] | None = None, **overrides: Any
+) -> Federation:
+    """alpha, beta (sources) and omega (target), created with `owner`'s token; the nodes in
+    `organisations` (default: `ORGANISATIONS`)."""
+    federation = api.ok(
+        "POST", "/api/v1/federations", 201, token=owner, json={**tiny_settings(), **overrides}
+    )
+    tokens = {}
+    for name, role in (("alpha", "source"), ("beta", "source"), ("omega", "target")):
+        body = {"name": name, "role": role, "dataset": f"npz:/data/{name}.npz"}
+        organisation = (organisations or ORGANISATIONS).get(name)
+        if organisation:
+            body["organisation"] = organisation
+        node = api.ok("POST", f"/api/v1/federations/{federation['id']}/nodes", 201, token=owner, json=body)
+        tokens[name] = node["token"]
     return Federation(federation["id"], federation["join_token"], tokens)
 
 
-def running_federation(api: Api) -> tuple[Federation, dict[str, Any]]:
-    federation = new_federation(api)
+def running_federation(api: Api, owner: str) -> tuple[Federation, dict[str, Any]]:
+    federation = new_federation(api, owner)
     api.start(federation.id)
     for token in federation.tokens.values():
         task = api.task(token)
@@ -121,8 +165,8 @@ def running_federation(api: Api) -> tuple[Federation, dict[str, Any]]:
     return federation, task
 
 
-def sign_in(api: Api) -> tuple[str, str]:
-    response = api.request("POST", "/api/v1/session", token=None, json={"token": ADMIN_TOKEN})
+def sign_in(api: Api, token: str = ADMIN_TOKEN) -> tuple[str, str]:
+    response = api.request("POST", "/api/v1/session", token=None, json={"token": token})
     assert response.status_code == 200, response.text
     cookie = response.cookies[SESSION_COOKIE]
     api.client.cookies.clear()
@@ -131,10 +175,21 @@ def sign_in(api: Api) -> tuple[str, str]:
 
 @pytest.fixture
 def world(api: Api) -> World:
-    other = new_federation(api)
-    running, step = running_federation(api)
+    access = {
+        "coordinator": issue_token(api, "ops", "coordinator"),
+        "owner": issue_token(api, "acme-owner", "owner", "acme"),
+        "viewer": issue_token(api, "acme-viewer", "viewer", "acme"),
+        "source_viewer": issue_token(api, "north-viewer", "viewer", "north"),
+        "other_owner": issue_token(api, "elsewhere-owner", "owner", "elsewhere"),
+        "other_viewer": issue_token(api, "elsewhere-viewer", "viewer", "elsewhere"),
+    }
+    elsewhere = dict.fromkeys(ORGANISATIONS, "elsewhere")
+    other = new_federation(api, access["other_owner"], elsewhere)
+    running, step = running_federation(api, access["owner"])
     cookie, csrf = sign_in(api)
-    return World(api, new_federation(api), running, other, step, cookie, csrf)
+    world = World(api, new_federation(api, access["owner"]), running, other, step, cookie, csrf, access)
+    world.viewer_cookie, world.viewer_csrf = sign_in(api, access["viewer"])
+    return world
 
 
 # ------------------------------------------------------------------------------------------- expectations
@@ -194,7 +249,13 @@ def a_node_to_delete(world: World) -> Call:
 
 def a_federation(world: World) -> str:
     """A federation of its own (its join token can be rotated without touching the world's)."""
-    return new_federation(world.api).id
+    return new_federation(world.api, world.access["owner"]).id
+
+
+def an_access_token(world: World) -> str:
+    """The id of an access token of its own, to rotate or revoke."""
+    body = {"name": world.unique("throwaway"), "role": "viewer", "organisation": "acme"}
+    return str(world.api.ok("POST", "/api/v1/tokens", 201, json=body)["id"])
 
 
 def uploaded_then_complete(world: World) -> Call:
@@ -218,17 +279,35 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ("GET", "/healthz"): Rule(ANYONE, (200,)),
     ("GET", "/readyz"): Rule(ANYONE, (200,)),
     # Only the cookie: a bearer token, even the admin's, is no dashboard session.
-    ("GET", "/api/v1/session"): Rule(frozenset({"session", "session_nocsrf"}), (200,), denied=401),
+    ("GET", "/api/v1/session"): Rule(
+        frozenset({"session", "session_nocsrf", "viewer_session"}), (200,), denied=401
+    ),
     # Signing in takes the admin token in its body, whatever else the request carries.
     ("POST", "/api/v1/session"): Rule(
         ANYONE, (200,), call=lambda w: Call("/api/v1/session", json={"token": ADMIN_TOKEN})
     ),
     ("DELETE", "/api/v1/session"): Rule(ANYONE, (204,)),
-    ("GET", "/api/v1/federations"): Rule(MANAGE, (200,)),
+    # Every role lists federations: each sees those within its reach (test_api_roles.py checks which).
+    ("GET", "/api/v1/federations"): Rule(READ | {"other_owner", "other_viewer"}, (200,)),
     ("POST", "/api/v1/federations"): Rule(
-        MANAGE, (201,), call=lambda w: Call("/api/v1/federations", json=tiny_settings())
+        MANAGE | {"other_owner"}, (201,), call=lambda w: Call("/api/v1/federations", json=tiny_settings())
     ),
-    ("GET", F): Rule(MANAGE, (200,), "created"),
+    # Access tokens: coordinators only.
+    ("GET", "/api/v1/tokens"): Rule(COORDINATORS, (200,)),
+    ("POST", "/api/v1/tokens"): Rule(
+        COORDINATORS,
+        (201,),
+        call=lambda w: Call(
+            "/api/v1/tokens", json={"name": w.unique("issued"), "role": "viewer", "organisation": "acme"}
+        ),
+    ),
+    ("POST", "/api/v1/tokens/{token_id}/rotate"): Rule(
+        COORDINATORS, (200,), call=lambda w: Call(f"/api/v1/tokens/{an_access_token(w)}/rotate")
+    ),
+    ("DELETE", "/api/v1/tokens/{token_id}"): Rule(
+        COORDINATORS, (204,), call=lambda w: Call(f"/api/v1/tokens/{an_access_token(w)}")
+    ),
+    ("GET", F): Rule(READ, (200,), "created"),
     ("DELETE", F): Rule(MANAGE, (204,), "created", after=renewed),
     ("POST", F + "/clone"): Rule(
         MANAGE, (201,), "created", call=lambda w: Call(f"/api/v1/federations/{w.created.id}/clone", json={})
@@ -247,8 +326,11 @@ EXPECTED: dict[tuple[str, str], Rule] = {
             json={"name": w.unique("joining"), "role": "source", "dataset": "npz:/data/x.npz"},
         ),
     ),
-    ("GET", F + "/nodes"): Rule(MANAGE, (200,), "created"),
-    ("GET", F + "/nodes/{name}"): Rule(MANAGE, (200,), "created"),
+    # A viewer lists its own organisation's nodes only (test_api_roles.py checks which): alpha is north's.
+    ("GET", F + "/nodes"): Rule(READ, (200,), "created"),
+    ("GET", F + "/nodes/{name}"): Rule(
+        MANAGE | {"source_viewer"}, (200,), "created", hidden=frozenset({"viewer"})
+    ),
     ("DELETE", F + "/nodes/{name}"): Rule(MANAGE, (204,), "created", call=a_node_to_delete),
     # Credentials' life cycle: on a node or a federation of their own, so the world's tokens stay valid.
     ("POST", F + "/nodes/{name}/token"): Rule(
@@ -282,9 +364,9 @@ EXPECTED: dict[tuple[str, str], Rule] = {
             f"/api/v1/federations/{w.created.id}/initial-model/parameters", content=tiny_initial().to_bytes()
         ),
     ),
-    ("GET", F + "/manifest"): Rule(MANAGE, (200,), "created"),
-    ("GET", F + "/rounds"): Rule(MANAGE, (200,), "running"),
-    ("GET", F + "/rounds/{round_number}"): Rule(MANAGE, (200,), "running"),
+    ("GET", F + "/manifest"): Rule(READ, (200,), "created"),
+    ("GET", F + "/rounds"): Rule(READ, (200,), "running"),
+    ("GET", F + "/rounds/{round_number}"): Rule(READ, (200,), "running"),
     ("GET", F + "/aggregations"): Rule(MANAGE, (200,), "running"),
     ("POST", F + "/aggregations"): Rule(
         MANAGE,
@@ -292,14 +374,15 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         "running",
         call=lambda w: Call(f"/api/v1/federations/{w.running.id}/aggregations", json={}),
     ),
-    ("GET", F + "/metrics"): Rule(MANAGE, (200,), "running"),
-    ("GET", F + "/metrics.csv"): Rule(MANAGE, (200,), "running"),
-    # Not published while the federation runs: 409 is the answer that got past the credentials.
-    ("GET", F + "/model"): Rule(MANAGE, (409,), "running"),
-    ("GET", F + "/model/card"): Rule(MANAGE, (409,), "running"),
+    ("GET", F + "/metrics"): Rule(READ, (200,), "running"),
+    ("GET", F + "/metrics.csv"): Rule(READ, (200,), "running"),
+    # Not published while the federation runs: 409 is the answer that got past the credentials. The model
+    # is the target's: of the viewers, only its organisation's (acme) read it.
+    ("GET", F + "/model"): Rule(MANAGE | {"viewer"}, (409,), "running"),
+    ("GET", F + "/model/card"): Rule(MANAGE | {"viewer"}, (409,), "running"),
     # No checkpoint is kept while it runs without checkpoint_every: the list is empty, round 1's is a 404.
-    ("GET", F + "/checkpoints"): Rule(MANAGE, (200,), "running"),
-    ("GET", F + "/checkpoints/{round_number}"): Rule(MANAGE, (404,), "running"),
+    ("GET", F + "/checkpoints"): Rule(MANAGE | {"viewer"}, (200,), "running"),
+    ("GET", F + "/checkpoints/{round_number}"): Rule(MANAGE | {"viewer"}, (404,), "running"),
     # Only a finished federation continues: 409 is the answer that got past the credentials.
     ("POST", F + "/continue"): Rule(
         MANAGE,
@@ -309,7 +392,7 @@ EXPECTED: dict[tuple[str, str], Rule] = {
     ),
     # The dashboard's EventSource can send only the cookie.
     ("GET", F + "/events"): Rule(
-        MANAGE,
+        READ,
         (200,),
         "running",
         call=lambda w: Call(f"/api/v1/federations/{w.running.id}/events?follow=false"),
@@ -367,9 +450,19 @@ EXPECTED: dict[tuple[str, str], Rule] = {
 
 
 def allowed(rule: Rule, method: str) -> frozenset[str]:
+    passing = set(rule.allowed) | {twin for twin, of in TWIN.items() if of in rule.allowed}
     if method in SAFE_METHODS and "session" in rule.allowed:
-        return rule.allowed | {"session_nocsrf"}
-    return rule.allowed
+        passing.add("session_nocsrf")
+    return frozenset(passing)
+
+
+def hidden(rule: Rule, template: str) -> frozenset[str]:
+    """Who gets 404: the rule's own, their twins, and another organisation's tokens on the world's
+    federations where their twin may perform the operation."""
+    refused = set(rule.hidden) | {twin for twin, of in TWIN.items() if of in rule.hidden}
+    if "{federation_id}" in template:
+        refused |= {outsider for outsider, twin in OUTSIDERS.items() if twin in rule.allowed | rule.hidden}
+    return frozenset(refused)
 
 
 def credentials(caller: str, world: World, about: str | None) -> dict[str, str]:
@@ -382,6 +475,7 @@ def credentials(caller: str, world: World, about: str | None) -> dict[str, str]:
         "other_node": world.other.tokens["alpha"],
         "peer": federation.tokens["beta"],
         "own": federation.tokens["alpha"],
+        **world.access,
     }
     if caller in bearer:
         return {"Authorization": f"Bearer {bearer[caller]}"}
@@ -389,6 +483,8 @@ def credentials(caller: str, world: World, about: str | None) -> dict[str, str]:
         return {"Cookie": f"{SESSION_COOKIE}={world.cookie}", CSRF_HEADER: world.csrf}
     if caller == "session_nocsrf":
         return {"Cookie": f"{SESSION_COOKIE}={world.cookie}"}
+    if caller == "viewer_session":
+        return {"Cookie": f"{SESSION_COOKIE}={world.viewer_cookie}", CSRF_HEADER: world.viewer_csrf}
     return {}
 
 
@@ -446,11 +542,13 @@ def test_every_endpoint_lets_through_only_the_right_credentials(api: Api, world:
             if (method, template) == ("DELETE", "/api/v1/session") and caller.startswith("session"):
                 # Signing out ended the world's session on the server: the callers after it need a new one.
                 world.cookie, world.csrf = sign_in(api)
+            if (method, template) == ("DELETE", "/api/v1/session") and caller == "viewer_session":
+                world.viewer_cookie, world.viewer_csrf = sign_in(api, world.access["viewer"])
             if caller in passing:
                 expected = rule.ok
             elif caller in ("none", "wrong"):
                 expected = (401,)
-            elif caller in rule.hidden:
+            elif caller in hidden(rule, template):
                 expected = (404,)
             else:
                 expected = (rule.denied,)
@@ -542,20 +640,22 @@ def everything_stored(api: Api) -> str:
     return "\n".join(rows)
 
 
-def test_join_and_node_tokens_are_stored_only_as_their_hashes(api: Api, world: World) -> None:
+def test_join_node_and_access_tokens_are_stored_only_as_their_hashes(api: Api, world: World) -> None:
     tokens = [federation.join for federation in (world.created, world.running, world.other)] + [
         token
         for federation in (world.created, world.running, world.other)
         for token in federation.tokens.values()
     ]
+    tokens += world.access.values()
     stored = everything_stored(api)
     with api.services.db.read() as session:
         join_hashes = {h for (h,) in session.execute(text("SELECT join_token_hash FROM federations"))}
         node_hashes = {h for (h,) in session.execute(text("SELECT token_hash FROM nodes"))}
+        access_hashes = {h for (h,) in session.execute(text("SELECT token_hash FROM access_tokens"))}
     for token in tokens:
         assert token not in stored, "a token is stored in plain text"
         digest = hashlib.sha256(token.encode()).hexdigest()
-        assert digest in join_hashes | node_hashes
+        assert digest in join_hashes | node_hashes | access_hashes
     assert ADMIN_TOKEN not in stored
     data_dir = api.services.settings.data_dir
     for path in data_dir.rglob("*"):
@@ -623,6 +723,18 @@ def test_tokens_never_reach_the_logs(logged_server: tuple[str, Any]) -> None:
             tokens[name] = node.json()["token"]
         seen += tokens.values()
         assert http.post(f"/api/v1/federations/{federation['id']}/start", headers=admin).status_code == 200
+        viewer = http.post(
+            "/api/v1/tokens", json={"name": "v", "role": "viewer", "organisation": "acme"}, headers=admin
+        )
+        seen.append(viewer.json()["token"])
+        as_viewer = {"Authorization": f"Bearer {viewer.json()['token']}"}
+        assert http.get("/api/v1/federations", headers=as_viewer).status_code == 200
+        assert (
+            http.post(f"/api/v1/federations/{federation['id']}/start", headers=as_viewer).status_code == 403
+        )
+        viewer_session = http.post("/api/v1/session", json={"token": viewer.json()["token"]})
+        seen += [viewer_session.cookies[SESSION_COOKIE], viewer_session.json()["csrf_token"]]
+        http.cookies.clear()
         signed_in = http.post("/api/v1/session", json={"token": ADMIN_TOKEN})
         seen += [signed_in.cookies[SESSION_COOKIE], signed_in.json()["csrf_token"]]
         assert http.get("/api/v1/federations").status_code == 200  # with the cookie

@@ -1,11 +1,12 @@
 """Schemathesis fuzzes every operation of the app's OpenAPI document, on SQLite and on PostgreSQL.
 
-Each operation gets generated requests from three callers: the admin token, a node's token, and no token.
-The caller the operation is for (the admin for management, a node for /api/v1/node, nobody for the probes
-and the sign-in) gets valid and invalid requests (schemathesis's positive and negative modes), the other two
-valid ones (mostly refused, with a 401 or 403 the operation must declare). Every answer is checked: never a
-5xx, a status code the operation declares, the declared content type, a body (the error body included) and
-headers that match the declared schemas.
+Each operation gets generated requests from four callers: the admin token, a node's token, a viewer's access
+token (of an organisation that takes part in no seeded federation), and no token. The caller the operation
+is for (the admin for management and access tokens, a node for /api/v1/node, nobody for the probes and the
+sign-in) gets valid and invalid requests (schemathesis's positive and negative modes), the others valid ones
+(mostly refused, with a 401, 403 or 404 the operation must declare). Every answer is checked: never a 5xx, a
+status code the operation declares, the declared content type, a body (the error body included) and headers
+that match the declared schemas.
 
 The n-th request for an operation and a caller is sent as one of five variants in turn (`VARIANTS`): on the
 seeded resources (a federation with its nodes, named with characters a header cannot carry as they are; a
@@ -60,7 +61,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-CALLERS = ("admin", "node", "none")
+CALLERS = ("admin", "node", "viewer", "none")
 SAMPLES = {"train": 40, "val": 10, "test": 10}
 EVENTS = "/api/v1/federations/{federation_id}/events"
 # One past the largest value of a 64-bit integer column, and the character PostgreSQL's text cannot hold.
@@ -84,9 +85,11 @@ class World:
     created_id: str
     running_id: str
     node_token: str
+    viewer_token: str
     step_ids: list[int]
     slots: list[str]
     artifact_keys: list[str]
+    access_token_ids: list[str]
 
     def path_values(self) -> dict[str, list[Any]]:
         return {
@@ -96,12 +99,16 @@ class World:
             "step_id": self.step_ids,
             "slot": self.slots,
             "key": self.artifact_keys,
+            "token_id": self.access_token_ids,
         }
 
 
 def seed(api: Api) -> World:
     """A created federation with sources alpha, beta and target omega, and a started one past its setup
-    whose alpha has claimed its discriminator step (an upload slot, aggregates to download)."""
+    whose alpha has claimed its discriminator step (an upload slot, aggregates to download); a viewer's
+    access token, and another access token to rotate or revoke."""
+    viewer = api.ok("POST", "/api/v1/tokens", 201, json={"name": "v", "role": "viewer", "organisation": "o"})
+    spare = api.ok("POST", "/api/v1/tokens", 201, json={"name": "s", "role": "owner", "organisation": "o"})
     created, _ = api.federation_with_nodes(name=AWKWARD_NAME)
     running, tokens = api.federation_with_nodes()
     api.start(running["id"])
@@ -118,10 +125,12 @@ def seed(api: Api) -> World:
         created_id=created["id"],
         running_id=running["id"],
         node_token=tokens["alpha"],
+        viewer_token=viewer["token"],
         # alpha's open step, beta's (another node's), alpha's finished setup step
         step_ids=[task["step_id"], others["step_id"], 1],
         slots=[*task["uploads"], "G"],
         artifact_keys=[*downloads, "r0/init/G"],
+        access_token_ids=[spare["id"]],
     )
 
 
@@ -129,7 +138,7 @@ def owner(operation: Any) -> str:
     """The caller an operation is for."""
     if operation.path.startswith("/api/v1/node/"):
         return "node"
-    if operation.path.startswith("/api/v1/federations"):
+    if operation.path.startswith(("/api/v1/federations", "/api/v1/tokens")):
         return "admin"
     return "none"  # the health probes and the dashboard's sign-in
 
@@ -216,7 +225,12 @@ class Fuzzer:
         kwargs = case.as_transport_kwargs(base_url="http://testserver")
         # The caller's credentials only: schemathesis generates Authorization headers and cookies too.
         headers = {k: v for k, v in kwargs["headers"].items() if k.lower() not in {"authorization", "cookie"}}
-        token = {"admin": ADMIN_TOKEN, "node": self.world.node_token, "none": None}[caller]
+        token = {
+            "admin": ADMIN_TOKEN,
+            "node": self.world.node_token,
+            "viewer": self.world.viewer_token,
+            "none": None,
+        }[caller]
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
         params = kwargs.get("params") or {}

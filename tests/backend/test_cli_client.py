@@ -388,3 +388,36 @@ def test_the_coordinator_rotates_and_revokes_join_and_node_tokens(
     assert task_status(rotated["token"]) == 401
     missing = fedalign("federations", "node-token", fid, "nobody")
     assert missing.exit_code == exit_codes.ERROR and "404" in missing.stderr
+
+
+def test_the_coordinator_issues_rotates_and_revokes_access_tokens(
+    fedalign: Invoke, config_file: Path, live_server: str
+) -> None:
+    fid = parsed(fedalign("federations", "create", str(config_file), "--json"))["id"]
+    register = ("node", "register", fid, "--role", "target", "--dataset", "npz:/x.npz", "--json")
+    node = parsed(fedalign(*register, "--name", "omega", "--organisation", "acme"))
+    assert node["organisation"] == "acme"
+    viewer = parsed(
+        fedalign("tokens", "create", "acme-dash", "--role", "viewer", "--organisation", "acme", "--json")
+    )
+    assert viewer["role"] == "viewer" and viewer["token"].startswith("fa_access_")
+    as_viewer = {"FEDALIGN_TOKEN": viewer["token"]}
+    listed = parsed(fedalign("federations", "list", "--json", env_overrides=as_viewer))
+    assert [f["id"] for f in listed["items"]] == [fid]
+    refused = fedalign("federations", "start", fid, env_overrides=as_viewer)
+    assert refused.exit_code == exit_codes.ERROR and "403" in refused.stderr
+    no_org = fedalign("tokens", "create", "nobody", "--role", "owner", "--json")
+    assert no_org.exit_code != 0 and "organisation" in no_org.stdout + no_org.stderr
+
+    rotated = parsed(fedalign("tokens", "rotate", viewer["id"], "--json"))
+    assert rotated["id"] == viewer["id"] and rotated["token"] != viewer["token"]
+    gone = fedalign("federations", "list", "--json", env_overrides=as_viewer)
+    assert gone.exit_code == exit_codes.ERROR and "401" in gone.stderr
+    assert parsed(fedalign("tokens", "revoke", viewer["id"], "--json")) == {
+        "id": viewer["id"],
+        "revoked": True,
+    }
+    (kept,) = parsed(fedalign("tokens", "list", "--json"))["items"]
+    assert kept["revoked_at"] is not None
+    table = fedalign("tokens", "list")
+    assert table.exit_code == 0 and "acme-dash" in table.stdout

@@ -120,9 +120,9 @@ def page(browser: Any) -> Iterator[Any]:
         context.close()
 
 
-def sign_in(page: Any, url: str) -> None:
+def sign_in(page: Any, url: str, token: str = ADMIN_TOKEN) -> None:
     page.goto(url)
-    page.get_by_label("Admin token", exact=True).fill(ADMIN_TOKEN)
+    page.get_by_label("Access token", exact=True).fill(token)
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("button", name="Sign out").wait_for()
 
@@ -184,7 +184,7 @@ def wait_for_points(page: Any, at_least: int, exactly: bool = False, timeout_ms:
 def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) -> None:
     # Sign in: a wrong token is refused with a message, the right one opens the federations list.
     page.goto(stack.url)
-    page.get_by_label("Admin token", exact=True).fill("not-the-token")
+    page.get_by_label("Access token", exact=True).fill("not-the-token")
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("alert").wait_for()
     sign_in(page, stack.url)
@@ -321,7 +321,7 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     assert query["metrics"] == ["target_acc,disc_acc,task_loss"]
 
     page.get_by_role("button", name="Sign out").click()
-    page.get_by_label("Admin token", exact=True).wait_for()
+    page.get_by_label("Access token", exact=True).wait_for()
 
 
 def write_unlabelled(path: Path, seed: int, shift: float, n: int = 40, dim: int = 8) -> str:
@@ -345,7 +345,10 @@ def rest_node(stack: Stack, label: str, token: str, **env: str) -> None:
 
 
 def create_with_nodes(
-    stack: Stack, settings: dict[str, Any], datasets: dict[str, str]
+    stack: Stack,
+    settings: dict[str, Any],
+    datasets: dict[str, str],
+    organisations: dict[str, str] | None = None,
 ) -> tuple[str, dict[str, str]]:
     created = stack.admin.post("/api/v1/federations", json=settings)
     assert created.status_code == 201, created.text
@@ -353,10 +356,70 @@ def create_with_nodes(
     tokens = {}
     for name, role, _, _ in NODES:
         body = {"name": name, "role": role, "dataset": datasets[name], "mode": "rest"}
+        if organisations and name in organisations:
+            body["organisation"] = organisations[name]
         registered = stack.admin.post(f"/api/v1/federations/{fid}/nodes", json=body)
         assert registered.status_code == 201, registered.text
         tokens[name] = registered.json()["token"]
     return fid, tokens
+
+
+def test_a_viewer_sees_its_organisations_federation_and_no_control_until_its_token_is_revoked(
+    stack: Stack, page: Any
+) -> None:
+    from api_support import tiny_settings
+
+    datasets = {name: f"npz:/data/{name}.npz" for name, _, _, _ in NODES}
+    create_with_nodes(stack, tiny_settings(name="acme takes part"), datasets, {"omega": "acme"})
+    create_with_nodes(stack, tiny_settings(name="zeta only"), datasets, dict.fromkeys(datasets, "zeta"))
+    issued = stack.admin.post(
+        "/api/v1/tokens", json={"name": "acme", "role": "viewer", "organisation": "acme"}
+    )
+    assert issued.status_code == 201, issued.text
+    viewer = issued.json()
+
+    sign_in(page, stack.url, viewer["token"])
+    assert page.get_by_test_id("signed-in-as").inner_text() == "viewer · acme"
+    page.get_by_role("row", name=re.compile("acme takes part")).wait_for()
+    assert page.get_by_role("row", name=re.compile("zeta only")).count() == 0
+    assert page.get_by_role("button", name="New federation").count() == 0
+    assert page.get_by_role("button", name=re.compile("^(Clone|Delete) ")).count() == 0
+
+    page.get_by_role("link", name="acme takes part").click()
+    page.get_by_role("heading", name=re.compile("acme takes part")).wait_for()
+    page.get_by_role("row", name=re.compile("omega")).wait_for()  # its own organisation's node
+    assert page.get_by_role("row", name=re.compile("alpha")).count() == 0  # not another's
+    for control in ("Start", "Cancel", "Rotate join token", "Register node"):
+        assert page.get_by_role("button", name=control).count() == 0, control
+    assert page.get_by_role("button", name=re.compile("token")).count() == 0
+    assert page.get_by_role("group", name="Run controls").count() == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-viewer.png"), full_page=True)
+
+    # Revoking the token ends the session at once: the next request signs the page out.
+    assert stack.admin.delete(f"/api/v1/tokens/{viewer['id']}").status_code == 204
+    page.reload()
+    page.get_by_label("Access token", exact=True).wait_for()
+    assert page.get_by_role("link", name="acme takes part").count() == 0
+
+
+def test_a_coordinator_rotates_a_nodes_token_from_the_dashboard(stack: Stack, page: Any) -> None:
+    from api_support import tiny_settings
+
+    datasets = {name: f"npz:/data/{name}.npz" for name, _, _, _ in NODES}
+    fid, tokens = create_with_nodes(stack, tiny_settings(name="rotating"), datasets)
+    sign_in(page, stack.url)
+    page.goto(f"{stack.url}/federations/{fid}")
+    page.get_by_role("button", name="Rotate alpha's token").click()
+    rotated = page.get_by_test_id("rotated-token-alpha").inner_text()
+    assert rotated.startswith("fa_node_") and rotated != tokens["alpha"]
+    old = httpx.get(
+        f"{stack.url}/api/v1/node/federation", headers={"Authorization": f"Bearer {tokens['alpha']}"}
+    )
+    new = httpx.get(f"{stack.url}/api/v1/node/federation", headers={"Authorization": f"Bearer {rotated}"})
+    assert (old.status_code, new.status_code) == (401, 200)
+    page.get_by_role("button", name="Rotate join token").click()
+    assert page.get_by_test_id("rotated-join-token").inner_text().startswith("fa_join_")
 
 
 def test_a_run_whose_target_has_no_labels_says_so_in_the_target_accuracy_chart(

@@ -53,13 +53,14 @@ export interface paths {
         };
         /**
          * The current session
-         * @description The signed-in session's CSRF token and expiry (a reloaded page asks here).
+         * @description The signed-in session's CSRF token, expiry, role and what it may do (a reloaded page asks here).
          */
         get: operations["current_session"];
         put?: never;
         /**
          * Sign in
-         * @description Exchange the admin token for a session cookie (HttpOnly, SameSite=Strict) and a CSRF token.
+         * @description Exchange an access token (coordinator, owner or viewer) or the admin token for a session cookie
+         *     (HttpOnly, SameSite=Strict) and a CSRF token; the session may do what the token may.
          */
         post: operations["sign_in"];
         /**
@@ -73,6 +74,61 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/tokens": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Access Tokens
+         * @description Every access token issued, revoked ones included (never the tokens themselves).
+         */
+        get: operations["list_access_tokens"];
+        put?: never;
+        /** Issue an access token with a role and an organisation; shown once */
+        post: operations["create_access_token"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/tokens/{token_id}/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Rotate an access token: a new secret, shown once; the old one and its sessions end at once */
+        post: operations["rotate_access_token"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/tokens/{token_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Revoke an access token: it and its dashboard sessions stop working at once */
+        delete: operations["revoke_access_token"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/federations": {
         parameters: {
             query?: never;
@@ -80,7 +136,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List Federations */
+        /**
+         * List Federations
+         * @description The federations the caller's token reaches: every one for a coordinator, its organisation's for an
+         *     owner, those its organisation takes part in for a viewer.
+         */
         get: operations["list_federations"];
         put?: never;
         /**
@@ -101,7 +161,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Get Federation */
+        /**
+         * Get Federation
+         * @description The federation; its `nodes` are those the caller sees (a viewer: its own organisation's).
+         */
         get: operations["get_federation"];
         put?: never;
         post?: never;
@@ -332,10 +395,13 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** List Nodes */
+        /**
+         * List Nodes
+         * @description The federation's nodes; a viewer's token lists its own organisation's only.
+         */
         get: operations["list_nodes"];
         put?: never;
-        /** Register a node (admin token or the federation's join token); returns its token once */
+        /** Register a node (a manager's token or the federation's join token); returns its token once */
         post: operations["register_node"];
         delete?: never;
         options?: never;
@@ -840,6 +906,90 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * AccessTokenCreate
+         * @example {
+         *       "name": "acme-dashboard",
+         *       "organisation": "acme",
+         *       "role": "viewer"
+         *     }
+         */
+        AccessTokenCreate: {
+            /**
+             * Name
+             * @description A label: whom or what it is for.
+             */
+            name: string;
+            /**
+             * Role
+             * @description coordinator: everything, access tokens included; owner: creates federations and manages its organisation's; viewer: reads the federations its organisation takes part in.
+             * @enum {string}
+             */
+            role: "coordinator" | "owner" | "viewer";
+            /**
+             * Organisation
+             * @description Required for owner and viewer; none for a coordinator.
+             */
+            organisation?: string | null;
+        };
+        /** AccessTokenCreated */
+        AccessTokenCreated: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "coordinator" | "owner" | "viewer";
+            /** Organisation */
+            organisation: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Revoked At
+             * @description When it was revoked; it no longer works.
+             */
+            revoked_at: string | null;
+            /**
+             * Token
+             * @description The token (Authorization: Bearer, or the dashboard's sign-in). Shown once; the server keeps only its hash.
+             */
+            token: string;
+        };
+        /** AccessTokenList */
+        AccessTokenList: {
+            /** Items */
+            items: components["schemas"]["AccessTokenOut"][];
+        };
+        /** AccessTokenOut */
+        AccessTokenOut: {
+            /** Id */
+            id: string;
+            /** Name */
+            name: string;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "coordinator" | "owner" | "viewer";
+            /** Organisation */
+            organisation: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Revoked At
+             * @description When it was revoked; it no longer works.
+             */
+            revoked_at: string | null;
+        };
         /** AggregationList */
         AggregationList: {
             /** Items */
@@ -1119,6 +1269,11 @@ export interface components {
              */
             nodes: string[];
             /**
+             * Owner Organisation
+             * @description The organisation whose owner tokens manage it (none: coordinators only).
+             */
+            owner_organisation?: string | null;
+            /**
              * Round
              * @description The open round once started.
              */
@@ -1201,6 +1356,11 @@ export interface components {
              * @description Registered node names.
              */
             nodes: string[];
+            /**
+             * Owner Organisation
+             * @description The organisation whose owner tokens manage it (none: coordinators only).
+             */
+            owner_organisation?: string | null;
             /**
              * Round
              * @description The open round once started.
@@ -1307,6 +1467,11 @@ export interface components {
              * @description Registered node names.
              */
             nodes: string[];
+            /**
+             * Owner Organisation
+             * @description The organisation whose owner tokens manage it (none: coordinators only).
+             */
+            owner_organisation?: string | null;
             /**
              * Round
              * @description The open round once started.
@@ -1792,6 +1957,11 @@ export interface components {
              * @description The roles it may register, if limited.
              */
             roles?: ("source" | "target")[] | null;
+            /**
+             * Organisation
+             * @description The organisation it fixes, if any.
+             */
+            organisation?: string | null;
         };
         /**
          * JoinTokenLimits
@@ -1813,6 +1983,11 @@ export interface components {
              * @description The roles it may register (e.g. only sources).
              */
             roles?: ("source" | "target")[] | null;
+            /**
+             * Organisation
+             * @description Every node it registers belongs to this organisation (a node naming another is refused): hand each organisation its own join token.
+             */
+            organisation?: string | null;
         };
         JsonValue: unknown;
         /** LeftOut */
@@ -2025,6 +2200,11 @@ export interface components {
              */
             role: "source" | "target";
             /**
+             * Organisation
+             * @description The organisation that runs the node: its viewers see this federation. A join token that fixes an organisation sets it (and refuses another).
+             */
+            organisation?: string | null;
+            /**
              * Dataset
              * @description Dataset spec, resolved on the node's own machine (e.g. npz:/data/a.npz).
              */
@@ -2050,6 +2230,11 @@ export interface components {
              * @enum {string}
              */
             role: "source" | "target";
+            /**
+             * Organisation
+             * @description The organisation that runs the node, if named.
+             */
+            organisation: string | null;
             /** Dataset */
             dataset: string;
             /**
@@ -2139,6 +2324,11 @@ export interface components {
              * @enum {string}
              */
             role: "source" | "target";
+            /**
+             * Organisation
+             * @description The organisation that runs the node, if named.
+             */
+            organisation: string | null;
             /** Dataset */
             dataset: string;
             /**
@@ -2171,6 +2361,12 @@ export interface components {
              */
             created_at: string;
         };
+        /**
+         * Operation
+         * @description What a caller asks to do; each route names one.
+         * @enum {string}
+         */
+        Operation: "federations.list" | "federations.create" | "federation.read" | "federation.nodes.read" | "federation.model.read" | "federation.control" | "federation.manage" | "federation.nodes.manage" | "access_tokens.manage";
         /** PeerNode */
         PeerNode: {
             /** Name */
@@ -2582,7 +2778,7 @@ export interface components {
         SessionCreate: {
             /**
              * Token
-             * @description The admin token.
+             * @description An access token, or the admin token.
              */
             token: string;
         };
@@ -2598,6 +2794,22 @@ export interface components {
              * Format: date-time
              */
             expires_at: string;
+            /**
+             * Role
+             * @description The role of the token the session signed in with.
+             * @enum {string}
+             */
+            role: "coordinator" | "owner" | "viewer";
+            /**
+             * Organisation
+             * @description Its organisation (none for a coordinator).
+             */
+            organisation: string | null;
+            /**
+             * Operations
+             * @description What the role may do, within its reach (the dashboard offers these controls only).
+             */
+            operations: components["schemas"]["Operation"][];
         };
         /** StepOut */
         StepOut: {
@@ -2975,6 +3187,238 @@ export interface operations {
             };
         };
     };
+    list_access_tokens: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccessTokenList"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_access_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AccessTokenCreate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccessTokenCreated"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rotate_access_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The access token's id (not the token itself). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccessTokenCreated"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    revoke_access_token: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The access token's id (not the token itself). */
+                token_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list_federations: {
         parameters: {
             query?: never;
@@ -3078,7 +3522,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3137,7 +3580,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3194,7 +3636,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3275,7 +3716,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3347,7 +3787,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3404,7 +3843,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3481,7 +3919,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3558,7 +3995,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3635,7 +4071,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3716,7 +4151,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3793,7 +4227,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3874,7 +4307,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -3964,7 +4396,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id, as returned when it was created. */
                 federation_id: string;
             };
             cookie?: never;
@@ -4032,7 +4463,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
             };
             cookie?: never;
@@ -4172,7 +4602,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
                 /** @description The node's name, unique within its federation. */
                 name: string;
@@ -4233,7 +4662,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
                 /** @description The node's name, unique within its federation. */
                 name: string;
@@ -4301,7 +4729,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
                 /** @description The node's name, unique within its federation. */
                 name: string;
@@ -4371,7 +4798,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
                 /** @description The node's name, unique within its federation. */
                 name: string;
@@ -4430,7 +4856,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
             };
             cookie?: never;
@@ -4489,7 +4914,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
                 /** @description 0 is the setup round. */
                 round_number: number;
@@ -4559,7 +4983,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
             };
             cookie?: never;
@@ -4618,7 +5041,6 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The federation's id. */
                 federation_id: string;
             };
             cookie?: never;
@@ -5987,6 +6409,9 @@ type ReadonlyArray<T> = [
 ] extends [
     unknown[]
 ] ? Readonly<Exclude<T, undefined>> : Readonly<Exclude<T, undefined>[]>;
+export const accessTokenCreateRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AccessTokenCreate"]["role"]> = ["coordinator", "owner", "viewer"];
+export const accessTokenCreatedRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AccessTokenCreated"]["role"]> = ["coordinator", "owner", "viewer"];
+export const accessTokenOutRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["AccessTokenOut"]["role"]> = ["coordinator", "owner", "viewer"];
 export const artifactOutKindValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["ArtifactOut"]["kind"]> = ["aggregate", "submission", "model"];
 export const completeResultFederation_statusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["CompleteResult"]["federation_status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const eventTypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["EventType"]> = ["status", "phase", "phase_closed", "unmasking", "aggregation", "aggregate", "submission", "step_done", "step_failed", "metrics", "privacy_warning", "public_key", "node_registered", "node_removed", "initial_model"];
@@ -6022,6 +6447,7 @@ export const nodeCreatedModeValues: ReadonlyArray<FlattenedDeepRequired<componen
 export const nodeFederationStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeFederation"]["status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const nodeOutRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeOut"]["role"]> = ["source", "target"];
 export const nodeOutModeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["NodeOut"]["mode"]> = ["rest", "celery"];
+export const operationValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Operation"]> = ["federations.list", "federations.create", "federation.read", "federation.nodes.read", "federation.model.read", "federation.control", "federation.manage", "federation.nodes.manage", "access_tokens.manage"];
 export const peerNodeRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PeerNode"]["role"]> = ["source", "target"];
 export const phaseOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["PhaseOut"]["state"]> = ["closed", "open", "aggregating", "upcoming"];
 export const preprocessingAugmentValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Preprocessing"]["augment"]> = ["none", "flip", "crop_flip"];
@@ -6031,6 +6457,7 @@ export const provenanceAlgorithmValues: ReadonlyArray<FlattenedDeepRequired<comp
 export const readinessStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Readiness"]["status"]> = ["ready", "not_ready"];
 export const roundOutStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundOut"]["state"]> = ["done", "open", "upcoming"];
 export const roundSummaryStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundSummary"]["state"]> = ["done", "open", "upcoming"];
+export const sessionOutRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["SessionOut"]["role"]> = ["coordinator", "owner", "viewer"];
 export const stepOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StepOut"]["status"]> = ["pending", "claimed", "done", "cancelled", "failed"];
 export const tensorDocumentDtypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TensorDocument"]["dtype"]> = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"];
 export const trackerExportOutTrackerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TrackerExportOut"]["tracker"]> = ["mlflow", "tensorboard"];

@@ -18,5 +18,8 @@ export type MetricSeriesList = Schemas["MetricSeriesList"];
 export type MetricSeries = Schemas["MetricSeries"];
 export type MetricPoint = Schemas["MetricPoint"];
 export type SessionOut = Schemas["SessionOut"];
+/** What a role may do (backend/access.py's table); the session lists its own. */
+export type Operation = Schemas["Operation"];
+export type JoinToken = Schemas["JoinToken"];
 export type EventType = Schemas["EventType"];
 export type Checkpoint = Schemas["CheckpointOut"];

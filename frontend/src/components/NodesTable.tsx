@@ -4,6 +4,7 @@ import { keys } from "../api/queries";
 import type { Node } from "../api/types";
 import { formatTime } from "../format";
 import { Empty } from "./feedback";
+import { NodeTokenControls } from "./TokenControls";
 
 function samplesText(samples: Node["samples"]): string {
   if (!samples) return "—";
@@ -31,15 +32,18 @@ function NodeState({ node }: { node: Node }) {
   );
 }
 
-/** The federation's nodes; before the start, each can be removed. */
+/** The federation's nodes; before the start, each can be removed. `manageable`: the role may manage nodes
+ * (remove them, rotate or revoke their tokens); otherwise the table is read-only. */
 export function NodesTable({
   federationId,
   nodes,
   removable,
+  manageable,
 }: {
   federationId: string;
   nodes: Node[];
   removable: boolean;
+  manageable: boolean;
 }) {
   const client = useQueryClient();
   const remove = useMutation({
@@ -69,19 +73,22 @@ export function NodesTable({
         <thead>
           <tr>
             <th scope="col">Node</th>
+            <th scope="col">Organisation</th>
             <th scope="col">Role</th>
             <th scope="col">Mode</th>
             <th scope="col">Dataset</th>
             <th scope="col">Samples</th>
             <th scope="col">State</th>
             <th scope="col">Last seen</th>
-            {removable && <th scope="col">Remove</th>}
+            {manageable && removable && <th scope="col">Remove</th>}
+            {manageable && <th scope="col">Token</th>}
           </tr>
         </thead>
         <tbody>
           {nodes.map((node) => (
             <tr key={node.id}>
               <th scope="row">{node.name}</th>
+              <td>{node.organisation ?? "—"}</td>
               <td>{node.role}</td>
               <td>{node.mode}</td>
               <td>
@@ -92,7 +99,7 @@ export function NodesTable({
                 <NodeState node={node} />
               </td>
               <td>{formatTime(node.last_seen)}</td>
-              {removable && (
+              {manageable && removable && (
                 <td>
                   <button
                     type="button"
@@ -102,6 +109,11 @@ export function NodesTable({
                   >
                     Remove
                   </button>
+                </td>
+              )}
+              {manageable && (
+                <td>
+                  <NodeTokenControls federationId={federationId} name={node.name} />
                 </td>
               )}
             </tr>

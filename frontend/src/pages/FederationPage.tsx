@@ -14,10 +14,12 @@ import { PrivacyChart } from "../components/PrivacyChart";
 import { RegisterNodeForm } from "../components/RegisterNodeForm";
 import { RoundsTable } from "../components/RoundsTable";
 import { StatusBadge } from "../components/StatusBadge";
+import { JoinTokenControls } from "../components/TokenControls";
 import { TrackerRuns } from "../components/TrackerRuns";
 import { type StreamState, useFederationEvents } from "../live/useFederationEvents";
 import { FEDERATION_CHARTS, NO_TARGET_LABELS, targetHasLabels } from "../metrics/charts";
 import { type Collapse, detectCollapse } from "../metrics/series";
+import { useCan } from "../session/session";
 import { useTitle } from "../useTitle";
 
 export function FederationPage() {
@@ -56,6 +58,10 @@ function FederationView({ federation }: { federation: Federation }) {
   const collapse = detectCollapse(metrics.data);
   const targetLabels = targetHasLabels(nodes.data?.items);
   const config = federation.config;
+  // Only the controls the role may use (the server refuses the rest anyway).
+  const canControl = useCan("federation.control");
+  const canManageNodes = useCan("federation.nodes.manage");
+  const canReadModel = useCan("federation.model.read");
   useTitle(`${federation.name} (${federation.status})`);
   const chartsSection = (
     <section aria-labelledby="charts-title">
@@ -90,10 +96,18 @@ function FederationView({ federation }: { federation: Federation }) {
       ) : nodes.isError ? (
         <ErrorNotice error={nodes.error} what="the nodes" retry={() => void nodes.refetch()} />
       ) : (
-        <NodesTable federationId={id} nodes={nodes.data.items} removable={federation.status === "created"} />
+        <NodesTable
+          federationId={id}
+          nodes={nodes.data.items}
+          removable={federation.status === "created"}
+          manageable={canManageNodes}
+        />
       )}
-      {federation.status === "created" ? (
-        <RegisterNodeForm federationId={id} />
+      {!canManageNodes ? null : federation.status === "created" ? (
+        <>
+          <JoinTokenControls federationId={id} />
+          <RegisterNodeForm federationId={id} />
+        </>
       ) : (
         <p className="hint">
           Nodes register before the start; to add one, clone this federation from <Link to="/">the list</Link>
@@ -123,7 +137,7 @@ function FederationView({ federation }: { federation: Federation }) {
         </p>
       </div>
 
-      <FederationControls federation={federation} />
+      {canControl && <FederationControls federation={federation} />}
 
       {(federation.status === "stalled" || federation.status === "failed") && (
         <div className="notice warning" role="alert">
@@ -144,13 +158,15 @@ function FederationView({ federation }: { federation: Federation }) {
         <section className="panel" aria-labelledby="results-title">
           <h2 id="results-title">Results</h2>
           <div className="actions">
-            <button
-              type="button"
-              disabled={!federation.model_published}
-              onClick={() => download(downloadUrls.model(id))}
-            >
-              Download model
-            </button>
+            {canReadModel && (
+              <button
+                type="button"
+                disabled={!federation.model_published}
+                onClick={() => download(downloadUrls.model(id))}
+              >
+                Download model
+              </button>
+            )}
             <button type="button" onClick={() => download(downloadUrls.metricsCsv(id))}>
               Export CSV
             </button>

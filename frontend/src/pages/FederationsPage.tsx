@@ -10,11 +10,13 @@ import { CreateFederationForm } from "../components/CreateFederationForm";
 import { Empty, ErrorNotice, Loading } from "../components/feedback";
 import { StatusBadge } from "../components/StatusBadge";
 import { formatAccuracy } from "../format";
+import { useCan } from "../session/session";
 import { useTitle } from "../useTitle";
 
 export function FederationsPage() {
   const client = useQueryClient();
   const federations = useQuery(federationsQuery());
+  const canCreate = useCan("federations.create");
   useTitle("Federations");
   const [creating, setCreating] = useState(false);
   const [cloning, setCloning] = useState<Federation | null>(null);
@@ -52,15 +54,17 @@ export function FederationsPage() {
           >
             {compareIds.length ? `Compare selected (${compareIds.length})` : "Compare…"}
           </Link>
-          <button
-            type="button"
-            className="primary"
-            aria-expanded={creating}
-            aria-controls="create-panel"
-            onClick={() => setCreating((open) => !open)}
-          >
-            New federation
-          </button>
+          {canCreate && (
+            <button
+              type="button"
+              className="primary"
+              aria-expanded={creating}
+              aria-controls="create-panel"
+              onClick={() => setCreating((open) => !open)}
+            >
+              New federation
+            </button>
+          )}
         </div>
       </div>
 
@@ -97,10 +101,14 @@ export function FederationsPage() {
         />
       ) : federations.data.items.length === 0 ? (
         <Empty>
-          <p>
-            No federations yet. Create one with <strong>New federation</strong>, or run{" "}
-            <code>fedalign up</code> on the server for the digits demo.
-          </p>
+          {canCreate ? (
+            <p>
+              No federations yet. Create one with <strong>New federation</strong>, or run{" "}
+              <code>fedalign up</code> on the server for the digits demo.
+            </p>
+          ) : (
+            <p>No federations that your organisation takes part in yet.</p>
+          )}
         </Empty>
       ) : (
         <div className="table-wrap panel">
@@ -148,6 +156,7 @@ interface RowProps {
 
 function FederationRow({ federation, selected, onToggle, onClone }: RowProps) {
   const client = useQueryClient();
+  const canManage = useCan("federation.manage");
   const [confirming, setConfirming] = useState(false);
 
   const remove = useMutation({
@@ -203,7 +212,7 @@ function FederationRow({ federation, selected, onToggle, onClone }: RowProps) {
               Keep
             </button>
           </span>
-        ) : (
+        ) : canManage ? (
           <>
             <button type="button" onClick={onClone} aria-label={`Clone ${federation.name}`}>
               Clone
@@ -216,6 +225,8 @@ function FederationRow({ federation, selected, onToggle, onClone }: RowProps) {
               Delete
             </button>
           </>
+        ) : (
+          <span className="muted">—</span>
         )}
         {remove.error && (
           <p className="field-error" role="alert">

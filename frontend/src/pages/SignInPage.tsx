@@ -2,8 +2,8 @@ import { type FormEvent, useState } from "react";
 import { ApiError, errorMessage } from "../api/client";
 import { useSession } from "../session/session";
 
-/** Exchanges the admin token for a session cookie. The token lives only in this form's state and is
- * cleared as soon as it has been sent. */
+/** Exchanges a token (an access token of any role, or the admin token) for a session cookie. The token
+ * lives only in this form's state and is cleared as soon as it has been sent. */
 export function SignInPage({ reason }: { reason?: string }) {
   const { signIn } = useSession();
   const [token, setToken] = useState("");
@@ -22,7 +22,7 @@ export function SignInPage({ reason }: { reason?: string }) {
     } catch (error) {
       setFailure(
         error instanceof ApiError && error.status === 401
-          ? "That admin token is not valid for this server. Check it (the server prints where it is stored) and try again."
+          ? "That token is not valid for this server (mistyped, revoked, or from another server). Check it and try again."
           : errorMessage(error),
       );
       setPending(false);
@@ -35,7 +35,7 @@ export function SignInPage({ reason }: { reason?: string }) {
         <h1 id="sign-in-title">Sign in to FedAlign</h1>
         {reason && <p className="notice">{reason}</p>}
         <div className="field">
-          <label htmlFor="admin-token">Admin token</label>
+          <label htmlFor="admin-token">Access token</label>
           <input
             id="admin-token"
             name="admin-token"
@@ -49,8 +49,9 @@ export function SignInPage({ reason }: { reason?: string }) {
             aria-describedby={failure ? "sign-in-error" : "sign-in-hint"}
           />
           <small id="sign-in-hint" className="hint">
-            <code>fedalign up</code> and <code>fedalign serve</code> print where the token is; the dashboard
-            keeps a session cookie, not the token.
+            Your access token (coordinator, owner or viewer), or the admin token that <code>fedalign up</code>{" "}
+            and <code>fedalign serve</code> print where to find; the dashboard keeps a session cookie, not the
+            token.
           </small>
         </div>
         {failure && (

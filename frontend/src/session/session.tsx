@@ -1,14 +1,32 @@
 /**
- * The browser session: the admin token is exchanged once for an HttpOnly cookie (POST /session) and then
- * forgotten; the CSRF token the exchange returns lives in memory (api/client.ts) and is fetched again with
- * GET /session after a reload.
+ * The browser session: an access token (or the admin token) is exchanged once for an HttpOnly cookie
+ * (POST /session) and then forgotten; the CSRF token the exchange returns lives in memory (api/client.ts)
+ * and is fetched again with GET /session after a reload, with the role and the operations it may perform:
+ * the pages offer only those controls (the server decides, backend/access.py; this only hides what it
+ * would refuse).
  */
 import { useQueryClient } from "@tanstack/react-query";
 import { createContext, type ReactNode, useCallback, useContext, useEffect, useMemo, useState } from "react";
 import { ApiError, api, onUnauthorized, setCsrfToken, toApiError, unwrap } from "../api/client";
+import type { Operation, SessionOut } from "../api/types";
 
-export type SessionState =
-  { status: "checking" } | { status: "signed-out"; reason?: string } | { status: "signed-in" };
+export interface SignedIn {
+  status: "signed-in";
+  role: SessionOut["role"];
+  organisation: string | null;
+  operations: Operation[];
+}
+
+export type SessionState = { status: "checking" } | { status: "signed-out"; reason?: string } | SignedIn;
+
+function signedIn(data: SessionOut): SignedIn {
+  return {
+    status: "signed-in",
+    role: data.role,
+    organisation: data.organisation ?? null,
+    operations: data.operations,
+  };
+}
 
 interface SessionApi {
   session: SessionState;
@@ -18,6 +36,7 @@ interface SessionApi {
 }
 
 const SessionContext = createContext<SessionApi | null>(null);
+const NONE: readonly Operation[] = [];
 
 export function SessionProvider({ children }: { children: ReactNode }) {
   const client = useQueryClient();
@@ -39,7 +58,7 @@ export function SessionProvider({ children }: { children: ReactNode }) {
         if (cancelled) return;
         if (data) {
           setCsrfToken(data.csrf_token);
-          setSession({ status: "signed-in" });
+          setSession(signedIn(data));
         } else if (response.status === 401) {
           setSession({ status: "signed-out" }); // no session yet, or it expired: the sign-in page says enough
         } else {
@@ -63,7 +82,7 @@ export function SessionProvider({ children }: { children: ReactNode }) {
   const signIn = useCallback(async (token: string) => {
     const data = await unwrap(api.POST("/api/v1/session", { body: { token } }));
     setCsrfToken(data.csrf_token);
-    setSession({ status: "signed-in" });
+    setSession(signedIn(data));
   }, []);
 
   const signOut = useCallback(async () => {
@@ -77,11 +96,25 @@ export function SessionProvider({ children }: { children: ReactNode }) {
   }, [signedOut]);
 
   const value = useMemo(() => ({ session, signIn, signOut }), [session, signIn, signOut]);
-  return <SessionContext.Provider value={value}>{children}</SessionContext.Provider>;
+  const operations = session.status === "signed-in" ? session.operations : NONE;
+  return (
+    <SessionContext.Provider value={value}>
+      <OperationsContext.Provider value={operations}>{children}</OperationsContext.Provider>
+    </SessionContext.Provider>
+  );
 }
 
 export function useSession(): SessionApi {
   const value = useContext(SessionContext);
   if (!value) throw new Error("useSession needs a SessionProvider above it");
   return value;
+}
+
+/** The operations the signed-in role may perform; a context of its own, so that a page can be rendered
+ * (in a test) with a role's operations and no session to fetch. */
+export const OperationsContext = createContext<readonly Operation[]>([]);
+
+/** Whether the signed-in role may perform `operation` (within its reach: a federation it sees). */
+export function useCan(operation: Operation): boolean {
+  return useContext(OperationsContext).includes(operation);
 }
