@@ -1,8 +1,8 @@
-"""Issue 18: organisations and roles. Access tokens (coordinator, federation owner, viewer) kept hashed,
+"""Organisations and roles. Access tokens (coordinator, federation owner, viewer) kept hashed,
 the organisation of each node and of each federation's owner, the organisation a join token fixes, and
 which access token each dashboard session signed in with (so that revoking a token ends its sessions).
 
-Revision ID: 0008_organisations
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-06
 """
