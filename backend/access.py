@@ -102,6 +102,23 @@ def operations_of(credential: AccessCredential) -> list[Operation]:
     return [operation for operation in Operation if may(credential, operation)]
 
 
+# The operations performed on one federation (the rest are deployment-wide).
+ON_A_FEDERATION: tuple[Operation, ...] = (
+    Operation.READ_FEDERATION,
+    Operation.READ_NODES,
+    Operation.READ_MODEL,
+    Operation.CONTROL_FEDERATION,
+    Operation.MANAGE_FEDERATION,
+    Operation.MANAGE_NODES,
+)
+
+
+def operations_on(credential: AccessCredential, scope: FederationScope) -> list[Operation]:
+    """What the credential may do on this federation: its role's operations, narrowed by the federation
+    (a viewer reads the model only where its organisation runs the target)."""
+    return [op for op in ON_A_FEDERATION if decide(credential, op, scope) is Decision.ALLOW]
+
+
 def sees(credential: AccessCredential, scope: FederationScope) -> bool:
     """Whether the federation is within the credential's reach at all."""
     org = credential.organisation

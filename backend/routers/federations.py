@@ -19,6 +19,7 @@ from backend.deps import (
 )
 from backend.errors import ApiError, responses
 from backend.schemas.federations import (
+    FederationAccess,
     FederationClone,
     FederationCloned,
     FederationContinue,
@@ -95,6 +96,23 @@ def get_federation(
     with services.db.read() as session:
         federation = federations.get(session, federation_id)
         return federations.view(session, federation, partial(access.sees_node, caller))
+
+
+@router.get(
+    "/{federation_id}/access",
+    response_model=FederationAccess,
+    responses=responses(401, 403, 404, 422),
+    summary="What the caller may do on this federation",
+)
+def federation_access(
+    services: ServicesDep, caller: ReadFederation, federation_id: str = FederationId
+) -> FederationAccess:
+    """The operations the caller's token may perform on this federation: its role's, narrowed by the
+    federation (a viewer of a source's organisation reads no model). The dashboard shows those controls."""
+    with services.db.read() as session:
+        federation = federations.get(session, federation_id)  # 404 when deleted since the check
+        scope = access.scopes_of(session, [federation.id], {federation.id: federation.owner_organisation})
+    return FederationAccess(operations=access.operations_on(caller, scope[federation.id]))
 
 
 @router.delete(

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from backend.access import Operation
 from backend.schemas.nodes import NodeCreated
 from fedalign.config import NAME_PATTERN, Algorithm, FederationConfig, Role
 from fedalign.trackers import TrackerName
@@ -178,3 +179,12 @@ class FederationCloned(FederationCreated):
 
 class FederationList(BaseModel):
     items: list[FederationOut]
+
+
+class FederationAccess(BaseModel):
+    """What the caller may do on one federation, decided by the server's one access policy."""
+
+    operations: list[Operation] = Field(
+        description="The operations the caller's token may perform on this federation (the dashboard "
+        "offers those controls only); the server refuses the others anyway."
+    )

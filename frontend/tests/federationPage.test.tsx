@@ -62,6 +62,8 @@ function renderPage(
   nodes: Node[] = [],
   checkpoints: Checkpoint[] = [],
   operations: Operation[] = COORDINATOR,
+  // GET .../access: the role's operations on this federation (by default all those of the role).
+  onFederation: Operation[] = operations.filter((o) => o.startsWith("federation.")),
 ) {
   // Everything is in the cache and fresh: the page makes no request.
   const client = new QueryClient({ defaultOptions: { queries: { staleTime: Infinity, retry: false } } });
@@ -70,6 +72,8 @@ function renderPage(
   client.setQueryData(keys.rounds(fed.id), { items: [] });
   client.setQueryData(keys.metrics(fed.id), metricsResponse(3));
   client.setQueryData(keys.checkpoints(fed.id), { items: checkpoints });
+  // What GET .../access answers: the role's operations on one federation.
+  client.setQueryData(keys.access(fed.id), { operations: onFederation });
   render(
     <QueryClientProvider client={client}>
       <OperationsContext.Provider value={operations}>
@@ -103,6 +107,15 @@ describe("what the page offers each role", () => {
     expect(screen.queryByRole("group", { name: "Join token" })).toBeNull();
     expect(screen.queryByRole("button", { name: /token|Remove|Register/ })).toBeNull();
     expect(screen.getByRole("button", { name: "Download model" })).toBeEnabled();
+    expect(screen.getByRole("row", { name: /alpha/ })).toBeVisible();
+  });
+});
+
+describe("what the page offers on one federation", () => {
+  it("offers a source organisation's viewer no model: the server says the model is the target's", () => {
+    const onThisOne = VIEWER.filter((o) => o.startsWith("federation.") && o !== "federation.model.read");
+    renderPage(federation({ model_published: true }), [node({ name: "alpha" })], [], VIEWER, onThisOne);
+    expect(screen.queryByRole("button", { name: "Download model" })).toBeNull();
     expect(screen.getByRole("row", { name: /alpha/ })).toBeVisible();
   });
 });

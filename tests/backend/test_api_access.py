@@ -308,6 +308,7 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         COORDINATORS, (204,), call=lambda w: Call(f"/api/v1/tokens/{an_access_token(w)}")
     ),
     ("GET", F): Rule(READ, (200,), "created"),
+    ("GET", F + "/access"): Rule(READ, (200,), "created"),
     ("DELETE", F): Rule(MANAGE, (204,), "created", after=renewed),
     ("POST", F + "/clone"): Rule(
         MANAGE, (201,), "created", call=lambda w: Call(f"/api/v1/federations/{w.created.id}/clone", json={})

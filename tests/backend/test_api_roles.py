@@ -80,6 +80,29 @@ def test_a_viewer_sees_its_own_organisations_nodes_only(api: Api) -> None:
     assert {n["name"] for n in everyone} == {"omega", "alpha", "beta"}
 
 
+def test_each_caller_is_told_what_it_may_do_on_one_federation_and_that_is_what_it_can_do(api: Api) -> None:
+    owner = issue(api, "acme-owner", "owner", "acme")["token"]
+    federation_id = federation_of(api, owner, {"omega": "acme", "alpha": "north"})
+    target_viewer = issue(api, "acme", "viewer", "acme")["token"]
+    source_viewer = issue(api, "north", "viewer", "north")["token"]
+    path = f"/api/v1/federations/{federation_id}"
+
+    def operations(token: str) -> set[str]:
+        return set(api.ok("GET", f"{path}/access", token=token)["operations"])
+
+    reads = {"federation.read", "federation.nodes.read"}
+    manages = {"federation.control", "federation.manage", "federation.nodes.manage"}
+    assert operations(ADMIN_TOKEN) == operations(owner) == reads | manages | {"federation.model.read"}
+    # The model is the target's organisation's: the source's viewer reads everything else, not the model.
+    assert operations(target_viewer) == reads | {"federation.model.read"}
+    assert operations(source_viewer) == reads
+    # What it is told is what the server does: the source's viewer is refused the model's card.
+    assert api.request("GET", f"{path}/model/card", token=source_viewer).status_code == 403
+    assert api.request("GET", f"{path}/model/card", token=target_viewer).status_code == 409
+    outsider = issue(api, "zeta", "viewer", "zeta")["token"]
+    assert api.request("GET", f"{path}/access", token=outsider).status_code == 404
+
+
 def test_an_owners_federation_belongs_to_its_organisation_and_its_copy_too(api: Api) -> None:
     owner = issue(api, "acme-owner", "owner", "acme")["token"]
     federation_id = federation_of(api, owner, {"omega": "acme"})

@@ -7,6 +7,7 @@ export const keys = {
   // Not ["federation", id]: that would be a prefix of every key below, and invalidating it would refetch
   // them all (the metrics included, which the event stream keeps current instead).
   federation: (id: string) => ["federation", id, "detail"] as const,
+  access: (id: string) => ["federation", id, "access"] as const,
   nodes: (id: string) => ["federation", id, "nodes"] as const,
   rounds: (id: string) => ["federation", id, "rounds"] as const,
   round: (id: string, n: number) => ["federation", id, "rounds", n] as const,
@@ -28,6 +29,15 @@ export const federationQuery = (id: string) =>
   queryOptions({
     queryKey: keys.federation(id),
     queryFn: ({ signal }) => unwrap(api.GET("/api/v1/federations/{federation_id}", { ...path(id), signal })),
+  });
+
+/** What the signed-in token may do on this federation: its role's operations, narrowed by the federation
+ * (a viewer of a source's organisation reads no model), decided by the server's one access policy. */
+export const federationAccessQuery = (id: string) =>
+  queryOptions({
+    queryKey: keys.access(id),
+    queryFn: ({ signal }) =>
+      unwrap(api.GET("/api/v1/federations/{federation_id}/access", { ...path(id), signal })),
   });
 
 export const nodesQuery = (id: string) =>

@@ -175,6 +175,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/federations/{federation_id}/access": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * What the caller may do on this federation
+         * @description The operations the caller's token may perform on this federation: its role's, narrowed by the
+         *     federation (a viewer of a source's organisation reads no model). The dashboard shows those controls.
+         */
+        get: operations["federation_access"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/federations/{federation_id}/clone": {
         parameters: {
             query?: never;
@@ -1215,6 +1236,17 @@ export interface components {
              * @description The step is offered again (poll or claim it); otherwise the phase goes on without this node, or the run stalls with its reason (the target).
              */
             retry: boolean;
+        };
+        /**
+         * FederationAccess
+         * @description What the caller may do on one federation, decided by the server's one access policy.
+         */
+        FederationAccess: {
+            /**
+             * Operations
+             * @description The operations the caller's token may perform on this federation (the dashboard offers those controls only); the server refuses the others anyway.
+             */
+            operations: components["schemas"]["Operation"][];
         };
         /** FederationClone */
         FederationClone: {
@@ -3592,6 +3624,64 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    federation_access: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                federation_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FederationAccess"];
+                };
             };
             /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
             401: {

@@ -1,7 +1,14 @@
 import { useQuery } from "@tanstack/react-query";
 import { Link, useParams } from "react-router";
-import { downloadUrls, federationQuery, metricsQuery, nodesQuery, roundsQuery } from "../api/queries";
-import type { Federation } from "../api/types";
+import {
+  downloadUrls,
+  federationAccessQuery,
+  federationQuery,
+  metricsQuery,
+  nodesQuery,
+  roundsQuery,
+} from "../api/queries";
+import type { Federation, Operation } from "../api/types";
 import { MetricChart } from "../charts/MetricChart";
 import { AlignmentSummary } from "../components/AlignmentSummary";
 import { CheckpointsTable } from "../components/CheckpointsTable";
@@ -19,7 +26,6 @@ import { TrackerRuns } from "../components/TrackerRuns";
 import { type StreamState, useFederationEvents } from "../live/useFederationEvents";
 import { FEDERATION_CHARTS, NO_TARGET_LABELS, targetHasLabels } from "../metrics/charts";
 import { type Collapse, detectCollapse } from "../metrics/series";
-import { useCan } from "../session/session";
 import { useTitle } from "../useTitle";
 
 export function FederationPage() {
@@ -58,10 +64,13 @@ function FederationView({ federation }: { federation: Federation }) {
   const collapse = detectCollapse(metrics.data);
   const targetLabels = targetHasLabels(nodes.data?.items);
   const config = federation.config;
-  // Only the controls the role may use (the server refuses the rest anyway).
-  const canControl = useCan("federation.control");
-  const canManageNodes = useCan("federation.nodes.manage");
-  const canReadModel = useCan("federation.model.read");
+  // Only the controls this token may use here (the server refuses the rest anyway): the server says which,
+  // per federation, since a viewer's rights depend on its organisation's part in it.
+  const access = useQuery(federationAccessQuery(id));
+  const allowed: readonly Operation[] = access.data?.operations ?? [];
+  const canControl = allowed.includes("federation.control");
+  const canManageNodes = allowed.includes("federation.nodes.manage");
+  const canReadModel = allowed.includes("federation.model.read");
   useTitle(`${federation.name} (${federation.status})`);
   const chartsSection = (
     <section aria-labelledby="charts-title">
