@@ -24,12 +24,13 @@ dropouts. The paper's rounds map onto it as follows:
   survivors' uploads. Only the survivors' weighted sum (average) can be decoded.
 * The paper secret-shares b_i and the key that derives s_ij (Shamir, threshold t) so that the remaining
   nodes can reconstruct them; `fedalign.secagg_shares` shares each context's seeds that way. Survivors
-  reveal (directly, or through their shares) **the pairwise seed s_id with a dropped node d**. That is safe only while the aggregator **does not lie about who dropped**: if it told d
-  "you survived" (getting b_d) and told everyone else "d dropped" (getting every s_id), it could unmask
-  d's upload. A consistent lie is harmless: a node declared dropped reveals nothing, so its self mask
-  still hides its upload even if the upload did arrive ("dropped late"). An actively malicious
+  reveal (directly, or through their shares) **the pairwise seed s_id with a dropped node d**. That is
+  safe only while the aggregator **does not lie about who dropped**: if it told d "you survived"
+  (getting b_d) and told everyone else "d dropped" (getting every s_id), it could unmask d's upload.
+  A consistent lie is harmless: a node declared dropped reveals nothing, so its self mask still hides
+  its upload even if the upload did arrive ("dropped late"). An actively malicious
   aggregator, one that sends different dropout lists to different nodes or forges public keys, is NOT
-  covered; that needs the paper's signatures, consistency check and secret sharing.
+  covered; that needs the paper's signatures and consistency check.
 * Nodes must not collude with the aggregator: a node knows its pairwise seeds, and the aggregator plus
   all but one survivor learn the last survivor's upload from the sum anyway. In particular, when the
   target node aggregates it knows its own upload, so the sum reveals the sum of the others: with a single

@@ -38,7 +38,6 @@ with overlapping holders) needs the paper's signatures and consistency round, no
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -48,28 +47,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fedalign import shamir
 from fedalign.secagg import MIN_SURVIVORS, KeyPair, MaskContext, Masker, SecAggError, SeedReveal, _encode_info
+from fedalign.secagg_threshold import MIN_THRESHOLD
 
 NONCE_BYTES = 12
 TAG_BYTES = 16
 INDEX_BYTES = 2
-# The smallest threshold: with t = 1 every holder could reconstruct every seed alone.
-MIN_THRESHOLD = 2
-# A threshold's fraction of the roster: at least a majority (see the threat model), below all of it.
-MIN_THRESHOLD_FRACTION = 0.5
-DEFAULT_THRESHOLD_FRACTION = 0.5
-
-
-def threshold(roster_size: int, fraction: float = DEFAULT_THRESHOLD_FRACTION) -> int:
-    """t for a roster of ``roster_size`` nodes: the fewest holders that are more than ``fraction`` of it.
-
-    At least :data:`MIN_THRESHOLD` and at most the roster. The default, a strict majority, gives 2 of 2,
-    2 of 3, 3 of 4, 3 of 5: a phase survives the loss of up to n - t of its nodes after they masked.
-    """
-    if not MIN_THRESHOLD_FRACTION <= fraction < 1.0:
-        raise SecAggError(f"the threshold fraction must lie in [0.5, 1); got {fraction!r}")
-    if roster_size < MIN_THRESHOLD:
-        raise SecAggError(f"secret sharing needs at least {MIN_THRESHOLD} nodes; got {roster_size}")
-    return min(roster_size, max(MIN_THRESHOLD, math.floor(fraction * roster_size) + 1))
 
 
 def share_index(roster: Collection[str], holder: str) -> int:

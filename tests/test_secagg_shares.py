@@ -25,8 +25,8 @@ from fedalign.secagg_shares import (
     recover,
     reveal_shares,
     share_seeds,
-    threshold,
 )
+from fedalign.secagg_threshold import threshold
 
 NODES = ("alpha", "beta", "delta", "gamma", "target")
 CONTEXT = MaskContext("fed-1", round=2, phase="adaptation", model="G")
@@ -226,7 +226,7 @@ def test_thresholds_outside_the_safe_range_are_refused() -> None:
     assert threshold(10, 0.75) == 8
     assert threshold(10, 0.95) == 10
     for fraction in (0.4, 1.0, float("nan")):
-        with pytest.raises(SecAggError, match=r"\[0.5, 1\)"):
+        with pytest.raises(ValueError, match=r"\[0.5, 1.0\)"):
             threshold(10, fraction)
     with pytest.raises(SecAggError, match="threshold 1"):
         share_seeds(Phase().maskers["alpha"], 1)
