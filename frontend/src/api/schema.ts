@@ -1470,6 +1470,11 @@ export interface components {
              */
             secure_aggregation: boolean;
             /**
+             * Secure Aggregation Threshold
+             * @description With secure_aggregation: the fraction of a masked phase's nodes that must answer to unmask its sum, as threshold t = the fewest nodes that are more than this fraction (at least 2). Every node hands the others threshold shares of its masking seeds, so any t survivors unmask the phase even when a node vanishes after uploading (in `fedalign simulate`; a served federation still waits for every survivor's reveal); fewer than t colluding nodes learn nothing from their shares. At least 0.5 (a majority, so two groups told different dropout lists cannot both reach t), below 1 (t = every node tolerates no loss). Unset: 0.5, a strict majority (2 of 3, 3 of 4, 3 of 5).
+             */
+            secure_aggregation_threshold?: number | null;
+            /**
              * Trackers
              * @description Experiment trackers (mlflow, tensorboard) that this federation's per-round metrics and config stream to, among those configured where it runs (the deployment's FEDALIGN_MLFLOW_TRACKING_URI and FEDALIGN_TENSORBOARD_DIR, or `fedalign simulate --mlflow --tensorboard`); unset: every configured one; []: none.
              */
