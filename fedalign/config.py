@@ -27,7 +27,7 @@ from pydantic import (
 
 from fedalign import presets
 from fedalign.architecture_names import ARCHITECTURE_PATTERN, BUILTINS, ENTRY_POINT_GROUP
-from fedalign.secagg_threshold import (
+from fedalign.secagg_limits import (
     DEFAULT_THRESHOLD_FRACTION,
     MAX_THRESHOLD_FRACTION,
     MIN_THRESHOLD,

@@ -38,7 +38,7 @@ with overlapping holders) needs the paper's signatures and consistency round, no
 
 from __future__ import annotations
 
-import os
+import hashlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -47,11 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from fedalign import shamir
 from fedalign.secagg import MIN_SURVIVORS, KeyPair, MaskContext, Masker, SecAggError, SeedReveal, _encode_info
-from fedalign.secagg_threshold import MIN_THRESHOLD
-
-NONCE_BYTES = 12
-TAG_BYTES = 16
-INDEX_BYTES = 2
+from fedalign.secagg_limits import INDEX_BYTES, MIN_THRESHOLD, NONCE_BYTES, ciphertext_bytes
 
 
 def share_index(roster: Collection[str], holder: str) -> int:
@@ -60,11 +56,6 @@ def share_index(roster: Collection[str], holder: str) -> int:
     if holder not in ordered:
         raise SecAggError(f"node {holder!r} is not in the roster {ordered}")
     return ordered.index(holder) + 1
-
-
-def ciphertext_bytes(roster_size: int) -> int:
-    """The exact size of one holder's encrypted shares from one sender (what the API bounds)."""
-    return NONCE_BYTES + INDEX_BYTES + shamir.SHARE_BYTES * roster_size + TAG_BYTES
 
 
 def _associated_data(context: MaskContext, sender: str, holder: str) -> bytes:
@@ -82,7 +73,13 @@ def share_seeds(masker: Masker, t: int) -> dict[str, bytes]:
     if not MIN_THRESHOLD <= t <= len(roster):
         raise SecAggError(f"threshold {t} must lie in [{MIN_THRESHOLD}, {len(roster)}] for this roster")
     self_seed, pair_seeds = masker.seeds_to_share()
-    coefficients = masker.keys.private_seed("share-coefficients", masker.node, masker.context)
+    # Keyed by a secret of the node's own and bound to the seeds themselves: two different seed sets in
+    # one context (a misuse) still get independent polynomials, so no holder learns their difference.
+    coefficients = hashlib.blake2b(
+        self_seed + b"".join(pair_seeds[peer] for peer in masker.peers),
+        key=masker.keys.private_seed("share-coefficients", masker.node, masker.context),
+        digest_size=32,
+    ).digest()
     secrets_ = [(b"self", self_seed)] + [
         (b"pair/" + peer.encode("utf-8"), pair_seeds[peer]) for peer in masker.peers
     ]
@@ -91,7 +88,10 @@ def share_seeds(masker: Masker, t: int) -> dict[str, bytes]:
     for x, holder in enumerate(roster, start=1):
         plaintext = x.to_bytes(INDEX_BYTES, "big") + b"".join(shares[x - 1].value_bytes() for shares in split)
         key = masker.keys.share_key(masker.node, holder, masker.public_keys[holder], masker.context)
-        nonce = os.urandom(NONCE_BYTES)
+        # A synthetic nonce (a keyed hash of the plaintext): a re-run step sends the same bytes, which the
+        # server recognises as a repeated completion, and two different plaintexts under one key never
+        # share a nonce.
+        nonce = hashlib.blake2b(plaintext, key=key, digest_size=NONCE_BYTES).digest()
         out[holder] = nonce + ChaCha20Poly1305(key).encrypt(
             nonce, plaintext, _associated_data(masker.context, masker.node, holder)
         )

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from fedalign import secagg_limits
+
 PRIME = (1 << 521) - 1
-# A share's value as bytes: 521 bits round up to 66 bytes.
-SHARE_BYTES = 66
+# A share's value as bytes: 521 bits round up to 66 bytes (the wire's size, from `fedalign.secagg_limits`).
+SHARE_BYTES = secagg_limits.SHARE_BYTES
+assert PRIME.bit_length() <= 8 * SHARE_BYTES
 SECRET_BYTES = 32
 # Share indices travel as two bytes; far more than the encoding's summand bound would ever need.
 MAX_SHARES = (1 << 16) - 1

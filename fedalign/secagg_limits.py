@@ -1,7 +1,7 @@
-"""The threshold t of secure aggregation's secret sharing: how many survivors must answer to unmask.
+"""The numbers of secure aggregation's secret sharing: the threshold t, and the size of sealed shares.
 
 Kept apart from `fedalign.secagg_shares` (which needs torch and cryptography) so that the federation's
-config can bound its setting with these same numbers.
+config and the node API's wire models bound their fields with these same numbers.
 """
 
 from __future__ import annotations
@@ -16,6 +16,17 @@ MIN_THRESHOLD = 2
 MIN_THRESHOLD_FRACTION = 0.5
 MAX_THRESHOLD_FRACTION = 1.0  # exclusive
 DEFAULT_THRESHOLD_FRACTION = 0.5
+# The layout of one sender's sealed shares for one holder: a ChaCha20-Poly1305 nonce, then the sealed
+# holder index and one Shamir share per roster node (`fedalign.shamir.SHARE_BYTES` each), then the tag.
+NONCE_BYTES = 12
+TAG_BYTES = 16
+INDEX_BYTES = 2
+SHARE_BYTES = 66  # a value of GF(2^521 - 1); `fedalign.shamir` checks that it agrees
+
+
+def ciphertext_bytes(roster_size: int) -> int:
+    """The exact size of one holder's sealed shares from one sender (what the API bounds)."""
+    return NONCE_BYTES + INDEX_BYTES + SHARE_BYTES * roster_size + TAG_BYTES
 
 
 def threshold(roster_size: int, fraction: float = DEFAULT_THRESHOLD_FRACTION) -> int:
