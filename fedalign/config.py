@@ -557,8 +557,7 @@ class FederationConfig(_Strict):
             description="With secure_aggregation: the fraction of a masked phase's nodes that must answer "
             "to unmask its sum, as threshold t = the fewest nodes that are more than this fraction (at "
             f"least {MIN_THRESHOLD}). Every node hands the others threshold shares of its masking seeds, "
-            "so any t survivors unmask the phase even when a node vanishes after uploading (in `fedalign "
-            "simulate`; a served federation still waits for every survivor's reveal); fewer than t "
+            "so any t survivors unmask the phase even when a node vanishes after uploading; fewer than t "
             "colluding nodes learn nothing from their shares. At least 0.5 (a majority, so two groups told "
             "different dropout lists cannot both reach t), below 1 (t = every node tolerates no loss). "
             f"Unset: {DEFAULT_THRESHOLD_FRACTION}, a strict majority (2 of 3, 3 of 4, 3 of 5).",
