@@ -95,7 +95,10 @@ def step_masking(
         sealed = _sealed_shares(session, federation_id, step.round, step.phase)
         for model, slot in masking.items():
             survivors = [n for n in sorted(slot.weights) if n not in slot.dropped]
-            slot.shares = {n: sealed[n][model][step.node] for n in survivors}
+            # A survivor whose step completed without shares (one stored before threshold recovery) is left
+            # out; the holder then refuses to answer, naming it.
+            held = {n: sealed.get(n, {}).get(model, {}).get(step.node) for n in survivors}
+            slot.shares = {n: share for n, share in held.items() if share is not None}
     return masking
 
 
