@@ -302,9 +302,10 @@ class Aggregation(Base):
 class SeedReveal(Base):
     """A survivor's answer to a masked phase's Unmasking round (secure aggregation).
 
-    ``seeds`` maps each model the node uploaded masked to ``{"self_seed": b64, "pair_seeds": {dropped node:
-    b64}}``: its self seed, and its pairwise seeds with the dropped nodes only. Kept after the unmasking: with
-    a survivor's self seed its upload is still hidden by its pairwise masks with the other survivors.
+    ``seeds`` maps each model the node uploaded masked to its answer as a holder of threshold shares
+    (`messaging.node_api.ShareAnswer`): its shares of every survivor's self seed and of their pairwise seeds
+    with the dropped nodes only; t answers rebuild those seeds. Kept after the unmasking: with a survivor's
+    self seed its upload is still hidden by its pairwise masks with the other survivors.
     """
 
     __tablename__ = "seed_reveals"

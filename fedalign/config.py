@@ -27,6 +27,13 @@ from pydantic import (
 
 from fedalign import presets
 from fedalign.architecture_names import ARCHITECTURE_PATTERN, BUILTINS, ENTRY_POINT_GROUP
+from fedalign.secagg_limits import (
+    DEFAULT_THRESHOLD_FRACTION,
+    MAX_THRESHOLD_FRACTION,
+    MIN_THRESHOLD,
+    MIN_THRESHOLD_FRACTION,
+    threshold,
+)
 from fedalign.trackers import TRACKER_NAMES, TrackerName
 
 Algorithm = Literal["fedalign", "fedavg", "source_only"]
@@ -542,6 +549,20 @@ class FederationConfig(_Strict):
             "parameter values must stay within +-2^20."
         ),
     ] = False
+    secure_aggregation_threshold: Annotated[
+        float | None,
+        Field(
+            ge=MIN_THRESHOLD_FRACTION,
+            lt=MAX_THRESHOLD_FRACTION,
+            description="With secure_aggregation: the fraction of a masked phase's nodes that must answer "
+            "to unmask its sum, as threshold t = the fewest nodes that are more than this fraction (at "
+            f"least {MIN_THRESHOLD}). Every node hands the others threshold shares of its masking seeds, "
+            "so any t survivors unmask the phase even when a node vanishes after uploading; fewer than t "
+            "colluding nodes learn nothing from their shares. At least 0.5 (a majority, so two groups told "
+            "different dropout lists cannot both reach t), below 1 (t = every node tolerates no loss). "
+            f"Unset: {DEFAULT_THRESHOLD_FRACTION}, a strict majority (2 of 3, 3 of 4, 3 of 5).",
+        ),
+    ] = None
     trackers: Annotated[
         list[TrackerName] | None,
         Field(
@@ -629,6 +650,11 @@ class FederationConfig(_Strict):
     @model_validator(mode="after")
     def _check_secure_aggregation(self) -> FederationConfig:
         if not self.secure_aggregation:
+            if self.secure_aggregation_threshold is not None:
+                raise ValueError(
+                    "secure_aggregation_threshold is set but secure_aggregation is off: set "
+                    "secure_aggregation = true, or leave the threshold unset"
+                )
             return self
         # The policy protocol.effective_local_policy applies; under "none" every architecture shares
         # BatchNorm's integer num_batches_tracked, which is combined by a maximum in the clear and cannot
@@ -685,6 +711,11 @@ class FederationConfig(_Strict):
     @property
     def sources(self) -> list[NodeSpec]:
         return sorted((n for n in self.nodes if n.role == "source"), key=lambda n: n.name)
+
+    def secure_threshold(self, roster_size: int) -> int:
+        """Secure aggregation's threshold t for a masked phase of ``roster_size`` nodes."""
+        fraction = self.secure_aggregation_threshold
+        return threshold(roster_size, DEFAULT_THRESHOLD_FRACTION if fraction is None else fraction)
 
 
 class ConfigError(ValueError):

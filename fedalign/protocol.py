@@ -666,8 +666,14 @@ class Protocol:
             raise ProtocolError("duplicate", f"node {event.node!r} already revealed its seeds")
         stage.reveal(event.node)
         self.state.unmasking = stage.to_json()
-        if not stage.complete:
-            return []
+        if stage.complete:
+            return self._unmasked()
+        if self.state.stalled is not None:  # past the deadline: enough answers now unmask the sum
+            return self._unmasking_deadline()
+        return []
+
+    def _unmasked(self) -> list[Action]:
+        """The unmasking stage is over (every survivor answered, or t of them by the deadline)."""
         self.state.unmasking = None
         self.state.stalled = None
         aggregates = self._aggregates()
@@ -679,9 +685,17 @@ class Protocol:
         stage = Unmasking.from_json(self.state.unmasking)
         if not stage.waiting:
             return []
-        reason = stage.stall_reason(self.phase)
-        self.state.stalled = reason
-        return [Stall(self.state.round, self.phase, reason)]
+        r = self.state.round
+        short = unmasking.short_of_threshold(
+            self.roster_weights(r, self.phase), self.state.done, stage.revealed, self.config.secure_threshold
+        )
+        if short:
+            reason = stage.stall_reason(self.phase, short)
+            self.state.stalled = reason
+            return [Stall(r, self.phase, reason)]
+        # t survivors' shares rebuild the silent survivors' seeds: their uploads stay in the sum.
+        closed = PhaseClosed(r, self.phase, stage.waiting, stage.recovered_reason())
+        return [closed, *self._unmasked()]
 
     # ----------------------------------------------------------------------------------- advancing
 

@@ -23,20 +23,23 @@ dropouts. The paper's rounds map onto it as follows:
   rest: a masked upload is uniformly random in the ring, and so is any sum over fewer than all
   survivors' uploads. Only the survivors' weighted sum (average) can be decoded.
 * The paper secret-shares b_i and the key that derives s_ij (Shamir, threshold t) so that the remaining
-  nodes can reconstruct them. Here survivors **reveal the pairwise seed s_id with a dropped node d
-  directly**. That is safe only while the aggregator **does not lie about who dropped**: if it told d
-  "you survived" (getting b_d) and told everyone else "d dropped" (getting every s_id), it could unmask
-  d's upload. A consistent lie is harmless: a node declared dropped reveals nothing, so its self mask
-  still hides its upload even if the upload did arrive ("dropped late"). An actively malicious
+  nodes can reconstruct them; `fedalign.secagg_shares` shares each context's seeds that way. Survivors
+  reveal (directly, or through their shares) **the pairwise seed s_id with a dropped node d**. That is
+  safe only while the aggregator **does not lie about who dropped**: if it told d "you survived"
+  (getting b_d) and told everyone else "d dropped" (getting every s_id), it could unmask d's upload.
+  A consistent lie is harmless: a node declared dropped reveals nothing, so its self mask still hides
+  its upload even if the upload did arrive ("dropped late"). An actively malicious
   aggregator, one that sends different dropout lists to different nodes or forges public keys, is NOT
-  covered; that needs the paper's signatures, consistency check and secret sharing.
+  covered; that needs the paper's signatures and consistency check.
 * Nodes must not collude with the aggregator: a node knows its pairwise seeds, and the aggregator plus
   all but one survivor learn the last survivor's upload from the sum anyway. In particular, when the
   target node aggregates it knows its own upload, so the sum reveals the sum of the others: with a single
   other survivor, that survivor's upload. :meth:`Masker.reveal` therefore refuses to unmask fewer than
   ``min_survivors`` nodes; count the aggregator's own node when choosing it.
-* Without secret sharing there is no recovery from a node that **uploads and then fails to reveal**: the
-  sum cannot be unmasked, and the phase must be run again under a fresh :class:`MaskContext`.
+* A node that **uploads and then fails to reveal** is covered by `fedalign.secagg_shares`: every node
+  hands the roster threshold shares of its seeds with its upload, and any t survivors reconstruct the
+  :class:`SeedReveal` of each survivor, so the sum unmasks without it. Revealing directly
+  (:meth:`Masker.reveal`) remains the path where every survivor answers.
 * The sum itself is revealed by design; protecting what it says about one training example is the job
   of differential privacy (DESIGN.md 5), not of this module.
 
@@ -274,14 +277,41 @@ class KeyPair:
         """
         if own_name == peer_name:
             raise SecAggError(f"node {own_name!r} has no pairwise seed with itself")
-        try:
-            shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
-        except ValueError as exc:  # a malformed or low-order public key
-            raise SecAggError(f"node {peer_name!r}'s public key is unusable: {exc}") from exc
         low, high = sorted((own_name, peer_name))
         info = _encode_info("pair", *context.fields(), low, high)
         return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=PROTOCOL_LABEL, info=info).derive(
-            shared
+            self._agree(peer_name, peer_public)
+        )
+
+    def share_key(self, sender: str, holder: str, other_public: bytes, context: MaskContext) -> bytes:
+        """The key that encrypts the seed shares ``sender`` hands ``holder`` in ``context``.
+
+        HKDF-SHA256 of the same X25519 agreement as the pairwise seed, under its own info (ordered names:
+        the key from i to j is not the key from j to i), so revealing a pairwise seed, as the Unmasking
+        round may, says nothing about it. ``other_public`` is the holder's key when called by the sender,
+        the sender's when called by the holder; a node's share to itself uses its own public key.
+        """
+        info = _encode_info("share", *context.fields(), sender, holder)
+        return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=PROTOCOL_LABEL, info=info).derive(
+            self._agree(f"{sender}/{holder}", other_public)
+        )
+
+    def _agree(self, peer_name: str, peer_public: bytes) -> bytes:
+        """The raw X25519 agreement with ``peer_name``'s public key (only ever fed to HKDF)."""
+        try:
+            return self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as exc:  # a malformed or low-order public key
+            raise SecAggError(f"node {peer_name!r}'s public key is unusable: {exc}") from exc
+
+    def private_seed(self, purpose: str, own_name: str, context: MaskContext) -> bytes:
+        """HKDF-SHA256(sk_i, info = purpose, the context and this node's name): a secret only this node has.
+
+        The coefficients of this node's sharing polynomials derive from it (`fedalign.secagg_shares`), so
+        that a re-run step hands out the same shares; it is never revealed, shared or sent.
+        """
+        info = _encode_info(purpose, *context.fields(), own_name)
+        return HKDF(algorithm=hashes.SHA256(), length=SEED_BYTES, salt=PROTOCOL_LABEL, info=info).derive(
+            self.private_bytes()
         )
 
     def self_seed(self, own_name: str, context: MaskContext) -> bytes:
@@ -404,9 +434,16 @@ class Masker:
         self._pair_seeds = {
             peer: keys.pair_seed(node, peer, public_keys[peer], context) for peer in self.peers
         }
+        self.keys = keys
+        self.public_keys = dict(public_keys)
         self._masked: set[str] = set()
         self._reveal: SeedReveal | None = None
         self._revealed_dropped: frozenset[str] | None = None
+
+    def seeds_to_share(self) -> tuple[bytes, dict[str, bytes]]:
+        """This upload's self seed and its pairwise seeds with every peer, for `fedalign.secagg_shares`
+        to split into encrypted shares; they must never leave the node whole."""
+        return self._self_seed, dict(self._pair_seeds)
 
     def mask(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         """encode(weight * tensor) + PRG(b_i) + sum_j ±PRG(s_ij): the int64 tensor to upload as ``name``."""

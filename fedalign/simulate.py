@@ -6,7 +6,8 @@ code, so a served run of the same config and seed gives the same numbers.
 
 With ``secure_aggregation`` on, every average of nodes' submissions goes through `fedalign.secagg`
 (`SecureAggregation`): a node masks its uploads as its step ends, the store holds only masked uploads,
-and the aggregator folds them, collects the survivors' seed reveals, and decodes the weighted average.
+and the aggregator folds them, collects the seed shares of t survivors (`fedalign.secagg_shares`), and
+decodes the weighted average.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from fedalign import data as datasets
-from fedalign import secagg
+from fedalign import secagg, secagg_shares
 from fedalign.aggregate import average_states
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
@@ -96,12 +97,15 @@ RoundCallback = Callable[[RoundRecord], None]
 
 
 class SecureAggregation:
-    """Both sides of `fedalign.secagg` for a simulated federation.
+    """Both sides of `fedalign.secagg` for a simulated federation, with threshold recovery.
 
     Node side: every node's X25519 key pair for this federation (only the public keys are "relayed"),
-    and the `Masker` of each of its submissions, kept until the node reveals its seeds. Aggregator
-    side: one `MaskedSum` per aggregate. The weights a node pre-multiplies by are fixed when the phase
-    opens (`Protocol.roster_weights`); the aggregate is the survivors' average under them.
+    and, per submission, its masked upload and its encrypted seed shares for every node of the roster
+    (`fedalign.secagg_shares`). Aggregator side: one `MaskedSum` per aggregate, unmasked with the seeds
+    that t of the survivors' answers reconstruct (t from ``secure_aggregation_threshold``), so a survivor
+    that masked and then never answers (:meth:`answering`) does not stop the run. The weights a node
+    pre-multiplies by are fixed when the phase opens (`Protocol.roster_weights`); the aggregate is the
+    survivors' average under them.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class SecureAggregation:
         manifests: Mapping[str, Manifest],
         federation: str | None = None,
     ) -> None:
+        self.config = config
         self.protocol = protocol
         # Served federations use their id; the simulator's keys are fresh per run, so no context repeats.
         self.federation = federation or config.name
@@ -119,10 +124,12 @@ class SecureAggregation:
             secagg.masked_manifest(manifest)  # refuses a shared integer tensor before any training
         self._keys = {n.name: secagg.KeyPair.generate() for n in config.nodes}
         self.public_keys = {node: keys.public_bytes for node, keys in self._keys.items()}
-        self._maskers: dict[str, secagg.Masker] = {}  # submission key -> its node's masker
+        # submission key -> holder -> that submission's encrypted seed shares for the holder
+        self._shares: dict[str, dict[str, bytes]] = {}
 
     def mask(self, step: StepSpec, uploads: dict[str, State]) -> dict[str, State]:
-        """A node's side at the end of its step: each upload that is averaged weighted, encoded, masked.
+        """A node's side at the end of its step: each upload that is averaged weighted, encoded, masked,
+        and its seeds shared with the roster (the shares travel with the upload).
 
         Uploads that are not averaged (the target's published model, uploaded by its own setting) travel
         as they are.
@@ -139,16 +146,29 @@ class SecureAggregation:
                 self._keys[step.node],
                 {node: self.public_keys[node] for node in roster},
                 roster[step.node],
-                secagg.MaskContext.of_phase(
-                    self.federation, step.round, self.protocol.phase_of(step.round, step.phase), model
-                ),
+                self.context(step.round, step.phase, model),
             )
             masked[model] = masker.mask_state(state, self.manifests[model])
-            self._maskers[step.uploads[model]] = masker
+            self._shares[step.uploads[model]] = secagg_shares.share_seeds(
+                masker, self.config.secure_threshold(len(roster))
+            )
         return masked
 
+    def context(self, round_: int, phase: str, model: str) -> secagg.MaskContext:
+        return secagg.MaskContext.of_phase(
+            self.federation, round_, self.protocol.phase_of(round_, phase), model
+        )
+
+    def answering(self, action: Aggregate, survivors: list[str]) -> list[str]:
+        """The survivors that answer the Unmasking round of ``action``: all of them in a simulation.
+
+        A test overrides it to lose a node after it masked, as a served node that crashes between its
+        upload and its reveal.
+        """
+        return survivors
+
     def aggregate(self, action: Aggregate, store: dict[str, State]) -> State:
-        """The aggregator folds the masked submissions, collects the survivors' reveals, decodes."""
+        """The aggregator folds the masked submissions, collects t survivors' shares, unmasks, decodes."""
         round_, phase = self.protocol.state.round, self.protocol.phase
         if action.key != aggregate_key(round_, phase, action.model):
             raise RuntimeError(f"aggregate {action.key!r} is not of the open phase {round_} {phase!r}")
@@ -165,13 +185,25 @@ class SecureAggregation:
                 raise RuntimeError(f"aggregate {action.key!r}: weights {action.weights} were not masked with")
         # When a node aggregates, it knows its own upload: count it, so at least two others stay hidden.
         min_survivors = secagg.MIN_SURVIVORS + (action.by in roster)
-        reveals = {
-            node: self._maskers.pop(action.inputs[node]).reveal(dropped, min_survivors=min_survivors)
-            for node in total.folded
+        context = self.context(round_, phase, action.model)
+        public_keys = {node: self.public_keys[node] for node in roster}
+        shares = {node: self._shares.pop(action.inputs[node]) for node in total.folded}
+        for node in dropped:  # a dropped node's shares, had they arrived, stay sealed
+            self._shares.pop(submission_key(round_, phase, action.model, node), None)
+        answers = {
+            holder: secagg_shares.reveal_shares(
+                holder,
+                self._keys[holder],
+                public_keys,
+                context,
+                {sender: held[holder] for sender, held in shares.items()},
+                dropped,
+                min_survivors=min_survivors,
+            )
+            for holder in self.answering(action, total.folded)
         }
-        for node in dropped:  # a dropped node reveals nothing, ever
-            self._maskers.pop(submission_key(round_, phase, action.model, node), None)
-        return total.unmask(reveals)
+        seeds = secagg_shares.recover(roster, dropped, answers, self.config.secure_threshold(len(roster)))
+        return total.unmask(seeds)
 
 
 class Simulator:

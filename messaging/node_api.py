@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -18,6 +19,7 @@ from fedalign.failures import MAX_REASON_CHARS
 from fedalign.metrics import REPORTED_METRICS
 from fedalign.model_manifest import ModelDocument, TensorDocument
 from fedalign.protocol import MODELS
+from fedalign.secagg_limits import SHARE_BYTES, ciphertext_bytes
 
 FederationStatus = Literal["created", "running", "paused", "stalled", "finished", "cancelled", "failed"]
 # A federation in one of these is over: its nodes stop polling, and it takes no more results.
@@ -81,16 +83,78 @@ class MaskContextOut(BaseModel):
     exchange: int
 
 
-class Seeds(BaseModel):
-    """One survivor's seeds for one masked model: its self seed, and its pairwise seeds with the dropped
-    nodes only (never with another survivor)."""
+def _canonical_base64(value: str, size: int | None = None) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"not base64: {exc}") from exc
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise ValueError("must be canonical base64 (RFC 4648, padded)")
+    if size is not None and len(raw) != size:
+        raise ValueError(f"must be exactly {size} bytes; got {len(raw)}")
+    return value
+
+
+# The most nodes one masked roster may have on the wire (a bound on every per-node map below).
+MAX_ROSTER = 1024
+# One Shamir share of a seed (fedalign.shamir.SHARE_BYTES: 66 bytes, 88 base64 characters).
+ShareValue = Annotated[
+    str,
+    Field(min_length=88, max_length=88, description="One Shamir share of a seed: 66 bytes, base64."),
+    AfterValidator(lambda v: _canonical_base64(v, SHARE_BYTES)),
+]
+# One sender's encrypted shares for one holder (fedalign.secagg_shares.ciphertext_bytes of the roster);
+# the exact size is checked against the roster, this bounds it first.
+SealedShares = Annotated[
+    str,
+    Field(
+        min_length=4,
+        max_length=4 * ((ciphertext_bytes(MAX_ROSTER) + 2) // 3),
+        description="A node's seed shares for one holder, sealed with ChaCha20-Poly1305 (base64).",
+    ),
+    AfterValidator(_canonical_base64),
+]
+
+
+class ShareAnswer(BaseModel):
+    """A holder's answer to a masked model's dropout list (fedalign.secagg_shares.ShareReveal): its shares
+    of every survivor's self seed, and of every survivor's pairwise seed with each dropped node, nothing
+    else."""
 
     model_config = ConfigDict(extra="forbid")
 
-    self_seed: Bytes32
-    pair_seeds: dict[NodeName, Bytes32] = Field(
-        default_factory=dict, max_length=1024, description="Dropped node -> the pairwise seed shared with it."
+    x: int = Field(
+        ge=1, le=MAX_ROSTER, description="The holder's share index: its place in the sorted roster."
     )
+    self_shares: dict[NodeName, ShareValue] = Field(
+        max_length=MAX_ROSTER, description="Survivor -> the holder's share of its self seed."
+    )
+    pair_shares: dict[NodeName, dict[NodeName, ShareValue]] = Field(
+        max_length=MAX_ROSTER,
+        description="Survivor -> dropped node -> the holder's share of their pairwise seed.",
+    )
+
+    @classmethod
+    def encode(
+        cls, x: int, self_shares: Mapping[str, bytes], pair_shares: Mapping[str, Mapping[str, bytes]]
+    ) -> ShareAnswer:
+        return cls(
+            x=x,
+            self_shares={n: _b64(v) for n, v in self_shares.items()},
+            pair_shares={n: {d: _b64(v) for d, v in pairs.items()} for n, pairs in pair_shares.items()},
+        )
+
+    def decoded(self) -> tuple[int, dict[str, bytes], dict[str, dict[str, bytes]]]:
+        """(x, self shares, pair shares) as bytes: the fields of `fedalign.secagg_shares.ShareReveal`."""
+        return (
+            self.x,
+            {n: base64.b64decode(v) for n, v in self.self_shares.items()},
+            {n: {d: base64.b64decode(v) for d, v in pairs.items()} for n, pairs in self.pair_shares.items()},
+        )
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
 
 
 class SecureSlot(BaseModel):
@@ -101,13 +165,24 @@ class SecureSlot(BaseModel):
     public_keys: dict[str, str] = Field(
         description="Every roster node's X25519 public key (base64), relayed as the nodes sent them."
     )
+    threshold: int = Field(
+        default=0,
+        ge=0,
+        description="t: how many survivors' shares unmask the sum; a training step splits its seeds so (0 "
+        "only in steps stored before threshold recovery existed, which cannot be unmasked this way).",
+    )
     dropped: list[str] = Field(
         default_factory=list,
         description="Reveal and aggregate steps: roster nodes whose uploads are not in the sum (the same "
         "list for every survivor).",
     )
-    reveals: dict[str, Seeds] = Field(
-        default_factory=dict, description="A target's aggregate step: survivor -> its revealed seeds."
+    shares: dict[str, str] = Field(
+        default_factory=dict,
+        description="A reveal step: survivor -> its sealed shares for this node, relayed as it sent them.",
+    )
+    answers: dict[str, ShareAnswer] = Field(
+        default_factory=dict,
+        description="A target's aggregate step: holder -> its answer (at least threshold of them).",
     )
 
 
@@ -215,6 +290,12 @@ class CompleteRequest(BaseModel):
         default_factory=dict, max_length=256, description="Scalar metrics of this step, by name."
     )
     samples: Samples | None = Field(default=None, description="Setup steps: sample counts per split.")
+    shares: dict[Annotated[str, Field(max_length=16)], dict[NodeName, SealedShares]] = Field(
+        default_factory=dict,
+        max_length=len(MODELS),
+        description="Secure aggregation: each masked upload (slot) -> holder -> this node's seed shares "
+        "for the holder, sealed to it (fedalign.secagg_shares.share_seeds); one entry per roster node.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -322,7 +403,7 @@ class PublicKeys(BaseModel):
 class RevealRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seeds: dict[Annotated[str, Field(max_length=16)], Seeds] = Field(
+    shares: dict[Annotated[str, Field(max_length=16)], ShareAnswer] = Field(
         max_length=len(MODELS),
-        description="Each model the reveal step lists (its 'secure' slots) -> this node's seeds for it.",
+        description="Each model the reveal step lists (its 'secure' slots) -> this node's answer for it.",
     )

@@ -124,22 +124,43 @@ def test_every_survivor_gets_the_same_dropout_list_per_model() -> None:
     assert {a.model: sorted(a.inputs) for a in aggregates} == {"G": ["s1", "s2", "t"], "T": ["s1", "s2"]}
 
 
-def test_a_survivor_that_never_reveals_stalls_the_run_until_it_does() -> None:
+def test_a_silent_survivor_is_unmasked_from_t_others_shares_at_the_deadline() -> None:
+    """D's roster is 4 nodes, so t = 3: s1, t and s3 answer, s2 never does; its upload stays in the sum."""
     proto = Protocol(secure_config(phase_deadline_s=10), reveal_steps=True)
     for run in through_setup(proto):
         done(proto, run)
     for node in ("s1", "t", "s3"):
         proto.handle(RevealDone(node, 1, "disc1"))
+    actions = proto.handle(Deadline(1, "disc1"))
+    (closed,) = [a for a in actions if isinstance(a, PhaseClosed)]
+    assert closed.missing == ["s2"] and "unmasked from the other survivors' shares" in closed.reason
+    (aggregate,) = [a for a in actions if isinstance(a, Aggregate)]
+    assert sorted(aggregate.inputs) == ["s1", "s2", "s3", "t"]
+    assert proto.state.unmasking is None and proto.open_steps() == []
+    with pytest.raises(ProtocolError) as late:
+        proto.handle(RevealDone("s2", 1, "disc1"))
+    assert late.value.code == "not_unmasking"
+
+
+def test_too_few_answers_stall_the_run_until_enough_arrive() -> None:
+    proto = Protocol(secure_config(phase_deadline_s=10), reveal_steps=True)
+    for run in through_setup(proto):
+        done(proto, run)
+    for node in ("s1", "t"):
+        proto.handle(RevealDone(node, 1, "disc1"))
     (stall,) = proto.handle(Deadline(1, "disc1"))
-    assert isinstance(stall, Stall) and "s2 uploaded masked parameters" in stall.reason
-    assert "did not reveal" in stall.reason and "secret sharing" in stall.reason
+    assert isinstance(stall, Stall) and "s2, s3 uploaded masked parameters" in stall.reason
+    assert "did not reveal" in stall.reason and "D: 2 of the 3 needed" in stall.reason
     assert proto.state.stalled == stall.reason
-    # The machine, restored from its saved state, still waits for s2 alone; its late reveal resumes the run.
+    # The machine, restored from its saved state, still waits for s2 and s3; one late reveal makes t and
+    # resumes the run, with s3's upload in the sum.
     saved = json.loads(json.dumps(proto.state.to_json()))
     restored = Protocol(proto.config, ProtocolState.from_json(saved), reveal_steps=True)
-    assert [s.node for s in restored.open_steps()] == ["s2"]
-    aggregates = restored.handle(RevealDone("s2", 1, "disc1"))
-    assert [a.key for a in aggregates if isinstance(a, Aggregate)] == ["r1/disc1/D"]
+    assert [s.node for s in restored.open_steps()] == ["s2", "s3"]
+    actions = restored.handle(RevealDone("s2", 1, "disc1"))
+    assert [a.missing for a in actions if isinstance(a, PhaseClosed)] == [["s3"]]
+    (aggregate,) = [a for a in actions if isinstance(a, Aggregate)]
+    assert (aggregate.key, sorted(aggregate.inputs)) == ("r1/disc1/D", ["s1", "s2", "s3", "t"])
     assert restored.state.stalled is None
 
 

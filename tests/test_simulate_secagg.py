@@ -237,6 +237,141 @@ def test_a_dropped_node_leaves_the_survivors_average(
     assert [r.round for r in result.rounds if r.metrics] == [1, 2]
 
 
+def with_sources(make: Factory, names: list[str], **overrides: object) -> tuple[FederationConfig, dict]:
+    """The vector federation with more sources (their data copied from alpha's and beta's)."""
+    raw, data = make(**overrides)
+    for i, name in enumerate(names):
+        raw["nodes"].append({"name": name, "role": "source", "dataset": f"vectors:{4 + i}"})
+        data[name] = data["alpha" if i % 2 else "beta"]
+    return FederationConfig.model_validate(raw), data
+
+
+def losing(
+    monkeypatch: pytest.MonkeyPatch, lost: Callable[[Aggregate, str], bool]
+) -> list[tuple[str, list[str]]]:
+    """Make the nodes ``lost`` names vanish between their masked upload and the Unmasking round; returns
+    (aggregate, holders that answered) for every unmasking."""
+    answered: list[tuple[str, list[str]]] = []
+
+    def answering(self: SecureAggregation, action: Aggregate, survivors: list[str]) -> list[str]:
+        holders = [n for n in survivors if not lost(action, n)]
+        answered.append((action.key, holders))
+        return holders
+
+    monkeypatch.setattr(SecureAggregation, "answering", answering)
+    return answered
+
+
+def test_a_survivor_lost_after_masking_leaves_the_numbers_unchanged(
+    vector_federation: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gamma uploads every masked model of round 2, then never answers: t of the others unmask each sum,
+    and the run is the run where everyone answers, bit for bit (the masks cancel exactly either way)."""
+    config, data = with_sources(vector_federation, ["gamma"], secure_aggregation=True, rounds=2)
+    everyone = simulate(config, node_data=data).to_json()
+    plain_config, _ = with_sources(vector_federation, ["gamma"], rounds=2)
+    plain = simulate(plain_config, node_data=data).to_json()
+    with monkeypatch.context() as patch:
+        recorder = Recorder(patch)
+        answered = losing(patch, lambda action, node: action.key.startswith("r2/") and node == "gamma")
+        lost = simulate(config, node_data=data).to_json()
+    assert lost == everyone
+    round_2 = [(key, holders) for key, holders in answered if key.startswith("r2/")]
+    assert [key for key, _ in round_2] == ["r2/disc1/D", "r2/adapt/G", "r2/adapt/T"]
+    assert all("gamma" not in holders for _, holders in round_2)
+    for action, result in recorder.aggregates:  # gamma's upload is in every sum, unmasked
+        assert "gamma" in action.inputs
+        assert_weighted_average(
+            result, {n: recorder.plain[k] for n, k in action.inputs.items()}, action.weights
+        )
+    for p, s in zip(plain["rounds"], lost["rounds"], strict=True):
+        assert s["metrics"] == pytest.approx(p["metrics"], abs=METRIC_TOLERANCE)
+
+
+def test_dropouts_before_masking_and_after_masking_in_one_phase(
+    vector_federation: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 2's adaptation: gamma never finishes its step (it masks nothing), beta uploads and then is
+    lost before the Unmasking round. The sum holds beta's upload and not gamma's, and unmasks to the
+    weighted average of the uploads in it."""
+    config, data = with_sources(
+        vector_federation, ["gamma", "delta", "epsilon"], secure_aggregation=True, min_sources=2, rounds=2
+    )
+
+    class Dropping(Simulator):
+        def _carry_out(self, action: Action) -> list[Action]:
+            if isinstance(action, RunStep) and (action.step.node, action.step.round, action.step.phase) == (
+                "gamma",
+                2,
+                "adapt",
+            ):
+                return []
+            actions = super()._carry_out(action)
+            state = self.protocol.state
+            if (
+                isinstance(action, RunStep)
+                and (state.round, self.protocol.phase) == (2, "adapt")
+                and set(state.done) == {"alpha", "beta", "delta", "epsilon", "omega"}
+            ):
+                actions += self.protocol.handle(Deadline(2, "adapt"))
+            return actions
+
+    recorder = Recorder(monkeypatch)
+    calls = losing(monkeypatch, lambda action, node: action.key.startswith("r2/adapt") and node == "beta")
+    result = Dropping(config, node_data=data).run()
+    answered = dict(calls)
+    assert result.events == [
+        "round 2 adapt: deadline passed without gamma; weights renormalised over the rest"
+    ]
+    assert answered["r2/adapt/G"] == ["alpha", "delta", "epsilon", "omega"]  # t = 4 of 6
+    assert answered["r2/adapt/T"] == ["alpha", "delta", "epsilon"]  # t = 3 of 5
+    adapted = [(a, r) for a, r in recorder.aggregates if a.key in ("r2/adapt/G", "r2/adapt/T")]
+    assert len(adapted) == 2
+    for action, aggregate in adapted:
+        assert "gamma" not in action.inputs and "beta" in action.inputs
+        masked = {n: recorder.received[k][1] for n, k in action.inputs.items()}
+        plain = {n: recorder.plain[k] for n, k in action.inputs.items()}
+        assert_weighted_average(aggregate, plain, action.weights, sum(masked.values()))
+    assert [r.round for r in result.rounds if r.metrics] == [1, 2]
+
+
+def test_fewer_than_t_answers_stop_the_unmasking_with_the_reason(
+    vector_federation: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, data = with_sources(vector_federation, ["gamma"], secure_aggregation=True, rounds=1)
+    losing(monkeypatch, lambda action, node: node in ("beta", "gamma"))
+    with pytest.raises(secagg.SecAggError, match="unmasking needs 3 of the survivors"):
+        simulate(config, node_data=data)
+
+
+def test_a_higher_threshold_needs_more_answers(
+    vector_federation: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config, data = with_sources(
+        vector_federation, ["gamma"], secure_aggregation=True, secure_aggregation_threshold=0.75, rounds=1
+    )
+    assert config.secure_threshold(4) == 4
+    losing(monkeypatch, lambda action, node: node == "gamma")
+    with pytest.raises(secagg.SecAggError, match="unmasking needs 4"):
+        simulate(config, node_data=data)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"secure_aggregation": True, "secure_aggregation_threshold": 0.4}, "greater than or equal to 0.5"),
+        ({"secure_aggregation": True, "secure_aggregation_threshold": 1.0}, "less than 1"),
+        ({"secure_aggregation_threshold": 0.6}, "secure_aggregation is off"),
+    ],
+)
+def test_thresholds_outside_their_bounds_are_refused_at_creation(
+    vector_federation: Factory, overrides: dict, message: str
+) -> None:
+    raw, _ = vector_federation(**overrides)
+    with pytest.raises(ValidationError, match=message):
+        FederationConfig.model_validate(raw)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 3. Settings that cannot work are refused
 

@@ -9,9 +9,9 @@ persists between steps on its machine (`workers.state`), so steps may land in di
 
 With secure aggregation (`fedalign.secagg`) the node makes its X25519 key pair at setup (the private key
 stays in its state directory) and sends the public key; it masks every averaged upload with the roster's
-relayed keys and weights its task carries, answers a reveal step with its self seed and its pairwise
-seeds with the dropped nodes, and, as a target that aggregates, unmasks the phase's sum with the survivors'
-reveals.
+relayed keys and weights its task carries and completes the step with its seeds' threshold shares sealed to
+each roster node, answers a reveal step with its shares of the survivors' seeds (`fedalign.secagg_shares`),
+and, as a target that aggregates, unmasks the phase's sum with the seeds t holders' answers rebuild.
 
 At setup the node compares the models it built from its own installed architecture with the federation's
 manifest (``GET /api/v1/node/manifest``): a different layer or version stops it with the first difference.
@@ -45,7 +45,7 @@ import httpx
 import torch
 
 from fedalign import data as datasets
-from fedalign import params, secagg
+from fedalign import params, secagg, secagg_shares
 from fedalign.aggregate import average
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
@@ -250,17 +250,15 @@ class NodeClient:
         answer = node_api.PublicKeys.model_validate_json(self._get("/api/v1/node/public-keys").content)
         return {name: _unb64(key) for name, key in answer.public_keys.items()}
 
-    def reveal(self, url: str, reveals: Mapping[str, secagg.SeedReveal]) -> node_api.CompleteResult:
-        """Answer a reveal step: per model, this node's self seed and its seeds with the dropped nodes."""
-        body = {
-            "seeds": {
-                model: {
-                    "self_seed": _b64(r.self_seed),
-                    "pair_seeds": {peer: _b64(seed) for peer, seed in r.pair_seeds.items()},
-                }
-                for model, r in reveals.items()
+    def reveal(self, url: str, answers: Mapping[str, secagg_shares.ShareReveal]) -> node_api.CompleteResult:
+        """Answer a reveal step: per model, this node's shares of the survivors' self seeds and of their
+        pairwise seeds with the dropped nodes."""
+        body = node_api.RevealRequest(
+            shares={
+                model: node_api.ShareAnswer.encode(a.x, a.self_shares, a.pair_shares)
+                for model, a in answers.items()
             }
-        }
+        ).model_dump(mode="json")
         response = self.http.post(self._url(url), json=body, headers=self._auth)
         return node_api.CompleteResult.model_validate_json(self._check(response).content)
 
@@ -284,11 +282,19 @@ class NodeClient:
         return node_api.FailResult.model_validate_json(self._check(response).content)
 
     def complete(
-        self, url: str, metrics: Mapping[str, float], samples: Mapping[str, int] | None = None
+        self,
+        url: str,
+        metrics: Mapping[str, float],
+        samples: Mapping[str, int] | None = None,
+        shares: Mapping[str, Mapping[str, bytes]] | None = None,
     ) -> node_api.CompleteResult:
+        """Complete a step; with secure aggregation, ``shares`` are the masked uploads' sealed seed shares
+        (slot -> holder -> ciphertext), relayed by the server to their holders."""
         body: dict[str, Any] = {"metrics": {k: float(v) for k, v in metrics.items()}}
         if samples is not None:
             body["samples"] = dict(samples)
+        if shares:
+            body["shares"] = {slot: {h: _b64(c) for h, c in held.items()} for slot, held in shares.items()}
         response = self.http.post(self._url(url), json=body, headers=self._auth)
         return node_api.CompleteResult.model_validate_json(self._check(response).content)
 
@@ -398,12 +404,14 @@ class NodeRunner:
             return
         if task.kind == "setup" and self.secagg is not None:
             self.client.put_public_key(self.secagg.key_pair().public_bytes)
+        sealed: dict[str, dict[str, bytes]] = {}
         for slot, url in task.uploads.items():
             if slot in task.secure:
-                self.client.upload_bytes(url, self._masked(task, slot, result.uploads[slot]))
+                data, sealed[slot] = self._masked(task, slot, result.uploads[slot])
+                self.client.upload_bytes(url, data)
             else:
                 self.client.upload(url, result.uploads[slot])
-        self.client.complete(task.complete_url, result.metrics, result.samples)
+        self.client.complete(task.complete_url, result.metrics, result.samples, sealed)
 
     # ------------------------------------------------------------------------------ secure aggregation
 
@@ -428,26 +436,41 @@ class NodeRunner:
         )
         return masker, context
 
-    def _masked(self, task: Task, slot: str, state: State) -> bytes:
+    def _masked(self, task: Task, slot: str, state: State) -> tuple[bytes, dict[str, bytes]]:
+        """The masked upload of ``slot`` and its seeds' sealed shares for every roster node (deterministic:
+        a re-run step sends the same bytes)."""
         assert self.secagg is not None
-        masker, context = self._masker(task.secure[slot])
+        masking = task.secure[slot]
+        masker, context = self._masker(masking)
         data = params.to_bytes(masker.mask_state(state, self._manifests()[slot]))
         self.secagg.record_mask(context, hashlib.sha256(data).hexdigest())
-        return data
+        return data, secagg_shares.share_seeds(masker, masking.threshold)
 
     def _reveal(self, task: Task) -> None:
-        """Answer the phase's dropout list: per masked model, the self seed and the dropped nodes' seeds."""
+        """Answer the phase's dropout list as a holder: per masked model, its shares of the survivors' self
+        seeds and of their pairwise seeds with the dropped nodes, opened from what the survivors sealed."""
         assert self.secagg is not None
         target = self.config.target.name
-        reveals: dict[str, secagg.SeedReveal] = {}
+        node = self.federation.node
+        answers: dict[str, secagg_shares.ShareReveal] = {}
         for slot, masking in task.secure.items():
-            masker, context = self._masker(masking)
+            context = secagg.MaskContext(**masking.context.model_dump())
+            if context.federation != self.federation.federation_id:
+                raise secagg.SecAggError(f"the mask context {context} is not of this node's federation")
             # When the target aggregates it knows its own upload: two others must stay hidden in the sum.
             aggregator_in_sum = self.config.aggregator == "target" and target in masking.weights
             dropped = list(masking.dropped)
-            reveals[slot] = masker.reveal(dropped, min_survivors=secagg.MIN_SURVIVORS + aggregator_in_sum)
+            answers[slot] = secagg_shares.reveal_shares(
+                node,
+                self.secagg.key_pair(),
+                {name: _unb64(key) for name, key in masking.public_keys.items()},
+                context,
+                {sender: _unb64(sealed) for sender, sealed in masking.shares.items()},
+                dropped,
+                min_survivors=secagg.MIN_SURVIVORS + aggregator_in_sum,
+            )
             self.secagg.record_reveal(context, dropped)
-        self.client.reveal(task.complete_url, reveals)
+        self.client.reveal(task.complete_url, answers)
 
     def _manifests(self) -> Mapping[str, Manifest]:
         # The models this node built, which setup checked against the federation's manifest.
@@ -520,22 +543,20 @@ class NodeRunner:
 
     def _average(self, task: Task) -> State:
         """Average the phase's submissions in node order, exactly as the server would (with secure
-        aggregation: fold the masked submissions and unmask their sum with the survivors' reveals)."""
+        aggregation: fold the masked submissions and unmask their sum with the seeds that t holders' answers
+        rebuild)."""
         manifest = self._manifests()[task.model]
         masking = task.secure.get(task.model)
         if masking is not None:
             total = secagg.MaskedSum(manifest, masking.weights)
             for node, url in sorted(task.inputs.items()):
                 total.offer(node, self.client.download_bytes(url))
-            reveals = {
-                node: secagg.SeedReveal(
-                    node,
-                    _unb64(seeds.self_seed),
-                    {peer: _unb64(seed) for peer, seed in seeds.pair_seeds.items()},
-                )
-                for node, seeds in masking.reveals.items()
+            answers = {
+                holder: secagg_shares.ShareReveal(holder, *answer.decoded())
+                for holder, answer in masking.answers.items()
             }
-            result = total.unmask(reveals)
+            seeds = secagg_shares.recover(masking.weights, masking.dropped, answers, masking.threshold)
+            result = total.unmask(seeds)
         else:
             inputs = {node: self.client.download_bytes(url) for node, url in task.inputs.items()}
             result = average(inputs, task.weights, manifest.shared())

@@ -6,8 +6,9 @@ a job dispatched twice (by the orchestrator and by the sweep, or by two API proc
 that expires (the process died) makes it claimable again. Submissions are folded in node order with
 `fedalign.aggregate.StreamingAverage`, one file open at a time, so the result is the simulator's exactly.
 With secure aggregation the masked submissions fold into a `fedalign.secagg.MaskedSum` (one tensor at a
-time from the artifact store, exact in the ring, so in any order), which the survivors' stored reveals then
-unmask into their weighted average: the simulator's numbers again.
+time from the artifact store, exact in the ring, so in any order), which the survivors' seeds, rebuilt from
+t stored share answers (`fedalign.secagg_shares`), then unmask into their weighted average: the
+simulator's numbers again.
 
 `backend.services.dispatch.AggregationDispatcher` is the seam for where jobs run: `ThreadPoolDispatcher` in
 the API process, or a Celery dispatcher on the ``aggregator`` queue when a broker is configured.
@@ -132,14 +133,21 @@ class AggregationService:
             inputs, weights, model, key = dict(job.inputs), dict(job.weights), job.model, job.key
             federation_id = job.federation_id
             masked: tuple[dict[str, float], dict[str, secagg.SeedReveal]] | None = None
+            unrecoverable: str | None = None
             if config.secure_aggregation:
                 # Every node masked with the weights of the phase's whole roster, fixed when it opened.
                 state = protocol_state(federation)
                 roster = schedule.Protocol(config, state).roster_weights(job.round, job.phase)[model]
-                reveals = secure.load_reveals(
-                    session, federation_id, job.round, job.phase, model, list(inputs)
-                )
-                masked = (roster, reveals)
+                try:
+                    seeds = secure.load_seeds(
+                        session, config, federation_id, job.round, job.phase, model, roster, list(inputs)
+                    )
+                    masked = (roster, seeds)
+                except secagg.SecAggError as exc:  # too few answers, or answers that do not agree
+                    unrecoverable = f"SecAggError: {exc}"
+        if unrecoverable is not None:
+            self._failed(job_id, federation_id, unrecoverable)
+            return
         try:
             missing = sorted(k for k in inputs.values() if k not in paths)
             if missing:

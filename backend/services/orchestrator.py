@@ -269,7 +269,7 @@ class Transaction:
             spec = action.step
             masking: dict[str, SecureSlot] = {}
             if protocol.reveal_steps:
-                masking = secure.step_masking(fed.id, protocol, spec, self.public_keys())
+                masking = secure.step_masking(self.session, fed.id, protocol, spec, self.public_keys())
             self._add_step(
                 node=spec.node,
                 round_=spec.round,

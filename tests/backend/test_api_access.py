@@ -79,7 +79,6 @@ ORGANISATIONS = {"alpha": "north", "beta": "south", "omega": "acme"}
 
 # Secure aggregation's bodies: a usable X25519 public key, and a seed (both 32 bytes, base64).
 A_PUBLIC_KEY = base64.b64encode(secagg.KeyPair.from_private_bytes(bytes(range(32))).public_bytes).decode()
-A_SEED = base64.b64encode(bytes(32)).decode()
 
 
 def valid_d() -> bytes:
@@ -432,7 +431,7 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         frozenset({"own"}), (200,), "running", hidden=frozenset({"other_node"}), call=uploaded_then_complete
     ),
     # Secure aggregation: a node sends its own key (the token says whose) and reads its federation's keys;
-    # it reveals seeds to its own reveal step only. `running` averages in the clear, so a call that got
+    # it reveals shares to its own reveal step only. `running` averages in the clear, so a call that got
     # past the credentials answers 409 (test_api_secagg.py drives the secure ones).
     ("PUT", N + "/public-key"): Rule(
         NODES, (409,), "running", call=lambda w: Call(f"{N}/public-key", json={"public_key": A_PUBLIC_KEY})
@@ -444,7 +443,8 @@ EXPECTED: dict[tuple[str, str], Rule] = {
         "running",
         hidden=frozenset({"other_node"}),
         call=lambda w: Call(
-            f"{N}/steps/{w.step['step_id']}/reveal", json={"seeds": {"D": {"self_seed": A_SEED}}}
+            f"{N}/steps/{w.step['step_id']}/reveal",
+            json={"shares": {"D": {"x": 1, "self_shares": {}, "pair_shares": {}}}},
         ),
     ),
 }

@@ -29,12 +29,13 @@ from test_api_hostile_input import assert_refused, snapshot
 
 from backend.models import Artifact, Federation, SeedReveal, Step
 from backend.services.orchestrator import protocol_state
-from fedalign import params, secagg
+from fedalign import params, secagg, secagg_shares
 from fedalign.config import FederationConfig
 from fedalign.model_manifest import ModelManifest
 from fedalign.node import NodeRuntime, initial_models
 from fedalign.protocol import MODELS, Action, Deadline, Protocol, RunStep, submission_key
 from fedalign.simulate import Simulator, simulate
+from messaging.node_api import ShareAnswer
 from workers.client import NodeClient, NodeRunner, Task
 
 # Metrics of the secure and the plain run: aggregates differ by the fixed point's rounding (~1e-7), so a
@@ -123,6 +124,29 @@ def federation_row(api: Api, fid: str) -> tuple[list[Artifact], list[SeedReveal]
     return artifacts, reveals, state
 
 
+def rebuilt_seeds(
+    reveal_rows: list[SeedReveal], config: FederationConfig, protocol: Protocol
+) -> dict[tuple[int, str, str], dict[str, secagg.SeedReveal]]:
+    """(round, phase, model) -> each survivor's seeds, rebuilt from the holders' stored answers as the
+    aggregator rebuilds them."""
+    answers: dict[tuple[int, str, str], dict[str, secagg_shares.ShareReveal]] = {}
+    for row in reveal_rows:
+        for model, answer in row.seeds.items():
+            decoded = ShareAnswer.model_validate(answer).decoded()
+            answers.setdefault((row.round, row.phase, model), {})[row.node] = secagg_shares.ShareReveal(
+                row.node, *decoded
+            )
+    rebuilt = {}
+    for (round_, phase, model), held in answers.items():
+        roster = protocol.roster_weights(round_, phase)[model]
+        survivors = next(iter(held.values())).self_shares
+        dropped = sorted(set(roster) - set(survivors))
+        rebuilt[round_, phase, model] = secagg_shares.recover(
+            roster, dropped, held, config.secure_threshold(len(roster))
+        )
+    return rebuilt
+
+
 def assert_the_aggregator_learns_only_the_sum(
     api: Api, fid: str, config: FederationConfig, plain: dict[str, dict[str, torch.Tensor]]
 ) -> None:
@@ -131,7 +155,9 @@ def assert_the_aggregator_learns_only_the_sum(
     artifacts, reveal_rows, state = federation_row(api, fid)
     store, protocol = api.services.store, Protocol(config, state)
     manifests = ModelManifest.for_config(config).models
-    reveals = {(r.round, r.phase, r.node): r.seeds for r in reveal_rows}
+    seeds_of = rebuilt_seeds(reveal_rows, config, protocol)
+    # Nobody dropped: no holder revealed a share of any pairwise seed.
+    assert all(not any(a["pair_shares"].values()) for r in reveal_rows for a in r.seeds.values())
     averaged = {k for k in plain if k.split("/")[2] in MODELS}
     submissions = {a.key: a for a in artifacts if a.kind == "submission"}
     assert set(submissions) == averaged and len(averaged) == 2 * (3 + 5)  # D x3; G x3, T x2 per round
@@ -141,9 +167,9 @@ def assert_the_aggregator_learns_only_the_sum(
         model, node = artifact.model, artifact.node or ""
         weight = protocol.roster_weights(artifact.round, artifact.phase)[model][node]
         assert set(upload) == set(plain[key])
-        seeds = reveals[artifact.round, artifact.phase, node][model]
-        assert seeds["pair_seeds"] == {}  # nobody dropped: no pairwise seed was revealed
-        self_seed = base64.b64decode(seeds["self_seed"])
+        seeds = seeds_of[artifact.round, artifact.phase, model][node]
+        assert seeds.pair_seeds == {}
+        self_seed = seeds.self_seed
         for name, tensor in upload.items():
             assert tensor.dtype == torch.int64
             encoded = secagg.DEFAULT_FIXED_POINT.encode(plain[key][name], weight)
@@ -183,17 +209,7 @@ def assert_the_aggregator_learns_only_the_sum(
             decoded = secagg.DEFAULT_FIXED_POINT.decode(ring, total.total_weight(), torch.float64)
             assert float((decoded - stored[name].double()).abs().median()) > FAR, (aggregate.key, name)
         # ...and with them it is exactly what was aggregated.
-        unmasked = total.unmask(
-            {
-                node: secagg.SeedReveal(
-                    node,
-                    base64.b64decode(
-                        reveals[aggregate.round, aggregate.phase, node][aggregate.model]["self_seed"]
-                    ),
-                )
-                for node in roster
-            }
-        )
+        unmasked = total.unmask(seeds_of[aggregate.round, aggregate.phase, aggregate.model])
         assert unmasked.keys() == stored.keys()
         assert all(torch.equal(unmasked[name], stored[name]) for name in stored), aggregate.key
 
@@ -257,7 +273,7 @@ def test_a_secure_served_federation_gives_the_simulators_numbers_from_masked_upl
             specs_of = [(s.id, s.model, s.spec) for s in aggregate_steps]
         assert len(specs_of) == 2 * 3
         for step_id, model, spec in specs_of:
-            assert set(spec.secure[model].reveals) == set(spec.inputs)
+            assert set(spec.secure[model].answers) == set(spec.inputs)
             claimed = api.request("POST", f"/api/v1/node/steps/{step_id}/claim", token=tokens["alpha"])
             assert claimed.status_code == 403, claimed.text
 
@@ -289,10 +305,11 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
     api: Api, vector_specs: Callable[[], dict[str, str]], tmp_path: Path, aggregator: str
 ) -> None:
     """gamma joins (its key is relayed, so everyone masks against it), claims round 1's discriminator step
-    and falls silent: each phase closes at its deadline without it, the survivors reveal their seeds with
-    gamma (and no other), the aggregator (the server, or the target in its aggregate steps) unmasks the
-    survivors' sum with them, and the run ends with the simulator's numbers driven through the same
-    deadlines. gamma's masked upload, arriving after the deadline, is refused; it has nothing to reveal."""
+    and falls silent: each phase closes at its deadline without it, the survivors reveal their shares of
+    the seeds with gamma (and no other), the aggregator (the server, or the target in its aggregate steps)
+    unmasks the survivors' sum with them, and the run ends with the simulator's numbers driven through the
+    same deadlines. gamma's masked upload, arriving after the deadline, is refused; it has nothing to
+    reveal."""
     specs = {**vector_specs(), "gamma": write_vectors(tmp_path / "gamma.npz", 4, 0.6)}
     settings = secure_settings(min_sources=2, phase_deadline_s=60, aggregator=aggregator)
     federation, tokens = api.federation_with_nodes(specs, **settings)
@@ -306,7 +323,7 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
     assert late is not None and (late.phase, sorted(late.secure)) == ("disc1", ["D"])
     assert sorted(late.secure["D"].public_keys) == ["alpha", "beta", "gamma", "omega"]
     # gamma trains and masks while the phase is open...
-    masked = runners["gamma"]._masked(late, "D", runners["gamma"]._train(late).uploads["D"])
+    masked, _ = runners["gamma"]._masked(late, "D", runners["gamma"]._train(late).uploads["D"])
     for name in ("alpha", "beta", "omega"):
         assert runners[name].step_once()
     assert sweep_past_deadline(api) == 1
@@ -318,14 +335,15 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
     alpha_reveal = api.task(tokens["alpha"])
     assert alpha_reveal is not None and alpha_reveal["kind"] == "reveal"
     assert alpha_reveal["secure"]["D"]["dropped"] == ["gamma"]
-    seeds = {"D": {"self_seed": b64(bytes(32)), "pair_seeds": {"alpha": b64(bytes(32))}}}
+    share = b64(bytes(66))
+    shares = {"D": {"x": 1, "self_shares": {"alpha": share}, "pair_shares": {"alpha": {"gamma": share}}}}
     before = snapshot(api)
     # A node that is not a survivor reveals nothing: it has no reveal step, and another's is not its own.
     for url, status in (
         (alpha_reveal["complete_url"], 403),
         (late.complete_url.replace("complete", "reveal"), 409),
     ):
-        response = api.request("POST", url, token=tokens["gamma"], json={"seeds": seeds})
+        response = api.request("POST", url, token=tokens["gamma"], json={"shares": shares})
         assert_refused(api, response, before, status)
     runners["alpha"].run(Task.model_validate(alpha_reveal))
     drive_with_deadlines(api, {n: runners[n] for n in ("alpha", "beta", "omega")})
@@ -355,7 +373,12 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
         rows = list(session.scalars(select(SeedReveal).where(SeedReveal.federation_id == fid)))
         assert {d[3] for d in dropped} == {"['gamma']"}
         assert len(reveal_steps) == len(rows) == 2 * (3 + 3)  # disc1: 3 survivors, adapt: 3 (G), per round
-        assert all(set(seeds["pair_seeds"]) == {"gamma"} for r in rows for seeds in r.seeds.values())
+        assert all(
+            set(pairs) == {"gamma"}
+            for r in rows
+            for a in r.seeds.values()
+            for pairs in a["pair_shares"].values()
+        )
         assert not session.scalars(
             select(Artifact).where(Artifact.federation_id == fid, Artifact.node == "gamma")
         ).all()
@@ -370,7 +393,7 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
             {(r, p) for r in (1, 2) for p in ("disc1", "adapt")} if aggregator == "target" else set()
         )
         for spec, slot in masked:  # T's average has the surviving sources only
-            assert slot.dropped == ["gamma"] and set(slot.reveals) == set(spec.inputs)
+            assert slot.dropped == ["gamma"] and set(slot.answers) == set(spec.inputs)
             assert {"alpha", "beta"} <= set(spec.inputs) <= {"alpha", "beta", "omega"}
 
 
@@ -378,11 +401,21 @@ def test_a_node_that_drops_after_masking_leaves_the_survivors_average(
 # A survivor that does not reveal; the node's keys and ledger on its machine
 
 
-def test_a_survivor_that_does_not_reveal_stalls_the_run_and_its_restarted_worker_carries_on(
-    api: Api, vector_specs: Callable[[], dict[str, str]], tmp_path: Path
+@pytest.mark.parametrize(("aggregator", "threshold"), [("server", None), ("target", None), ("server", 0.75)])
+def test_a_survivor_lost_after_masking_is_unmasked_from_t_others_shares_and_fewer_stall_the_run(
+    api: Api,
+    vector_specs: Callable[[], dict[str, str]],
+    tmp_path: Path,
+    aggregator: str,
+    threshold: float | None,
 ) -> None:
+    """beta masks and uploads its discriminator, then its worker is gone before the Unmasking round. With
+    the default threshold (2 of 3) alpha's and omega's shares rebuild beta's seeds at the deadline and the
+    run goes on without beta's reveal; with 3 of 3 it stalls until beta answers. Either way the run ends
+    with the simulator's numbers."""
     specs = vector_specs()
-    settings = secure_settings(rounds=1, phase_deadline_s=60)
+    extra = {} if threshold is None else {"secure_aggregation_threshold": threshold}
+    settings = secure_settings(rounds=1, phase_deadline_s=60, aggregator=aggregator, **extra)
     federation, tokens = api.federation_with_nodes(specs, **settings)
     fid = federation["id"]
     api.start(fid)
@@ -403,8 +436,8 @@ def test_a_survivor_that_does_not_reveal_stalls_the_run_and_its_restarted_worker
         assert relayed[name] == b64(secagg.KeyPair.from_private_bytes(key_file.read_bytes()).public_bytes)
 
     # beta's discriminator step runs, then its worker is replaced: the restarted one reuses the key and
-    # masks the step's saved result identically (the server answers "stored: false" and the same completion;
-    # a different masked upload would be refused).
+    # masks and shares the step's saved result identically (the server answers "stored: false" and the
+    # same completion; a different masked upload would be refused).
     task = runners["beta"].client.next_task()
     assert task is not None and task.kind == "discriminator"
     runners["beta"].run(task)
@@ -419,9 +452,22 @@ def test_a_survivor_that_does_not_reveal_stalls_the_run_and_its_restarted_worker
         assert runners[name].step_once()
     assert sweep_past_deadline(api) == 1
     federation = api.ok("GET", f"/api/v1/federations/{fid}")
-    assert federation["status"] == "stalled"
-    assert "beta uploaded masked parameters" in federation["stall_reason"]
-    assert "did not reveal" in federation["stall_reason"]
+    if threshold is None:
+        assert federation["status"] == "running"
+        closed = [e["payload"] for e in events_of(api, fid) if e["type"] == "phase_closed"]
+        assert closed[-1]["missing"] == ["beta"]
+        assert "unmasked from the other survivors' shares" in closed[-1]["reason"]
+        if aggregator == "target":  # the target unmasks from the two answers it is handed
+            aggregate = runners["omega"].client.next_task()
+            assert aggregate is not None and aggregate.kind == "aggregate"
+            assert sorted(aggregate.secure["D"].answers) == ["alpha", "omega"]
+            runners["omega"].run(aggregate)
+        assert api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt"
+    else:
+        assert federation["status"] == "stalled"
+        assert "beta uploaded masked parameters" in federation["stall_reason"]
+        assert "did not reveal" in federation["stall_reason"]
+        assert "D: 2 of the 3 needed" in federation["stall_reason"]
 
     # The ledger on beta's machine: one masked value and one dropout list per context.
     ledger = state_dirs["beta"] / fid / "beta.secagg.json"
@@ -433,7 +479,7 @@ def test_a_survivor_that_does_not_reveal_stalls_the_run_and_its_restarted_worker
     with pytest.raises(secagg.SecAggError, match="will not answer a different one"):
         restarted.secagg.record_reveal(context, ["alpha"])
 
-    # beta comes back and reveals: the run carries on to the simulator's numbers.
+    # beta comes back (and reveals, if the run still waits for it): the run ends with the simulator's numbers.
     drive({**runners, "beta": restarted})
     assert api.ok("GET", f"/api/v1/federations/{fid}")["status"] == "finished"
     assert served_rounds(api, fid) == expected_rounds(simulate(config_of(settings, specs)))
@@ -522,7 +568,26 @@ def test_bad_secure_aggregation_input_gets_a_clear_4xx_and_changes_nothing(
         assert_refused(api, response, before, 422)
         assert response.json()["error"]["code"] == code
     assert "secure aggregation" in put(api, task["uploads"]["D"], alpha, params.to_bytes(plain_d)).text
-    runners["alpha"].run(Task.model_validate(task))
+
+    # Completing a masked step: its sealed seed shares, one per roster node, each of the exact size.
+    parsed = Task.model_validate(task)
+    data, sealed = runners["alpha"]._masked(parsed, "D", runners["alpha"]._train(parsed).uploads["D"])
+    assert put(api, task["uploads"]["D"], alpha, data).status_code == 200
+    good = {h: b64(c) for h, c in sealed.items()}
+    before = snapshot(api)
+    for shares in (
+        {},  # none
+        {"D": {h: c for h, c in good.items() if h != "omega"}},  # a holder left out
+        {"D": {**good, "zed": good["beta"]}},  # a stranger
+        {"D": {**good, "beta": b64(base64.b64decode(good["beta"])[:-1])}},  # cut short
+        {"D": good, "G": good},  # a slot that is not masked in this step
+    ):
+        response = api.request("POST", task["complete_url"], token=alpha, json={"shares": shares})
+        assert_refused(api, response, before, 422)
+        assert response.json()["error"]["code"] == "invalid_shares"
+    response = api.request("POST", task["complete_url"], token=alpha, json={"shares": {"D": {"beta": "!!"}}})
+    assert_refused(api, response, before, 422)
+    api.ok("POST", task["complete_url"], token=alpha, json={"shares": {"D": good}})
     for name in ("beta", "omega"):
         assert runners[name].step_once()
 
@@ -532,21 +597,34 @@ def test_bad_secure_aggregation_input_gets_a_clear_4xx_and_changes_nothing(
     assert reveal_task["complete_url"].endswith(f"/steps/{reveal_task['step_id']}/reveal")
     assert reveal_task["secure"]["D"]["dropped"] == []
     url = reveal_task["complete_url"]
-    seed = b64(bytes(range(32)))
+    share = b64(bytes(range(66)))
+    everyone = ("alpha", "beta", "omega")
+
+    def answer(**changes: Any) -> dict[str, Any]:
+        return {
+            "x": 1,
+            "self_shares": dict.fromkeys(everyone, share),
+            "pair_shares": {n: {} for n in everyone},
+        } | changes
+
     before = snapshot(api)
     for token, target, body, status in (
+        (alpha, task["complete_url"].replace("complete", "reveal"), {"shares": {"D": answer()}}, 409),
+        (beta, url, {"shares": {"D": answer()}}, 403),
+        (alpha, url, {"shares": {"G": answer()}}, 422),
+        (alpha, url, {"shares": {"D": answer(), "T": answer()}}, 422),
+        # A share of a pairwise seed between two survivors would strip a survivor's masks: refused.
         (
             alpha,
-            task["complete_url"].replace("complete", "reveal"),
-            {"seeds": {"D": {"self_seed": seed}}},
-            409,
+            url,
+            {"shares": {"D": answer(pair_shares={"alpha": {"beta": share}, "beta": {}, "omega": {}})}},
+            422,
         ),
-        (beta, url, {"seeds": {"D": {"self_seed": seed}}}, 403),
-        (alpha, url, {"seeds": {"G": {"self_seed": seed}}}, 422),
-        (alpha, url, {"seeds": {"D": {"self_seed": seed, "pair_seeds": {"beta": seed}}}}, 422),
-        (alpha, url, {"seeds": {"D": {"self_seed": seed[:-2] + "=="}}}, 422),
-        (alpha, url, {"seeds": {"D": {"self_seed": b64(bytes(16))}}}, 422),
-        (alpha, url, {"seeds": {"D": {"self_seed": seed}, "T": {"self_seed": seed}}}, 422),
+        (alpha, url, {"shares": {"D": answer(self_shares={"alpha": share, "beta": share})}}, 422),
+        (alpha, url, {"shares": {"D": answer(x=2)}}, 422),  # alpha holds the first share, not the second
+        (alpha, url, {"shares": {"D": answer(self_shares=dict.fromkeys(everyone, b64(bytes(65))))}}, 422),
+        (alpha, url, {"shares": {"D": answer(self_shares=dict.fromkeys(everyone, share[:-2] + "=="))}}, 422),
+        (alpha, url, {"seeds": {"D": {"self_seed": b64(bytes(32))}}}, 422),  # the old, direct reveal
         (alpha, url.replace("/reveal", "/complete"), {}, 409),
     ):
         assert_refused(api, api.request("POST", target, token=token, json=body), before, status)
@@ -555,11 +633,10 @@ def test_bad_secure_aggregation_input_gets_a_clear_4xx_and_changes_nothing(
         (row,) = session.scalars(select(SeedReveal).where(SeedReveal.federation_id == fid)).all()
         answered = dict(row.seeds)
     assert (
-        api.request("POST", url, token=alpha, json={"seeds": answered}).status_code == 200
+        api.request("POST", url, token=alpha, json={"shares": answered}).status_code == 200
     )  # the same again
     before = snapshot(api)
-    different = {"D": {"self_seed": seed, "pair_seeds": {}}}
-    response = api.request("POST", url, token=alpha, json={"seeds": different})
+    response = api.request("POST", url, token=alpha, json={"shares": {"D": answer()}})
     assert_refused(api, response, before, 409)
     assert response.json()["error"]["code"] == "already_revealed"
 

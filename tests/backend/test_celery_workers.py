@@ -46,6 +46,7 @@ from fedalign import params, secagg
 from fedalign.config import FederationConfig
 from fedalign.metrics import REPORTED_METRICS
 from fedalign.model_manifest import ModelManifest
+from fedalign.secagg_limits import SHARE_BYTES, ciphertext_bytes
 from fedalign.simulate import simulate
 
 TOPOLOGIES = ("server", "target")
@@ -263,9 +264,10 @@ def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(se
 
     With secure aggregation a node also sends protocol data, allowed here on purpose and checked as
     tightly: its uploads are the same tensors masked (int64, exactly the masked manifest); its X25519
-    public key (32 bytes, from a random private key); and its reveals (per model, 32-byte seeds: its self
-    seed and one per dropped node, each derived by HKDF from its private key and the mask context). None is
-    a function of the node's data or features, and a fixed-size byte string leaves no room to hide any."""
+    public key (32 bytes, from a random private key); with each masked upload, its seeds' Shamir shares
+    sealed to each node (fixed-size ciphertexts); and its reveals (per model, 66-byte shares of the
+    survivors' seeds). None is a function of the node's data or features (the seeds derive by HKDF from its
+    private key and the mask context), and fixed-size byte strings leave no room to hide any."""
     assert served.records, "the proxy saw no request"
     uploads = masked = reveals = 0
     for record in served.records:
@@ -300,11 +302,15 @@ def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(se
             uploads += 1
         elif record.method == "POST" and REVEAL.match(record.path):
             assert secure, f"a node of a plain federation sent {record.path}"
-            assert_seeds_only(json.loads(record.body))
+            assert_shares_only(json.loads(record.body))
             reveals += 1
         else:
             assert record.method == "POST" and record.path.endswith("/complete"), record.path
-            assert_scalar_completion(json.loads(record.body))
+            completion = json.loads(record.body)
+            if "shares" in completion:
+                assert secure, f"a node of a plain federation sent seed shares to {record.path}"
+                assert_sealed_shares(completion.pop("shares"))
+            assert_scalar_completion(completion)
     assert uploads > 0 and masked > 0 and reveals > 0
 
 
@@ -315,16 +321,28 @@ def b64_32(text: Any) -> bytes:
     return raw
 
 
-def assert_seeds_only(body: Any) -> None:
-    """A reveal: per model, a 32-byte self seed and 32-byte seeds keyed by node names, nothing else."""
-    assert isinstance(body, dict) and set(body) == {"seeds"}, body
-    assert isinstance(body["seeds"], dict) and set(body["seeds"]) <= {"G", "T", "D"}, body
-    for seeds in body["seeds"].values():
-        assert isinstance(seeds, dict) and set(seeds) <= {"self_seed", "pair_seeds"}, seeds
-        b64_32(seeds["self_seed"])
-        for node, seed in seeds.get("pair_seeds", {}).items():
-            assert node in {name for name, _, _, _ in NODES}, node
-            b64_32(seed)
+def assert_shares_only(body: Any) -> None:
+    """A reveal: per model, the holder's index and 66-byte Shamir shares keyed by node names, nothing else."""
+    names = {name for name, _, _, _ in NODES}
+    assert isinstance(body, dict) and set(body) == {"shares"}, body
+    assert isinstance(body["shares"], dict) and set(body["shares"]) <= {"G", "T", "D"}, body
+    for answer in body["shares"].values():
+        assert isinstance(answer, dict) and set(answer) == {"x", "self_shares", "pair_shares"}, answer
+        assert type(answer["x"]) is int and 1 <= answer["x"] <= len(NODES), answer
+        assert set(answer["self_shares"]) <= names and set(answer["pair_shares"]) <= names, answer
+        values = [*answer["self_shares"].values()]
+        values += [v for pairs in answer["pair_shares"].values() for v in pairs.values()]
+        assert all(len(base64.b64decode(v, validate=True)) == SHARE_BYTES for v in values), answer
+
+
+def assert_sealed_shares(shares: Any) -> None:
+    """A masked step's sealed seed shares: per masked model, one fixed-size ciphertext per node."""
+    names = {name for name, _, _, _ in NODES}
+    assert isinstance(shares, dict) and set(shares) <= {"G", "T", "D"}, shares
+    for sealed in shares.values():
+        assert isinstance(sealed, dict) and set(sealed) <= names, sealed
+        sizes = {len(base64.b64decode(c, validate=True)) for c in sealed.values()}
+        assert sizes == {ciphertext_bytes(len(sealed))}, sizes
 
 
 def assert_scalar_completion(body: Any) -> None:

@@ -21,7 +21,9 @@ MASKING = {
     "dropped": [],
 }
 TRAINING = {"downloads": {"D": "r0/init/D"}, "uploads": {"D": "r1/disc1/D/alpha"}, "seed": 7}
-MASKED = {**TRAINING, "secure": {"D": MASKING}}
+MASKED = {**TRAINING, "secure": {"D": {**MASKING, "threshold": 2}}}
+# A masked step stored before threshold recovery existed: no threshold (read as 0).
+MASKED_BEFORE_SHARES = {**TRAINING, "secure": {"D": MASKING}}
 AGGREGATE = {
     "downloads": {},
     "uploads": {"D": "r1/disc1/D"},
@@ -30,7 +32,7 @@ AGGREGATE = {
     "inputs": {"alpha": "r1/disc1/D/alpha", "omega": "r1/disc1/D/omega"},
     "weights": {"alpha": 0.5, "omega": 0.5},
 }
-MASKED_AGGREGATE = {**AGGREGATE, "secure": {"D": {**MASKING, "reveals": {}}}}
+MASKED_AGGREGATE = {**AGGREGATE, "secure": {"D": {**MASKING, "threshold": 2, "answers": {}}}}
 
 
 def stored_json(api: Api, step_id: int) -> dict[str, Any]:
@@ -68,24 +70,27 @@ def test_a_spec_is_stored_as_the_json_the_orchestrator_always_wrote(api: Api) ->
         context=MaskContextOut(**MASKING["context"]),
         weights=MASKING["weights"],
         public_keys=MASKING["public_keys"],
+        threshold=2,
         dropped=[],
     )
     specs = [
         StepSpec.of_step(training, {}),
         StepSpec.of_step(training, {"D": slot}),
         StepSpec.of_aggregate(aggregate, None),
-        StepSpec.of_aggregate(aggregate, {"D": slot.model_copy(update={"reveals": {}})}),
+        StepSpec.of_aggregate(aggregate, {"D": slot.model_copy(update={"answers": {}})}),
     ]
     ids = add_steps(api, specs)
     assert [stored_json(api, i) for i in ids] == [TRAINING, MASKED, AGGREGATE, MASKED_AGGREGATE]
 
 
 def test_a_stored_spec_reads_as_a_typed_value_and_writes_back_unchanged(api: Api) -> None:
-    ids = add_steps(api, [StepSpec.model_validate(s) for s in (TRAINING, MASKED, MASKED_AGGREGATE)])
+    stored = (TRAINING, MASKED, MASKED_AGGREGATE, MASKED_BEFORE_SHARES)
+    ids = add_steps(api, [StepSpec.model_validate(s) for s in stored])
     with api.services.db.read() as session:
-        training, masked, aggregate = (session.get(Step, i) for i in ids)
-        assert training is not None and masked is not None and aggregate is not None
+        training, masked, aggregate, before = (session.get(Step, i) for i in ids)
+        assert training is not None and masked is not None and aggregate is not None and before is not None
         assert (training.spec.seed, training.spec.inputs, training.spec.secure) == (7, {}, {})
-        assert masked.spec.secure["D"].context.phase == "disc1" and masked.spec.secure["D"].reveals == {}
+        assert masked.spec.secure["D"].context.phase == "disc1" and masked.spec.secure["D"].shares == {}
+        assert masked.spec.secure["D"].threshold == 2 and before.spec.secure["D"].threshold == 0
         assert aggregate.spec.aggregate_key == "r1/disc1/D" and aggregate.spec.weights["omega"] == 0.5
-    assert [stored_json(api, i) for i in ids] == [TRAINING, MASKED, MASKED_AGGREGATE]
+    assert [stored_json(api, i) for i in ids] == list(stored)

@@ -16,6 +16,7 @@ from backend.models import Artifact, Federation, Node, Step, utcnow
 from backend.observability import metrics
 from backend.security import NodeCredential
 from backend.services.node_api.access import refuse_if_closed, step_transaction
+from backend.services.node_api.share_checks import check_sealed_shares
 from backend.services.orchestrator import (
     Orchestrator,
     Transaction,
@@ -68,6 +69,7 @@ def complete(
                 f"step {step_id} is a reveal step; it completes with the node's seeds at "
                 f"POST /api/v1/node/steps/{step_id}/reveal",
             )
+        check_sealed_shares(step, result["shares"])
         if step.kind == "setup" and federation_config(federation).secure_aggregation:
             row = tx.session.get(Node, node.node_id)
             if row is None or row.public_key is None:

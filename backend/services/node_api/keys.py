@@ -1,9 +1,10 @@
-"""Secure aggregation's node side of the server: public keys relayed (AdvertiseKeys), seeds revealed
+"""Secure aggregation's node side of the server: public keys relayed (AdvertiseKeys), shares revealed
 (Unmasking).
 
 The server keeps each node's one public key and hands the roster's keys out in the steps of masked phases;
-after a masked phase closes with nodes missing, each survivor's reveal step is answered here with its self
-seed and its pairwise seeds with the dropped nodes only, and fed to the protocol as `RevealDone`.
+after a masked phase closes, each survivor's reveal step is answered here with its threshold shares of the
+survivors' self seeds and of their pairwise seeds with the dropped nodes only (`check_answer`), and fed to
+the protocol as `RevealDone`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from backend.security import NodeCredential
 from backend.services import secure
 from backend.services.node_api.access import federation_of, refuse_if_closed, refuse_if_over, step_transaction
 from backend.services.node_api.completion import answer, mark_done
+from backend.services.node_api.share_checks import check_answer
 from backend.services.orchestrator import Orchestrator, federation_config
 from fedalign import secagg
 from fedalign.protocol import ProtocolError, RevealDone
@@ -69,13 +71,13 @@ def reveal(
 ) -> CompleteResult:
     """A survivor's seeds for its reveal step (Unmasking): checked against the step, stored, fed as
     `RevealDone`. The same answer again is answered as the first time; a different one is refused."""
-    seeds = body.model_dump(mode="json")["seeds"]
+    seeds = body.model_dump(mode="json")["shares"]
     with step_transaction(orchestrator, node, step_id) as (tx, step):
         federation = tx.federation
         if step.kind != "reveal":
             raise conflict(
                 "not_a_reveal_step",
-                f"step {step_id} is a {step.kind} step; seeds are revealed only to a reveal step, which a "
+                f"step {step_id} is a {step.kind} step; shares are revealed only to a reveal step, which a "
                 "node gets after a masked phase closes",
             )
         stored = tx.session.scalars(
@@ -91,27 +93,20 @@ def reveal(
                 return answer(step, federation)
             raise conflict(
                 "already_revealed",
-                f"step {step_id} was already answered with other seeds; a survivor reveals once, since two "
-                "answers could together unmask its upload",
+                f"step {step_id} was already answered with other shares; a survivor answers once, since two "
+                "answers could together unmask one upload",
             )
         refuse_if_closed(step, federation)
         masking = step.spec.secure
-        if set(body.seeds) != set(masking):
+        if set(body.shares) != set(masking):
             raise ApiError(
                 422,
                 "invalid_reveal",
-                f"the reveal must hold seeds for exactly the models {sorted(masking)} of this step; it holds "
-                f"{sorted(body.seeds)}",
+                f"the reveal must hold an answer for exactly the models {sorted(masking)} of this step; it "
+                f"holds {sorted(body.shares)}",
             )
-        for model, entry in body.seeds.items():
-            dropped = sorted(masking[model].dropped)
-            if sorted(entry.pair_seeds) != dropped:
-                raise ApiError(
-                    422,
-                    "invalid_reveal",
-                    f"the seeds for {model!r} must hold pairwise seeds with exactly the dropped nodes "
-                    f"{dropped} (never with a survivor); they hold {sorted(entry.pair_seeds)}",
-                )
+        for model, entry in body.shares.items():
+            check_answer(model, masking[model], node.node_name, entry)
         tx.session.add(
             SeedReveal(
                 federation_id=federation.id,

@@ -1129,6 +1129,15 @@ export interface components {
             };
             /** @description Setup steps: sample counts per split. */
             samples?: components["schemas"]["Samples"] | null;
+            /**
+             * Shares
+             * @description Secure aggregation: each masked upload (slot) -> holder -> this node's seed shares for the holder, sealed to it (fedalign.secagg_shares.share_seeds); one entry per roster node.
+             */
+            shares?: {
+                [key: string]: {
+                    [key: string]: string;
+                };
+            };
         };
         /** CompleteResult */
         CompleteResult: {
@@ -1666,6 +1675,11 @@ export interface components {
              * @default false
              */
             secure_aggregation: boolean;
+            /**
+             * Secure Aggregation Threshold
+             * @description With secure_aggregation: the fraction of a masked phase's nodes that must answer to unmask its sum, as threshold t = the fewest nodes that are more than this fraction (at least 2). Every node hands the others threshold shares of its masking seeds, so any t survivors unmask the phase even when a node vanishes after uploading; fewer than t colluding nodes learn nothing from their shares. At least 0.5 (a majority, so two groups told different dropout lists cannot both reach t), below 1 (t = every node tolerates no loss). Unset: 0.5, a strict majority (2 of 3, 3 of 4, 3 of 5).
+             */
+            secure_aggregation_threshold?: number | null;
             /**
              * Trackers
              * @description Experiment trackers (mlflow, tensorboard) that this federation's per-round metrics and config stream to, among those configured where it runs (the deployment's FEDALIGN_MLFLOW_TRACKING_URI and FEDALIGN_TENSORBOARD_DIR, or `fedalign simulate --mlflow --tensorboard`); unset: every configured one; []: none.
@@ -2693,11 +2707,11 @@ export interface components {
         /** RevealRequest */
         RevealRequest: {
             /**
-             * Seeds
-             * @description Each model the reveal step lists (its 'secure' slots) -> this node's seeds for it.
+             * Shares
+             * @description Each model the reveal step lists (its 'secure' slots) -> this node's answer for it.
              */
-            seeds: {
-                [key: string]: components["schemas"]["Seeds"];
+            shares: {
+                [key: string]: components["schemas"]["ShareAnswer"];
             };
         };
         /** RoundList */
@@ -2774,36 +2788,29 @@ export interface components {
                 [key: string]: string;
             };
             /**
+             * Threshold
+             * @description t: how many survivors' shares unmask the sum; a training step splits its seeds so (0 only in steps stored before threshold recovery existed, which cannot be unmasked this way).
+             * @default 0
+             */
+            threshold: number;
+            /**
              * Dropped
              * @description Reveal and aggregate steps: roster nodes whose uploads are not in the sum (the same list for every survivor).
              */
             dropped?: string[];
             /**
-             * Reveals
-             * @description A target's aggregate step: survivor -> its revealed seeds.
+             * Shares
+             * @description A reveal step: survivor -> its sealed shares for this node, relayed as it sent them.
              */
-            reveals?: {
-                [key: string]: components["schemas"]["Seeds"];
-            };
-        };
-        /**
-         * Seeds
-         * @description One survivor's seeds for one masked model: its self seed, and its pairwise seeds with the dropped
-         *     nodes only (never with another survivor).
-         */
-        Seeds: {
-            /**
-             * Self Seed
-             * @description 32 bytes, base64 (RFC 4648, padded).
-             * @example 3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=
-             */
-            self_seed: string;
-            /**
-             * Pair Seeds
-             * @description Dropped node -> the pairwise seed shared with it.
-             */
-            pair_seeds?: {
+            shares?: {
                 [key: string]: string;
+            };
+            /**
+             * Answers
+             * @description A target's aggregate step: holder -> its answer (at least threshold of them).
+             */
+            answers?: {
+                [key: string]: components["schemas"]["ShareAnswer"];
             };
         };
         /** SessionCreate */
@@ -2842,6 +2849,35 @@ export interface components {
              * @description What the role may do, within its reach (the dashboard offers these controls only).
              */
             operations: components["schemas"]["Operation"][];
+        };
+        /**
+         * ShareAnswer
+         * @description A holder's answer to a masked model's dropout list (fedalign.secagg_shares.ShareReveal): its shares
+         *     of every survivor's self seed, and of every survivor's pairwise seed with each dropped node, nothing
+         *     else.
+         */
+        ShareAnswer: {
+            /**
+             * X
+             * @description The holder's share index: its place in the sorted roster.
+             */
+            x: number;
+            /**
+             * Self Shares
+             * @description Survivor -> the holder's share of its self seed.
+             */
+            self_shares: {
+                [key: string]: string;
+            };
+            /**
+             * Pair Shares
+             * @description Survivor -> dropped node -> the holder's share of their pairwise seed.
+             */
+            pair_shares: {
+                [key: string]: {
+                    [key: string]: string;
+                };
+            };
         };
         /** StepOut */
         StepOut: {
