@@ -17,31 +17,14 @@ learn. An operation its role never performs answers 403, before any federation i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum, StrEnum
-from typing import Literal, get_args
+from enum import Enum
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.models import Federation, Node
-
-Role = Literal["coordinator", "owner", "viewer"]
-ROLES: tuple[Role, ...] = get_args(Role)
-
-
-class Operation(StrEnum):
-    """What a caller asks to do; each route names one."""
-
-    LIST_FEDERATIONS = "federations.list"
-    CREATE_FEDERATION = "federations.create"
-    READ_FEDERATION = "federation.read"  # its config, manifest, rounds, metrics and events
-    READ_NODES = "federation.nodes.read"  # a viewer: its own organisation's nodes only
-    READ_MODEL = "federation.model.read"  # the published model, its card and checkpoints
-    CONTROL_FEDERATION = "federation.control"  # start, pause, resume, cancel, continue
-    MANAGE_FEDERATION = "federation.manage"  # delete, clone, initial model, aggregations
-    MANAGE_NODES = "federation.nodes.manage"  # register and remove nodes; node and join tokens
-    MANAGE_ACCESS_TOKENS = "access_tokens.manage"
-
+from backend.operations import ROLES, Operation, Role
 
 _MANAGERS: frozenset[Role] = frozenset({"coordinator", "owner"})
 _EVERYONE: frozenset[Role] = frozenset(ROLES)

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from backend.access import Role
+from backend.operations import Role
 from backend.schemas.access_tokens import AccessTokenCreate, AccessTokenCreated
 from cli import exit_codes
 from cli.client_config import JsonOption, TokenOption, UrlOption

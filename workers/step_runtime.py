@@ -43,6 +43,9 @@ class StepsRuntime:
     ) -> None:
         self.context = NodeContext(name, config, data, device)
         self.steps = steps(self.context)
+        # The installed architecture as it is now, when the steps built their models: setup compares this
+        # with the federation's, and it must describe the models the steps hold, not a later import.
+        self._manifest = self.context.manifest
         if not isinstance(self.steps, Steps):
             made = type(self.steps).__name__
             raise StepsError(f"{_describe(steps)} made a {made}, not a workers.steps.Steps")
@@ -53,7 +56,7 @@ class StepsRuntime:
 
     @property
     def manifest(self) -> ModelManifest:
-        return self.context.manifest
+        return self._manifest
 
     def check_manifest(self, expected: ModelManifest) -> None:
         """Compare the federation's manifest with the node's installed architecture; `ManifestMismatch`

@@ -7,7 +7,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from backend.access import Role
+from backend.operations import Role
 from fedalign.config import NAME_PATTERN
 
 

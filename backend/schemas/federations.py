@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from backend.access import Operation
+from backend.operations import Operation
 from backend.schemas.nodes import NodeCreated
 from fedalign.config import NAME_PATTERN, Algorithm, FederationConfig, Role
 from fedalign.trackers import TrackerName

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from backend.access import Operation, Role
+from backend.operations import Operation, Role
 
 
 class SessionCreate(BaseModel):

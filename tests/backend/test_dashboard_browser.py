@@ -496,7 +496,7 @@ def test_a_node_whose_plugin_does_not_match_shows_failed_with_the_first_differen
     failure.wait_for(timeout=TIMEOUT_MS)  # live, from the step_failed event: no reload
     expected = "tensor G.0.weight has shape [12, 8] in the federation, [24, 8] on this node"
     assert expected in failure.inner_text()
-    assert "failed" in page.get_by_role("row", name=re.compile("^beta source")).inner_text()
+    assert "failed" in page.get_by_role("row", name=re.compile(r"^beta \S+ source")).inner_text()
     page.get_by_role("alert").filter(has_text="Stalled").wait_for()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-failed-node.png"), full_page=True)
