@@ -123,16 +123,10 @@ def audit_table(entries: list[dict[str, Any]]) -> Table:
     table = Table("time", "request", "status", "bytes", "sha256", "what")
     for e in entries:
         body = e.get("body", {})
-        kind = body.get("kind", "?")
-        if kind == "safetensors":
-            what = f"parameters: {len(body['tensors'])} tensors"
-        elif kind == "json":
-            metrics = body.get("metrics")
-            what = (
-                "metrics: " + ", ".join(sorted(metrics)) if metrics else "json: " + ", ".join(body["fields"])
-            )
+        if body.get("kind") == "multipart":  # a combined submission: each part, named by its slot
+            what = "; ".join(f"{p.get('name')}: {_body_what(p.get('body', {}))}" for p in body["parts"])
         else:
-            what = kind
+            what = _body_what(body)
         table.add_row(
             e.get("time", "")[:19],
             f"{e.get('method')} {escape(e.get('url', ''))}",
@@ -142,6 +136,16 @@ def audit_table(entries: list[dict[str, Any]]) -> Table:
             escape(what),
         )
     return table
+
+
+def _body_what(body: dict[str, Any]) -> str:
+    kind = body.get("kind", "?")
+    if kind == "safetensors":
+        return f"parameters: {len(body['tensors'])} tensors"
+    if kind == "json":
+        metrics = body.get("metrics")
+        return "metrics: " + ", ".join(sorted(metrics)) if metrics else "json: " + ", ".join(body["fields"])
+    return str(kind)
 
 
 @app.command("register")
