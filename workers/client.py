@@ -342,8 +342,8 @@ class NodeRunner:
     """One node: its runtime, built from the federation's config and its own data.
 
     ``state_dir``: where the node's local state persists between steps (`workers.state`); without it
-    the state lives only in this object, as in the simulator. ``hot_path``: long polls, small downloads
-    inline, uploads with the completion (see the module's docstring); off, every request separately.
+    the state lives only in this object, as in the simulator. ``hot_path``: small downloads inline in the
+    task, uploads with the completion (see the module's docstring); off, every request separately.
     """
 
     def __init__(
@@ -357,7 +357,6 @@ class NodeRunner:
     ) -> None:
         self.client = client
         self.hot_path = hot_path
-        self.poll_wait_s = POLL_WAIT_S if hot_path else 0.0
         self.inline_max_bytes = INLINE_MAX_BYTES if hot_path else 0
         self._inline: dict[str, bytes] = {}  # the running task's inline downloads, by URL
         self.federation = client.federation()
@@ -397,9 +396,9 @@ class NodeRunner:
     def config(self) -> FederationConfig:
         return self.federation.config
 
-    def step_once(self) -> bool:
-        """Claim and run at most one step; False when there was none."""
-        task = self.client.next_task(self.poll_wait_s, self.inline_max_bytes)
+    def step_once(self, wait_s: float = 0.0) -> bool:
+        """Claim and run at most one step, waiting up to ``wait_s`` for one; False when there was none."""
+        task = self.client.next_task(wait_s, self.inline_max_bytes)
         if task is None:
             return False
         self.run(task)
@@ -639,15 +638,19 @@ def run_node(
 ) -> int:
     """Run this node's steps until its federation ends (or ``max_steps``); returns how many ran.
 
+    ``hot_path``: long polls (up to `POLL_WAIT_S`), small downloads inline, each step's uploads with its
+    completion; off: a poll every ``poll_interval_s`` and each request separately.
+
     ``data``: the node's data set, or a spec to load it from; default: the spec it registered with.
     ``state_dir``: where the node's local state persists between steps (a restarted loop continues it).
     Network errors and 5xx answers are retried after ``poll_interval_s``; a step the server no longer
     wants (its phase closed at the deadline) is dropped and the loop goes on.
     """
     runner = NodeRunner(client, data, device, state_dir, hot_path=hot_path)
+    wait_s = POLL_WAIT_S if hot_path else 0.0
     while max_steps is None or runner.steps_run < max_steps:
         try:
-            ran = runner.step_once()
+            ran = runner.step_once(wait_s)
         except (httpx.TransportError, ServerError) as exc:
             log.warning("cannot reach the server (%s); retrying in %.1f s", exc, poll_interval_s)
             time.sleep(poll_interval_s)
@@ -661,6 +664,6 @@ def run_node(
             continue
         if stop_when_finished and runner.finished:
             break
-        if not runner.poll_wait_s:  # a long poll has already waited
+        if not wait_s:  # a long poll has already waited
             time.sleep(poll_interval_s)
     return runner.steps_run
