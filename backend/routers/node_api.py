@@ -92,7 +92,7 @@ def node_manifest(services: ServicesDep, node: NodeAuth) -> FederationManifest:
             "headers": {STATUS_HEADER: {"schema": {"type": "string"}}},
         }
     }
-    | responses(401, 403, 404),
+    | responses(401, 403, 404, 422),
 )
 async def next_task(
     request: Request,
