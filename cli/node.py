@@ -43,7 +43,14 @@ def node_run(
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = 1,
-    poll_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between polls when idle.")] = 1.0,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds before trying again when the API cannot be reached (a poll itself waits on the "
+            "server for the next step).",
+        ),
+    ] = 1.0,
 ) -> None:
     """Run one node outside Celery: poll the API for its steps, run them on its own data, upload the results,
     until its federation ends. Its local state persists under the data directory between steps."""
