@@ -617,12 +617,18 @@ def test_a_replayed_upload_completion_and_message_change_nothing(tmp_path: Path)
             wait_until(disc1_aggregating, RUN_TIMEOUT_S, "round 1's disc1 to wait for its aggregation")
             alphas = f"Bearer {federation.tokens['alpha']}"
             recorded = [r for r in proxy.records if r.headers.get("Authorization") == alphas]
+
             # alpha's worker sent its step's upload and completion in one submission: replayed here as the
             # separate requests, which must agree with what the submission stored.
-            sent = next(r for r in recorded if is_upload(r.method, r.path))
+            def uploaded(record: Any) -> dict[str, bytes]:
+                content_type = httpx.Headers(record.headers)["content-type"]
+                return {part.name: data for part, data in multipart.parts(record.body, content_type)}
+
+            # Its first submission with an upload (setup's has the completion alone).
+            sent = next(r for r in recorded if is_upload(r.method, r.path) and len(uploaded(r)) > 1)
             step_id = int(sent.path.split("/")[5])
             content_type = httpx.Headers(sent.headers)["content-type"]
-            parts = {part.name: data for part, data in multipart.parts(sent.body, content_type)}
+            parts = uploaded(sent)
             slot = next(name for name in parts if name != multipart.COMPLETION_PART)
             put = Replayed(f"/api/v1/node/steps/{step_id}/uploads/{slot}", parts[slot])
             done = Replayed(f"/api/v1/node/steps/{step_id}/complete", parts[multipart.COMPLETION_PART])
