@@ -301,10 +301,23 @@ def assert_simulators_run(admin: httpx.Client, federation: Federation, reference
     assert model.content == params.to_bytes(reference.models["target_model"])
 
 
-def is_upload(method: str, url: str) -> bool:
+def is_upload(method: str, url: str, body: bytes | None = None, content_type: str = "") -> bool:
     """A step's parameters on their way: a PUT to an upload URL, or a submission (uploads and completion in
-    one request, as the reference node sends them)."""
-    return (method == "PUT" and "/uploads/" in url) or (method == "POST" and url.endswith("/submit"))
+    one request, as the reference node sends them); given its ``body``, one that holds parameters (a setup
+    step's submission holds the completion alone)."""
+    if method == "PUT":
+        return "/uploads/" in url
+    if method != "POST" or not url.endswith("/submit"):
+        return False
+    if body is None:
+        return True
+    return any(part.name != multipart.COMPLETION_PART for part, _ in multipart.parts(body, content_type))
+
+
+def forwarded_upload(method: str, url: str, kwargs: dict[str, Any]) -> bool:
+    """`is_upload` for a request a `RecordingProxy` forwards (its ``headers`` and ``content``)."""
+    content_type = httpx.Headers(kwargs.get("headers") or {}).get("content-type", "")
+    return is_upload(method, url, kwargs.get("content"), content_type)
 
 
 class Gate:
@@ -330,7 +343,7 @@ class Gate:
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         with self._lock:
-            hold = self._armed and is_upload(method, url)
+            hold = self._armed and forwarded_upload(method, url, kwargs)
             if hold:
                 self._armed = False
                 self.holds.append(f"{method} {url}")

@@ -37,7 +37,7 @@ from process_support import (
     wait_until,
 )
 from test_celery_workers import NODES, served_rounds_http
-from test_faults import Gate, is_upload, stop
+from test_faults import Gate, forwarded_upload, is_upload, stop
 
 from fedalign import params
 from fedalign.config import FederationConfig
@@ -56,7 +56,7 @@ class DroppingGate(Gate):
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         with self._lock:
-            hold = self._armed and is_upload(method, url)
+            hold = self._armed and forwarded_upload(method, url, kwargs)
             if hold:
                 self._armed = False
                 self.holds.append(f"{method} {url}")
