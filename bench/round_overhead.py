@@ -336,6 +336,8 @@ class TimedHttp(httpx.Client):
             kind = "upload"
         elif path.endswith("/complete"):
             kind = "complete"
+        elif path.endswith("/submit"):
+            kind = "submit (uploads and completion)"
         else:
             kind = "other"
         self.times[kind].append(time.perf_counter() - start)
