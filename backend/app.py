@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
             await asyncio.to_thread(migrate.upgrade, settings.sqlalchemy_url)
         services = await asyncio.to_thread(build_services, settings, messenger)
         services.notifier.bind(asyncio.get_running_loop())
+        services.orchestrator.steps_notifier.bind(asyncio.get_running_loop())
         app.state.services = services
         app.state.queue_collector = QueueCollector(
             services.db, settings.broker_url, settings.data_dir, settings.queue_prefix
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             services.notifier.bind(None)
+            services.orchestrator.steps_notifier.bind(None)
             app.state.queue_collector.close()
             await asyncio.to_thread(services.dispatcher.close)
             services.db.dispose()

@@ -16,6 +16,9 @@ from backend.errors import error_response
 UPLOAD_PATH_MARK = "/uploads/"
 # A federation's initial parameters (safetensors, like a node's uploads; the route enforces its own limit).
 INITIAL_PARAMETERS_SUFFIX = "/initial-model/parameters"
+# A node's combined submission (POST /api/v1/node/steps/{id}/submit): safetensors parts and the completion.
+NODE_STEPS_PREFIX = "/api/v1/node/steps/"
+SUBMIT_SUFFIX = "/submit"
 LIMITED_METHODS = frozenset({"POST", "PUT", "PATCH"})
 BIGINT_MAX = 2**63 - 1
 
@@ -40,8 +43,14 @@ def _message(max_bytes: int) -> str:
 
 
 def is_parameter_upload(path: str) -> bool:
-    """Whether ``path`` takes safetensors bytes, whose route counts them against the upload limit."""
-    return UPLOAD_PATH_MARK in path or path.rstrip("/").endswith(INITIAL_PARAMETERS_SUFFIX)
+    """Whether ``path`` takes safetensors bytes, whose route counts them against the upload limit (a
+    combined submission's route counts each part against its own)."""
+    path = path.rstrip("/")
+    return (
+        UPLOAD_PATH_MARK in path
+        or path.endswith(INITIAL_PARAMETERS_SUFFIX)
+        or (path.startswith(NODE_STEPS_PREFIX) and path.endswith(SUBMIT_SUFFIX))
+    )
 
 
 class BodyTooLarge(HTTPException):

@@ -123,6 +123,32 @@ class Settings(BrokerSettings, LogSettings):
             "queue); larger ones go to the aggregator queue (or the API's aggregation threads). 0: none.",
         ),
     ] = 1024 * 1024
+    long_poll_max_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=60,
+            description="Longest a node's task poll (GET /api/v1/node/task?wait_s=) is held open waiting for "
+            "a step; a node asking for longer waits this long. 0: polls answer at once.",
+        ),
+    ] = 25.0
+    long_poll_recheck_s: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="How often a held task poll also looks in the database: a step opened by another "
+            "API process (or an aggregator worker) wakes no poll of this one's.",
+        ),
+    ] = 0.5
+    inline_download_max_bytes: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=16 * 1024 * 1024,
+            description="Largest artifact a claimed task carries inline (base64 in its JSON) when the node "
+            "asks for it (inline_max_bytes=); larger ones stay download URLs. 0: none inline.",
+        ),
+    ] = 1024 * 1024
     aggregation_workers: Annotated[
         int, Field(ge=1, le=64, description="Threads computing aggregations in the API process (no broker).")
     ] = 2

@@ -63,6 +63,7 @@ from typing import Any
 import httpx
 import torch
 
+from bench import round_trips
 from bench.harness import (
     POSTGRES_ADMIN_URL,
     REPO,
@@ -80,6 +81,7 @@ from bench.harness import (
     wait_until,
     write_json,
 )
+from bench.wan_proxy import latency_proxy
 from fedalign import data as datasets
 from fedalign.config import FederationConfig, load_config
 from fedalign.protocol import Action, Aggregate, Finish, RunStep
@@ -271,11 +273,17 @@ def status_of(admin: httpx.Client, federation_id: str) -> str:
 
 
 def served_arm(
-    server: Server, config: FederationConfig, workers: str, tag: str, timeout_s: float
+    server: Server,
+    config: FederationConfig,
+    workers: str,
+    tag: str,
+    timeout_s: float,
+    api_url: str | None = None,
 ) -> Timeline:
+    """``api_url``: where the workers reach the API (the WAN proxy); default: the API itself."""
     with admin_client(server) as admin:
         federation_id, nodes = register(admin, config, "celery")
-        workers_up = start_workers(server, nodes, workers, tag)
+        workers_up = start_workers(server, nodes, workers, tag, api_url or server.url)
         try:
             wait_until(
                 lambda: all(READY.search(w.log.read_bytes()) for w in workers_up),
@@ -328,6 +336,8 @@ class TimedHttp(httpx.Client):
             kind = "upload"
         elif path.endswith("/complete"):
             kind = "complete"
+        elif path.endswith("/submit"):
+            kind = "submit (uploads and completion)"
         else:
             kind = "other"
         self.times[kind].append(time.perf_counter() - start)
@@ -432,11 +442,48 @@ def anatomy(server: Server, config: FederationConfig, timeout_s: float) -> dict[
     }
 
 
-def start_workers(server: Server, nodes: list[dict[str, str]], workers: str, tag: str) -> list[Child]:
+def trips(server: Server, api_url: str, config: FederationConfig, timeout_s: float) -> dict[str, Any]:
+    """Round trips per phase for a node through ``api_url`` (the WAN proxy): REST nodes driven from this
+    process (`bench.round_trips`), on the hot path and with every request separate, one federation each;
+    the aggregator worker averages what the API does not."""
+    out: dict[str, Any] = {}
+    aggregator = start_child(
+        "aggregator-trips",
+        fedalign_command("worker", "--aggregator", "--threads", "1", "--loglevel", "INFO"),
+        server.env,
+        server.log_dir,
+        cwd=REPO,
+    )
+    try:
+        wait_until(
+            lambda: bool(READY.search(aggregator.log.read_bytes())),
+            "the aggregator",
+            START_TIMEOUT_S,
+            children=[aggregator],
+        )
+        for mode, hot_path in (("hot path", True), ("separate requests", False)):
+            with admin_client(server) as admin:
+                federation_id, nodes = register(admin, config, "rest")
+                admin.post(f"/api/v1/federations/{federation_id}/start").raise_for_status()
+                began = time.perf_counter()
+                tokens = {n["name"]: n["token"] for n in nodes}
+                counts = round_trips.drive(api_url, tokens, hot_path, timeout_s)
+                wall = time.perf_counter() - began
+                if (status := status_of(admin, federation_id)) != "finished":
+                    raise RuntimeError(f"the round-trip federation ({mode}) ended {status}")
+            out[mode] = {"wall_s": wall, "rounds": config.rounds, "phases": round_trips.summary(counts)}
+    finally:
+        stop_child(aggregator)
+    return out
+
+
+def start_workers(
+    server: Server, nodes: list[dict[str, str]], workers: str, tag: str, api_url: str
+) -> list[Child]:
     threads = ["--threads", "1", "--device", "cpu", "--loglevel", "INFO"]
     if workers == "single":
         credentials = server.data_dir / f"credentials-{tag}.json"
-        credentials.write_text(json.dumps({"api": server.url, "nodes": nodes}))
+        credentials.write_text(json.dumps({"api": api_url, "nodes": nodes}))
         credentials.chmod(0o600)
         argv = fedalign_command("worker", "--credentials", str(credentials), "--aggregator", *threads)
         return [start_child(f"worker-{tag}", argv, server.env, server.log_dir, cwd=REPO)]
@@ -447,7 +494,7 @@ def start_workers(server: Server, nodes: list[dict[str, str]], workers: str, tag
         data_dir.mkdir()
         (data_dir / "datasets").symlink_to(datasets.default_cache_dir())
         env = {**server.env, "FEDALIGN_DATA_DIR": str(data_dir), "FEDALIGN_NODE_TOKEN": n["token"]}
-        argv = fedalign_command("worker", "--node", n["name"], "--api", server.url, *threads)
+        argv = fedalign_command("worker", "--node", n["name"], "--api", api_url, *threads)
         out.append(start_child(f"{n['name']}-{tag}", argv, env, server.log_dir, cwd=REPO))
     return out
 
@@ -601,9 +648,18 @@ def summarise(scale: int, runs: list[dict[str, Timeline]], workers: str) -> dict
     without = [t for t in served_transitions if not t["aggregations"]]
     steps_served = [s.end - s.start for r in runs for s in r["served"].steps]
     steps_sim = [s.end - s.start for r in runs for s in r["simulated"].steps]
+    wan = None
+    if "served-wan" in runs[0]:
+        wan = {
+            "total_s": [r["served-wan"].total for r in runs],
+            "round_s": spread([v for r in runs for v in r["served-wan"].round_seconds().values()]),
+            "rounds_2_to_R": [r["served-wan"].steady / r["simulated"].steady for r in runs],
+            "metrics_equal": [r["served-wan"].metrics == r["simulated"].metrics for r in runs],
+        }
     return {
         "local_steps": scale,
         "arms": per_arm,
+        "wan": wan,
         "served_over_simulated": {
             "rounds_1_to_R": ratios,
             "rounds_2_to_R": steady,
@@ -660,6 +716,29 @@ def print_markdown(result: dict[str, Any], name: str, scales: list[dict[str, Any
         print(f"| {key} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
 
 
+def print_trips(trips_: dict[str, Any]) -> None:
+    print(
+        f"\nRound trips per phase for a node, through a {trips_['wan_ms']:g} ms (each way) proxy, REST nodes "
+        f"({trips_['deployment']}), median per step over rounds 1..R:\n"
+    )
+    print("| phase | hot path: round trips (waiting polls) | separate requests: round trips (idle polls) |")
+    print("|---|---:|---:|")
+    hot, separate = trips_["hot path"]["phases"], trips_["separate requests"]["phases"]
+    for phase in hot:
+        h, s = hot[phase], separate.get(phase, {})
+        nan = float("nan")
+        print(
+            f"| {phase} | {h['round_trips_median']:g} ({h['waiting_polls_median']:g}) | "
+            f"{s.get('round_trips_median', nan):g} ({s.get('waiting_polls_median', nan):g}) |"
+        )
+    for mode in ("hot path", "separate requests"):
+        t = trips_[mode]
+        print(f"{mode}: {t['rounds']} rounds in {t['wall_s']:.2f} s")
+        for phase, v in t["phases"].items():
+            kinds = ", ".join(f"{k} {n:.2f}" for k, n in v["by_kind_mean"].items())
+            print(f"  {phase}: {kinds}")
+
+
 def print_anatomy(anatomy_: dict[str, Any]) -> None:
     print(f"\nOne served step taken apart ({anatomy_['steps']} steps, REST nodes driven from the bench):\n")
     print("| part | calls | per step, ms | median per call, ms |")
@@ -695,6 +774,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--redis-url", default=REDIS_URL, help="a database number the bench may flush")
     parser.add_argument(
         "--anatomy-rounds", type=int, default=5, help="rounds of the step-anatomy run with k=1 (0: none)"
+    )
+    parser.add_argument(
+        "--wan-ms",
+        type=float,
+        default=25.0,
+        help="one-way latency of the emulated WAN (a proxy in front of the API) for a third arm, served "
+        "through it, and for the round-trip count; 0: neither",
+    )
+    parser.add_argument(
+        "--trip-rounds", type=int, default=5, help="rounds of each round-trip-count federation (0: none)"
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one served run may take")
     parser.add_argument("--json", help="also write the figures as JSON to this path")
@@ -755,23 +844,28 @@ def main() -> int:
     started = time.perf_counter()
     by_deployment: dict[str, list[dict[str, Any]]] = {}
     anatomy_result = None
+    trips_result = None
     with tempfile.TemporaryDirectory(prefix="fedalign-round-") as tmp:
         for name in args.deployments:
-            with deployment(name, Path(tmp), args) as server:
+            with contextlib.ExitStack() as stack:
+                server = stack.enter_context(deployment(name, Path(tmp), args))
+                proxy = stack.enter_context(latency_proxy(server.url, args.wan_ms)) if args.wan_ms else None
+                arms = ("simulated", "served", "served-wan") if proxy else ("simulated", "served")
                 results: list[dict[str, Any]] = []
                 for k in args.local_steps:
                     config = scaled(base, args.rounds, k)
                     runs: list[dict[str, Timeline]] = []
                     for repeat in range(args.repeats):
                         run: dict[str, Timeline] = {}
-                        order = ("simulated", "served") if repeat % 2 == 0 else ("served", "simulated")
+                        order = arms if repeat % 2 == 0 else arms[::-1]
                         for arm in order:
                             t0 = time.perf_counter()
                             if arm == "simulated":
                                 run[arm] = simulated_arm(config)
                             else:
-                                tag = f"k{k}r{repeat}"
-                                run[arm] = served_arm(server, config, args.workers, tag, args.timeout)
+                                via = proxy.url if arm == "served-wan" and proxy else None
+                                tag = f"k{k}r{repeat}{'w' if via else ''}"
+                                run[arm] = served_arm(server, config, args.workers, tag, args.timeout, via)
                             print(
                                 f"{name} k={k} repeat {repeat} {arm}: rounds 1..{config.rounds} in "
                                 f"{run[arm].total:.2f} s ({time.perf_counter() - t0:.1f} s with setup)",
@@ -782,6 +876,10 @@ def main() -> int:
                 by_deployment[name] = results
                 if args.anatomy_rounds and anatomy_result is None:
                     anatomy_result = anatomy(server, scaled(base, args.anatomy_rounds, 1), args.timeout)
+                if proxy and args.trip_rounds and trips_result is None:
+                    config = scaled(base, args.trip_rounds, 1)
+                    trips_result = {"wan_ms": args.wan_ms, "deployment": name}
+                    trips_result |= trips(server, proxy.url, config, args.timeout)
     result = {
         "config": {
             "config": str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
@@ -792,6 +890,7 @@ def main() -> int:
             "workers": args.workers,
             "deployments": {name: DEPLOYMENTS[name] for name in args.deployments},
             "anatomy_deployment": args.deployments[0] if args.anatomy_rounds else None,
+            "wan_ms_each_way": args.wan_ms,
             "torch_threads": 1,
         },
         "machine": {
@@ -803,6 +902,7 @@ def main() -> int:
         "wall_s": time.perf_counter() - started,
         "deployments": {name: {"scales": scales} for name, scales in by_deployment.items()},
         "anatomy": anatomy_result,
+        "round_trips": trips_result,
     }
     for name, scales in by_deployment.items():
         print_markdown(result, name, scales)
@@ -811,6 +911,12 @@ def main() -> int:
         for s in scales:
             ratios = ", ".join(f"{x:.2f}" for x in s["served_over_simulated"]["rounds_2_to_R"])
             print(f"  {name:15s} k={s['local_steps']:<3d} {ratios}")
+            if s["wan"]:
+                wan = ", ".join(f"{x:.2f}" for x in s["wan"]["rounds_2_to_R"])
+                label = f"{name} + WAN"
+                print(f"  {label:15s} k={s['local_steps']:<3d} {wan}  ({args.wan_ms:g} ms each way)")
+    if trips_result:
+        print_trips(trips_result)
     if anatomy_result:
         print_anatomy(anatomy_result)
     if args.json:

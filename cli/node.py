@@ -49,7 +49,14 @@ def node_run(
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = 1,
-    poll_interval: Annotated[float, typer.Option(min=0.01, help="Seconds between polls when idle.")] = 1.0,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds before trying again when the API cannot be reached (a poll itself waits on the "
+            "server for the next step).",
+        ),
+    ] = 1.0,
     steps: StepsOption = None,
 ) -> None:
     """Run one node outside Celery: poll the API for its steps, run them on its own data, upload the results,
@@ -71,7 +78,7 @@ def node_run(
         console.print(f"this node runs its own steps: {escape(steps)}", soft_wrap=True)
     try:
         with NodeClient(api_url, token, audit=AuditLog(settings.audit_path)) as client:
-            steps = run_node(
+            ran = run_node(
                 client,
                 dataset,
                 device=Device.pick(device),
@@ -83,7 +90,7 @@ def node_run(
     except ClientError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    console.print(f"ran {steps} steps; the federation is {status}")
+    console.print(f"ran {ran} steps; the federation is {status}")
 
 
 def load_steps_option(path: str | None) -> StepsFactory:
@@ -242,16 +249,10 @@ def audit_table(entries: list[dict[str, Any]]) -> Table:
     table = Table("time", "request", "status", "bytes", "sha256", "what")
     for e in entries:
         body = e.get("body", {})
-        kind = body.get("kind", "?")
-        if kind == "safetensors":
-            what = f"parameters: {len(body['tensors'])} tensors"
-        elif kind == "json":
-            metrics = body.get("metrics")
-            what = (
-                "metrics: " + ", ".join(sorted(metrics)) if metrics else "json: " + ", ".join(body["fields"])
-            )
+        if body.get("kind") == "multipart":  # a combined submission: each part, named by its slot
+            what = "; ".join(f"{p.get('name')}: {_body_what(p.get('body', {}))}" for p in body["parts"])
         else:
-            what = kind
+            what = _body_what(body)
         table.add_row(
             e.get("time", "")[:19],
             f"{e.get('method')} {escape(e.get('url', ''))}",
@@ -261,6 +262,16 @@ def audit_table(entries: list[dict[str, Any]]) -> Table:
             escape(what),
         )
     return table
+
+
+def _body_what(body: dict[str, Any]) -> str:
+    kind = body.get("kind", "?")
+    if kind == "safetensors":
+        return f"parameters: {len(body['tensors'])} tensors"
+    if kind == "json":
+        metrics = body.get("metrics")
+        return "metrics: " + ", ".join(sorted(metrics)) if metrics else "json: " + ", ".join(body["fields"])
+    return str(kind)
 
 
 @app.command("register")

@@ -249,6 +249,17 @@ class Task(BaseModel):
         "(fedalign.secagg.Masker); for a reveal step, what to reveal (POST the seeds to complete_url); for a "
         "target's aggregate step, the survivors' reveals to unmask the sum with (fedalign.secagg.MaskedSum).",
     )
+    submit_url: str | None = Field(
+        default=None,
+        description="Where to POST the uploads and the completion in one multipart/form-data request (one "
+        "part per upload slot, and a 'completion' part); the same as PUTting each upload, then POSTing "
+        "complete_url. None for a reveal step.",
+    )
+    inline: dict[str, str] = Field(
+        default_factory=dict,
+        description="Download URL -> the artifact's safetensors bytes (base64), for the downloads and inputs "
+        "at most inline_max_bytes large when the poll or claim asked for them: no request to fetch those.",
+    )
 
 
 # The share of a lease between two heartbeats: two may be lost (or late) before the lease runs out.
@@ -315,6 +326,14 @@ class CompleteResult(BaseModel):
     federation_status: FederationStatus
     round: int | None
     phase: str | None
+
+
+class SubmitResult(CompleteResult):
+    uploads: dict[str, UploadResult] = Field(description="Each upload slot of the submission, as stored.")
+
+
+# The longest wait a task poll may ask for (wait_s); the server holds it at most FEDALIGN_LONG_POLL_MAX_S.
+MAX_POLL_WAIT_S = 60.0
 
 
 # ----------------------------------------------------------------------------------------- failed steps

@@ -4,7 +4,9 @@ A data owner has to be able to show its compliance officer that only parameters 
 left its machine. The node's HTTP client writes every request it makes (REST or Celery node alike) to a
 local JSON-lines file: when, the method and URL, the answer's status, the size and sha256 of the body as
 sent, and what the body was: a safetensors file (its tensor names), JSON (its fields and, where it holds
-them, the metric names and values) or nothing. Headers are never written (they carry the node's token).
+them, the metric names and values), nothing, or a combined submission (multipart/form-data,
+`messaging.multipart`): each of its parts described the same way, with its own size and sha256.
+Headers are never written (they carry the node's token).
 
 Each line holds the sha256 of the line before it (``prev``), so a line removed or edited breaks the chain;
 `verify` finds the first break and checks that every body was either parameters (safetensors) or JSON
@@ -14,6 +16,7 @@ verifies the file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import hashlib
@@ -28,6 +31,7 @@ from typing import Any
 import httpx
 
 from fedalign.metrics import REPORTED_METRICS
+from messaging import multipart
 
 AUDIT_FILE = "node-audit.jsonl"
 GENESIS = "0" * 64
@@ -75,21 +79,93 @@ def _last_line_hash(fd: int) -> str:
     return GENESIS
 
 
-class _Tap(httpx.SyncByteStream):
-    """A request body passed through as it is sent, counted, hashed, its beginning kept."""
+class _Body:
+    """Bytes counted, hashed, their beginning kept."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self) -> None:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.head = bytearray()
 
+    def update(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        if len(self.head) < KEEP_BYTES:
+            self.head += chunk[: KEEP_BYTES - len(self.head)]
+
+
+class _Parts:
+    """A multipart body's parts as it is sent, each a `_Body` (split as the server splits it)."""
+
+    def __init__(self, content_type: str) -> None:
+        self.reader = multipart.Reader(multipart.boundary_of(content_type))
+        self.parts: list[tuple[multipart.Part, _Body]] = []
+        self.error: str | None = None
+
+    def update(self, chunk: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            events = self.reader.feed(chunk)
+        except multipart.MultipartError as exc:
+            self.error = str(exc)
+            return
+        for event in events:
+            if isinstance(event, multipart.Begin):
+                self.parts.append((event.part, _Body()))
+            elif isinstance(event, multipart.Data):
+                self.parts[-1][1].update(event.data)
+
+    def describe(self) -> dict[str, Any]:
+        if self.error is not None or not self.reader.done:
+            return {"kind": "unreadable multipart", "error": self.error or "cut short"}
+        described = []
+        for part, body in self.parts:
+            try:
+                name = part.name
+            except multipart.MultipartError:
+                name = None
+            described.append(
+                {
+                    "name": name,
+                    "bytes": body.size,
+                    "sha256": body.sha256.hexdigest(),
+                    "body": describe(part.content_type, bytes(body.head), body.size),
+                }
+            )
+        return {"kind": "multipart", "parts": described}
+
+
+class _Tap(httpx.SyncByteStream):
+    """A request body passed through as it is sent, counted, hashed, its beginning kept (a multipart
+    body's parts each on their own)."""
+
+    def __init__(self, inner: Any, content_type: str = "") -> None:
+        self.inner = inner
+        self.body = _Body()
+        self.parts: _Parts | None = None
+        if content_type.lower().startswith(multipart.FORM_DATA):
+            # A boundary it cannot read: described as "other", which verify reports.
+            with contextlib.suppress(multipart.MultipartError):
+                self.parts = _Parts(content_type)
+
+    @property
+    def sha256(self) -> Any:
+        return self.body.sha256
+
+    @property
+    def size(self) -> int:
+        return self.body.size
+
+    @property
+    def head(self) -> bytearray:
+        return self.body.head
+
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self.inner:
-            self.sha256.update(chunk)
-            self.size += len(chunk)
-            if len(self.head) < KEEP_BYTES:
-                self.head += chunk[: KEEP_BYTES - len(self.head)]
+            self.body.update(chunk)
+            if self.parts is not None:
+                self.parts.update(chunk)
             yield chunk
 
     def close(self) -> None:
@@ -131,7 +207,7 @@ class AuditedTransport(httpx.BaseTransport):
         self.inner = inner or httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        tap = _Tap(request.stream)
+        tap = _Tap(request.stream, request.headers.get("content-type", ""))
         request.stream = tap
         entry: dict[str, Any] = {
             "time": dt.datetime.now(dt.UTC).isoformat(),
@@ -150,7 +226,9 @@ class AuditedTransport(httpx.BaseTransport):
             entry.update(
                 bytes=tap.size,
                 sha256=tap.sha256.hexdigest(),
-                body=describe(content_type, bytes(tap.head), tap.size),
+                body=tap.parts.describe()
+                if tap.parts is not None
+                else describe(content_type, bytes(tap.head), tap.size),
             )
             self.log.append(entry)
         return response
@@ -193,9 +271,14 @@ def verify(path: Path) -> Verification:
             result.entries += 1
             result.sent_bytes += int(entry.get("bytes", 0))
             body = entry.get("body", {})
-            kind = body.get("kind")
-            unknown = sorted(set(body.get("metrics", {})) - REPORTED_METRICS)
-            if kind not in ("none", "json", "safetensors") or unknown:
-                what = f"metrics {unknown}" if unknown else f"a body of kind {kind!r}"
-                result.undeclared.append(f"line {number}: {entry.get('method')} {entry.get('url')}: {what}")
+            multipart_body = body.get("kind") == "multipart"
+            bodies = [p.get("body", {}) for p in body.get("parts", [])] if multipart_body else [body]
+            for part in bodies:
+                kind = part.get("kind")
+                unknown = sorted(set(part.get("metrics", {})) - REPORTED_METRICS)
+                if kind not in ("none", "json", "safetensors") or unknown:
+                    what = f"metrics {unknown}" if unknown else f"a body of kind {kind!r}"
+                    result.undeclared.append(
+                        f"line {number}: {entry.get('method')} {entry.get('url')}: {what}"
+                    )
     return result

@@ -3,8 +3,9 @@
 A node's worker consumes only its own queue (``node.<node id>``, `messaging.celery_contract`), so a node's
 steps never reach a worker without its data. A message carries ids only (step, node, federation), never a
 token: the worker holds its node's token, claims the step the message points at through the API
-(``POST /api/v1/node/steps/{id}/claim``), and from there runs exactly what a REST node runs
-(`workers.client.NodeRunner`): download, train on its own data, upload, complete. So a message that
+(``POST /api/v1/node/steps/{id}/claim``, its small downloads inline), and from there runs exactly what a
+REST node runs (`workers.client.NodeRunner`): download, train on its own data, upload and complete (in one
+request, ``submit_url``). So a message that
 arrives twice, late, or for a step already done changes nothing: the claim answers 409 and the message is
 dropped; a step that ran here but did not complete is answered from the saved result (`workers.state`).
 A step that raises (a plug-in whose layers differ from the federation's manifest at setup, data that cannot
@@ -149,7 +150,7 @@ def run_step(step_id: int, node_id: str, federation_id: str) -> str:
         )
         return "wrong_federation"
     try:
-        task = runner.client.claim(step_id)
+        task = runner.client.claim(step_id, runner.inline_max_bytes)
         log.info("node %s: step %s, round %s, %s %s", served.name, step_id, task.round, task.phase, task.kind)
         runner.run(task)
     except ServerError:

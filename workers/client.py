@@ -27,6 +27,11 @@ needs and a node that dies mid-step loses it within one lease.
 Two ways to get tasks, one step code: `run_node` polls ``GET /api/v1/node/task`` (``fedalign node run``);
 the Celery worker claims the step a message points at (`NodeClient.claim`, `workers.celery_app`).
 
+The hot path (``hot_path``, the default): the poll is a long poll (``wait_s``) that answers as soon as a step
+opens, the task carries its small downloads inline (``inline_max_bytes``), and the uploads go with the
+completion in one request (``submit_url``): a step costs two round trips, not six. Without it the node
+uses the separate requests the protocol page walks through, one by one.
+
 This module talks to the backend only over HTTP and never imports it.
 """
 
@@ -54,7 +59,7 @@ from fedalign.manifest import Manifest
 from fedalign.model_manifest import ModelManifest, ModelManifestDocument
 from fedalign.node import StepResult, load_node_data
 from fedalign.protocol import StepSpec
-from messaging import node_api
+from messaging import multipart, node_api
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.audit import AuditedTransport, AuditLog
 from workers.heartbeat import Heartbeat
@@ -68,6 +73,10 @@ log = logging.getLogger("fedalign.workers")
 # Stands in for other nodes' dataset specs, which the server withholds: a node never needs them.
 WITHHELD_DATASET = "withheld:"
 State = dict[str, torch.Tensor]
+# The hot path's defaults: a poll held at most this long (the server holds it at most its own bound), and
+# artifacts up to this size inline in the task.
+POLL_WAIT_S = 20.0
+INLINE_MAX_BYTES = 1 << 20
 
 
 class ClientError(RuntimeError):
@@ -147,6 +156,17 @@ class _Chunks:
             yield self.view[start : start + self.SIZE]  # type: ignore[misc]  # sent as a buffer
 
 
+class _Pieces(_Chunks):
+    """A body of several buffers (a multipart submission's headers and files), each sent as `_Chunks`."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self.pieces:
+            yield from _Chunks(piece)
+
+
 class NodeClient:
     """The node API with one node's token.
 
@@ -206,20 +226,47 @@ class NodeClient:
         self.federation_status = answer.status
         return NodeFederation.of(answer)
 
-    def next_task(self) -> Task | None:
-        """Claim the next step, or None when there is none now (see ``federation_status``)."""
-        response = self._get("/api/v1/node/task")
+    def next_task(self, wait_s: float = 0.0, inline_max_bytes: int = 0) -> Task | None:
+        """Claim the next step, or None when there is none now (see ``federation_status``). ``wait_s``: wait
+        up to that long for one (a long poll); ``inline_max_bytes``: ask for downloads up to that size
+        inline in the task (`Task.inline`)."""
+        query = {"wait_s": wait_s, "inline_max_bytes": inline_max_bytes}
+        params = {k: v for k, v in query.items() if v}
+        timeout = self.http.timeout
+        if wait_s:  # the read waits as long as the server holds the poll, and then as long as any read
+            timeout = httpx.Timeout(timeout.connect, read=(timeout.read or 0) + wait_s)
+        url = self._url("/api/v1/node/task")
+        response = self._check(self.http.get(url, params=params, headers=self._auth, timeout=timeout))
         if response.status_code == 204:
             self.federation_status = response.headers.get(STATUS_HEADER, self.federation_status)
             return None
         self.federation_status = None
         return Task.model_validate_json(response.content)
 
-    def claim(self, step_id: int) -> Task:
+    def claim(self, step_id: int, inline_max_bytes: int = 0) -> Task:
         """Claim one of this node's steps by id (a Celery message's step); 409 ClientError when it is done,
-        cancelled, or its federation is paused or over."""
-        response = self.http.post(self._url(f"/api/v1/node/steps/{step_id}/claim"), headers=self._auth)
+        cancelled, or its federation is paused or over. ``inline_max_bytes`` as in `next_task`."""
+        params = {"inline_max_bytes": inline_max_bytes} if inline_max_bytes else None
+        url = self._url(f"/api/v1/node/steps/{step_id}/claim")
+        response = self.http.post(url, params=params, headers=self._auth)
         return Task.model_validate_json(self._check(response).content)
+
+    def submit(
+        self,
+        url: str,
+        files: Mapping[str, bytes],
+        metrics: Mapping[str, float],
+        samples: Mapping[str, int] | None = None,
+        shares: Mapping[str, Mapping[str, bytes]] | None = None,
+    ) -> node_api.SubmitResult:
+        """Upload ``files`` (slot -> safetensors bytes) and complete the step in one request (its task's
+        ``submit_url``): all stored and the step complete, or (a 4xx) nothing stored."""
+        completion = node_api.CompleteRequest.model_validate(_completion(metrics, samples, shares))
+        content_type, pieces = multipart.encode(files, completion.model_dump_json().encode())
+        size = sum(len(p) for p in pieces)
+        headers = {**self._auth, "Content-Type": content_type, "Content-Length": str(size)}
+        response = self.http.post(self._url(url), content=_Pieces(pieces), headers=headers)
+        return node_api.SubmitResult.model_validate_json(self._check(response).content)
 
     def download_bytes(self, url: str) -> bytes:
         return self._get(url).content
@@ -290,11 +337,7 @@ class NodeClient:
     ) -> node_api.CompleteResult:
         """Complete a step; with secure aggregation, ``shares`` are the masked uploads' sealed seed shares
         (slot -> holder -> ciphertext), relayed by the server to their holders."""
-        body: dict[str, Any] = {"metrics": {k: float(v) for k, v in metrics.items()}}
-        if samples is not None:
-            body["samples"] = dict(samples)
-        if shares:
-            body["shares"] = {slot: {h: _b64(c) for h, c in held.items()} for slot, held in shares.items()}
+        body = _completion(metrics, samples, shares)
         response = self.http.post(self._url(url), json=body, headers=self._auth)
         return node_api.CompleteResult.model_validate_json(self._check(response).content)
 
@@ -304,7 +347,8 @@ class NodeRunner:
 
     ``state_dir``: where the node's local state persists between steps (`workers.state`); without it
     the state lives only in this object, as in the simulator. ``steps``: the node's steps
-    (`workers.steps.Steps`), FedAlign's own by default.
+    (`workers.steps.Steps`), FedAlign's own by default. ``hot_path``: small downloads inline in the task,
+    uploads with the completion (see the module's docstring); off, every request separately.
     """
 
     def __init__(
@@ -314,9 +358,14 @@ class NodeRunner:
         device: Device = CPU,
         state_dir: Path | None = None,
         steps: StepsFactory = ReferenceSteps,
+        *,
+        hot_path: bool = True,
     ) -> None:
         self.client = client
         self.steps = steps
+        self.hot_path = hot_path
+        self.inline_max_bytes = INLINE_MAX_BYTES if hot_path else 0
+        self._inline: dict[str, bytes] = {}  # the running task's inline downloads, by URL
         self.federation = client.federation()
         if data is None:
             data = self.federation.dataset
@@ -354,9 +403,9 @@ class NodeRunner:
     def config(self) -> FederationConfig:
         return self.federation.config
 
-    def step_once(self) -> bool:
-        """Claim and run at most one step; False when there was none."""
-        task = self.client.next_task()
+    def step_once(self, wait_s: float = 0.0) -> bool:
+        """Claim and run at most one step, waiting up to ``wait_s`` for one; False when there was none."""
+        task = self.client.next_task(wait_s, self.inline_max_bytes)
         if task is None:
             return False
         self.run(task)
@@ -371,6 +420,7 @@ class NodeRunner:
             self.federation = self.client.federation()
             if self.broken is None:
                 self.runtime.extend_to(self.config.rounds)
+        self._inline = {url: _unb64(data) for url, data in task.inline.items()}
         with Heartbeat(
             lambda: self.client.heartbeat(task.heartbeat_url, timeout_s=task.heartbeat_s),
             task.heartbeat_s,
@@ -398,20 +448,40 @@ class NodeRunner:
             self._report_failure(task, exc)
             return
         if task.kind == "aggregate":
-            for url in task.uploads.values():
-                self.client.upload(url, averaged)
-            self.client.complete(task.complete_url, {})
+            self._deliver(task, {slot: params.to_bytes(averaged) for slot in task.uploads}, {})
             return
         if task.kind == "setup" and self.secagg is not None:
             self.client.put_public_key(self.secagg.key_pair().public_bytes)
+        files: dict[str, bytes] = {}
         sealed: dict[str, dict[str, bytes]] = {}
-        for slot, url in task.uploads.items():
+        for slot in task.uploads:
             if slot in task.secure:
-                data, sealed[slot] = self._masked(task, slot, result.uploads[slot])
-                self.client.upload_bytes(url, data)
+                files[slot], sealed[slot] = self._masked(task, slot, result.uploads[slot])
             else:
-                self.client.upload(url, result.uploads[slot])
-        self.client.complete(task.complete_url, result.metrics, result.samples, sealed)
+                files[slot] = params.to_bytes(result.uploads[slot])
+        self._deliver(task, files, result.metrics, result.samples, sealed)
+
+    def _deliver(
+        self,
+        task: Task,
+        files: Mapping[str, bytes],
+        metrics: Mapping[str, float],
+        samples: Mapping[str, int] | None = None,
+        sealed: Mapping[str, Mapping[str, bytes]] | None = None,
+    ) -> None:
+        """The step's uploads and completion (with a masked upload's sealed seed shares): one submission on
+        the hot path, else each upload then the completion."""
+        if self.hot_path and task.submit_url is not None:
+            self.client.submit(task.submit_url, files, metrics, samples, sealed)
+            return
+        for slot, url in task.uploads.items():
+            self.client.upload_bytes(url, files[slot])
+        self.client.complete(task.complete_url, metrics, samples, sealed)
+
+    def _fetch(self, url: str) -> bytes:
+        """A download's bytes: inline in the task, or fetched."""
+        data = self._inline.get(url)
+        return data if data is not None else self.client.download_bytes(url)
 
     # ------------------------------------------------------------------------------ secure aggregation
 
@@ -526,10 +596,7 @@ class NodeRunner:
     def _compute(self, task: Task) -> StepResult:
         # An artifact's key never names other bytes, and a step mostly downloads the aggregates its
         # previous step did: those come from the last step's bytes, not the network.
-        fetched = {
-            url: self._downloaded.get(url) or self.client.download_bytes(url)
-            for url in task.downloads.values()
-        }
+        fetched = {url: self._downloaded.get(url) or self._fetch(url) for url in task.downloads.values()}
         self._downloaded = fetched
         downloads = {slot: params.from_bytes(fetched[url]) for slot, url in task.downloads.items()}
         try:
@@ -550,7 +617,7 @@ class NodeRunner:
         if masking is not None:
             total = secagg.MaskedSum(manifest, masking.weights)
             for node, url in sorted(task.inputs.items()):
-                total.offer(node, self.client.download_bytes(url))
+                total.offer(node, self._fetch(url))
             answers = {
                 holder: secagg_shares.ShareReveal(holder, *answer.decoded())
                 for holder, answer in masking.answers.items()
@@ -558,7 +625,7 @@ class NodeRunner:
             seeds = secagg_shares.recover(masking.weights, masking.dropped, answers, masking.threshold)
             result = total.unmask(seeds)
         else:
-            inputs = {node: self.client.download_bytes(url) for node, url in task.inputs.items()}
+            inputs = {node: self._fetch(url) for node, url in task.inputs.items()}
             result = average(inputs, task.weights, manifest.shared())
         return result
 
@@ -570,6 +637,20 @@ class NodeRunner:
 def _lease_refused(exc: Exception) -> bool:
     """A heartbeat answered 4xx: the step is done, failed, cancelled, or not this node's; no retry helps."""
     return isinstance(exc, ClientError) and not isinstance(exc, ServerError)
+
+
+def _completion(
+    metrics: Mapping[str, float],
+    samples: Mapping[str, int] | None,
+    shares: Mapping[str, Mapping[str, bytes]] | None,
+) -> dict[str, Any]:
+    """A completion's JSON body (`messaging.node_api.CompleteRequest`), sent alone or in a submission."""
+    body: dict[str, Any] = {"metrics": {k: float(v) for k, v in metrics.items()}}
+    if samples is not None:
+        body["samples"] = dict(samples)
+    if shares:
+        body["shares"] = {slot: {h: _b64(c) for h, c in held.items()} for slot, held in shares.items()}
+    return body
 
 
 def _b64(raw: bytes) -> str:
@@ -590,8 +671,12 @@ def run_node(
     max_steps: int | None = None,
     state_dir: Path | None = None,
     steps: StepsFactory = ReferenceSteps,
+    hot_path: bool = True,
 ) -> int:
     """Run this node's steps until its federation ends (or ``max_steps``); returns how many ran.
+
+    ``hot_path``: long polls (up to `POLL_WAIT_S`), small downloads inline, each step's uploads with its
+    completion; off: a poll every ``poll_interval_s`` and each request separately.
 
     ``data``: the node's data set, or a spec to load it from; default: the spec it registered with.
     ``state_dir``: where the node's local state persists between steps (a restarted loop continues it).
@@ -599,13 +684,15 @@ def run_node(
     Network errors and 5xx answers are retried after ``poll_interval_s``; a step the server no longer
     wants (its phase closed at the deadline) is dropped and the loop goes on.
     """
-    runner = NodeRunner(client, data, device, state_dir, steps)
+    runner = NodeRunner(client, data, device, state_dir, steps, hot_path=hot_path)
+    wait_s = POLL_WAIT_S if hot_path else 0.0
     while max_steps is None or runner.steps_run < max_steps:
         try:
-            ran = runner.step_once()
+            ran = runner.step_once(wait_s)
         except (httpx.TransportError, ServerError) as exc:
             log.warning("cannot reach the server (%s); retrying in %.1f s", exc, poll_interval_s)
-            ran = False
+            time.sleep(poll_interval_s)
+            continue
         except ClientError as exc:
             if exc.status != 409:
                 raise
@@ -615,5 +702,6 @@ def run_node(
             continue
         if stop_when_finished and runner.finished:
             break
-        time.sleep(poll_interval_s)
+        if not wait_s:  # a long poll has already waited
+            time.sleep(poll_interval_s)
     return runner.steps_run

@@ -89,6 +89,8 @@ class AfterCommit:
     # Files moved into the store by this transaction: garbage if it rolls back.
     adopted: set[str] = field(default_factory=set)
     notify: bool = False
+    # A step became claimable (or the federation's status changed): wake this federation's held task polls.
+    steps_ready: bool = False
     # Metrics and log lines about what committed (`backend.observability.metrics`).
     record: list[Callable[[], None]] = field(default_factory=list)
 
@@ -157,6 +159,7 @@ class Transaction:
             return
         fed.status = status
         fed.stall_reason = reason
+        self.after.steps_ready = True  # a held poll answers "over" at once, or claims after a resume
         if status in TERMINAL:
             fed.finished_at = utcnow()
         self.event("status", {"status": status, "reason": reason})
@@ -391,6 +394,7 @@ class Transaction:
                 existing.status, existing.lease_owner, existing.lease_expires_at = "pending", None, None
                 existing.dispatched_at = None
                 self.send_after_commit(existing)
+                self.after.steps_ready = True
             return
         step = Step(
             federation_id=self.federation.id,
@@ -404,6 +408,7 @@ class Transaction:
             attempts=0,
         )
         self.session.add(step)
+        self.after.steps_ready = True
         if self.orchestrator.send_steps is not None and self.is_celery(node_id):
             self.session.flush()  # the message carries the step's id
             self.send_after_commit(step)
@@ -478,8 +483,12 @@ class Orchestrator:
         dispatcher: AggregationDispatcher,
         send_steps: StepDispatcher | None = None,
         inline_aggregation_bytes: int = 0,
+        steps_notifier: EventNotifier | None = None,
     ) -> None:
+        """``steps_notifier``: woken, per federation, after each commit that made a step claimable (the
+        node API's held task polls wait on it)."""
         self.db = db
+        self.steps_notifier = steps_notifier or EventNotifier()
         self.store = store
         self.notifier = notifier
         self.dispatcher = dispatcher
@@ -520,6 +529,8 @@ class Orchestrator:
             self.collect_garbage(after.garbage)
         if after.notify:
             self.notifier.notify(federation_id)
+        if after.steps_ready:
+            self.steps_notifier.notify(federation_id)
         for record in after.record:
             record()
         # Last: each inline job commits transactions of its own (which open the next phase), after this one's

@@ -85,6 +85,7 @@ class Sweeper:
                     .execution_options(synchronize_session=False)
                 )
                 released += int(result.rowcount or 0)
+                tx.after.steps_ready = bool(result.rowcount)
         return released
 
     def _resend_steps(self, now: dt.datetime) -> int:

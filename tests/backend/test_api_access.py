@@ -427,6 +427,15 @@ EXPECTED: dict[tuple[str, str], Rule] = {
             f"{N}/steps/{w.step['step_id']}/fail", json={"reason": "OSError: disk busy", "retryable": True}
         ),
     ),
+    # A body that is not multipart: past the credentials it answers 415, and the step stays open for the
+    # calls after it (test_api_hot_path.py drives real submissions).
+    ("POST", N + "/steps/{step_id}/submit"): Rule(
+        frozenset({"own"}),
+        (415,),
+        "running",
+        hidden=frozenset({"other_node"}),
+        call=lambda w: Call(f"{N}/steps/{w.step['step_id']}/submit", content=b"not multipart"),
+    ),
     ("POST", N + "/steps/{step_id}/complete"): Rule(
         frozenset({"own"}), (200,), "running", hidden=frozenset({"other_node"}), call=uploaded_then_complete
     ),

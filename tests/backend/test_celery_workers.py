@@ -48,6 +48,8 @@ from fedalign.metrics import REPORTED_METRICS
 from fedalign.model_manifest import ModelManifest
 from fedalign.secagg_limits import SHARE_BYTES, ciphertext_bytes
 from fedalign.simulate import simulate
+from messaging import multipart
+from workers import client
 
 TOPOLOGIES = ("server", "target")
 SECURE = "secure"  # a third federation: secure aggregation, aggregated by the server's aggregator worker
@@ -242,6 +244,10 @@ SAMPLE_SPLITS = {"train", "val", "test"}
 UPLOAD = re.compile(r"^/api/v1/node/steps/\d+/uploads/(\w+)$")
 PUBLIC_KEY = "/api/v1/node/public-key"
 REVEAL = re.compile(r"^/api/v1/node/steps/\d+/reveal$")
+SUBMIT = re.compile(r"^/api/v1/node/steps/\d+/submit$")
+# The only query a node sends: the hot path's fixed numbers (a long poll's wait, the inline size), never a
+# value of its own.
+HOT_PATH_QUERY = {"wait_s": str(client.POLL_WAIT_S), "inline_max_bytes": str(client.INLINE_MAX_BYTES)}
 
 
 # Headers an HTTP client sends on its own; anything else a node sent would be a channel out of it.
@@ -276,9 +282,13 @@ def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(se
         token = record.headers.get("Authorization", "").removeprefix("Bearer ")
         assert token in served.tokens, f"{record.method} {record.path} without a node's token"
         topology, _ = served.tokens[token]
-        assert record.path.startswith("/api/v1/node/") and "?" not in record.path, record.path
+        url = httpx.URL(record.path)
+        path = url.path
+        assert path.startswith("/api/v1/node/"), record.path
+        query = dict(url.params)
+        assert query.items() <= HOT_PATH_QUERY.items(), record.path
         secure = served.configs[topology].secure_aggregation
-        if record.method == "GET" or record.path.endswith("/claim"):
+        if record.method == "GET" or path.endswith("/claim"):
             assert record.body == b"", f"{record.method} {record.path} carried a body"
         elif record.method == "PUT" and record.path == PUBLIC_KEY:
             assert secure, f"a node of a plain federation sent {record.path}"
@@ -287,31 +297,53 @@ def test_nodes_send_only_manifest_parameters_sample_counts_and_scalar_metrics(se
         elif record.method == "PUT":
             match = UPLOAD.match(record.path)
             assert match, record.path
-            slot = match.group(1)
-            manifest = slot_manifest(ModelManifest.for_config(served.configs[topology]), slot)
-            if secure and slot != "model":
-                # Exactly the masked manifest (the shared tensors as int64), no metadata, no stray bytes.
-                secagg.validate_masked(
-                    record.body, ModelManifest.for_config(served.configs[topology]).models[slot], 1 << 26
-                )
-                masked += 1
-            else:
-                # Names, dtypes and shapes of the manifest's shared tensors, finite values, no metadata, and
-                # not one byte beyond the tensors (validate refuses trailing or unclaimed bytes).
-                params.validate(record.body, manifest, max_bytes=64 * 1024 * 1024)
+            masked += assert_manifest_parameters(served.configs[topology], match.group(1), record.body)
             uploads += 1
+        elif record.method == "POST" and SUBMIT.match(path):
+            # The combined submission: each part exactly what its separate request would carry, with the
+            # framing's two headers only; the completion last.
+            content_type = httpx.Headers(record.headers)["content-type"]
+            parts = list(multipart.parts(record.body, content_type))
+            assert parts and parts[-1][0].name == multipart.COMPLETION_PART, record.path
+            for part, data in parts:
+                assert set(part.headers) == {"content-disposition", "content-type"}, part.headers
+                if part.name == multipart.COMPLETION_PART:
+                    assert part.content_type == "application/json"
+                    assert_completion(json.loads(data), secure, record.path)
+                else:
+                    assert part.content_type == "application/octet-stream"
+                    masked += assert_manifest_parameters(served.configs[topology], part.name, data)
+                    uploads += 1
         elif record.method == "POST" and REVEAL.match(record.path):
             assert secure, f"a node of a plain federation sent {record.path}"
             assert_shares_only(json.loads(record.body))
             reveals += 1
         else:
-            assert record.method == "POST" and record.path.endswith("/complete"), record.path
-            completion = json.loads(record.body)
-            if "shares" in completion:
-                assert secure, f"a node of a plain federation sent seed shares to {record.path}"
-                assert_sealed_shares(completion.pop("shares"))
-            assert_scalar_completion(completion)
+            assert record.method == "POST" and path.endswith("/complete"), record.path
+            assert_completion(json.loads(record.body), secure, record.path)
     assert uploads > 0 and masked > 0 and reveals > 0
+
+
+def assert_completion(completion: dict[str, Any], secure: bool, where: str) -> None:
+    """A completion: scalar metrics and sample counts, and with secure aggregation the masked uploads'
+    sealed seed shares (fixed-size ciphertexts), nothing else."""
+    if "shares" in completion:
+        assert secure, f"a node of a plain federation sent seed shares to {where}"
+        assert_sealed_shares(completion.pop("shares"))
+    assert_scalar_completion(completion)
+
+
+def assert_manifest_parameters(config: FederationConfig, slot: str, data: bytes) -> int:
+    """An upload for ``slot``: exactly its manifest's parameters; returns 1 when masked, else 0."""
+    manifest = ModelManifest.for_config(config)
+    if config.secure_aggregation and slot != "model":
+        # Exactly the masked manifest (the shared tensors as int64), no metadata, no stray bytes.
+        secagg.validate_masked(data, manifest.models[slot], 1 << 26)
+        return 1
+    # Names, dtypes and shapes of the manifest's shared tensors, finite values, no metadata, and not one
+    # byte beyond the tensors (validate refuses trailing or unclaimed bytes).
+    params.validate(data, slot_manifest(manifest, slot), max_bytes=64 * 1024 * 1024)
+    return 0
 
 
 def b64_32(text: Any) -> bytes:

@@ -58,6 +58,7 @@ from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.protocol import Action, Deadline, RunStep
 from fedalign.simulate import SimulationResult, Simulator, simulate
+from messaging import multipart
 from messaging.node_api import HEARTBEATS_PER_LEASE
 from workers.client import NodeClient, NodeRunner
 
@@ -300,6 +301,25 @@ def assert_simulators_run(admin: httpx.Client, federation: Federation, reference
     assert model.content == params.to_bytes(reference.models["target_model"])
 
 
+def is_upload(method: str, url: str, body: bytes | None = None, content_type: str = "") -> bool:
+    """A step's parameters on their way: a PUT to an upload URL, or a submission (uploads and completion in
+    one request, as the reference node sends them); given its ``body``, one that holds parameters (a setup
+    step's submission holds the completion alone)."""
+    if method == "PUT":
+        return "/uploads/" in url
+    if method != "POST" or not url.endswith("/submit"):
+        return False
+    if body is None:
+        return True
+    return any(part.name != multipart.COMPLETION_PART for part, _ in multipart.parts(body, content_type))
+
+
+def forwarded_upload(method: str, url: str, kwargs: dict[str, Any]) -> bool:
+    """`is_upload` for a request a `RecordingProxy` forwards (its ``headers`` and ``content``)."""
+    content_type = httpx.Headers(kwargs.get("headers") or {}).get("content-type", "")
+    return is_upload(method, url, kwargs.get("content"), content_type)
+
+
 class Gate:
     """Stands in for a `RecordingProxy`'s upstream client: once armed, the next upload a node sends is held
     (the node is mid-step, waiting for its answer) until released, then forwarded. While ``upstream_up`` is
@@ -323,7 +343,7 @@ class Gate:
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         with self._lock:
-            hold = self._armed and method == "PUT"
+            hold = self._armed and forwarded_upload(method, url, kwargs)
             if hold:
                 self._armed = False
                 self.holds.append(f"{method} {url}")
@@ -380,7 +400,9 @@ def test_the_api_restarted_mid_phase_resumes_from_the_database_with_the_same_met
             wait_finished(c, admin, federation.id)
             assert_simulators_run(admin, federation, reference)
             # Each held upload failed, and its worker sent it again once the API was back.
-            uploads = [f"{r.method} {proxy.upstream}{r.path}" for r in proxy.records if r.method == "PUT"]
+            uploads = [
+                f"{r.method} {proxy.upstream}{r.path}" for r in proxy.records if is_upload(r.method, r.path)
+            ]
             assert len(gate.holds) == 2 and all(uploads.count(held) >= 2 for held in gate.holds), gate.holds
 
 
@@ -608,9 +630,28 @@ def test_a_replayed_upload_completion_and_message_change_nothing(tmp_path: Path)
             wait_until(disc1_aggregating, RUN_TIMEOUT_S, "round 1's disc1 to wait for its aggregation")
             alphas = f"Bearer {federation.tokens['alpha']}"
             recorded = [r for r in proxy.records if r.headers.get("Authorization") == alphas]
-            put = next(r for r in recorded if r.method == "PUT")
-            step_id = int(put.path.split("/")[5])
-            done = next(r for r in recorded if r.path == f"/api/v1/node/steps/{step_id}/complete")
+
+            # alpha's worker sent its step's upload and completion in one submission: replayed here as the
+            # separate requests, which must agree with what the submission stored.
+            def uploaded(record: Any) -> dict[str, bytes]:
+                content_type = httpx.Headers(record.headers)["content-type"]
+                return {part.name: data for part, data in multipart.parts(record.body, content_type)}
+
+            # Its first submission with an upload (setup's has the completion alone).
+            sent = next(r for r in recorded if is_upload(r.method, r.path) and len(uploaded(r)) > 1)
+            step_id = int(sent.path.split("/")[5])
+            content_type = httpx.Headers(sent.headers)["content-type"]
+            parts = uploaded(sent)
+            slot = next(name for name in parts if name != multipart.COMPLETION_PART)
+            put = Replayed(f"/api/v1/node/steps/{step_id}/uploads/{slot}", parts[slot])
+            done = Replayed(f"/api/v1/node/steps/{step_id}/complete", parts[multipart.COMPLETION_PART])
+            resubmitted = httpx.post(
+                c.api_url + sent.path,
+                content=sent.body,
+                headers={"Content-Type": content_type, "Authorization": alphas},
+                timeout=60,
+            )
+            assert resubmitted.status_code == 200 and resubmitted.json()["uploads"][slot]["stored"] is False
             before = (admin.get(f"/api/v1/federations/{fid}/rounds/1").json(), events_of(admin, fid))
             assert [s["status"] for s in before[0]["phases"][0]["steps"]] == ["done"] * 3
 
@@ -662,6 +703,12 @@ def test_a_replayed_upload_completion_and_message_change_nothing(tmp_path: Path)
             assert snapshot() == finished
             node.close()
         assert_simulators_run(admin, federation, reference)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    path: str
+    body: bytes
 
 
 def test_a_worker_killed_mid_step_loses_its_step_within_a_lease_and_the_run_keeps_the_simulators_metrics(

@@ -16,6 +16,7 @@ from process_support import RecordingProxy
 from typer.testing import CliRunner
 
 from cli.main import app
+from messaging import multipart
 from workers import audit
 from workers.audit import AUDIT_FILE, AuditLog
 from workers.client import NodeClient, run_node
@@ -74,12 +75,23 @@ def test_the_audit_log_holds_exactly_what_the_wire_carried(
         ]
         assert logged == wire, name
         assert all(e["status"] < 400 for e in entries)
-        kinds = {e["body"]["kind"] for e in entries}
-        assert kinds == {"none", "json", "safetensors"}, name  # polls, completions with metrics, uploads
-        sent_metrics = {m for e in entries for m in e["body"].get("metrics", {})}
+        # The hot path: polls (no body) and combined submissions, whose parts the log splits as the server
+        # does, each part's size and hash those of the bytes the proxy saw.
+        assert {e["body"]["kind"] for e in entries} == {"none", "multipart"}, name
+        bodies = {r.path: r for r in proxy.records if r.headers.get("Authorization") == f"Bearer {token}"}
+        submissions = [e for e in entries if e["body"]["kind"] == "multipart"]
+        for entry in submissions:
+            sent = bodies[httpx.URL(entry["url"]).raw_path.decode()]
+            on_wire = [
+                (part.name, len(data), hashlib.sha256(data).hexdigest())
+                for part, data in multipart.parts(sent.body, httpx.Headers(sent.headers)["content-type"])
+            ]
+            assert [(p["name"], p["bytes"], p["sha256"]) for p in entry["body"]["parts"]] == on_wire
+        parts = [p["body"] for e in submissions for p in e["body"]["parts"]]
+        assert {p["kind"] for p in parts} == {"json", "safetensors"}, name  # completions, uploads
+        sent_metrics = {m for p in parts for m in p.get("metrics", {})}
         assert "disc_acc_own" in sent_metrics
-        uploads = [e for e in entries if e["body"]["kind"] == "safetensors"]
-        assert uploads and all(e["body"]["tensors"] for e in uploads)
+        assert all(p["tensors"] for p in parts if p["kind"] == "safetensors")
         raw = (tmp_path / name / AUDIT_FILE).read_text()
         assert token not in raw  # headers are never written
         assert audit.verify(tmp_path / name / AUDIT_FILE).ok

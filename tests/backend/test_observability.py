@@ -5,6 +5,7 @@ never hold a token."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -34,6 +35,7 @@ from sqlalchemy import select
 from backend.app import create_app
 from backend.models import Event, Step
 from backend.settings import Settings
+from messaging import multipart
 from workers.client import NodeClient, NodeRunner
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -65,6 +67,7 @@ TEMPLATES = {
     r"/api/v1/node/artifacts/.+": "/api/v1/node/artifacts/{key:path}",
     r"/api/v1/node/steps/\d+/uploads/\w+": "/api/v1/node/steps/{step_id}/uploads/{slot}",
     r"/api/v1/node/steps/\d+/complete": "/api/v1/node/steps/{step_id}/complete",
+    r"/api/v1/node/steps/\d+/submit": "/api/v1/node/steps/{step_id}/submit",
     r"/api/v1/federations/[0-9a-f-]+/start": "/api/v1/federations/{federation_id}/start",
 }
 
@@ -96,23 +99,37 @@ def test_metrics_move_by_what_a_federation_did(api: Api, vector_specs: Callable[
     requests = Counter(
         (r.request.method, route_template(r.request.url.path), str(r.status_code)) for r in sent
     )
-    assert requests[("PUT", "/api/v1/node/steps/{step_id}/uploads/{slot}", "200")] > 0
+    assert requests[("POST", "/api/v1/node/steps/{step_id}/submit", "200")] > 0
     for (method, route, status), count in requests.items():
         labels = {"method": method, "route": route}
         counted = delta(before, after, "fedalign_http_requests_total", **labels, status=status)
         assert counted == count, (method, route, status)
         assert delta(before, after, "fedalign_http_request_duration_seconds_count", **labels) >= count
 
-    # Uploads and downloads: the bytes that crossed the wire, per slot and in all.
-    uploads = [r for r in sent if r.request.method == "PUT" and r.status_code == 200]
-    by_slot = Counter(r.request.url.path.rsplit("/", 1)[1] for r in uploads)
-    for slot, count in by_slot.items():
-        assert delta(before, after, "fedalign_uploads_total", slot=slot) == count
-        sent_bytes = sum(len(r.request.content) for r in uploads if r.request.url.path.endswith(f"/{slot}"))
+    # Uploads and downloads: the bytes that crossed the wire, per slot and in all, whether alone (a PUT, a
+    # download) or with others (a submission's parts, a task's inline downloads).
+    uploads = [
+        (r.request.url.path.rsplit("/", 1)[1], len(r.request.content))
+        for r in sent
+        if r.request.method == "PUT" and r.status_code == 200
+    ]
+    for r in sent:
+        if r.request.url.path.endswith("/submit") and r.status_code == 200:
+            parts = multipart.parts(r.request.content, r.request.headers["content-type"])
+            uploads += [(p.name, len(data)) for p, data in parts if p.name != multipart.COMPLETION_PART]
+    assert uploads
+    for slot in {slot for slot, _ in uploads}:
+        assert delta(before, after, "fedalign_uploads_total", slot=slot) == sum(s == slot for s, _ in uploads)
+        sent_bytes = sum(size for s, size in uploads if s == slot)
         assert delta(before, after, "fedalign_upload_bytes_total", slot=slot) == sent_bytes
-    downloads = [r for r in sent if "/node/artifacts/" in r.request.url.path and r.status_code == 200]
+    downloads = [
+        len(r.content) for r in sent if "/node/artifacts/" in r.request.url.path and r.status_code == 200
+    ]
+    for r in sent:
+        if r.request.url.path.endswith("/task") and r.status_code == 200:
+            downloads += [len(base64.b64decode(data)) for data in r.json()["inline"].values()]
     assert delta(before, after, "fedalign_downloads_total") == len(downloads) > 0
-    assert delta(before, after, "fedalign_download_bytes_total") == sum(len(r.content) for r in downloads)
+    assert delta(before, after, "fedalign_download_bytes_total") == sum(downloads)
 
     with api.services.db.read() as session:
         opened = Counter(
@@ -329,7 +346,9 @@ def test_json_logs_say_which_federation_round_and_node_and_hold_no_token(
     # The node's requests (uvicorn's access lines) say whose they are; a step's requests say its round.
     node_lines = [r for r in logged if r["logger"] == "uvicorn.access" and "/api/v1/node/" in r["message"]]
     assert node_lines and all(r["federation"] == fid and r["node"] in tokens for r in node_lines)
-    step_lines = [r for r in node_lines if "/complete" in r["message"] or "/uploads/" in r["message"]]
+    step_lines = [
+        r for r in node_lines if any(p in r["message"] for p in ("/complete", "/uploads/", "/submit"))
+    ]
     assert step_lines and all(isinstance(r["round"], int) for r in step_lines)
     # A completed step's own record, and each closed phase's.
     steps = [r for r in logged if r["logger"] == "fedalign.backend" and " step of round " in r["message"]]

@@ -37,7 +37,7 @@ from process_support import (
     wait_until,
 )
 from test_celery_workers import NODES, served_rounds_http
-from test_faults import Gate, stop
+from test_faults import Gate, forwarded_upload, is_upload, stop
 
 from fedalign import params
 from fedalign.config import FederationConfig
@@ -46,7 +46,8 @@ from fedalign.simulate import simulate
 ROUNDS = 3
 # Seconds a claimed step stays leased: a killed worker's step is claimable again this soon after.
 LEASE_S = 5
-STEP_UPLOAD = re.compile(r"/api/v1/node/steps/(\d+)/uploads/")
+# An upload alone, or a submission (the uploads with the completion, as the reference node sends them).
+STEP_UPLOAD = re.compile(r"/api/v1/node/steps/(\d+)/(?:uploads/|submit)")
 
 
 class DroppingGate(Gate):
@@ -55,7 +56,7 @@ class DroppingGate(Gate):
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         with self._lock:
-            hold = self._armed and method == "PUT"
+            hold = self._armed and forwarded_upload(method, url, kwargs)
             if hold:
                 self._armed = False
                 self.holds.append(f"{method} {url}")
@@ -176,11 +177,13 @@ def test_a_worker_killed_mid_step_has_that_step_claimed_again_and_completed_once
         # The same step, claimed again by the new worker (its message sent again by the sweep once the lease
         # expired), and completed exactly once.
         assert f"received step {step_id} for node" in processes.log(f"{victim}-again")
-        completions = [r for r in proxy.records if r.path == f"/api/v1/node/steps/{step_id}/complete"]
-        assert len(completions) == 1, completions
-        # The held upload was sent again, by the new worker.
+        # The held upload (or submission) was sent again, by the new worker.
         held_path = gate.holds[0].split(" ", 1)[1].removeprefix(proxy.upstream)
-        assert [r.path for r in proxy.records if r.method == "PUT"].count(held_path) == 2
+        assert [r.path for r in proxy.records if is_upload(r.method, r.path)].count(held_path) == 2
+        # And the step's completion reached the server once (a held submission was dropped before it).
+        answers = (f"/api/v1/node/steps/{step_id}/complete", f"/api/v1/node/steps/{step_id}/submit")
+        completions = [r.path for r in proxy.records if r.path in answers]
+        assert len(completions) - (held_path in answers) == 1, completions
 
         assert served_rounds_http(admin, fid) == {
             r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes

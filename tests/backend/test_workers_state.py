@@ -17,7 +17,7 @@ from test_api_end_to_end import served_rounds
 
 from fedalign.config import FederationConfig
 from fedalign.simulate import simulate
-from messaging.node_api import UploadResult
+from messaging.node_api import SubmitResult, UploadResult
 from workers.client import ClientError, NodeClient, NodeRunner
 from workers.state import NodeStateFile
 
@@ -128,15 +128,20 @@ def test_a_step_delivered_again_after_it_ran_sends_its_saved_result_and_changes_
 
 
 class RecordingClient(NodeClient):
-    """Keeps the server's answer to each upload."""
+    """Keeps the server's answer to each upload (sent alone, or in a submission with the completion)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.answers: list[UploadResult] = []
 
-    def upload(self, url: str, state: Any) -> UploadResult:
-        answer = super().upload(url, state)
+    def upload_bytes(self, url: str, data: bytes) -> UploadResult:
+        answer = super().upload_bytes(url, data)
         self.answers.append(answer)
+        return answer
+
+    def submit(self, url: str, files: Any, metrics: Any, samples: Any = None) -> SubmitResult:
+        answer = super().submit(url, files, metrics, samples)
+        self.answers.extend(answer.uploads.values())
         return answer
 
 

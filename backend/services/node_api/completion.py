@@ -31,79 +31,82 @@ from messaging.node_api import CompleteRequest, CompleteResult
 def complete(
     orchestrator: Orchestrator, node: NodeCredential, step_id: int, body: CompleteRequest
 ) -> CompleteResult:
-    result = body.model_dump(mode="json")
     with step_transaction(orchestrator, node, step_id) as (tx, step):
-        federation = tx.federation
-        if step.status == "done":
-            if step.result == result:
-                return answer(step, federation)
-            raise conflict(
-                "already_completed",
-                f"step {step_id} was already completed with different metrics or samples; a step completes "
-                "once",
-            )
-        refuse_if_closed(step, federation)
-        spec = step.spec
-        stored = set(
-            tx.session.scalars(
-                select(Artifact.key).where(
-                    Artifact.federation_id == federation.id, Artifact.key.in_(list(spec.uploads.values()))
-                )
+        return complete_in(tx, step, node, body)
+
+
+def complete_in(tx: Transaction, step: Step, node: NodeCredential, body: CompleteRequest) -> CompleteResult:
+    """`complete` inside the caller's transaction (after a combined submission stored its uploads)."""
+    result = body.model_dump(mode="json")
+    step_id = step.id
+    federation = tx.federation
+    if step.status == "done":
+        if step.result == result:
+            return answer(step, federation)
+        raise conflict(
+            "already_completed",
+            f"step {step_id} was already completed with different metrics or samples; a step completes once",
+        )
+    refuse_if_closed(step, federation)
+    spec = step.spec
+    stored = set(
+        tx.session.scalars(
+            select(Artifact.key).where(
+                Artifact.federation_id == federation.id, Artifact.key.in_(list(spec.uploads.values()))
             )
         )
-        missing = sorted(slot for slot, key in spec.uploads.items() if key not in stored)
-        if missing:
-            raise conflict(
-                "missing_uploads",
-                f"step {step_id} cannot complete before its uploads {missing} are stored; PUT them to the "
-                "task's upload URLs first",
-                {"missing": missing},
-            )
-        if step.kind == "setup" and body.samples is None:
-            raise ApiError(
-                422, "missing_samples", "a setup step completes with its sample counts in 'samples'"
-            )
-        if step.kind == "reveal":
-            raise conflict(
-                "reveal_step",
-                f"step {step_id} is a reveal step; it completes with the node's seeds at "
-                f"POST /api/v1/node/steps/{step_id}/reveal",
-            )
-        check_sealed_shares(step, result["shares"])
-        if step.kind == "setup" and federation_config(federation).secure_aggregation:
-            row = tx.session.get(Node, node.node_id)
-            if row is None or row.public_key is None:
-                raise conflict(
-                    "missing_public_key",
-                    "this federation uses secure aggregation: PUT the node's X25519 public key to "
-                    "/api/v1/node/public-key before completing setup",
-                )
-        mark_done(tx, step, node, result)
-        timing = (step.kind, node.node_name, step.round, step.claimed_at, step.done_at)
-        tx.after.record.append(metrics.step_done(step.federation_id, *timing))
-        try:
-            if step.kind == "aggregate":
-                tx.handle(AggregateDone(spec.aggregate_key))
-            else:
-                tx.handle(
-                    StepDone(
-                        node=node.node_name,
-                        round=step.round,
-                        phase=step.phase,
-                        uploads=frozenset(spec.uploads),
-                        metrics=dict(body.metrics),
-                        samples=body.samples.model_dump() if body.samples else None,
-                    )
-                )
-        except ProtocolError as exc:
-            raise conflict(exc.code, f"the round schedule refused this completion: {exc}") from exc
+    )
+    missing = sorted(slot for slot, key in spec.uploads.items() if key not in stored)
+    if missing:
+        raise conflict(
+            "missing_uploads",
+            f"step {step_id} cannot complete before its uploads {missing} are stored; PUT them to the "
+            "task's upload URLs first",
+            {"missing": missing},
+        )
+    if step.kind == "setup" and body.samples is None:
+        raise ApiError(422, "missing_samples", "a setup step completes with its sample counts in 'samples'")
+    if step.kind == "reveal":
+        raise conflict(
+            "reveal_step",
+            f"step {step_id} is a reveal step; it completes with the node's seeds at "
+            f"POST /api/v1/node/steps/{step_id}/reveal",
+        )
+    check_sealed_shares(step, result["shares"])
+    if step.kind == "setup" and federation_config(federation).secure_aggregation:
         row = tx.session.get(Node, node.node_id)
-        if row is not None:
-            if body.samples is not None:
-                row.samples = body.samples.model_dump()
-            if row.state == "failed":  # out of an earlier phase, back in this one (its reason stays)
-                row.state = "active"
-        return answer(step, federation)
+        if row is None or row.public_key is None:
+            raise conflict(
+                "missing_public_key",
+                "this federation uses secure aggregation: PUT the node's X25519 public key to "
+                "/api/v1/node/public-key before completing setup",
+            )
+    mark_done(tx, step, node, result)
+    timing = (step.kind, node.node_name, step.round, step.claimed_at, step.done_at)
+    tx.after.record.append(metrics.step_done(step.federation_id, *timing))
+    try:
+        if step.kind == "aggregate":
+            tx.handle(AggregateDone(spec.aggregate_key))
+        else:
+            tx.handle(
+                StepDone(
+                    node=node.node_name,
+                    round=step.round,
+                    phase=step.phase,
+                    uploads=frozenset(spec.uploads),
+                    metrics=dict(body.metrics),
+                    samples=body.samples.model_dump() if body.samples else None,
+                )
+            )
+    except ProtocolError as exc:
+        raise conflict(exc.code, f"the round schedule refused this completion: {exc}") from exc
+    row = tx.session.get(Node, node.node_id)
+    if row is not None:
+        if body.samples is not None:
+            row.samples = body.samples.model_dump()
+        if row.state == "failed":  # out of an earlier phase, back in this one (its reason stays)
+            row.state = "active"
+    return answer(step, federation)
 
 
 def mark_done(tx: Transaction, step: Step, node: NodeCredential, result: dict[str, Any]) -> None:

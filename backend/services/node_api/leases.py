@@ -183,4 +183,5 @@ def task_of(step: Step, node: NodeCredential, base_url: str, lease_seconds: floa
         inputs={name: f"{api}/artifacts/{key}" for name, key in spec.inputs.items()},
         weights=dict(spec.weights),
         secure=dict(spec.secure),
+        submit_url=None if step.kind == "reveal" else f"{api}/steps/{step.id}/submit",
     )

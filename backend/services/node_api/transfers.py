@@ -8,6 +8,7 @@ slot, are refused.
 
 from __future__ import annotations
 
+import base64
 import functools
 from dataclasses import dataclass
 
@@ -21,10 +22,14 @@ from backend.security import NodeCredential
 from backend.services import secure
 from backend.services.manifests import PUBLISHED_SLOT, federation_manifest, slot_manifest
 from backend.services.node_api.access import federation_of, own_step, refuse_if_closed, step_transaction
-from backend.services.orchestrator import OPEN_STEP, Orchestrator, federation_config
-from backend.services.store import Staged
+from backend.services.orchestrator import OPEN_STEP, Orchestrator, Transaction, federation_config
+from backend.services.store import ArtifactStore, Staged
 from fedalign.manifest import Manifest
-from messaging.node_api import UploadResult
+from messaging.node_api import Task, UploadResult
+
+# What one task carries inline at most, in all, in units of the per-artifact limit: an aggregate step of
+# many nodes lists many small inputs, and past this they are fetched as before.
+INLINE_BUDGET_ARTIFACTS = 8
 
 
 def artifact_for_node(session: Session, node: NodeCredential, key: str) -> Artifact:
@@ -52,6 +57,37 @@ def artifact_for_node(session: Session, node: NodeCredential, key: str) -> Artif
     return artifact
 
 
+def with_inline_downloads(
+    session: Session, store: ArtifactStore, step: Step, task: Task, max_bytes: int
+) -> Task:
+    """``task`` with the artifacts its step downloads (and folds) that are at most ``max_bytes`` large
+    carried inline, base64 in the JSON, keyed by their download URL; larger ones stay URLs.
+
+    Base64 in the task's JSON rather than a multipart answer: one response type, which the OpenAPI document,
+    the generated clients and `messaging.node_api.Task` already describe, and no multipart parser on the
+    node; a third more bytes is nothing for the small models (a discriminator: tens of KB) this is for."""
+    spec = step.spec
+    urls = {key: task.downloads[slot] for slot, key in spec.downloads.items()}
+    urls |= {key: task.inputs[node] for node, key in spec.inputs.items()}
+    if max_bytes <= 0 or not urls:
+        return task
+    rows = session.scalars(
+        select(Artifact)
+        .where(Artifact.federation_id == step.federation_id, Artifact.key.in_(list(urls)))
+        .order_by(Artifact.key)
+    )
+    inline: dict[str, str] = {}
+    budget = max_bytes * INLINE_BUDGET_ARTIFACTS
+    for artifact in rows:
+        if artifact.size > max_bytes or artifact.size > budget:
+            continue
+        data = store.path(artifact.sha256).read_bytes()
+        budget -= len(data)
+        inline[urls[artifact.key]] = base64.b64encode(data).decode("ascii")
+        metrics.download_served(artifact.kind, artifact.size)
+    return task.model_copy(update={"inline": inline})
+
+
 @dataclass(frozen=True)
 class UploadTarget:
     key: str
@@ -67,10 +103,10 @@ class UploadTarget:
 def upload_target(session: Session, node: NodeCredential, step_id: int, slot: str) -> UploadTarget:
     """Checks that need no body: whose step, which slot, still open; and the manifest to validate against."""
     step = own_step(session, node, step_id)
-    return _target(step, federation_of(session, node), slot)
+    return target_of(step, federation_of(session, node), slot)
 
 
-def _target(step: Step, federation: Federation, slot: str) -> UploadTarget:
+def target_of(step: Step, federation: Federation, slot: str) -> UploadTarget:
     uploads = step.spec.uploads
     if slot not in uploads:
         raise not_found(
@@ -101,38 +137,44 @@ def store_upload(
 ) -> UploadResult:
     """Store a validated upload under its slot's key (checked again under the lock)."""
     with step_transaction(orchestrator, node, step_id) as (tx, step):
-        target = _target(step, tx.federation, slot)
-        tx.after.record.append(functools.partial(metrics.upload_accepted, slot, staged.size))
-        existing = tx.session.scalars(
-            select(Artifact).where(Artifact.federation_id == tx.federation.id, Artifact.key == target.key)
-        ).one_or_none()
-        if existing is not None and existing.sha256 == staged.sha256:
-            staged.discard()
-            return UploadResult(key=target.key, sha256=staged.sha256, size=staged.size, stored=False)
-        if step.status == "done":
-            raise conflict(
-                "already_completed",
-                f"step {step_id} is complete and its {slot!r} upload differs from the one it completed with; "
-                "an upload cannot change after completion",
-            )
-        if existing is not None and target.masked:
-            raise conflict(
-                "masked_upload_frozen",
-                f"step {step_id} already uploaded different masked {slot!r} parameters; a masked upload "
-                "cannot be replaced, since two different uploads under the same masks would reveal their "
-                "difference",
-            )
-        tx.put_artifact(
-            target.key,
-            staged,
-            kind=target.kind,
-            model=target.model,
-            round_=target.round,
-            phase=target.phase,
-            node=node.node_name,
+        return store_in(tx, step, node, slot, staged)
+
+
+def store_in(tx: Transaction, step: Step, node: NodeCredential, slot: str, staged: Staged) -> UploadResult:
+    """`store_upload` inside the caller's transaction (a submission stores several, then completes)."""
+    step_id = step.id
+    target = target_of(step, tx.federation, slot)
+    tx.after.record.append(functools.partial(metrics.upload_accepted, slot, staged.size))
+    existing = tx.session.scalars(
+        select(Artifact).where(Artifact.federation_id == tx.federation.id, Artifact.key == target.key)
+    ).one_or_none()
+    if existing is not None and existing.sha256 == staged.sha256:
+        staged.discard()
+        return UploadResult(key=target.key, sha256=staged.sha256, size=staged.size, stored=False)
+    if step.status == "done":
+        raise conflict(
+            "already_completed",
+            f"step {step_id} is complete and its {slot!r} upload differs from the one it completed with; "
+            "an upload cannot change after completion",
         )
-        tx.event(
-            "submission",
-            {"node": node.node_name, "key": target.key, "round": step.round, "phase": step.phase},
+    if existing is not None and target.masked:
+        raise conflict(
+            "masked_upload_frozen",
+            f"step {step_id} already uploaded different masked {slot!r} parameters; a masked upload "
+            "cannot be replaced, since two different uploads under the same masks would reveal their "
+            "difference",
         )
-        return UploadResult(key=target.key, sha256=staged.sha256, size=staged.size, stored=True)
+    tx.put_artifact(
+        target.key,
+        staged,
+        kind=target.kind,
+        model=target.model,
+        round_=target.round,
+        phase=target.phase,
+        node=node.node_name,
+    )
+    tx.event(
+        "submission",
+        {"node": node.node_name, "key": target.key, "round": step.round, "phase": step.phase},
+    )
+    return UploadResult(key=target.key, sha256=staged.sha256, size=staged.size, stored=True)

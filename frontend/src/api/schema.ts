@@ -676,7 +676,8 @@ export interface paths {
         /**
          * Next Task
          * @description Claim this node's next step with a lease; keep it with a heartbeat (``heartbeat_url``) every
-         *     ``heartbeat_s`` until it is complete, or it is handed out again after ``lease_expires_at``.
+         *     ``heartbeat_s`` until it is complete, or it is handed out again after ``lease_expires_at``. With
+         *     ``wait_s`` the poll waits for a step (a long poll): the commit that opens one wakes it.
          */
         get: operations["next_task"];
         put?: never;
@@ -771,6 +772,30 @@ export interface paths {
          */
         put: operations["upload"];
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/node/steps/{step_id}/submit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upload a step's results and complete it, in one request
+         * @description The task's uploads and its completion together (``submit_url``), as multipart/form-data: each upload
+         *     is checked exactly as a PUT to its slot is (the manifest's names, shapes and dtypes, finite values, the
+         *     size limit, 413 as it streams), the completion as a POST to ``complete_url`` is; then all are stored
+         *     and the step completed in one transaction. On any refusal nothing is stored and the step stays open.
+         *     The same submission again is answered the same and changes nothing.
+         */
+        post: operations["submit_step"];
         delete?: never;
         options?: never;
         head?: never;
@@ -2911,6 +2936,29 @@ export interface components {
             /** Done At */
             done_at: string | null;
         };
+        /** SubmitResult */
+        SubmitResult: {
+            /** Step Id */
+            step_id: number;
+            /** Status */
+            status: string;
+            /**
+             * Federation Status
+             * @enum {string}
+             */
+            federation_status: "created" | "running" | "paused" | "stalled" | "finished" | "cancelled" | "failed";
+            /** Round */
+            round: number | null;
+            /** Phase */
+            phase: string | null;
+            /**
+             * Uploads
+             * @description Each upload slot of the submission, as stored.
+             */
+            uploads: {
+                [key: string]: components["schemas"]["UploadResult"];
+            };
+        };
         /**
          * Task
          * @example {
@@ -3017,6 +3065,18 @@ export interface components {
              */
             secure?: {
                 [key: string]: components["schemas"]["SecureSlot"];
+            };
+            /**
+             * Submit Url
+             * @description Where to POST the uploads and the completion in one multipart/form-data request (one part per upload slot, and a 'completion' part); the same as PUTting each upload, then POSTing complete_url. None for a reveal step.
+             */
+            submit_url?: string | null;
+            /**
+             * Inline
+             * @description Download URL -> the artifact's safetensors bytes (base64), for the downloads and inputs at most inline_max_bytes large when the poll or claim asked for them: no request to fetch those.
+             */
+            inline?: {
+                [key: string]: string;
             };
         };
         /**
@@ -5681,7 +5741,12 @@ export interface operations {
     };
     next_task: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Hold the poll open up to this long (at most the server's FEDALIGN_LONG_POLL_MAX_S) until one of the node's steps is claimable, and answer it claimed as soon as it is; 0: answer at once. */
+                wait_s?: number;
+                /** @description Carry the downloads (and inputs) of at most this many bytes inline in the task (its 'inline', base64), up to the server's FEDALIGN_INLINE_DOWNLOAD_MAX_BYTES; 0: none, all are URLs. */
+                inline_max_bytes?: number;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -5732,11 +5797,23 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     claim_step: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Carry the downloads (and inputs) of at most this many bytes inline in the task (its 'inline', base64), up to the server's FEDALIGN_INLINE_DOWNLOAD_MAX_BYTES; 0: none, all are URLs. */
+                inline_max_bytes?: number;
+            };
             header?: never;
             path: {
                 /** @description The step's id, from the task. */
@@ -5971,6 +6048,101 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["UploadResult"];
+                };
+            };
+            /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The credentials are valid but do not allow this action on this resource. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource does not exist (or is not visible to these credentials). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request conflicts with the resource's current state (e.g. an illegal status transition). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body exceeds the configured size limit. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body's Content-Type is not one this endpoint reads. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request is well-formed but its content is invalid; `details` lists each problem. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    submit_step: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The step's id, from the task. */
+                step_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "multipart/form-data": {
+                    /** @description CompleteRequest */
+                    completion: string;
+                } & {
+                    [key: string]: string;
+                };
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SubmitResult"];
                 };
             };
             /** @description No credentials, or credentials this service does not know (send `Authorization: Bearer <token>`). */
@@ -6585,5 +6757,6 @@ export const roundOutStateValues: ReadonlyArray<FlattenedDeepRequired<components
 export const roundSummaryStateValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["RoundSummary"]["state"]> = ["done", "open", "upcoming"];
 export const sessionOutRoleValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["SessionOut"]["role"]> = ["coordinator", "owner", "viewer"];
 export const stepOutStatusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["StepOut"]["status"]> = ["pending", "claimed", "done", "cancelled", "failed"];
+export const submitResultFederation_statusValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["SubmitResult"]["federation_status"]> = ["created", "running", "paused", "stalled", "finished", "cancelled", "failed"];
 export const tensorDocumentDtypeValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TensorDocument"]["dtype"]> = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"];
 export const trackerExportOutTrackerValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["TrackerExportOut"]["tracker"]> = ["mlflow", "tensorboard"];
