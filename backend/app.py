@@ -35,6 +35,7 @@ from backend.routers import (
     rounds,
     session,
 )
+from backend.services import relay as relay_module
 from backend.services.aggregation import AggregationService, ThreadPoolDispatcher
 from backend.services.dispatch import AggregationDispatcher
 from backend.services.events import EventNotifier
@@ -73,6 +74,17 @@ def build_services(settings: Settings, messenger: CeleryMessenger | None = None)
     db = Database(make_engine(settings.sqlalchemy_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms))
     store = ArtifactStore(settings.artifacts_dir)
     notifier = EventNotifier()
+    steps_notifier = EventNotifier()
+    # API processes (and the aggregator worker, whose commits open steps) share wake-ups through Redis.
+    relay = None
+    if settings.broker_url is not None and relay_module.is_redis(settings.broker_url):
+        relay = relay_module.RedisRelay(
+            settings.broker_url,
+            {
+                relay_module.channel(settings.queue_prefix, "events"): notifier,
+                relay_module.channel(settings.queue_prefix, "steps"): steps_notifier,
+            },
+        )
     if messenger is None and settings.broker_url:
         messenger = CeleryMessenger(settings.broker_url, settings.data_dir, settings.queue_prefix)
     dispatcher: AggregationDispatcher
@@ -94,6 +106,7 @@ def build_services(settings: Settings, messenger: CeleryMessenger | None = None)
         dispatcher=dispatcher,
         send_steps=send_steps,
         inline_aggregation_bytes=settings.inline_aggregation_max_bytes,
+        steps_notifier=steps_notifier,
     )
     aggregation = AggregationService(db, store, orchestrator, settings.aggregation_lease_s)
     # A small model's average takes milliseconds: a step's short lease covers it if this process dies.
@@ -109,6 +122,7 @@ def build_services(settings: Settings, messenger: CeleryMessenger | None = None)
         dispatcher=dispatcher,
         sweeper=Sweeper(db, orchestrator, dispatcher, settings.step_resend_s),
         admin_token=settings.admin_secret,
+        relay=relay,
     )
 
 
@@ -123,6 +137,8 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
         services = await asyncio.to_thread(build_services, settings, messenger)
         services.notifier.bind(asyncio.get_running_loop())
         services.orchestrator.steps_notifier.bind(asyncio.get_running_loop())
+        if services.relay is not None:
+            services.relay.start()
         app.state.services = services
         app.state.queue_collector = QueueCollector(
             services.db, settings.broker_url, settings.data_dir, settings.queue_prefix
@@ -143,6 +159,8 @@ def create_app(settings: Settings | None = None, messenger: CeleryMessenger | No
                     await task
             services.notifier.bind(None)
             services.orchestrator.steps_notifier.bind(None)
+            if services.relay is not None:
+                await asyncio.to_thread(services.relay.close)
             app.state.queue_collector.close()
             await asyncio.to_thread(services.dispatcher.close)
             services.db.dispose()

@@ -16,6 +16,7 @@ from backend.services.aggregation import AggregationService
 from backend.services.dispatch import AggregationDispatcher
 from backend.services.events import EventNotifier
 from backend.services.orchestrator import Orchestrator
+from backend.services.relay import RedisRelay
 from backend.services.store import ArtifactStore
 from backend.services.sweep import Sweeper
 from backend.sessions import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, csrf_ok, held, verify
@@ -33,6 +34,7 @@ class Services:
     dispatcher: AggregationDispatcher
     sweeper: Sweeper
     admin_token: str
+    relay: RedisRelay | None = None  # wake-ups shared with other processes (a Redis broker)
 
     @property
     def bootstrap_token(self) -> str | None:

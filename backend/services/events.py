@@ -2,7 +2,8 @@
 
 Events are written inside the transaction that changes the federation (with its row locked), so their
 ids commit in order per federation and a stream that replays ``id > Last-Event-ID`` misses nothing. The
-notifier only shortens the wait: a stream also polls, which is what serves several API processes.
+notifier only shortens the wait: a stream also polls. With several API processes, a Redis relay
+(`backend.services.relay`) carries the wake-ups between them; the polls are the fallback.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,12 +33,22 @@ class EventNotifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._lock = threading.Lock()
+        # Set by `backend.services.relay.RedisRelay`: also wake the other API processes' waiters.
+        self.relay: Callable[[str], None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._loop = loop
 
     def notify(self, federation_id: str) -> None:
-        """Wake this federation's streams; callable from any thread."""
+        """Wake this federation's waiters, in this process and (with a relay) in the others; callable from
+        any thread."""
+        relay = self.relay
+        if relay is not None:
+            relay(federation_id)
+        self.wake_here(federation_id)
+
+    def wake_here(self, federation_id: str) -> None:
+        """Wake this federation's waiters in this process; callable from any thread."""
         loop = self._loop
         if loop is None:
             return
@@ -50,6 +61,11 @@ class EventNotifier:
             waiters = list(self._waiters.get(federation_id, ()))
         for waiter in waiters:
             waiter.set()
+
+    def waiting(self, federation_id: str) -> int:
+        """How many waiters this process holds for the federation."""
+        with self._lock:
+            return len(self._waiters.get(federation_id, ()))
 
     @contextmanager
     def subscribe(self, federation_id: str) -> Iterator[asyncio.Event]:
