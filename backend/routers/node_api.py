@@ -144,7 +144,8 @@ def _claim_next(
         if step is None:
             return None, federation_status
         task = leases.task_of(step, node, base_url, lease)
-        return transfers.with_inline_downloads(session, services.store, step, task, inline_max_bytes), ""
+        plan = transfers.plan_inline_downloads(session, services.store, step, task, inline_max_bytes)
+    return transfers.with_inline_downloads(plan), ""
 
 
 @router.post(
@@ -168,7 +169,8 @@ def claim_step(
         lease = services.settings.lease_seconds
         step = leases.claim_step(session, node, step_id, lease)
         task = leases.task_of(step, node, services.base_url(request), lease)
-        return transfers.with_inline_downloads(session, services.store, step, task, inline)
+        plan = transfers.plan_inline_downloads(session, services.store, step, task, inline)
+    return transfers.with_inline_downloads(plan)
 
 
 @router.post(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -57,35 +58,69 @@ def artifact_for_node(session: Session, node: NodeCredential, key: str) -> Artif
     return artifact
 
 
-def with_inline_downloads(
-    session: Session, store: ArtifactStore, step: Step, task: Task, max_bytes: int
-) -> Task:
-    """``task`` with the artifacts its step downloads (and folds) that are at most ``max_bytes`` large
-    carried inline, base64 in the JSON, keyed by their download URL; larger ones stay URLs.
+@dataclass(frozen=True)
+class InlineFile:
+    url: str
+    kind: str  # artifact kind
+    size: int
+    path: Path
 
-    Base64 in the task's JSON rather than a multipart answer: one response type, which the OpenAPI document,
-    the generated clients and `messaging.node_api.Task` already describe, and no multipart parser on the
-    node; a third more bytes is nothing for the small models (a discriminator: tens of KB) this is for."""
+
+@dataclass(frozen=True)
+class InlinePlan:
+    """A claimed task and the artifacts to carry inline with it: chosen inside the claim's transaction from
+    the metadata, read after its commit (`with_inline_downloads`), so that no file is read while the
+    database's write lock is held."""
+
+    task: Task
+    files: tuple[InlineFile, ...] = ()
+
+
+def plan_inline_downloads(
+    session: Session, store: ArtifactStore, step: Step, task: Task, max_bytes: int
+) -> InlinePlan:
+    """Which of the artifacts ``step`` downloads (and folds) go inline: those of at most ``max_bytes``, up to
+    a budget of `INLINE_BUDGET_ARTIFACTS` times that in all; larger ones stay URLs."""
     spec = step.spec
     urls = {key: task.downloads[slot] for slot, key in spec.downloads.items()}
     urls |= {key: task.inputs[node] for node, key in spec.inputs.items()}
     if max_bytes <= 0 or not urls:
-        return task
+        return InlinePlan(task)
     rows = session.scalars(
         select(Artifact)
         .where(Artifact.federation_id == step.federation_id, Artifact.key.in_(list(urls)))
         .order_by(Artifact.key)
     )
-    inline: dict[str, str] = {}
+    files: list[InlineFile] = []
     budget = max_bytes * INLINE_BUDGET_ARTIFACTS
     for artifact in rows:
         if artifact.size > max_bytes or artifact.size > budget:
             continue
-        data = store.path(artifact.sha256).read_bytes()
-        budget -= len(data)
-        inline[urls[artifact.key]] = base64.b64encode(data).decode("ascii")
-        metrics.download_served(artifact.kind, artifact.size)
-    return task.model_copy(update={"inline": inline})
+        budget -= artifact.size
+        path = store.path(artifact.sha256)
+        files.append(InlineFile(urls[artifact.key], artifact.kind, artifact.size, path))
+    return InlinePlan(task, tuple(files))
+
+
+def with_inline_downloads(plan: InlinePlan) -> Task:
+    """The planned task with its small downloads inline, base64 in the JSON, keyed by their download URL.
+
+    Base64 in the task's JSON rather than a multipart answer: one response type, which the OpenAPI document,
+    the generated clients and `messaging.node_api.Task` already describe, and no multipart parser on the
+    node; a third more bytes is nothing for the small models (a discriminator: tens of KB) this is for.
+    Artifacts are content-addressed and never rewritten, so reading them after the commit reads what the
+    transaction saw; one that retention removed meanwhile just stays a URL."""
+    if not plan.files:
+        return plan.task
+    inline: dict[str, str] = {}
+    for file in plan.files:
+        try:
+            data = file.path.read_bytes()
+        except FileNotFoundError:
+            continue
+        inline[file.url] = base64.b64encode(data).decode("ascii")
+        metrics.download_served(file.kind, file.size)
+    return plan.task.model_copy(update={"inline": inline})
 
 
 @dataclass(frozen=True)
