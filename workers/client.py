@@ -262,7 +262,9 @@ class NodeClient:
         """Upload ``files`` (slot -> safetensors bytes) and complete the step in one request (its task's
         ``submit_url``): all stored and the step complete, or (a 4xx) nothing stored."""
         completion = node_api.CompleteRequest.model_validate(_completion(metrics, samples, shares))
-        content_type, pieces = multipart.encode(files, completion.model_dump_json().encode())
+        # Only what was given (as the separate completion sends it): a plain federation's carries no shares.
+        body = completion.model_dump_json(exclude_unset=True).encode()
+        content_type, pieces = multipart.encode(files, body)
         size = sum(len(p) for p in pieces)
         headers = {**self._auth, "Content-Type": content_type, "Content-Length": str(size)}
         response = self.http.post(self._url(url), content=_Pieces(pieces), headers=headers)
