@@ -177,4 +177,3 @@ def test_the_state_file_is_fsynced_only_when_the_setting_asks(
     client = NodeClient("http://testserver", tokens["alpha"], http=api.client)
     runner = NodeRunner(client, state_dir=tmp_path, state_fsync=WorkerSettings().node_state_fsync)
     assert runner.state is not None and runner.state.durable is durable
-
