@@ -84,6 +84,7 @@ def node_run(
                 device=Device.pick(device),
                 poll_interval_s=poll_interval,
                 state_dir=settings.state_dir,
+                state_fsync=settings.node_state_fsync,
                 steps=node_steps,
             )
             status = client.federation_status

@@ -115,6 +115,7 @@ def worker(
                 device=picked,
                 audit_path=settings.audit_path,
                 steps=node_steps,
+                state_fsync=settings.node_state_fsync,
             )
             for n in nodes
         ]

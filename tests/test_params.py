@@ -81,6 +81,24 @@ def test_save_file_replaces_atomically_and_leaves_no_temporary(tmp_path: Path) -
     assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_save_file_fsyncs_the_bytes_only_when_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    from fedalign import params
+
+    synced: list[str] = []
+    real = params._fsync
+    monkeypatch.setattr(params, "_fsync", lambda p: (synced.append(p), real(p)))
+    path = tmp_path / "p.safetensors"
+    save_file({"w": torch.zeros(2)}, path, durable=durable)
+    save_file({"w": torch.ones(2)}, path, durable=durable)
+    assert len(synced) == (2 if durable else 0)
+    # Either way the file is replaced whole by a rename, with no temporary left behind.
+    assert torch.equal(load_file(path)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["p.safetensors"]
+
+
 def test_failed_save_keeps_the_previous_file(tmp_path: Path) -> None:
     path = tmp_path / "p.safetensors"
     save_file({"w": torch.zeros(2)}, path)

@@ -65,6 +65,7 @@ class ServedNode:
     device: Device = CPU
     audit_path: Path | None = None  # where every request it sends is recorded (`workers.audit`)
     steps: StepsFactory = ReferenceSteps  # the node's steps (`workers.steps.Steps`)
+    state_fsync: bool = False  # the state file fsynced after every step (`workers.state`)
     _runner: NodeRunner | None = field(default=None, repr=False)
 
     def runner(self) -> NodeRunner:
@@ -77,6 +78,7 @@ class ServedNode:
                 self.device,
                 self.state_dir,
                 self.steps,
+                state_fsync=self.state_fsync,
             )
         return self._runner
 

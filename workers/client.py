@@ -348,7 +348,8 @@ class NodeRunner:
     """One node: its runtime, built from the federation's config and its own data.
 
     ``state_dir``: where the node's local state persists between steps (`workers.state`); without it
-    the state lives only in this object, as in the simulator. ``steps``: the node's steps
+    the state lives only in this object, as in the simulator; ``state_fsync``: that file also fsynced
+    after every step (`workers.state`: what a machine crash costs without it). ``steps``: the node's steps
     (`workers.steps.Steps`), FedAlign's own by default. ``hot_path``: small downloads inline in the task,
     uploads with the completion (see the module's docstring); off, every request separately.
     """
@@ -362,6 +363,7 @@ class NodeRunner:
         steps: StepsFactory = ReferenceSteps,
         *,
         hot_path: bool = True,
+        state_fsync: bool = False,
     ) -> None:
         self.client = client
         self.steps = steps
@@ -384,7 +386,7 @@ class NodeRunner:
             log.error("node %s cannot take part: %s", self.federation.node, failure_reason(exc))
             self.broken = exc
         self.state = (
-            NodeStateFile(state_dir, self.federation.federation_id, self.federation.node)
+            NodeStateFile(state_dir, self.federation.federation_id, self.federation.node, durable=state_fsync)
             if state_dir is not None
             else None
         )
@@ -674,6 +676,7 @@ def run_node(
     state_dir: Path | None = None,
     steps: StepsFactory = ReferenceSteps,
     hot_path: bool = True,
+    state_fsync: bool = False,
 ) -> int:
     """Run this node's steps until its federation ends (or ``max_steps``); returns how many ran.
 
@@ -681,12 +684,13 @@ def run_node(
     completion; off: a poll every ``poll_interval_s`` and each request separately.
 
     ``data``: the node's data set, or a spec to load it from; default: the spec it registered with.
-    ``state_dir``: where the node's local state persists between steps (a restarted loop continues it).
+    ``state_dir``: where the node's local state persists between steps (a restarted loop continues it);
+    ``state_fsync``: that file fsynced after every step too.
     ``steps``: the node's steps (`workers.steps.Steps`), FedAlign's own by default.
     Network errors and 5xx answers are retried after ``poll_interval_s``; a step the server no longer
     wants (its phase closed at the deadline) is dropped and the loop goes on.
     """
-    runner = NodeRunner(client, data, device, state_dir, steps, hot_path=hot_path)
+    runner = NodeRunner(client, data, device, state_dir, steps, hot_path=hot_path, state_fsync=state_fsync)
     wait_s = POLL_WAIT_S if hot_path else 0.0
     while max_steps is None or runner.steps_run < max_steps:
         try:

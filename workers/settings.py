@@ -30,6 +30,13 @@ class WorkerSettings(BrokerSettings, LogSettings):
     node_state_dir: Annotated[
         Path | None, Field(description="Node state between steps; default data_dir/node-state.")
     ] = None
+    node_state_fsync: Annotated[
+        bool,
+        Field(
+            description="fsync the node's state file after every step, so that it also survives a "
+            "machine crash (a killed process needs no fsync: the write is an atomic rename either way).",
+        ),
+    ] = False
     step_time_limit_s: Annotated[
         float,
         Field(

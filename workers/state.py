@@ -10,8 +10,15 @@ is answered with the same outputs instead of training a second time, which would
 twice and upload different bytes. The server sees identical uploads (``stored: false``) and an identical
 completion, so the second run changes nothing.
 
-Written atomically (`fedalign.params.save_file`: temp file, fsync, rename), read through safetensors:
-never pickle.
+Written atomically (`fedalign.params.save_file`: temp file, rename), read through safetensors: never
+pickle. The rename is what an exact restart after a killed process needs: a SIGKILLed worker loses no page
+cache, so the next process reads the old file or the whole new one. The bytes are not fsynced unless
+``durable`` (``FEDALIGN_NODE_STATE_FSYNC``): an fsync per step was the largest single cost of a short step
+(measured in docs/benchmarks/system.md). What a machine crash (power loss, kernel panic) then costs: the
+file may hold an older step's state, or be empty or damaged. A damaged file is refused at the next step
+with a message that says to move it away; an older one is taken as the node's state, so the node's
+following steps start from it and that run no longer equals an undisturbed one bitwise (it completes,
+with the node's progress since the saved step lost).
 
 With secure aggregation the node also keeps, beside that file and readable by its owner only (mode 0600),
 its X25519 private key (`<node>.x25519`, 32 raw bytes; it never leaves the machine, only its public key is
@@ -51,10 +58,11 @@ class SavedState:
 class NodeStateFile:
     """``<root>/<federation id>/<node name>.safetensors``: one node's state after its last step."""
 
-    def __init__(self, root: Path, federation_id: str, node: str) -> None:
+    def __init__(self, root: Path, federation_id: str, node: str, *, durable: bool = False) -> None:
         self.path = Path(root) / federation_id / f"{node}.safetensors"
         self.federation_id = federation_id
         self.node = node
+        self.durable = durable
 
     def step_id(self) -> int | None:
         """The step whose state the file holds (read from the header only), or None without a file."""
@@ -114,7 +122,7 @@ class NodeStateFile:
             "samples": json.dumps(result.samples),
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        params.save_file(tensors, self.path, metadata)
+        params.save_file(tensors, self.path, metadata, durable=self.durable)
 
 
 # ------------------------------------------------------------------------------------ secure aggregation

@@ -139,8 +139,10 @@ class RecordingClient(NodeClient):
         self.answers.append(answer)
         return answer
 
-    def submit(self, url: str, files: Any, metrics: Any, samples: Any = None) -> SubmitResult:
-        answer = super().submit(url, files, metrics, samples)
+    def submit(
+        self, url: str, files: Any, metrics: Any, samples: Any = None, sealed: Any = None
+    ) -> SubmitResult:
+        answer = super().submit(url, files, metrics, samples, sealed)
         self.answers.extend(answer.uploads.values())
         return answer
 
@@ -152,3 +154,26 @@ def drive_runners(runners: dict[str, NodeRunner]) -> None:
         if not any(ran):
             assert time.monotonic() < deadline, "the federation did not finish in time"
             time.sleep(0.01)
+
+
+@pytest.mark.parametrize("env, durable", [(None, False), ("1", True), ("false", False)])
+def test_the_state_file_is_fsynced_only_when_the_setting_asks(
+    api: Api,
+    vector_specs: Callable[[], dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: str | None,
+    durable: bool,
+) -> None:
+    """A killed process needs only the atomic rename; a machine crash needs the fsync too
+    (``FEDALIGN_NODE_STATE_FSYNC``), which a node worker passes from its settings to its state file."""
+    from workers.settings import WorkerSettings
+
+    if env is None:
+        monkeypatch.delenv("FEDALIGN_NODE_STATE_FSYNC", raising=False)
+    else:
+        monkeypatch.setenv("FEDALIGN_NODE_STATE_FSYNC", env)
+    _, tokens = api.federation_with_nodes(vector_specs(), **tiny_settings(rounds=1))
+    client = NodeClient("http://testserver", tokens["alpha"], http=api.client)
+    runner = NodeRunner(client, state_dir=tmp_path, state_fsync=WorkerSettings().node_state_fsync)
+    assert runner.state is not None and runner.state.durable is durable
