@@ -65,7 +65,7 @@ class ServedNode:
     device: Device = CPU
     audit_path: Path | None = None  # where every request it sends is recorded (`workers.audit`)
     steps: StepsFactory = ReferenceSteps  # the node's steps (`workers.steps.Steps`)
-    state_fsync: bool = False  # the state file fsynced after every step (`workers.state`)
+    state_fsync: bool = True  # the state file fsynced after every step (`workers.state`)
     _runner: NodeRunner | None = field(default=None, repr=False)
 
     def runner(self) -> NodeRunner:

@@ -363,7 +363,7 @@ class NodeRunner:
         steps: StepsFactory = ReferenceSteps,
         *,
         hot_path: bool = True,
-        state_fsync: bool = False,
+        state_fsync: bool = True,
     ) -> None:
         self.client = client
         self.steps = steps
@@ -676,7 +676,7 @@ def run_node(
     state_dir: Path | None = None,
     steps: StepsFactory = ReferenceSteps,
     hot_path: bool = True,
-    state_fsync: bool = False,
+    state_fsync: bool = True,
 ) -> int:
     """Run this node's steps until its federation ends (or ``max_steps``); returns how many ran.
 

@@ -34,9 +34,10 @@ class WorkerSettings(BrokerSettings, LogSettings):
         bool,
         Field(
             description="fsync the node's state file after every step, so that it also survives a "
-            "machine crash (a killed process needs no fsync: the write is an atomic rename either way).",
+            "machine crash (a killed process needs no fsync: the write is an atomic rename either way); "
+            "0 saves about a millisecond per step and gives up exact restarts after a crash.",
         ),
-    ] = False
+    ] = True
     step_time_limit_s: Annotated[
         float,
         Field(

@@ -12,9 +12,10 @@ completion, so the second run changes nothing.
 
 Written atomically (`fedalign.params.save_file`: temp file, rename), read through safetensors: never
 pickle. The rename is what an exact restart after a killed process needs: a SIGKILLed worker loses no page
-cache, so the next process reads the old file or the whole new one. The bytes are not fsynced unless
-``durable`` (``FEDALIGN_NODE_STATE_FSYNC``): an fsync per step was the largest single cost of a short step
-(measured in docs/benchmarks/system.md). What a machine crash (power loss, kernel panic) then costs: the
+cache, so the next process reads the old file or the whole new one. The bytes are also fsynced when
+``durable`` (``FEDALIGN_NODE_STATE_FSYNC``, on by default), so that a machine crash loses nothing either:
+measured, the fsync costs about a millisecond of a short step's 2-3 ms save (docs/benchmarks/system.md).
+What a machine crash (power loss, kernel panic) costs without it: the
 file may hold an older step's state, or be empty or damaged. A damaged file is refused at the next step
 with a message that says to move it away; an older one is taken as the node's state, so the node's
 following steps start from it and that run no longer equals an undisturbed one bitwise (it completes,
@@ -58,7 +59,7 @@ class SavedState:
 class NodeStateFile:
     """``<root>/<federation id>/<node name>.safetensors``: one node's state after its last step."""
 
-    def __init__(self, root: Path, federation_id: str, node: str, *, durable: bool = False) -> None:
+    def __init__(self, root: Path, federation_id: str, node: str, *, durable: bool = True) -> None:
         self.path = Path(root) / federation_id / f"{node}.safetensors"
         self.federation_id = federation_id
         self.node = node

@@ -156,8 +156,8 @@ def drive_runners(runners: dict[str, NodeRunner]) -> None:
             time.sleep(0.01)
 
 
-@pytest.mark.parametrize("env, durable", [(None, False), ("1", True), ("false", False)])
-def test_the_state_file_is_fsynced_only_when_the_setting_asks(
+@pytest.mark.parametrize("env, durable", [(None, True), ("1", True), ("false", False), ("0", False)])
+def test_the_state_file_is_fsynced_unless_the_setting_says_not_to(
     api: Api,
     vector_specs: Callable[[], dict[str, str]],
     tmp_path: Path,
