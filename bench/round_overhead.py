@@ -401,20 +401,7 @@ def anatomy(server: Server, config: FederationConfig, timeout_s: float) -> dict[
     times: dict[str, list[float]] = defaultdict(list)
     with admin_client(server) as admin:
         federation_id, nodes = register(admin, config, "rest")
-        aggregator = start_child(
-            "aggregator-anatomy",
-            fedalign_command("worker", "--aggregator", "--threads", "1", "--loglevel", "INFO"),
-            server.env,
-            server.log_dir,
-            cwd=REPO,
-        )
-        try:
-            wait_until(
-                lambda: bool(READY.search(aggregator.log.read_bytes())),
-                "the aggregator",
-                START_TIMEOUT_S,
-                children=[aggregator],
-            )
+        with aggregator_running(server, "aggregator-anatomy"):
             admin.post(f"/api/v1/federations/{federation_id}/start").raise_for_status()
             http = TimedHttp(times)
             runners = [
@@ -432,8 +419,6 @@ def anatomy(server: Server, config: FederationConfig, timeout_s: float) -> dict[
             http.close()
             if (status := status_of(admin, federation_id)) != "finished":
                 raise RuntimeError(f"the anatomy federation ended {status}")
-        finally:
-            stop_child(aggregator)
     steps = len(times["step: claimed to completed"])
     return {
         "steps": steps,
@@ -453,8 +438,26 @@ def trips(server: Server, api_url: str, config: FederationConfig, timeout_s: flo
     process (`bench.round_trips`), on the hot path and with every request separate, one federation each;
     the aggregator worker averages what the API does not."""
     out: dict[str, Any] = {}
+    with aggregator_running(server, "aggregator-trips"):
+        for mode, hot_path in (("hot path", True), ("separate requests", False)):
+            with admin_client(server) as admin:
+                federation_id, nodes = register(admin, config, "rest")
+                admin.post(f"/api/v1/federations/{federation_id}/start").raise_for_status()
+                began = time.perf_counter()
+                tokens = {n["name"]: n["token"] for n in nodes}
+                counts = round_trips.drive(api_url, tokens, hot_path, timeout_s)
+                wall = time.perf_counter() - began
+                if (status := status_of(admin, federation_id)) != "finished":
+                    raise RuntimeError(f"the round-trip federation ({mode}) ended {status}")
+            out[mode] = {"wall_s": wall, "rounds": config.rounds, "phases": round_trips.summary(counts)}
+    return out
+
+
+@contextlib.contextmanager
+def aggregator_running(server: Server, name: str) -> Iterator[Child]:
+    """An aggregator worker (one thread) for the averages the API does not run, ready, stopped at the end."""
     aggregator = start_child(
-        "aggregator-trips",
+        name,
         fedalign_command("worker", "--aggregator", "--threads", "1", "--loglevel", "INFO"),
         server.env,
         server.log_dir,
@@ -467,20 +470,9 @@ def trips(server: Server, api_url: str, config: FederationConfig, timeout_s: flo
             START_TIMEOUT_S,
             children=[aggregator],
         )
-        for mode, hot_path in (("hot path", True), ("separate requests", False)):
-            with admin_client(server) as admin:
-                federation_id, nodes = register(admin, config, "rest")
-                admin.post(f"/api/v1/federations/{federation_id}/start").raise_for_status()
-                began = time.perf_counter()
-                tokens = {n["name"]: n["token"] for n in nodes}
-                counts = round_trips.drive(api_url, tokens, hot_path, timeout_s)
-                wall = time.perf_counter() - began
-                if (status := status_of(admin, federation_id)) != "finished":
-                    raise RuntimeError(f"the round-trip federation ({mode}) ended {status}")
-            out[mode] = {"wall_s": wall, "rounds": config.rounds, "phases": round_trips.summary(counts)}
+        yield aggregator
     finally:
         stop_child(aggregator)
-    return out
 
 
 def start_workers(
