@@ -197,28 +197,8 @@ def test_a_dropped_node_leaves_the_survivors_average(
     data["gamma"] = data["beta"]  # gamma's data matter little: it drops out
     config = FederationConfig.model_validate(raw)
 
-    class Dropping(Simulator):
-        """gamma's adaptation step in round 2 never finishes; the deadline closes the phase without it."""
-
-        def _carry_out(self, action: Action) -> list[Action]:
-            if isinstance(action, RunStep) and (action.step.node, action.step.round, action.step.phase) == (
-                "gamma",
-                2,
-                "adapt",
-            ):
-                return []
-            actions = super()._carry_out(action)
-            state = self.protocol.state
-            if (
-                isinstance(action, RunStep)
-                and (state.round, self.protocol.phase) == (2, "adapt")
-                and set(state.done) == {"alpha", "beta", "omega"}
-            ):
-                actions += self.protocol.handle(Deadline(2, "adapt"))
-            return actions
-
     recorder = Recorder(monkeypatch)
-    result = Dropping(config, node_data=data).run()
+    result = GammaDropsInRound2Adapt(config, node_data=data).run()
     assert result.events == [
         "round 2 adapt: deadline passed without gamma; weights renormalised over the rest"
     ]
@@ -235,6 +215,29 @@ def test_a_dropped_node_leaves_the_survivors_average(
         plain = {n: recorder.plain[k] for n, k in action.inputs.items()}
         assert_weighted_average(aggregate, plain, action.weights, total)
     assert [r.round for r in result.rounds if r.metrics] == [1, 2]
+
+
+class GammaDropsInRound2Adapt(Simulator):
+    """gamma's adaptation step in round 2 never finishes; once every other node is done, the deadline closes
+    the phase without it."""
+
+    def _carry_out(self, action: Action) -> list[Action]:
+        if isinstance(action, RunStep) and (action.step.node, action.step.round, action.step.phase) == (
+            "gamma",
+            2,
+            "adapt",
+        ):
+            return []
+        actions = super()._carry_out(action)
+        state = self.protocol.state
+        others = {n.name for n in self.config.nodes} - {"gamma"}
+        if (
+            isinstance(action, RunStep)
+            and (state.round, self.protocol.phase) == (2, "adapt")
+            and set(state.done) == others
+        ):
+            actions += self.protocol.handle(Deadline(2, "adapt"))
+        return actions
 
 
 def with_sources(make: Factory, names: list[str], **overrides: object) -> tuple[FederationConfig, dict]:
@@ -298,27 +301,9 @@ def test_dropouts_before_masking_and_after_masking_in_one_phase(
         vector_federation, ["gamma", "delta", "epsilon"], secure_aggregation=True, min_sources=2, rounds=2
     )
 
-    class Dropping(Simulator):
-        def _carry_out(self, action: Action) -> list[Action]:
-            if isinstance(action, RunStep) and (action.step.node, action.step.round, action.step.phase) == (
-                "gamma",
-                2,
-                "adapt",
-            ):
-                return []
-            actions = super()._carry_out(action)
-            state = self.protocol.state
-            if (
-                isinstance(action, RunStep)
-                and (state.round, self.protocol.phase) == (2, "adapt")
-                and set(state.done) == {"alpha", "beta", "delta", "epsilon", "omega"}
-            ):
-                actions += self.protocol.handle(Deadline(2, "adapt"))
-            return actions
-
     recorder = Recorder(monkeypatch)
     calls = losing(monkeypatch, lambda action, node: action.key.startswith("r2/adapt") and node == "beta")
-    result = Dropping(config, node_data=data).run()
+    result = GammaDropsInRound2Adapt(config, node_data=data).run()
     answered = dict(calls)
     assert result.events == [
         "round 2 adapt: deadline passed without gamma; weights renormalised over the rest"
