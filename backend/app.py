@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -109,9 +108,7 @@ def build_services(settings: Settings, messenger: CeleryMessenger | None = None)
         steps_notifier=steps_notifier,
     )
     aggregation = AggregationService(db, store, orchestrator, settings.aggregation_lease_s)
-    # A small model's average takes milliseconds: a step's short lease covers it if this process dies.
-    inline_lease = dt.timedelta(seconds=settings.lease_seconds)
-    orchestrator.run_inline = lambda job_id: aggregation.run(job_id, inline_lease)
+    orchestrator.fold = aggregation.fold
     return Services(
         settings=settings,
         db=db,

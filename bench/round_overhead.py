@@ -167,6 +167,9 @@ class Timeline:
             created = [s.created for s in nxt if s.created is not None]
             if created:
                 row["open_to_first_claim_s"] = first_start - min(created)
+                # Server side: the last completion marked done to the next phase's steps written (the same
+                # transaction when its averages fold in it; its commit not included).
+                row["completion_to_open_s"] = min(created) - last_end
             out.append(row)
         return out
 
@@ -668,6 +671,9 @@ def summarise(scale: int, runs: list[dict[str, Timeline]], workers: str) -> dict
             "served_after_aggregation_s": spread([t["seconds"] for t in after_aggregation]),
             "served_aggregation_part_s": spread([t["aggregation_s"] for t in after_aggregation]),
             "served_without_aggregation_s": spread([t["seconds"] for t in without]) if without else None,
+            "served_completion_to_open_after_aggregation_s": spread(
+                [t["completion_to_open_s"] for t in after_aggregation if "completion_to_open_s" in t]
+            ),
             "served_phase_open_to_first_claim_s": spread(
                 [t["open_to_first_claim_s"] for t in served_transitions]
             ),
@@ -691,9 +697,10 @@ def print_markdown(result: dict[str, Any], name: str, scales: list[dict[str, Any
     )
     print(
         "| k | simulated s/round | served s/round | served / simulated, rounds 2..R | rounds 1..R | "
-        "overhead | phase transition, served: after aggregation / without | simulator | metrics equal |"
+        "overhead | phase transition, served: after aggregation / without | last completion to next phase "
+        "written, after aggregation (server side) | simulator | metrics equal |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for s in scales:
         a, t, r = s["arms"], s["transitions"], s["served_over_simulated"]
         without = t["served_without_aggregation_s"]
@@ -703,6 +710,7 @@ def print_markdown(result: dict[str, Any], name: str, scales: list[dict[str, Any
             f"{a['served']['round_s']['median']:.3f} | {', '.join(f'{x:.2f}' for x in r['rounds_2_to_R'])} | "
             f"{', '.join(f'{x:.2f}' for x in r['rounds_1_to_R'])} | {100 * s['overhead']:+.0f}% | "
             f"{1000 * t['served_after_aggregation_s']['median']:.0f} / {without_ms} ms | "
+            f"{1000 * t['served_completion_to_open_after_aggregation_s']['median']:.1f} ms | "
             f"{1000 * t['simulated_s']['median']:.1f} ms | {all(s['metrics_equal'])} |"
         )
     print("\nWhere the time goes (seconds over rounds 1..R, median over repeats):\n")

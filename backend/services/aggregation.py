@@ -23,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
 
@@ -31,11 +32,12 @@ from backend.errors import ApiError
 from backend.models import Aggregation, Artifact, Federation
 from backend.services import secure
 from backend.services.manifests import federation_manifest
-from backend.services.orchestrator import Orchestrator, federation_config, protocol_state
+from backend.services.orchestrator import Orchestrator, Transaction, federation_config, protocol_state
 from backend.services.store import ArtifactStore, Staged
 from fedalign import protocol as schedule
 from fedalign import secagg
 from fedalign.aggregate import StreamingAverage
+from fedalign.manifest import Manifest
 from fedalign.protocol import AggregateDone, ProtocolError
 
 log = logging.getLogger("fedalign.backend")
@@ -149,25 +151,48 @@ class AggregationService:
             self._failed(job_id, federation_id, unrecoverable)
             return
         try:
-            missing = sorted(k for k in inputs.values() if k not in paths)
-            if missing:
-                raise FileNotFoundError(f"submissions {missing} are not in the store")
             manifest = document.models[model]
             if masked is not None:
                 total = secagg.MaskedSum(manifest, masked[0])
-                for node in sorted(inputs):
-                    total.offer(node, self.store.path(paths[inputs[node]]))
+                for node, path in self._input_paths(inputs, paths):
+                    total.offer(node, path)
                 staged = self.store.stage_state(total.unmask(masked[1]))
             else:
-                average = StreamingAverage(manifest.shared(), weights)
-                for node in sorted(inputs):
-                    average.offer(node, self.store.path(paths[inputs[node]]))
-                staged = self.store.stage_state(average.result())
+                staged = self._average(manifest, inputs, weights, paths)
         except Exception as exc:
             log.exception("aggregation %s of federation %s failed", key, federation_id)
             self._failed(job_id, federation_id, f"{type(exc).__name__}: {exc}")
             return
         self._complete(job_id, federation_id, key, model, staged)
+
+    def fold(self, tx: Transaction, job: Aggregation) -> Staged:
+        """Average plain job ``job`` inside ``tx``, the transaction that wrote it (`Orchestrator.fold`): its
+        inputs are rows of that transaction or committed before it; the result is staged, not stored."""
+        paths = {
+            a.key: a.sha256
+            for a in tx.session.scalars(
+                select(Artifact).where(
+                    Artifact.federation_id == job.federation_id, Artifact.key.in_(list(job.inputs.values()))
+                )
+            )
+        }
+        manifest = federation_manifest(tx.federation).models[job.model]
+        return self._average(manifest, dict(job.inputs), dict(job.weights), paths)
+
+    def _average(
+        self, manifest: Manifest, inputs: dict[str, str], weights: dict[str, float], paths: dict[str, str]
+    ) -> Staged:
+        """Submissions folded in node order, as the simulator folds them."""
+        average = StreamingAverage(manifest.shared(), weights)
+        for node, path in self._input_paths(inputs, paths):
+            average.offer(node, path)
+        return self.store.stage_state(average.result())
+
+    def _input_paths(self, inputs: dict[str, str], paths: dict[str, str]) -> list[tuple[str, Path]]:
+        missing = sorted(k for k in inputs.values() if k not in paths)
+        if missing:
+            raise FileNotFoundError(f"submissions {missing} are not in the store")
+        return [(node, self.store.path(paths[inputs[node]])) for node in sorted(inputs)]
 
     def _complete(self, job_id: int, federation_id: str, key: str, model: str, staged: Staged) -> None:
         try:

@@ -37,6 +37,7 @@ from fedalign.config import FederationConfig
 from fedalign.protocol import (
     Action,
     Aggregate,
+    AggregateDone,
     Checkpoint,
     Event,
     Finish,
@@ -79,8 +80,6 @@ class AfterCommit:
     """Work that must wait for the commit: it would be wrong to do it for a transaction that rolls back."""
 
     aggregations: set[int] = field(default_factory=set)
-    # Jobs of small models: averaged in this process right after the commit, not sent anywhere.
-    inline_aggregations: set[int] = field(default_factory=set)
     # Steps of Celery-mode nodes to send to their queues: a message for a row that rolled back would point
     # at nothing.
     steps: list[StepMessage] = field(default_factory=list)
@@ -106,13 +105,20 @@ class Transaction:
         self._node_ids: dict[str, str] | None = None
         self._celery_nodes: set[str] | None = None
         self._public_keys: dict[str, str] | None = None
+        self._config: FederationConfig | None = None
+        # Small plain averages the protocol asked for in this transaction, to fold before it commits.
+        self._to_fold: list[Aggregation] = []
+        self._folding = False
 
     @property
     def store(self) -> ArtifactStore:
         return self.orchestrator.store
 
     def config(self) -> FederationConfig:
-        return federation_config(self.federation)
+        # Validated once per transaction: a phase's last completion handles several events.
+        if self._config is None:
+            self._config = federation_config(self.federation)
+        return self._config
 
     def node_ids(self) -> dict[str, str]:
         if self._node_ids is None:
@@ -208,19 +214,59 @@ class Transaction:
     def start(self, config: FederationConfig) -> None:
         """Freeze the config (with its nodes) and run the protocol's start."""
         self.federation.config = config.model_dump(mode="json")
+        self._config = config
         protocol = Protocol(config, reveal_steps=True)
         actions = protocol.start()
         self._apply(protocol, actions, before=None)
+        self._fold_queued()
 
     def extend(self, config: FederationConfig) -> None:
         """Continue a finished run under `config`, the same with more rounds (`Protocol.extend`)."""
         protocol = Protocol(config, protocol_state(self.federation), reveal_steps=True)
         actions = protocol.extend()
         self.federation.config = config.model_dump(mode="json")
+        self._config = config
         self._apply(protocol, actions, before=None)
+        self._fold_queued()
 
     def handle(self, event: Event) -> list[Action]:
-        """Feed one event; `fedalign.protocol.ProtocolError` propagates (and the transaction rolls back)."""
+        """Feed one event; `fedalign.protocol.ProtocolError` propagates (and the transaction rolls back).
+
+        The small averages it asks for are folded before the transaction commits, each fed back as
+        `AggregateDone`: the completion that closes a phase commits the next phase's steps with it."""
+        actions = self._handle_one(event)
+        self._fold_queued()
+        return actions
+
+    def _fold_queued(self) -> None:
+        if self._folding:
+            return  # the outermost call folds what the inner events queue
+        self._folding = True
+        try:
+            while self._to_fold:
+                self._fold(self._to_fold.pop(0))
+        finally:
+            self._folding = False
+
+    def _fold(self, job: Aggregation) -> None:
+        fold = self.orchestrator.fold
+        assert fold is not None  # a job is queued only when there is a folder
+        try:
+            staged = fold(self, job)
+        except Exception:
+            # Nothing was written: the job stays pending and goes to the dispatcher after the commit, which
+            # retries it and fails the federation if it keeps failing. The completion itself stands.
+            log.exception("averaging %s in the completing transaction failed; dispatching it", job.key)
+            self.after.aggregations.add(job.id)
+            return
+        job.status, job.attempts, job.done_at = "done", job.attempts + 1, utcnow()
+        self.put_artifact(
+            job.key, staged, kind="aggregate", model=job.model, round_=job.round, phase=job.phase
+        )
+        self.event("aggregate", {"key": job.key, "model": job.model, "round": job.round, "phase": job.phase})
+        self._handle_one(AggregateDone(job.key))
+
+    def _handle_one(self, event: Event) -> list[Action]:
         fed = self.federation
         protocol = Protocol(self.config(), protocol_state(fed), reveal_steps=True)
         before = (protocol.state.round, protocol.state.phase_index)
@@ -305,8 +351,8 @@ class Transaction:
                     ),
                     default=0,
                 )
-                if self.orchestrator.averages_inline(largest):
-                    self.after.inline_aggregations.add(job.id)
+                if self.orchestrator.averages_inline(largest) and not protocol.config.secure_aggregation:
+                    self._to_fold.append(job)
                 else:
                     self.after.aggregations.add(job.id)
             else:
@@ -466,12 +512,13 @@ class Orchestrator:
     ``dispatcher`` runs the aggregation jobs a transaction wrote; ``send_steps``, given only when a broker
     is configured, sends Celery-mode nodes' steps to their queues (without it every node polls).
 
-    A job whose largest input is at most ``inline_aggregation_bytes`` is not dispatched: ``run_inline`` (the
-    aggregation service, set once it is built) averages it in this process as soon as the transaction that
-    wrote it commits, so the request that completed a phase's last step opens the next phase before it
-    answers. A small model's average takes less time than a message to a worker; a large one goes to the
-    dispatcher, off the request path. Either way the job is the same row, claimed, folded and stored in
-    transactions of its own, and the sweep dispatches it if this process dies first.
+    A plain job whose largest input is at most ``inline_aggregation_bytes`` is not dispatched: ``fold`` (the
+    aggregation service's, set once it is built) averages it inside the transaction that wrote it, which
+    stores the result and feeds `AggregateDone` before it commits, so the request that completed a phase's
+    last step commits the next phase's steps with it. A small model's average takes less time than a
+    message to a worker; a large one (and a masked sum, which needs the survivors' share answers) goes to
+    the dispatcher, off the request path, as a row claimed, folded and stored in transactions of its own,
+    which the sweep dispatches again if this process dies first.
     """
 
     def __init__(
@@ -494,11 +541,11 @@ class Orchestrator:
         self.dispatcher = dispatcher
         self.send_steps = send_steps
         self.inline_aggregation_bytes = inline_aggregation_bytes
-        self.run_inline: Callable[[int], None] | None = None
+        self.fold: Callable[[Transaction, Aggregation], Staged] | None = None
 
     def averages_inline(self, largest_input_bytes: int) -> bool:
-        """Whether a job whose largest input has this size is averaged here, right after its commit."""
-        return self.run_inline is not None and largest_input_bytes <= self.inline_aggregation_bytes
+        """Whether a plain job whose largest input has this size is averaged in the transaction writing it."""
+        return self.fold is not None and largest_input_bytes <= self.inline_aggregation_bytes
 
     @contextmanager
     def transaction(self, federation_id: str) -> Iterator[Transaction]:
@@ -533,15 +580,6 @@ class Orchestrator:
             self.steps_notifier.notify(federation_id)
         for record in after.record:
             record()
-        # Last: each inline job commits transactions of its own (which open the next phase), after this one's
-        # work left the process in order.
-        for job_id in sorted(after.inline_aggregations):
-            try:
-                assert self.run_inline is not None  # a job is inline only when there is a runner
-                self.run_inline(job_id)
-            except Exception:
-                # Its short lease expires and the sweep dispatches it: the caller's commit stands.
-                log.exception("aggregation job %s failed in the API process; the sweep sends it on", job_id)
 
     def collect_garbage(self, shas: Iterable[str]) -> int:
         """Delete the files of ``shas`` that no artifact row references; returns how many were deleted."""

@@ -83,19 +83,19 @@ def valid_d() -> dict[str, torch.Tensor]:
 
 
 def lose_dispatches(api: Api) -> None:
-    """As if the process died between each commit and its dispatch: the dispatcher drops what it gets, and
-    so does the API process's own runner of small models' averages."""
+    """As if the process died between each commit and its dispatch: every job goes to the dispatcher (none
+    is small enough to average in the transaction that writes it), which drops what it gets."""
     api.services.dispatcher.dispatch = lambda _ids: None
-    RUN_INLINE[id(api)] = api.services.orchestrator.run_inline
-    api.services.orchestrator.run_inline = lambda _job_id: None
+    INLINE_BYTES[id(api)] = api.services.orchestrator.inline_aggregation_bytes
+    api.services.orchestrator.inline_aggregation_bytes = -1
 
 
 def restore_dispatches(api: Api) -> None:
     del api.services.dispatcher.dispatch  # the stand-in goes, the dispatcher's own method is back
-    api.services.orchestrator.run_inline = RUN_INLINE.pop(id(api))
+    api.services.orchestrator.inline_aggregation_bytes = INLINE_BYTES.pop(id(api))
 
 
-RUN_INLINE: dict[int, Any] = {}
+INLINE_BYTES: dict[int, int] = {}
 
 
 def closed_disc_phase(api: Api, *, dispatch: bool) -> tuple[str, dict[str, str]]:
@@ -271,6 +271,32 @@ def test_a_small_models_average_is_computed_before_the_last_completion_is_answer
     assert dispatched == []
     task = api.task(tokens["alpha"])
     assert task is not None and task["phase"] == "adapt"
+
+
+def test_a_small_average_that_fails_in_the_completing_transaction_goes_to_the_dispatcher(api: Api) -> None:
+    """The completion that closed the phase stands (its submission is stored) and the job is retried off the
+    request path, where it succeeds."""
+    dispatched = recorded_dispatches(api)
+    orchestrator = api.services.orchestrator
+    fold = orchestrator.fold
+    assert fold is not None
+    failures: list[str] = []
+
+    def failing_once(tx: Any, job: Aggregation) -> Any:
+        if not failures:
+            failures.append(job.key)
+            raise OSError("the store was briefly unreadable")
+        return fold(tx, job)
+
+    orchestrator.fold = failing_once
+    fid, _ = closed_disc_phase(api, dispatch=True)
+    assert failures == ["r1/disc1/D"]
+    with api.services.db.read() as session:
+        job_id = session.scalars(select(Aggregation.id)).one()
+    assert dispatched == [job_id]
+    wait_until(lambda: api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt")
+    jobs = api.ok("GET", f"/api/v1/federations/{fid}/aggregations")["items"]
+    assert [(j["key"], j["status"], j["attempts"]) for j in jobs] == [("r1/disc1/D", "done", 1)]
 
 
 def test_a_model_above_the_inline_threshold_is_averaged_by_the_dispatcher(api: Api) -> None:
