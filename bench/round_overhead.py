@@ -282,11 +282,13 @@ def served_arm(
     tag: str,
     timeout_s: float,
     api_url: str | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> Timeline:
-    """``api_url``: where the workers reach the API (the WAN proxy); default: the API itself."""
+    """``api_url``: where the workers reach the API (the WAN proxy); default: the API itself.
+    ``worker_env``: the workers' settings beyond the deployment's."""
     with admin_client(server) as admin:
         federation_id, nodes = register(admin, config, "celery")
-        workers_up = start_workers(server, nodes, workers, tag, api_url or server.url)
+        workers_up = start_workers(server, nodes, workers, tag, api_url or server.url, worker_env or {})
         try:
             wait_until(
                 lambda: all(READY.search(w.log.read_bytes()) for w in workers_up),
@@ -479,22 +481,28 @@ def aggregator_running(server: Server, name: str) -> Iterator[Child]:
 
 
 def start_workers(
-    server: Server, nodes: list[dict[str, str]], workers: str, tag: str, api_url: str
+    server: Server,
+    nodes: list[dict[str, str]],
+    workers: str,
+    tag: str,
+    api_url: str,
+    worker_env: dict[str, str] | None = None,
 ) -> list[Child]:
     threads = ["--threads", "1", "--device", "cpu", "--loglevel", "INFO"]
+    server_env = {**server.env, **(worker_env or {})}
     if workers == "single":
         credentials = server.data_dir / f"credentials-{tag}.json"
         credentials.write_text(json.dumps({"api": api_url, "nodes": nodes}))
         credentials.chmod(0o600)
         argv = fedalign_command("worker", "--credentials", str(credentials), "--aggregator", *threads)
-        return [start_child(f"worker-{tag}", argv, server.env, server.log_dir, cwd=REPO)]
+        return [start_child(f"worker-{tag}", argv, server_env, server.log_dir, cwd=REPO)]
     argv = fedalign_command("worker", "--aggregator", *threads)
-    out = [start_child(f"aggregator-{tag}", argv, server.env, server.log_dir, cwd=REPO)]
+    out = [start_child(f"aggregator-{tag}", argv, server_env, server.log_dir, cwd=REPO)]
     for n in nodes:
         data_dir = server.log_dir / f"node-{tag}-{n['name']}"
         data_dir.mkdir()
         (data_dir / "datasets").symlink_to(datasets.default_cache_dir())
-        env = {**server.env, "FEDALIGN_DATA_DIR": str(data_dir), "FEDALIGN_NODE_TOKEN": n["token"]}
+        env = {**server_env, "FEDALIGN_DATA_DIR": str(data_dir), "FEDALIGN_NODE_TOKEN": n["token"]}
         argv = fedalign_command("worker", "--node", n["name"], "--api", api_url, *threads)
         out.append(start_child(f"{n['name']}-{tag}", argv, env, server.log_dir, cwd=REPO))
     return out
@@ -657,10 +665,19 @@ def summarise(scale: int, runs: list[dict[str, Timeline]], workers: str) -> dict
             "rounds_2_to_R": [r["served-wan"].steady / r["simulated"].steady for r in runs],
             "metrics_equal": [r["served-wan"].metrics == r["simulated"].metrics for r in runs],
         }
+    sync = None
+    if "served-sync" in runs[0]:
+        sync = {
+            "total_s": [r["served-sync"].total for r in runs],
+            "round_s": spread([v for r in runs for v in r["served-sync"].round_seconds().values()]),
+            "rounds_2_to_R": [r["served-sync"].steady / r["simulated"].steady for r in runs],
+            "metrics_equal": [r["served-sync"].metrics == r["simulated"].metrics for r in runs],
+        }
     return {
         "local_steps": scale,
         "arms": per_arm,
         "wan": wan,
+        "sync": sync,
         "served_over_simulated": {
             "rounds_1_to_R": ratios,
             "rounds_2_to_R": steady,
@@ -792,6 +809,12 @@ def parse_args() -> argparse.Namespace:
         "--trip-rounds", type=int, default=5, help="rounds of each round-trip-count federation (0: none)"
     )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one served run may take")
+    parser.add_argument(
+        "--sync-arm",
+        action="store_true",
+        help="one more served arm whose workers send each submission before the next step "
+        "(FEDALIGN_SUBMIT_IN_BACKGROUND=0), side by side with the default",
+    )
     parser.add_argument("--json", help="also write the figures as JSON to this path")
     return parser.parse_args()
 
@@ -802,6 +825,9 @@ def scaled(config: FederationConfig, rounds: int, k: int) -> FederationConfig:
     raw["hyperparameters"] |= {"local_steps": k, "disc_steps": k}
     return FederationConfig.model_validate(raw)
 
+
+# Served arms whose workers run with settings of their own.
+ARM_ENV = {"served-sync": {"FEDALIGN_SUBMIT_IN_BACKGROUND": "0"}}
 
 # The deployments a run compares, each served against the simulator in the same run.
 DEPLOYMENTS = {
@@ -856,7 +882,9 @@ def main() -> int:
             with contextlib.ExitStack() as stack:
                 server = stack.enter_context(deployment(name, Path(tmp), args))
                 proxy = stack.enter_context(latency_proxy(server.url, args.wan_ms)) if args.wan_ms else None
-                arms = ("simulated", "served", "served-wan") if proxy else ("simulated", "served")
+                arms = ("simulated", "served")
+                arms += ("served-wan",) if proxy else ()
+                arms += ("served-sync",) if args.sync_arm else ()
                 results: list[dict[str, Any]] = []
                 for k in args.local_steps:
                     config = scaled(base, args.rounds, k)
@@ -870,8 +898,12 @@ def main() -> int:
                                 run[arm] = simulated_arm(config)
                             else:
                                 via = proxy.url if arm == "served-wan" and proxy else None
-                                tag = f"k{k}r{repeat}{'w' if via else ''}"
-                                run[arm] = served_arm(server, config, args.workers, tag, args.timeout, via)
+                                tag = (
+                                    f"k{k}r{repeat}{'w' if via else ''}{'s' if arm == 'served-sync' else ''}"
+                                )
+                                run[arm] = served_arm(
+                                    server, config, args.workers, tag, args.timeout, via, ARM_ENV.get(arm)
+                                )
                             print(
                                 f"{name} k={k} repeat {repeat} {arm}: rounds 1..{config.rounds} in "
                                 f"{run[arm].total:.2f} s ({time.perf_counter() - t0:.1f} s with setup)",
@@ -921,6 +953,12 @@ def main() -> int:
                 wan = ", ".join(f"{x:.2f}" for x in s["wan"]["rounds_2_to_R"])
                 label = f"{name} + WAN"
                 print(f"  {label:15s} k={s['local_steps']:<3d} {wan}  ({args.wan_ms:g} ms each way)")
+            if s["sync"]:
+                sync = ", ".join(f"{x:.2f}" for x in s["sync"]["rounds_2_to_R"])
+                label = f"{name} sync"
+                print(
+                    f"  {label:15s} k={s['local_steps']:<3d} {sync}  (each submission before the next step)"
+                )
     if trips_result:
         print_trips(trips_result)
     if anatomy_result:
@@ -928,7 +966,8 @@ def main() -> int:
     if args.json:
         write_json(args.json, stamped(result))
     every = [s for scales in by_deployment.values() for s in scales]
-    return 0 if all(all(s["metrics_equal"]) for s in every) else 1
+    equal = [s["metrics_equal"] + (s["sync"] or {}).get("metrics_equal", []) for s in every]
+    return 0 if all(all(e) for e in equal) else 1
 
 
 if __name__ == "__main__":

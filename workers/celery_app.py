@@ -5,7 +5,8 @@ steps never reach a worker without its data. A message carries ids only (step, n
 token: the worker holds its node's token, claims the step the message points at through the API
 (``POST /api/v1/node/steps/{id}/claim``, its small downloads inline), and from there runs exactly what a
 REST node runs (`workers.client.NodeRunner`): download, train on its own data, upload and complete (in one
-request, ``submit_url``). So a message that
+request, ``submit_url``, sent from a background thread while the worker goes on with another node's step:
+`workers.background_submit`). So a message that
 arrives twice, late, or for a step already done changes nothing: the claim answers 409 and the message is
 dropped; a step that ran here but did not complete is answered from the saved result (`workers.state`).
 A step that raises (a plug-in whose layers differ from the federation's manifest at setup, data that cannot
@@ -31,7 +32,8 @@ from fedalign.device import CPU, Device
 from messaging.celery_contract import STEP_TASK
 from messaging.celery_worker import configure_worker, start_worker
 from workers.audit import AuditLog
-from workers.client import ClientError, NodeClient, NodeRunner, ServerError
+from workers.background_submit import BackgroundSubmitter
+from workers.client import ClientError, NodeClient, NodeRunner, ServerError, transient
 from workers.reference_steps import ReferenceSteps
 from workers.settings import WorkerSettings
 from workers.steps import StepsFactory
@@ -66,6 +68,7 @@ class ServedNode:
     audit_path: Path | None = None  # where every request it sends is recorded (`workers.audit`)
     steps: StepsFactory = ReferenceSteps  # the node's steps (`workers.steps.Steps`)
     state_fsync: bool = True  # the state file fsynced after every step (`workers.state`)
+    submit_in_background: bool = True  # submissions sent by `SUBMITTER` while the next step runs
     _runner: NodeRunner | None = field(default=None, repr=False)
 
     def runner(self) -> NodeRunner:
@@ -79,11 +82,16 @@ class ServedNode:
                 self.state_dir,
                 self.steps,
                 state_fsync=self.state_fsync,
+                submitter=SUBMITTER if self.submit_in_background else None,
             )
         return self._runner
 
 
 SERVED: dict[str, ServedNode] = {}
+# The worker's submissions, sent in order from one thread (`workers.background_submit`).
+SUBMITTER = BackgroundSubmitter(transient)
+# How long a stopping worker waits for the submissions of the steps it ran.
+DRAIN_S = 60.0
 
 
 def serve(nodes: list[ServedNode], *, warm_up: bool = True) -> None:
@@ -151,6 +159,8 @@ def run_step(step_id: int, node_id: str, federation_id: str) -> str:
             "step %s names federation %s, node %s is in another; dropped", step_id, federation_id, node_id
         )
         return "wrong_federation"
+    # The node's steps in order: its previous submission answered before its next claim.
+    SUBMITTER.wait_for(node_id)
     try:
         task = runner.client.claim(step_id, runner.inline_max_bytes)
         log.info("node %s: step %s, round %s, %s %s", served.name, step_id, task.round, task.phase, task.kind)
@@ -170,4 +180,11 @@ def start(queues: list[str], hostname: str, loglevel: str = "INFO") -> None:
     """Run this app's worker in this process on ``queues`` (`messaging.celery_worker.start_worker`)."""
     # httpx logs every request at INFO; a worker's log should show steps, not each download.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    start_worker(app, queues, hostname, loglevel)
+    try:
+        start_worker(app, queues, hostname, loglevel)
+    finally:
+        # A worker told to stop still sends what it ran (one killed outright leaves it to the sweep).
+        if not SUBMITTER.drain(DRAIN_S):
+            log.warning(
+                "stopping with submissions unsent after %.0f s; the server offers their steps again", DRAIN_S
+            )

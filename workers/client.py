@@ -62,6 +62,7 @@ from fedalign.protocol import StepSpec
 from messaging import multipart, node_api
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.audit import AuditedTransport, AuditLog
+from workers.background_submit import BackgroundSubmitter, Submission
 from workers.heartbeat import Heartbeat
 from workers.reference_steps import ReferenceSteps
 from workers.state import NodeStateFile, SecAggLedger
@@ -364,8 +365,11 @@ class NodeRunner:
         *,
         hot_path: bool = True,
         state_fsync: bool = True,
+        submitter: BackgroundSubmitter | None = None,
     ) -> None:
         self.client = client
+        self.submitter = submitter
+        self._beat: Heartbeat | None = None  # the running step's, while its submission may outlive `run`
         self.steps = steps
         self.hot_path = hot_path
         self.inline_max_bytes = INLINE_MAX_BYTES if hot_path else 0
@@ -425,13 +429,19 @@ class NodeRunner:
             if self.broken is None:
                 self.runtime.extend_to(self.config.rounds)
         self._inline = {url: _unb64(data) for url, data in task.inline.items()}
-        with Heartbeat(
+        beat = Heartbeat(
             lambda: self.client.heartbeat(task.heartbeat_url, timeout_s=task.heartbeat_s),
             task.heartbeat_s,
             stops_on=_lease_refused,
             name=f"heartbeat-step-{task.step_id}",
-        ):
+        )
+        self._beat = beat.__enter__()
+        try:
             self._run(task)
+        finally:
+            if self._beat is not None:  # not handed over with the submission, which stops it when answered
+                self._beat = None
+                beat.stop()
 
     def _run(self, task: Task) -> None:
         if task.kind == "reveal":
@@ -476,7 +486,20 @@ class NodeRunner:
         """The step's uploads and completion (with a masked upload's sealed seed shares): one submission on
         the hot path, else each upload then the completion."""
         if self.hot_path and task.submit_url is not None:
-            self.client.submit(task.submit_url, files, metrics, samples, sealed)
+            url = task.submit_url
+            if self.submitter is not None and self._beat is not None:
+                # Sent while this worker runs its next step; the heartbeat goes with it.
+                beat, self._beat = self._beat, None
+                self.submitter.submit(
+                    Submission(
+                        node=self.federation.node_id,
+                        step_id=task.step_id,
+                        send=lambda: self.client.submit(url, files, metrics, samples, sealed),
+                        done=beat.stop,
+                    )
+                )
+                return
+            self.client.submit(url, files, metrics, samples, sealed)
             return
         for slot, url in task.uploads.items():
             self.client.upload_bytes(url, files[slot])
@@ -636,6 +659,11 @@ class NodeRunner:
     @property
     def finished(self) -> bool:
         return self.client.federation_status in TERMINAL_STATUSES
+
+
+def transient(exc: Exception) -> bool:
+    """A request that failed on the network or with a 5xx answer: trying again may succeed."""
+    return isinstance(exc, ServerError | httpx.HTTPError)
 
 
 def _lease_refused(exc: Exception) -> bool:

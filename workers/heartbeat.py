@@ -47,8 +47,13 @@ class Heartbeat:
     def __exit__(
         self, _type: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None
     ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """End the beats (the step is answered); calling it again does nothing."""
         self._done.set()
-        self._thread.join()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
 
     def _beat(self) -> None:
         # Event.wait, not sleep: the block's end stops the thread at once, not a beat later.

@@ -38,6 +38,14 @@ class WorkerSettings(BrokerSettings, LogSettings):
             "0 saves about a millisecond per step and gives up exact restarts after a crash.",
         ),
     ] = True
+    submit_in_background: Annotated[
+        bool,
+        Field(
+            description="A Celery worker sends each step's submission from a background thread and goes on "
+            "with its next step (of another node it serves) meanwhile; a node's own steps still wait for "
+            "its previous submission. 0 sends each submission before the next step starts.",
+        ),
+    ] = True
     step_time_limit_s: Annotated[
         float,
         Field(
