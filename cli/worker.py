@@ -116,7 +116,7 @@ def worker(
                 audit_path=settings.audit_path,
                 steps=node_steps,
                 state_fsync=settings.node_state_fsync,
-                submit_in_background=settings.submit_in_background,
+                submit_in_background=settings.submits_in_background,
             )
             for n in nodes
         ]

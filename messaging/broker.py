@@ -13,6 +13,9 @@ from typing import Annotated, Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The scheme of the broker that keeps its queues as files (`messaging.filesystem`).
+FILESYSTEM = "filesystem://"
+
 
 class BrokerSettings(BaseSettings):
     """The broker's settings, from ``FEDALIGN_`` variables."""
@@ -39,13 +42,17 @@ class BrokerSettings(BaseSettings):
         float, Field(gt=0, description="How often a worker on the filesystem transport looks for messages.")
     ] = 0.1
 
+    @property
+    def uses_filesystem(self) -> bool:
+        return bool(self.broker_url) and self.broker_url.startswith(FILESYSTEM)
+
 
 def celery_broker(url: str, data_dir: Path) -> dict[str, Any]:
     """Celery settings for broker ``url``: ``broker_url``, ``broker_transport_options``, and for the
     filesystem transport (`messaging.filesystem`) its folders under ``data_dir`` and its transport class.
     """
     # Imported here: it loads kombu, which a REST node reading these settings need not have installed.
-    from messaging.filesystem import FILESYSTEM, filesystem_broker
+    from messaging.filesystem import filesystem_broker
 
     if url.startswith(FILESYSTEM):
         return filesystem_broker(url, data_dir)

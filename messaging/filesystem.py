@@ -19,7 +19,7 @@ from typing import Any
 from kombu.transport import filesystem
 from kombu.utils.json import dumps
 
-FILESYSTEM = "filesystem://"
+from messaging.broker import FILESYSTEM
 
 
 def _write_whole(folder: Path, name: str, text: str, *, replace: bool = True) -> None:

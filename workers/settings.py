@@ -39,13 +39,16 @@ class WorkerSettings(BrokerSettings, LogSettings):
         ),
     ] = True
     submit_in_background: Annotated[
-        bool,
+        bool | None,
         Field(
             description="A Celery worker sends each step's submission from a background thread and goes on "
             "with its next step (of another node it serves) meanwhile; a node's own steps still wait for "
-            "its previous submission. 0 sends each submission before the next step starts.",
+            "its previous submission. Unset: on with a Redis broker, off with the filesystem broker (there "
+            "an idle worker looks for its next message only every FEDALIGN_BROKER_POLL_S, and SQLite takes "
+            "one write at a time, so the overlap costs more than it saves). 0 sends each submission before "
+            "the next step starts.",
         ),
-    ] = True
+    ] = None
     step_time_limit_s: Annotated[
         float,
         Field(
@@ -54,6 +57,13 @@ class WorkerSettings(BrokerSettings, LogSettings):
             "not: there the step's lease is its deadline).",
         ),
     ] = 3600.0
+
+    @property
+    def submits_in_background(self) -> bool:
+        """`submit_in_background`, or its default for this broker."""
+        if self.submit_in_background is not None:
+            return self.submit_in_background
+        return bool(self.broker_url) and not self.uses_filesystem
 
     @property
     def state_dir(self) -> Path:
