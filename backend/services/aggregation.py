@@ -23,9 +23,11 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from backend.database import Database
 from backend.errors import ApiError
@@ -80,6 +82,18 @@ class ThreadPoolDispatcher:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass
+class _JobInputs:
+    """What averaging one job reads from the database: each node's submission (node -> artifact key), its
+    weight, where each key's file is, and for a masked sum the roster's weights and the survivors' seeds."""
+
+    manifest: Manifest
+    nodes: dict[str, str]
+    weights: dict[str, float]
+    paths: dict[str, str]
+    masked: tuple[dict[str, float], dict[str, secagg.SeedReveal]] | None = None
+
+
 class AggregationService:
     def __init__(
         self, db: Database, store: ArtifactStore, orchestrator: Orchestrator, lease_seconds: float
@@ -121,44 +135,18 @@ class AggregationService:
             federation = session.get(Federation, job.federation_id) if job else None
             if job is None or federation is None:
                 return
-            config = federation_config(federation)
-            document = federation_manifest(federation)
-            paths = {
-                a.key: a.sha256
-                for a in session.scalars(
-                    select(Artifact).where(
-                        Artifact.federation_id == job.federation_id,
-                        Artifact.key.in_(list(job.inputs.values())),
-                    )
-                )
-            }
-            inputs, weights, model, key = dict(job.inputs), dict(job.weights), job.model, job.key
-            federation_id = job.federation_id
-            masked: tuple[dict[str, float], dict[str, secagg.SeedReveal]] | None = None
+            federation_id, key, model = job.federation_id, job.key, job.model
             unrecoverable: str | None = None
-            if config.secure_aggregation:
-                # Every node masked with the weights of the phase's whole roster, fixed when it opened.
-                state = protocol_state(federation)
-                roster = schedule.Protocol(config, state).roster_weights(job.round, job.phase)[model]
-                try:
-                    seeds = secure.load_seeds(
-                        session, config, federation_id, job.round, job.phase, model, roster, list(inputs)
-                    )
-                    masked = (roster, seeds)
-                except secagg.SecAggError as exc:  # too few answers, or answers that do not agree
-                    unrecoverable = f"SecAggError: {exc}"
-        if unrecoverable is not None:
-            self._failed(job_id, federation_id, unrecoverable)
+            try:
+                inputs: _JobInputs | None = self._inputs(session, federation, job)
+            except secagg.SecAggError as exc:  # too few answers, or answers that do not agree
+                inputs, unrecoverable = None, f"SecAggError: {exc}"
+        if inputs is None:
+            self._failed(job_id, federation_id, unrecoverable or "no inputs")
             return
+        # The files are read with the session closed: a large model's average takes a while.
         try:
-            manifest = document.models[model]
-            if masked is not None:
-                total = secagg.MaskedSum(manifest, masked[0])
-                for node, path in self._input_paths(inputs, paths):
-                    total.offer(node, path)
-                staged = self.store.stage_state(total.unmask(masked[1]))
-            else:
-                staged = self._average(manifest, inputs, weights, paths)
+            staged = self._compute(inputs)
         except Exception as exc:
             log.exception("aggregation %s of federation %s failed", key, federation_id)
             self._failed(job_id, federation_id, f"{type(exc).__name__}: {exc}")
@@ -166,25 +154,54 @@ class AggregationService:
         self._complete(job_id, federation_id, key, model, staged)
 
     def fold(self, tx: Transaction, job: Aggregation) -> Staged:
-        """Average plain job ``job`` inside ``tx``, the transaction that wrote it (`Orchestrator.fold`): its
-        inputs are rows of that transaction or committed before it; the result is staged, not stored."""
+        """Average job ``job`` inside ``tx``, the transaction that wrote it (`Orchestrator.fold`): its inputs
+        are rows of that transaction or committed before it; the result is staged, not stored."""
+        return self._compute(self._inputs(tx.session, tx.federation, job))
+
+    def _inputs(self, session: Session, federation: Federation, job: Aggregation) -> _JobInputs:
+        """What averaging ``job`` reads from the database; `secagg.SecAggError` when a masked sum cannot be
+        unmasked (too few share answers, or answers that do not agree)."""
         paths = {
             a.key: a.sha256
-            for a in tx.session.scalars(
+            for a in session.scalars(
                 select(Artifact).where(
                     Artifact.federation_id == job.federation_id, Artifact.key.in_(list(job.inputs.values()))
                 )
             )
         }
-        manifest = federation_manifest(tx.federation).models[job.model]
-        return self._average(manifest, dict(job.inputs), dict(job.weights), paths)
+        config = federation_config(federation)
+        inputs = _JobInputs(
+            federation_manifest(federation).models[job.model], dict(job.inputs), dict(job.weights), paths
+        )
+        if config.secure_aggregation:
+            # Every node masked with the weights of the phase's whole roster, fixed when it opened.
+            state = protocol_state(federation)
+            roster = schedule.Protocol(config, state).roster_weights(job.round, job.phase)[job.model]
+            seeds = secure.load_seeds(
+                session,
+                config,
+                job.federation_id,
+                job.round,
+                job.phase,
+                job.model,
+                roster,
+                list(inputs.nodes),
+            )
+            inputs.masked = (roster, seeds)
+        return inputs
 
-    def _average(
-        self, manifest: Manifest, inputs: dict[str, str], weights: dict[str, float], paths: dict[str, str]
-    ) -> Staged:
-        """Submissions folded in node order, as the simulator folds them."""
-        average = StreamingAverage(manifest.shared(), weights)
-        for node, path in self._input_paths(inputs, paths):
+    def _compute(self, inputs: _JobInputs) -> Staged:
+        """The job's result, staged: submissions folded in node order, as the simulator folds them (masked
+        ones summed in the ring and unmasked)."""
+        files = self._input_paths(inputs.nodes, inputs.paths)
+        if inputs.masked is not None:
+            roster, seeds = inputs.masked
+            total = secagg.MaskedSum(inputs.manifest, roster)
+            for node, path in files:
+                total.offer(node, path)
+            return self.store.stage_state(total.unmask(seeds))
+        average = StreamingAverage(inputs.manifest.shared(), inputs.weights)
+        for node, path in files:
             average.offer(node, path)
         return self.store.stage_state(average.result())
 

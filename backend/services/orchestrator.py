@@ -106,7 +106,7 @@ class Transaction:
         self._celery_nodes: set[str] | None = None
         self._public_keys: dict[str, str] | None = None
         self._config: FederationConfig | None = None
-        # Small plain averages the protocol asked for in this transaction, to fold before it commits.
+        # Small averages the protocol asked for in this transaction, to fold before it commits.
         self._to_fold: list[Aggregation] = []
         self._folding = False
 
@@ -351,7 +351,7 @@ class Transaction:
                     ),
                     default=0,
                 )
-                if self.orchestrator.averages_inline(largest) and not protocol.config.secure_aggregation:
+                if self.orchestrator.averages_inline(largest):
                     self._to_fold.append(job)
                 else:
                     self.after.aggregations.add(job.id)
@@ -492,15 +492,21 @@ class Transaction:
         state = protocol.state
         wanted = {(s.node, s.round, s.phase) for s in protocol.open_steps()}
         names = {node_id: name for name, node_id in self.node_ids().items()}
-        open_steps = self.session.scalars(
-            select(Step).where(Step.federation_id == self.federation.id, Step.status.in_(OPEN_STEP))
+        # Runs on every event: the columns it needs, not the rows with their parsed specs. Only a target's
+        # aggregate step is judged by its spec (the key of the average it computes).
+        open_steps = self.session.execute(
+            select(Step.id, Step.node_id, Step.round, Step.phase, Step.kind).where(
+                Step.federation_id == self.federation.id, Step.status.in_(OPEN_STEP)
+            )
         )
-        for step in open_steps:
-            if step.kind == "aggregate":
-                stale = state.finished or step.spec.key not in state.pending
+        for step_id, node_id, round_, phase, kind in open_steps.all():
+            if kind == "aggregate":
+                spec = self.session.get_one(Step, step_id).spec
+                stale = state.finished or spec.key not in state.pending
             else:
-                stale = (names[step.node_id], step.round, step.phase) not in wanted
+                stale = (names[node_id], round_, phase) not in wanted
             if stale:
+                step = self.session.get_one(Step, step_id)
                 step.status = "cancelled"
                 step.lease_owner = None
                 step.lease_expires_at = None
@@ -512,13 +518,12 @@ class Orchestrator:
     ``dispatcher`` runs the aggregation jobs a transaction wrote; ``send_steps``, given only when a broker
     is configured, sends Celery-mode nodes' steps to their queues (without it every node polls).
 
-    A plain job whose largest input is at most ``inline_aggregation_bytes`` is not dispatched: ``fold`` (the
+    A job whose largest input is at most ``inline_aggregation_bytes`` is not dispatched: ``fold`` (the
     aggregation service's, set once it is built) averages it inside the transaction that wrote it, which
     stores the result and feeds `AggregateDone` before it commits, so the request that completed a phase's
     last step commits the next phase's steps with it. A small model's average takes less time than a
-    message to a worker; a large one (and a masked sum, which needs the survivors' share answers) goes to
-    the dispatcher, off the request path, as a row claimed, folded and stored in transactions of its own,
-    which the sweep dispatches again if this process dies first.
+    message to a worker; a large one goes to the dispatcher, off the request path, as a row claimed, folded
+    and stored in transactions of its own, which the sweep dispatches again if this process dies first.
     """
 
     def __init__(
@@ -544,7 +549,7 @@ class Orchestrator:
         self.fold: Callable[[Transaction, Aggregation], Staged] | None = None
 
     def averages_inline(self, largest_input_bytes: int) -> bool:
-        """Whether a plain job whose largest input has this size is averaged in the transaction writing it."""
+        """Whether a job whose largest input has this size is averaged in the transaction that writes it."""
         return self.fold is not None and largest_input_bytes <= self.inline_aggregation_bytes
 
     @contextmanager
