@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
         bench-load bench-privacy bench-recovery bench-round bench-transfer bench-steps bench-data \
-        bench-ablation bench-signals clean
+        bench-ablation bench-signals bench-guard clean
 
 # The dev set includes the optional extras (export: ONNX; parquet; the trackers), so that their tests run. setuptools says
 # on every editable install that it is one ("Editable installation" / "Please be careful with folders ..."):
@@ -119,6 +119,15 @@ bench-ablation: setup
 # paired table on five seeds (about an hour on two cores; resumable).
 bench-signals: setup
 	PY=$(BIN)/python bench/signals_study.sh
+
+# A label-free guard against negative transfer: FedAvg on the same source-only validation tasks as the
+# recipe's settings, per target whichever validates best (both families; resumable), then its paired table.
+bench-guard: setup
+	PY=$(BIN)/python bench/guard_study.sh
+	$(BIN)/python -m bench.guard --family signals --validation bench/results/signals-validation.jsonl \
+		--final bench/results/signals.jsonl
+	$(BIN)/python -m bench.guard --family digits --validation bench/results/lambda-validation.jsonl \
+		--final bench/results/ablation.jsonl
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist $(DOCS_SITE)
