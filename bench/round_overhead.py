@@ -631,6 +631,18 @@ def breakdown(served: Timeline, simulated: Timeline, workers: str) -> dict[str, 
     return out
 
 
+def extra_arm(runs: list[dict[str, Timeline]], arm: str) -> dict[str, Any] | None:
+    """A served arm beside the main one (the WAN, the synchronous workers) against the simulator."""
+    if arm not in runs[0]:
+        return None
+    return {
+        "total_s": [r[arm].total for r in runs],
+        "round_s": spread([v for r in runs for v in r[arm].round_seconds().values()]),
+        "rounds_2_to_R": [r[arm].steady / r["simulated"].steady for r in runs],
+        "metrics_equal": [r[arm].metrics == r["simulated"].metrics for r in runs],
+    }
+
+
 def summarise(scale: int, runs: list[dict[str, Timeline]], workers: str) -> dict[str, Any]:
     per_arm: dict[str, Any] = {}
     for arm in ("simulated", "served"):
@@ -657,27 +669,11 @@ def summarise(scale: int, runs: list[dict[str, Timeline]], workers: str) -> dict
     without = [t for t in served_transitions if not t["aggregations"]]
     steps_served = [s.end - s.start for r in runs for s in r["served"].steps]
     steps_sim = [s.end - s.start for r in runs for s in r["simulated"].steps]
-    wan = None
-    if "served-wan" in runs[0]:
-        wan = {
-            "total_s": [r["served-wan"].total for r in runs],
-            "round_s": spread([v for r in runs for v in r["served-wan"].round_seconds().values()]),
-            "rounds_2_to_R": [r["served-wan"].steady / r["simulated"].steady for r in runs],
-            "metrics_equal": [r["served-wan"].metrics == r["simulated"].metrics for r in runs],
-        }
-    sync = None
-    if "served-sync" in runs[0]:
-        sync = {
-            "total_s": [r["served-sync"].total for r in runs],
-            "round_s": spread([v for r in runs for v in r["served-sync"].round_seconds().values()]),
-            "rounds_2_to_R": [r["served-sync"].steady / r["simulated"].steady for r in runs],
-            "metrics_equal": [r["served-sync"].metrics == r["simulated"].metrics for r in runs],
-        }
     return {
         "local_steps": scale,
         "arms": per_arm,
-        "wan": wan,
-        "sync": sync,
+        "wan": extra_arm(runs, "served-wan"),
+        "sync": extra_arm(runs, "served-sync"),
         "served_over_simulated": {
             "rounds_1_to_R": ratios,
             "rounds_2_to_R": steady,
