@@ -56,7 +56,6 @@ class BackgroundSubmitter:
         self._pending: Counter[str] = Counter()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     def submit(self, submission: Submission) -> None:
         """Hand ``submission`` over; it is sent after every one handed over before it."""
@@ -76,7 +75,7 @@ class BackgroundSubmitter:
             return self._changed.wait_for(lambda: not +self._pending, timeout_s)
 
     def _start(self) -> None:
-        with self._lock:
+        with self._changed:
             if self._thread is None:
                 # A daemon: a worker killed outright loses what is queued, which the sweep recovers.
                 self._thread = threading.Thread(target=self._run, name="submissions", daemon=True)

@@ -435,7 +435,7 @@ class NodeRunner:
             stops_on=_lease_refused,
             name=f"heartbeat-step-{task.step_id}",
         )
-        self._beat = beat.__enter__()
+        self._beat = beat.start()
         try:
             self._run(task)
         finally:

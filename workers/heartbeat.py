@@ -41,6 +41,10 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
 
     def __enter__(self) -> Heartbeat:
+        return self.start()
+
+    def start(self) -> Heartbeat:
+        """Begin the beats (the step is claimed)."""
         self._thread.start()
         return self
 
@@ -52,8 +56,7 @@ class Heartbeat:
     def stop(self) -> None:
         """End the beats (the step is answered); calling it again does nothing."""
         self._done.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        self._thread.join()
 
     def _beat(self) -> None:
         # Event.wait, not sleep: the block's end stops the thread at once, not a beat later.

@@ -39,6 +39,7 @@ from backend.services.store import ArtifactStore, Staged
 from fedalign import protocol as schedule
 from fedalign import secagg
 from fedalign.aggregate import StreamingAverage
+from fedalign.config import FederationConfig
 from fedalign.manifest import Manifest
 from fedalign.protocol import AggregateDone, ProtocolError
 
@@ -136,13 +137,13 @@ class AggregationService:
             if job is None or federation is None:
                 return
             federation_id, key, model = job.federation_id, job.key, job.model
-            unrecoverable: str | None = None
+            inputs: _JobInputs | str  # the job's inputs, or why its masked sum cannot be unmasked
             try:
-                inputs: _JobInputs | None = self._inputs(session, federation, job)
+                inputs = self._inputs(session, federation, federation_config(federation), job)
             except secagg.SecAggError as exc:  # too few answers, or answers that do not agree
-                inputs, unrecoverable = None, f"SecAggError: {exc}"
-        if inputs is None:
-            self._failed(job_id, federation_id, unrecoverable or "no inputs")
+                inputs = f"SecAggError: {exc}"
+        if isinstance(inputs, str):
+            self._failed(job_id, federation_id, inputs)
             return
         # The files are read with the session closed: a large model's average takes a while.
         try:
@@ -156,9 +157,11 @@ class AggregationService:
     def fold(self, tx: Transaction, job: Aggregation) -> Staged:
         """Average job ``job`` inside ``tx``, the transaction that wrote it (`Orchestrator.fold`): its inputs
         are rows of that transaction or committed before it; the result is staged, not stored."""
-        return self._compute(self._inputs(tx.session, tx.federation, job))
+        return self._compute(self._inputs(tx.session, tx.federation, tx.config(), job))
 
-    def _inputs(self, session: Session, federation: Federation, job: Aggregation) -> _JobInputs:
+    def _inputs(
+        self, session: Session, federation: Federation, config: FederationConfig, job: Aggregation
+    ) -> _JobInputs:
         """What averaging ``job`` reads from the database; `secagg.SecAggError` when a masked sum cannot be
         unmasked (too few share answers, or answers that do not agree)."""
         paths = {
@@ -169,7 +172,6 @@ class AggregationService:
                 )
             )
         }
-        config = federation_config(federation)
         inputs = _JobInputs(
             federation_manifest(federation).models[job.model], dict(job.inputs), dict(job.weights), paths
         )
