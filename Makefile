@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
         bench-load bench-privacy bench-recovery bench-round bench-transfer bench-steps bench-data \
-        bench-ablation bench-signals bench-guard clean
+        bench-ablation bench-signals bench-guard bench-variants clean
 
 # The dev set includes the optional extras (export: ONNX; parquet; the trackers), so that their tests run. setuptools says
 # on every editable install that it is one ("Editable installation" / "Please be careful with folders ..."):
@@ -119,6 +119,12 @@ bench-ablation: setup
 # paired table on five seeds (about an hour on two cores; resumable).
 bench-signals: setup
 	PY=$(BIN)/python bench/signals_study.sh
+
+# Candidate recipes for making the alignment add accuracy: each validated on source-only tasks, the best per
+# target (no target labels) then run with five paired seeds beside the same pipeline with lambda = 0
+# (signals: under an hour on two cores; digits: CPU-hours; resumable).
+bench-variants: setup
+	PY=$(BIN)/python bench/variants_study.sh
 
 # A label-free guard against negative transfer: FedAvg on the same source-only validation tasks as the
 # recipe's settings, per target whichever validates best (both families; resumable), then its paired table.

@@ -127,7 +127,22 @@ SELECTED_LAMBDA = {"mnist": 0.1, "mnistm": 0.1, "optdigits": 0.1, "syn": 0.3}
 SELECTIONS = Path(__file__).resolve().parent / "results" / "selected-lambda.json"  # bench.select --write
 if SELECTIONS.exists():
     SELECTED_LAMBDA |= {t: w for t, w in json.loads(SELECTIONS.read_text()).items() if t not in DOMAINS}
-FEDERATED_PER_TARGET = {"fedalign_im_selected"}
+# The candidate recipes for making the alignment add accuracy (bench/variants_study.sh), the recipe at
+# lambda 0.1 first: bench.select breaks ties towards the first listed.
+VARIANTS = (
+    "fedalign_im_lambda0.1",
+    "fedalign_im_cdane",
+    "fedalign_im_x3",
+    "fedalign_im_sources",
+    "fedalign_im_warmup",
+)
+# The candidate chosen per target on the source-only validation tasks (bench.select --write-variant), never
+# on the target; `fedalign_im_variant` runs it, `fedalign_im_variant_lambda0` the same pipeline with lambda 0.
+VARIANT_SELECTIONS = SELECTIONS.with_name("selected-variant.json")
+SELECTED_VARIANT: dict[str, str] = (
+    json.loads(VARIANT_SELECTIONS.read_text()) if VARIANT_SELECTIONS.exists() else {}
+)
+FEDERATED_PER_TARGET = {"fedalign_im_selected", "fedalign_im_variant", "fedalign_im_variant_lambda0"}
 CENTRAL = ("target_oracle", "dann_central")
 DEFAULT_METHODS = (
     "target_oracle",
@@ -168,6 +183,11 @@ def federated_config(job: Job) -> Any:
 
     if job.method == "fedalign_im_selected":
         algorithm, overrides = "fedalign", {"preset": RECIPE, "adv_weight": SELECTED_LAMBDA[job.target]}
+    elif job.method == "fedalign_im_variant":
+        algorithm, overrides = FEDERATED[SELECTED_VARIANT[job.target]]
+    elif job.method == "fedalign_im_variant_lambda0":
+        algorithm, chosen = FEDERATED[SELECTED_VARIANT[job.target]]
+        overrides = {**chosen, "adv_weight": 0.0}
     else:
         algorithm, overrides = FEDERATED[job.method]
     hp: dict[str, Any] = {
@@ -326,6 +346,12 @@ def main(argv: list[str] | None = None) -> None:
     missing = [t for t in args.targets if t not in SELECTED_LAMBDA]
     if "fedalign_im_selected" in args.methods and missing:
         parser.error(f"no lambda has been selected for {', '.join(missing)} (SELECTED_LAMBDA)")
+    unchosen = [t for t in args.targets if t not in SELECTED_VARIANT]
+    if {"fedalign_im_variant", "fedalign_im_variant_lambda0"} & set(args.methods) and unchosen:
+        parser.error(
+            f"no candidate recipe has been chosen for {', '.join(unchosen)}: run bench/variants_study.sh "
+            f"(its validation tasks and bench.select --write-variant write {VARIANT_SELECTIONS.name})"
+        )
     log: Path = args.log or args.json.with_suffix(".jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}

@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import FAMILIES, FEDERATED, SELECTIONS
+from bench.accuracy import FAMILIES, FEDERATED, SELECTIONS, VARIANT_SELECTIONS
 from fedalign.config import Hyperparameters
 
 
@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"Record each target's chosen adversarial weight in {SELECTIONS.name}, which "
         "fedalign_im_selected reads.",
     )
+    parser.add_argument(
+        "--write-variant",
+        action="store_true",
+        help=f"Record each target's chosen candidate in {VARIANT_SELECTIONS.name}, which fedalign_im_variant "
+        "(and fedalign_im_variant_lambda0, the same pipeline with lambda 0) reads.",
+    )
     args = parser.parse_args(argv)
     domains = FAMILIES[args.family].domains
     records = load(args.log)
@@ -74,20 +80,30 @@ def main(argv: list[str] | None = None) -> None:
         return
     print("| real target | validation pool | " + " | ".join(args.candidates) + " | chosen |")
     print("|---|---|" + "---|" * len(args.candidates) + "---|")
-    chosen_weights: dict[str, float] = {}
+    chosen_methods: dict[str, str] = {}
     for target in domains:
         chosen, means = choose(records, domains, target, args.candidates, args.steps)
         pool = ", ".join(d for d in domains if d != target)
         cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
         print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {chosen or '—'} |")
         if chosen:
-            # The candidate's lambda as its config has it (a preset's, or set beside it).
-            chosen_weights[target] = Hyperparameters.model_validate(FEDERATED[chosen][1]).adv_weight
+            chosen_methods[target] = chosen
+    if (args.write or args.write_variant) and len(chosen_methods) < len(domains):
+        raise SystemExit("not every target has a choice yet: run the validation tasks first")
     if args.write:
-        if len(chosen_weights) < len(domains):
-            raise SystemExit("not every target has a choice yet: run the validation tasks first")
-        recorded = json.loads(SELECTIONS.read_text()) if SELECTIONS.exists() else {}
-        SELECTIONS.write_text(json.dumps(recorded | chosen_weights, indent=2, sort_keys=True) + "\n")
+        # Each candidate's lambda as its config has it (a preset's, or set beside it).
+        weights = {
+            t: Hyperparameters.model_validate(FEDERATED[m][1]).adv_weight for t, m in chosen_methods.items()
+        }
+        _record(SELECTIONS, weights)
+    if args.write_variant:
+        _record(VARIANT_SELECTIONS, chosen_methods)
+
+
+def _record(path: Path, choices: dict[str, Any]) -> None:
+    """Merge ``choices`` (target -> choice) into ``path``: targets are unique across the families."""
+    recorded = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps(recorded | choices, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

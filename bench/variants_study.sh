@@ -1,23 +1,26 @@
 #!/bin/bash
-# Candidates for making the alignment add accuracy (docs: Benchmarks, "Does the alignment help?"): each one
+# Candidates for making the alignment add accuracy (docs: Benchmarks, accuracy, "Candidate recipes"): each one
 # change to the recipe at lambda 0.1 (CDAN+E, three discriminator exchanges, source-side alignment only, the
-# target's warm-up), run beside the recipe itself on the source-only validation tasks of both families (each
-# real target left out of the pool: its labels are never read), seed 0, 750 steps. bench.select then prints,
-# per real target, the candidate with the best mean validation accuracy. Resumable; one torch thread per run.
+# target's warm-up; bench.accuracy VARIANTS), run beside the recipe itself on the source-only validation tasks
+# (each real target left out of the pool: its labels are never read), seed 0, 750 steps. bench.select then
+# chooses, per real target, the candidate with the best mean validation accuracy (--write-variant), and the
+# chosen candidate runs on the real target with five paired seeds beside the same pipeline with lambda = 0.
+# Resumable; one torch thread per run.
 set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-CANDIDATES="fedalign_im_lambda0.1 fedalign_im_cdane fedalign_im_x3 fedalign_im_sources fedalign_im_warmup"
+CANDIDATES=$($PY -c "from bench.accuracy import VARIANTS; print(*VARIANTS)")
 for FAMILY in ${FAMILIES:-signals digits}; do
-  case $FAMILY in
-    digits) DOMAINS="mnist mnistm optdigits syn" ;;
-    signals) DOMAINS="lab field fast smooth" ;;
-  esac
+  DOMAINS=$($PY -c "from bench.accuracy import FAMILIES; print(*FAMILIES['$FAMILY'].domains)")
   for T in $DOMAINS; do
     POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
     $PY -m bench.accuracy --family $FAMILY --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
        --methods $CANDIDATES --json bench/results/variants-validation.json \
        --log bench/results/variants-validation.jsonl
   done
-  $PY -m bench.select --family $FAMILY --log bench/results/variants-validation.jsonl --candidates $CANDIDATES
+  $PY -m bench.select --family $FAMILY --log bench/results/variants-validation.jsonl --candidates $CANDIDATES \
+    --write-variant
+  $PY -m bench.accuracy --family $FAMILY --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_im_variant fedalign_im_variant_lambda0 \
+    --json bench/results/variants.json --log bench/results/variants.jsonl
 done

@@ -1,0 +1,89 @@
+"""Choosing a candidate recipe per target without its labels (bench.select --write-variant), and the paired
+arms that run the choice: the chosen candidate and the same pipeline with lambda = 0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import accuracy, select
+
+POOL = {"lab": ("field", "fast", "smooth")}
+
+
+def validation_log(path: Path, means: dict[str, dict[str, float]]) -> Path:
+    """A log of validation runs: per real target, per candidate, one run on each pseudo-target of its pool."""
+    domains = accuracy.FAMILIES["signals"].domains
+    lines = []
+    for target, by_method in means.items():
+        pool = tuple(d for d in domains if d != target)
+        for method, acc in by_method.items():
+            for pseudo in pool:
+                key = "|".join(str(v) for v in (method, pseudo, 0, 750, 64, 0.01, "dann", ",".join(pool)))
+                lines.append(
+                    {"key": key, "method": method, "target": pseudo, "steps": 750, "target_acc": acc}
+                )
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_the_best_validated_candidate_is_recorded_per_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    selections = tmp_path / "selected-variant.json"
+    selections.write_text(json.dumps({"syn": "fedalign_im_x3"}))  # another family's choice stays
+    monkeypatch.setattr(select, "VARIANT_SELECTIONS", selections)
+    candidates = ["fedalign_im_lambda0.1", "fedalign_im_cdane", "fedalign_im_x3"]
+    means = {
+        "lab": {"fedalign_im_lambda0.1": 0.40, "fedalign_im_cdane": 0.45, "fedalign_im_x3": 0.41},
+        "field": {"fedalign_im_lambda0.1": 0.56, "fedalign_im_cdane": 0.56, "fedalign_im_x3": 0.50},
+        "fast": {"fedalign_im_lambda0.1": 0.60, "fedalign_im_cdane": 0.61, "fedalign_im_x3": 0.66},
+        "smooth": {"fedalign_im_lambda0.1": 0.44, "fedalign_im_cdane": 0.43, "fedalign_im_x3": 0.42},
+    }
+    log = validation_log(tmp_path / "v.jsonl", means)
+    select.main(["--family", "signals", "--log", str(log), "--candidates", *candidates, "--write-variant"])
+    assert json.loads(selections.read_text()) == {
+        "syn": "fedalign_im_x3",
+        "lab": "fedalign_im_cdane",
+        "field": "fedalign_im_lambda0.1",  # a tie goes to the candidate listed first
+        "fast": "fedalign_im_x3",
+        "smooth": "fedalign_im_lambda0.1",
+    }
+
+
+def test_nothing_is_recorded_before_every_target_has_its_validation_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    selections = tmp_path / "selected-variant.json"
+    monkeypatch.setattr(select, "VARIANT_SELECTIONS", selections)
+    log = validation_log(tmp_path / "v.jsonl", {"lab": {"fedalign_im_lambda0.1": 0.4, "fedalign_im_x3": 0.5}})
+    candidates = ["fedalign_im_lambda0.1", "fedalign_im_x3"]
+    with pytest.raises(SystemExit, match="not every target"):
+        select.main(
+            ["--family", "signals", "--log", str(log), "--candidates", *candidates, "--write-variant"]
+        )
+    assert not selections.exists()
+
+
+@pytest.mark.parametrize("candidate", accuracy.VARIANTS)
+def test_the_chosen_candidate_and_its_lambda0_arm_differ_in_the_adversarial_weight_only(
+    candidate: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(accuracy.SELECTED_VARIANT, "lab", candidate)
+
+    def config(method: str) -> dict:
+        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
+        return accuracy.federated_config(job).model_dump(mode="json")
+
+    chosen, without = config("fedalign_im_variant"), config("fedalign_im_variant_lambda0")
+    assert chosen["hyperparameters"]["adv_weight"] == 0.1 and without["hyperparameters"]["adv_weight"] == 0.0
+    assert chosen["hyperparameters"] == {**without["hyperparameters"], "adv_weight": 0.1}
+    assert {**chosen, "hyperparameters": None, "name": None} == {
+        **without,
+        "hyperparameters": None,
+        "name": None,
+    }
+    # The chosen arm is the candidate itself, as the validation tasks ran it.
+    assert chosen == {**config(candidate), "name": chosen["name"]}
