@@ -102,10 +102,11 @@ class Settings(BrokerSettings, LogSettings):
         float,
         Field(
             gt=0,
-            description="How long a running server-side aggregation is held before another runner may take "
-            "it over (no heartbeat: longer than the largest aggregation takes).",
+            description="How long a running server-side aggregation is held without a renewal: its runner "
+            "renews the lease every third of this while it averages, so it bounds how long the average of a "
+            "runner that died waits to run again, not how long an average may take.",
         ),
-    ] = 600.0
+    ] = 10.0
     sweep_interval_s: Annotated[
         float,
         Field(

@@ -23,7 +23,7 @@ what an undisturbed run gives.
 
 Kills land only on steps: a kill while the worker runs a server-side aggregation job (the embedded worker
 also serves the aggregator queue) would wait for that job's own lease (``FEDALIGN_AGGREGATION_LEASE_S``,
-no heartbeat), which this bench does not measure.
+renewed every third of it like a step's), which this bench does not measure.
 """
 
 from __future__ import annotations

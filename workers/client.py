@@ -60,10 +60,10 @@ from fedalign.model_manifest import ModelManifest, ModelManifestDocument
 from fedalign.node import StepResult, load_node_data
 from fedalign.protocol import StepSpec
 from messaging import multipart, node_api
+from messaging.heartbeat import Heartbeat
 from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.audit import AuditedTransport, AuditLog
 from workers.background_submit import BackgroundSubmitter, Submission
-from workers.heartbeat import Heartbeat
 from workers.reference_steps import ReferenceSteps
 from workers.state import NodeStateFile, SecAggLedger
 from workers.step_runtime import StepsRuntime

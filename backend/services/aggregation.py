@@ -3,8 +3,11 @@
 An aggregation job is a row (written by the orchestrator in the transaction that closed the phase) and a
 dispatch after the commit. Whoever runs it first claims it with a lease through a conditional UPDATE, so
 a job dispatched twice (by the orchestrator and by the sweep, or by two API processes) runs once; a lease
-that expires (the process died) makes it claimable again. Submissions are folded in node order with
-`fedalign.aggregate.StreamingAverage`, one file open at a time, so the result is the simulator's exactly.
+that expires (the process died) makes it claimable again. The lease is short, as a step's is: its runner
+renews it every third of it (`messaging.heartbeat.Heartbeat`) until the result is stored, so an average may
+take as long as it needs while one whose process died runs again within a lease and a sweep. Submissions
+are folded in node order with `fedalign.aggregate.StreamingAverage`, one file open at a time, so the result
+is the simulator's exactly.
 With secure aggregation the masked submissions fold into a `fedalign.secagg.MaskedSum` (one tensor at a
 time from the artifact store, exact in the ring, so in any order), which the survivors' seeds, rebuilt from
 t stored share answers (`fedalign.secagg_shares`), then unmask into their weighted average: the
@@ -42,11 +45,17 @@ from fedalign.aggregate import StreamingAverage
 from fedalign.config import FederationConfig
 from fedalign.manifest import Manifest
 from fedalign.protocol import AggregateDone, ProtocolError
+from messaging.heartbeat import Heartbeat
+from messaging.node_api import HEARTBEATS_PER_LEASE
 
 log = logging.getLogger("fedalign.backend")
 
 # A job that failed this many times marks its federation failed instead of being retried again.
 MAX_ATTEMPTS = 3
+
+
+class _LeaseLost(Exception):
+    """The job is done, failed or another runner's: its lease's renewals stop."""
 
 
 class ThreadPoolDispatcher:
@@ -127,10 +136,41 @@ class AggregationService:
             )
             return result.rowcount == 1
 
+    def renew(self, job_id: int, lease: dt.timedelta | None = None) -> bool:
+        """Renew this runner's lease on job ``job_id``; False once the job is not this runner's to run any
+        more (done, failed, or taken over after the lease expired)."""
+        now = dt.datetime.now(dt.UTC)
+        with self.db.write() as session:
+            result = session.execute(
+                update(Aggregation)
+                .where(
+                    Aggregation.id == job_id,
+                    Aggregation.status == "running",
+                    Aggregation.lease_owner == self.owner,
+                )
+                .values(lease_expires_at=now + (lease or self.lease))
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
     def run(self, job_id: int, lease: dt.timedelta | None = None) -> None:
-        """Claim job ``job_id`` (for ``lease``, default the service's), average, store, feed the protocol."""
+        """Claim job ``job_id`` (for ``lease``, default the service's, renewed until the result is stored),
+        average, store, feed the protocol."""
         if not self.claim(job_id, lease):
             return
+        lease = lease or self.lease
+
+        def beat() -> None:
+            if not self.renew(job_id, lease):
+                raise _LeaseLost(f"aggregation job {job_id} is no longer this runner's")
+
+        every_s = lease.total_seconds() / HEARTBEATS_PER_LEASE
+        with Heartbeat(
+            beat, every_s, stops_on=lambda exc: isinstance(exc, _LeaseLost), name="aggregation-lease"
+        ):
+            self._run_claimed(job_id)
+
+    def _run_claimed(self, job_id: int) -> None:
         with self.db.read() as session:
             job = session.get(Aggregation, job_id)
             federation = session.get(Federation, job.federation_id) if job else None

@@ -193,18 +193,59 @@ class HeldStore(ArtifactStore):
         return staged
 
 
+class FrozenAggregator(AggregationService):
+    """An aggregator whose process froze (stopped by a signal, or a machine that stalls): its lease's renewals
+    stop with its work, so nothing of them reaches the database."""
+
+    def renew(self, job_id: int, lease: dt.timedelta | None = None) -> bool:
+        return True
+
+
+def test_a_slow_average_renews_its_lease_and_is_not_taken_over(
+    api: Api, vector_specs: Callable[[], dict[str, str]]
+) -> None:
+    """An aggregator whose average takes several times its lease renews the lease while it works: sweeps
+    after the lease it was claimed with leave the job alone (no second runner, no second attempt), and when
+    its average is done it is stored once and the run ends with the simulator's numbers."""
+    specs = vector_specs()
+    waiting = disc_job_waiting(api, specs)
+    fid, runners, job_id = waiting.fid, waiting.runners, waiting.job_id
+    held = HeldStore(api.services.store.root)
+    lease = 2.0
+    slow = threading.Thread(target=stopped_aggregator(api, lease, store=held).run, args=(job_id,))
+    slow.start()
+    try:
+        assert held.holding.wait(RUN_TIMEOUT_S), "the slow aggregator never got to its result"
+        claimed_until = lease_expiry(api, job_id)
+        for leases in (0.25, 1.25, 2.25):  # sweeps after the lease it was claimed with ran out
+            wait_past(claimed_until + dt.timedelta(seconds=leases * lease))
+            assert api.services.sweeper.sweep_once().dispatched == 0
+            assert lease_expiry(api, job_id) > dt.datetime.now(dt.UTC), "the lease was renewed"
+        assert (job(api, fid)["status"], job(api, fid)["attempts"]) == ("running", 1)
+    finally:
+        held.release.set()
+        slow.join(RUN_TIMEOUT_S)
+    assert not slow.is_alive()
+    done = job(api, fid)
+    assert (done["status"], done["attempts"], done["error"]) == ("done", 1, None)
+    assert sum(e["type"] == "aggregate" and e["payload"]["key"] == DISC for e in events_of(api, fid)) == 1
+    finish_and_compare(api, fid, runners, specs)
+
+
 def test_a_result_computed_after_the_lease_was_lost_is_discarded(
     api: Api, vector_specs: Callable[[], dict[str, str]]
 ) -> None:
-    """A slow aggregator claims the job and stalls past its lease; the sweep hands the job to the API's
-    aggregator, which completes it and moves the run on. When the slow one finally writes its result, that
+    """An aggregator claims the job and freezes past its lease; the sweep hands the job to the API's
+    aggregator, which completes it and moves the run on. When the frozen one finally writes its result, that
     result is discarded (its staged file deleted) and nothing changes: the job, the stored aggregate, the
     events and the round stay as the second runner left them."""
     specs = vector_specs()
     waiting = disc_job_waiting(api, specs)
     fid, runners, job_id = waiting.fid, waiting.runners, waiting.job_id
     held = HeldStore(api.services.store.root)
-    slow = threading.Thread(target=stopped_aggregator(api, lease_seconds=1, store=held).run, args=(job_id,))
+    services = api.services
+    frozen = FrozenAggregator(services.db, held, services.orchestrator, lease_seconds=1)
+    slow = threading.Thread(target=frozen.run, args=(job_id,))
     slow.start()
     try:
         assert held.holding.wait(RUN_TIMEOUT_S), "the slow aggregator never got to its result"

@@ -1,11 +1,12 @@
-"""A step's heartbeat: renews its lease from a background thread while the step runs.
+"""A lease's heartbeat: renews it from a background thread while the work it holds runs.
 
-The server's lease on a step is short (a dead worker's step runs again within it), so whoever runs a step
-sends ``POST heartbeat_url`` every ``heartbeat_s`` from the claim to the completion, however long the
-downloads, the training and the uploads take. The thread only sends; the step itself never waits on it.
-A heartbeat that fails on the network is tried again at the next beat (the lease outlasts two missed
-beats); one the server refuses (409: the step is done, failed or cancelled, or the federation is over)
-stops the beats, since nobody wants the lease any more.
+Leases are short (the work of a process that died runs again within one), so whoever holds one renews it
+every third of it (`messaging.node_api.HEARTBEATS_PER_LEASE`) until the work is answered, however long it
+takes: a node sends ``POST heartbeat_url`` every ``heartbeat_s`` from a step's claim to its completion; a
+server-side average renews its job's row in the database. The thread only renews; the work never waits on
+it. A renewal that fails (the network, a busy database) is tried again at the next beat (the lease outlasts
+two missed beats); one that is refused for good (the step is done, failed or cancelled, the federation is
+over, another runner holds the job) stops the beats, since nobody wants the lease any more.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-log = logging.getLogger("fedalign.workers")
+log = logging.getLogger("fedalign.heartbeat")
 
 
 class Heartbeat:
