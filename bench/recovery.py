@@ -21,9 +21,12 @@ Then the federation runs to its end and its metrics, every round's, are compared
 simulator's for the same config (one torch thread, as the worker runs): a re-run step must give exactly
 what an undisturbed run gives.
 
-Kills land only on steps: a kill while the worker runs a server-side aggregation job (the embedded worker
-also serves the aggregator queue) would wait for that job's own lease (``FEDALIGN_AGGREGATION_LEASE_S``,
-renewed every third of it like a step's), which this bench does not measure.
+With ``--kill-in aggregations`` the kills land on server-side averages instead: the server runs with
+``FEDALIGN_INLINE_AGGREGATION_MAX_BYTES=0``, so every average (the demo's are small, and are otherwise folded
+in the API's completing transaction) is a job on the aggregator queue, which the embedded worker also
+serves; the bench waits for a job to be running and SIGKILLs the worker. The stall is then the time from the
+kill to that average being stored by the new worker (its lease, ``FEDALIGN_AGGREGATION_LEASE_S``, renewed
+every third of it like a step's, runs out; the sweep dispatches the job again).
 """
 
 from __future__ import annotations
@@ -87,10 +90,23 @@ class Kill:
         return None if self.next_claim_at is None else self.next_claim_at - self.killed_at
 
 
+@dataclass
+class AggregationKill:
+    key: str
+    round: int
+    attempts_before: int
+    killed_at: float  # wall clock, seconds since the epoch
+    done_at: float | None = None  # when the average was stored after the kill
+
+    @property
+    def stall_s(self) -> float | None:
+        return None if self.done_at is None else self.done_at - self.killed_at
+
+
 class Embedded:
     """``fedalign up --start`` on a fresh data directory, and an admin client for its API."""
 
-    def __init__(self, root: Path, rounds: int) -> None:
+    def __init__(self, root: Path, rounds: int, settings: dict[str, str] | None = None) -> None:
         self.root = root
         self.rounds_run = rounds
         self.data_dir = root / "data"
@@ -106,7 +122,7 @@ class Embedded:
             "--data-dir",
             str(self.data_dir),
         )
-        self.up: Child = start_child("up", argv, child_env(), root)
+        self.up: Child = start_child("up", argv, child_env(**(settings or {})), root)
         wait_ready(self.url, [self.up], START_TIMEOUT_S)
         wait_until(
             lambda: (self.data_dir / "demo-nodes.json").exists(),
@@ -144,6 +160,11 @@ class Embedded:
             return []
         response.raise_for_status()
         return [{**s, "phase": p["name"]} for p in response.json()["phases"] for s in p["steps"]]
+
+    def aggregations(self) -> list[dict[str, Any]]:
+        response = self.admin.get(f"/api/v1/federations/{self.federation_id}/aggregations")
+        response.raise_for_status()
+        return list(response.json()["items"])
 
     def step(self, round_: int, step_id: int) -> dict[str, Any]:
         return next(s for s in self.steps(round_) if s["id"] == step_id)
@@ -210,6 +231,36 @@ def kill_mid_step(embedded: Embedded, rng: random.Random) -> Kill | None:
     raise TimeoutError("no step was claimed for 120 s")
 
 
+def kill_mid_aggregation(embedded: Embedded) -> AggregationKill | None:
+    """SIGKILL the worker while it runs a server-side average; the kill, or None when the run ended."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        embedded.up.check_alive()
+        jobs = embedded.aggregations()
+        running = [j for j in jobs if j["status"] == "running" and j["by"] == "server"]
+        pid = embedded.worker_pid()
+        if running and pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            job = running[0]
+            return AggregationKill(job["key"], job["round"], job["attempts"], time.time())
+        if embedded.federation()["status"] not in ("running", "stalled"):
+            return None
+    raise TimeoutError("no aggregation was running for 120 s")
+
+
+def wait_stored(embedded: Embedded, kill: AggregationKill) -> None:
+    """Until the killed average is stored (by the new worker, or by the old one just before it died)."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        embedded.up.check_alive()
+        job = next(j for j in embedded.aggregations() if j["key"] == kill.key)
+        if job["status"] == "done":
+            kill.done_at = epoch(job["done_at"])
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the average {kill.key} was not stored within 900 s of the kill")
+
+
 def wait_reclaimed(embedded: Embedded, kill: Kill) -> None:
     """Until the killed step is claimed again (or done: the kill came after its completion was sent)."""
     deadline = time.monotonic() + 900
@@ -250,6 +301,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def spread(stalls: list[float]) -> dict[str, Any]:
+    """Median, p90 and max of the stalls (None without any), and every one."""
+    return {
+        "median": statistics.median(stalls) if stalls else None,
+        "p90": percentile(stalls, 0.9) if stalls else None,
+        "max": max(stalls) if stalls else None,
+        "all": stalls,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -260,8 +321,16 @@ def main(argv: list[str] | None = None) -> int:
         "--pause-s", type=float, nargs=2, default=(2.0, 8.0), help="Random pause before each kill (uniform)."
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of the pauses and of which step is hit.")
+    parser.add_argument(
+        "--kill-in",
+        choices=["steps", "aggregations"],
+        default="steps",
+        help="Kill the worker mid-step, or mid-average (every average then runs on the aggregator queue).",
+    )
     parser.add_argument("--json", type=Path, help="Write the figures here.")
     args = parser.parse_args(argv)
+    if args.kill_in == "aggregations":
+        return aggregation_kills(args, random.Random(args.seed))
     rng = random.Random(args.seed)
     torch.set_num_threads(1)  # the worker runs one torch thread (`fedalign up --threads 1`)
 
@@ -317,12 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "lease_left_s_median": (
             statistics.median(k.lease_left_s for k in kills if k.stall_s is not None) if stalls else None
         ),
-        "stall_s": {
-            "median": statistics.median(stalls) if stalls else None,
-            "p90": percentile(stalls, 0.9) if stalls else None,
-            "max": max(stalls) if stalls else None,
-            "all": stalls,
-        },
+        "stall_s": spread(stalls),
         "status": status,
         "metrics_equal_simulator": equal,
         "completed_before_kill": {
@@ -333,10 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__},
     }
     if stalls:
-        spread = figures["stall_s"]
+        summary = figures["stall_s"]
         print(
-            f"stall after a mid-step SIGKILL, {len(stalls)} kills: median {spread['median']:.1f} s, "
-            f"p90 {spread['p90']:.1f} s, max {spread['max']:.1f} s "
+            f"stall after a mid-step SIGKILL, {len(stalls)} kills: median {summary['median']:.1f} s, "
+            f"p90 {summary['p90']:.1f} s, max {summary['max']:.1f} s "
             f"(goal: within {GOAL_S:.0f} s; {'met' if max(stalls) <= GOAL_S else 'NOT met'})"
         )
         beyond = [k.stall_s - k.lease_left_s for k in kills if k.stall_s is not None]
@@ -344,6 +408,67 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"of which the dead worker's lease still running: median {lease_left:.1f} s; after it (sweep, "
             f"message, the new worker's start): median {statistics.median(beyond):.1f} s"
+        )
+    print(f"federation {status}; every round's metrics equal the simulator's: {equal}")
+    if args.json:
+        write_json(args.json, stamped(figures))
+    return 0 if equal else 1
+
+
+def aggregation_kills(args: argparse.Namespace, rng: random.Random) -> int:
+    """``--kill-in aggregations``: the worker killed mid-average, the stall to the average stored."""
+    torch.set_num_threads(1)
+    kills: list[AggregationKill] = []
+    with tempfile.TemporaryDirectory(prefix="fedalign-recovery-") as tmp:
+        embedded = Embedded(Path(tmp), args.rounds, {"FEDALIGN_INLINE_AGGREGATION_MAX_BYTES": "0"})
+        try:
+            wait_until(
+                lambda: (embedded.federation()["round"] or 0) >= 1,
+                "round 1",
+                START_TIMEOUT_S,
+                children=[embedded.up],
+            )
+            for _ in range(args.kills):
+                time.sleep(rng.uniform(*args.pause_s))
+                kill = kill_mid_aggregation(embedded)
+                if kill is None:
+                    break
+                wait_stored(embedded, kill)
+                kills.append(kill)
+                print(f"killed the worker averaging {kill.key}: stored again {kill.stall_s:.1f} s later")
+            wait_until(
+                lambda: embedded.federation()["status"] in ("finished", "failed", "cancelled"),
+                "the federation to finish",
+                RUN_TIMEOUT_S,
+                poll_s=0.5,
+                children=[embedded.up],
+            )
+            status = embedded.federation()["status"]
+            served = embedded.rounds()
+            config = embedded.config()
+        finally:
+            embedded.close()
+    reference = simulate(config)
+    expected = {r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes}
+    equal = status == "finished" and served == expected
+    stalls = [k.stall_s for k in kills if k.stall_s is not None]
+    figures: dict[str, Any] = {
+        "deployment": "embedded default (fedalign up), every average on the aggregator queue",
+        "rounds": config.rounds,
+        "kills": len(kills),
+        "goal_s": GOAL_S,
+        "stall_s": spread(stalls),
+        "status": status,
+        "metrics_equal_simulator": equal,
+        "kill_log": [asdict(k) for k in kills],
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "torch": torch.__version__},
+    }
+    if stalls:
+        summary = figures["stall_s"]
+        print(
+            f"kill to the average stored again, {len(stalls)} kills mid-average: median "
+            f"{summary['median']:.1f} s, p90 {summary['p90']:.1f} s, max {summary['max']:.1f} s "
+            f"(goal: within {GOAL_S:.0f} s; {'met' if max(stalls) <= GOAL_S else 'NOT met'})"
         )
     print(f"federation {status}; every round's metrics equal the simulator's: {equal}")
     if args.json:

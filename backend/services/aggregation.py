@@ -68,7 +68,8 @@ class ThreadPoolDispatcher:
         self._lock = threading.Lock()
         self._closed = False
 
-    def dispatch(self, job_ids: Iterable[int]) -> None:
+    def dispatch(self, job_ids: Iterable[int], *, again: bool = False) -> None:
+        # In this process a queued job is still queued, whatever ``again`` says.
         with self._lock:
             if self._closed:
                 return

@@ -15,8 +15,10 @@ from backend.services.messages import StepMessage
 
 
 class AggregationDispatcher(Protocol):
-    def dispatch(self, job_ids: Iterable[int]) -> None:
-        """Arrange for each job to run soon; a job already queued here is not queued twice."""
+    def dispatch(self, job_ids: Iterable[int], *, again: bool = False) -> None:
+        """Arrange for each job to run soon; a job already queued here is not queued twice. ``again``: the
+        jobs' runner died holding them (the sweep released their leases), so whatever was sent for them
+        before is gone with it: send them now even if they were sent a moment ago."""
 
     def close(self) -> None:
         """Stop taking jobs and wait for the running ones."""

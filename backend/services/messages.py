@@ -122,7 +122,8 @@ class CeleryAggregationDispatcher:
 
     A job is claimed once however often it is sent (`AggregationService.claim`), but the sweep offers
     every pending job on each pass: a job sent less than ``resend_after_s`` ago is not sent again, so a
-    busy aggregator's queue does not fill with copies.
+    busy aggregator's queue does not fill with copies. A job whose runner died (the sweep released its
+    lease: ``again``) is sent at once: its message went with that runner.
     """
 
     def __init__(self, messenger: CeleryMessenger, resend_after_s: float) -> None:
@@ -131,10 +132,14 @@ class CeleryAggregationDispatcher:
         self._sent: dict[int, dt.datetime] = {}
         self._lock = threading.Lock()
 
-    def dispatch(self, job_ids: Iterable[int]) -> None:
+    def dispatch(self, job_ids: Iterable[int], *, again: bool = False) -> None:
         now = utcnow()
+        job_ids = list(job_ids)
+        forget = set(job_ids) if again else set()  # what was sent for them went with their dead runner
         with self._lock:
-            self._sent = {j: t for j, t in self._sent.items() if now - t < self.resend_after}
+            self._sent = {
+                j: t for j, t in self._sent.items() if now - t < self.resend_after and j not in forget
+            }
             due = [j for j in job_ids if j not in self._sent]
             self._sent.update(dict.fromkeys(due, now))
         for job_id in due:

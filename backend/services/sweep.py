@@ -4,7 +4,8 @@ Each pass (1) makes steps whose lease expired claimable again, (2) sends the mes
 nodes' pending steps again: those just released, those whose message was never sent (the broker was down
 after the commit) and those sent more than ``step_resend_s`` ago (a message lost with a worker; the
 filesystem transport deletes a message when it is fetched, Redis redelivers only after an hour), (3)
-dispatches aggregation jobs that are pending, or whose runner's lease expired (its process died), and (4)
+makes aggregation jobs whose runner's lease expired (its process died) pending again and dispatches them at
+once, with the pending ones (sent again after ``step_resend_s`` like steps), and (4)
 feeds `Deadline` to federations whose open phase is older than their ``phase_deadline_s``. This sweep, not
 the broker's redelivery, is what recovers from a lost message or a dead worker. Every part is a conditional
 UPDATE or a locked transaction, so two sweeps at once (two API processes) and a sweep killed half-way
@@ -110,20 +111,28 @@ class Sweeper:
         return send(messages) if messages else 0
 
     def _dispatch_aggregations(self, now: dt.datetime) -> int:
-        with self.db.read() as session:
-            job_ids = list(
+        # Released by a conditional UPDATE, as a claim takes a job: a runner that renews at the same moment
+        # either renewed first (nothing released) or finds the job released (its beats stop, its result is
+        # discarded).
+        with self.db.write() as session:
+            released = list(
                 session.scalars(
-                    select(Aggregation.id).where(
-                        or_(
-                            Aggregation.status == "pending",
-                            and_(Aggregation.status == "running", Aggregation.lease_expires_at < now),
-                        )
-                    )
+                    update(Aggregation)
+                    .where(Aggregation.status == "running", Aggregation.lease_expires_at < now)
+                    .values(status="pending", lease_owner=None, lease_expires_at=None)
+                    .returning(Aggregation.id)
+                    .execution_options(synchronize_session=False)
                 )
             )
-        if job_ids:
-            self.dispatcher.dispatch(job_ids)
-        return len(job_ids)
+        with self.db.read() as session:
+            pending = list(session.scalars(select(Aggregation.id).where(Aggregation.status == "pending")))
+        if released:
+            # Their runner died with whatever message had brought them: sent now, not after step_resend_s.
+            self.dispatcher.dispatch(released, again=True)
+        others = sorted(set(pending) - set(released))
+        if others:
+            self.dispatcher.dispatch(others)
+        return len(released) + len(others)
 
     def _feed_deadlines(self, now: dt.datetime) -> int:
         with self.db.read() as session:

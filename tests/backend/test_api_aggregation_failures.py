@@ -157,8 +157,9 @@ def test_a_job_whose_runner_stopped_is_run_again_by_the_sweep_once_its_lease_exp
     api: Api, vector_specs: Callable[[], dict[str, str]]
 ) -> None:
     """An aggregator claims the job and stops. While its lease holds the sweep leaves the job alone (no
-    second runner), once it expires the sweep dispatches it again, the API's aggregator claims it (a second
-    attempt) and computes it, and the run ends with the simulator's numbers."""
+    second runner), once it expires the sweep releases it and dispatches it again at once (whatever was sent
+    for it went with the dead runner), the API's aggregator claims it (a second attempt) and computes it,
+    and the run ends with the simulator's numbers."""
     specs = vector_specs()
     waiting = disc_job_waiting(api, specs)
     fid, runners, job_id = waiting.fid, waiting.runners, waiting.job_id
@@ -167,8 +168,17 @@ def test_a_job_whose_runner_stopped_is_run_again_by_the_sweep_once_its_lease_exp
     expires = lease_expiry(api, job_id)
     assert api.services.sweeper.sweep_once(expires - dt.timedelta(milliseconds=1)).dispatched == 0
 
+    calls: list[tuple[list[int], bool]] = []
+    dispatch = api.services.dispatcher.dispatch
+
+    def recording(job_ids: Any, again: bool = False) -> None:
+        calls.append((list(job_ids), again))
+        dispatch(job_ids, again=again)
+
+    api.services.dispatcher.dispatch = recording
     wait_past(expires)
     assert api.services.sweeper.sweep_once().dispatched == 1
+    assert calls == [([job_id], True)]
     wait_until(lambda: job(api, fid)["status"] == "done")
     assert (job(api, fid)["attempts"], job(api, fid)["error"]) == (2, None)
     assert api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt"

@@ -85,7 +85,7 @@ def valid_d() -> dict[str, torch.Tensor]:
 def lose_dispatches(api: Api) -> None:
     """As if the process died between each commit and its dispatch: every job goes to the dispatcher (none
     is small enough to average in the transaction that writes it), which drops what it gets."""
-    api.services.dispatcher.dispatch = lambda _ids: None
+    api.services.dispatcher.dispatch = lambda _ids, again=False: None
     INLINE_BYTES[id(api)] = api.services.orchestrator.inline_aggregation_bytes
     api.services.orchestrator.inline_aggregation_bytes = -1
 
@@ -250,10 +250,10 @@ def recorded_dispatches(api: Api) -> list[int]:
     dispatched: list[int] = []
     dispatch = api.services.dispatcher.dispatch
 
-    def recording(job_ids: Any) -> None:
+    def recording(job_ids: Any, again: bool = False) -> None:
         ids = list(job_ids)
         dispatched.extend(ids)
-        dispatch(ids)
+        dispatch(ids, again=again)
 
     api.services.dispatcher.dispatch = recording
     return dispatched

@@ -171,6 +171,10 @@ def test_an_aggregation_job_is_sent_once_while_it_waits() -> None:
     dispatcher.dispatch([3, 4])
     dispatcher.dispatch([4, 5])  # the sweep offers the pending jobs again
     assert messenger.jobs == [3, 4, 5]
+    # 4's runner died holding it (the sweep released its lease): sent at once, and only once more.
+    dispatcher.dispatch([4], again=True)
+    dispatcher.dispatch([4, 5])
+    assert messenger.jobs == [3, 4, 5, 4]
 
 
 def test_each_task_is_registered_under_the_name_the_server_sends_it_by() -> None:
