@@ -41,9 +41,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import torch
@@ -311,6 +312,54 @@ def spread(stalls: list[float]) -> dict[str, Any]:
     }
 
 
+K = TypeVar("K")
+
+
+def with_kills(
+    args: argparse.Namespace,
+    rng: random.Random,
+    settings: dict[str, str],
+    kill_one: Callable[[Embedded], K | None],
+) -> tuple[list[K], str, bool, int]:
+    """The demo federation on a fresh embedded deployment (with ``settings``); from round 1 on, ``--kills``
+    times a random pause and ``kill_one`` (which kills, waits for the recovery and returns what happened, or
+    None once the run has ended); then the run to its end. Returns the kills, the federation's final status,
+    whether every round's metrics equal the simulator's, and the rounds."""
+    torch.set_num_threads(1)  # the worker runs one torch thread (`fedalign up --threads 1`)
+    kills: list[K] = []
+    with tempfile.TemporaryDirectory(prefix="fedalign-recovery-") as tmp:
+        embedded = Embedded(Path(tmp), args.rounds, settings)
+        try:
+            # Round 1 first: data loading and setup are not what this measures.
+            wait_until(
+                lambda: (embedded.federation()["round"] or 0) >= 1,
+                "round 1",
+                START_TIMEOUT_S,
+                children=[embedded.up],
+            )
+            for _ in range(args.kills):
+                time.sleep(rng.uniform(*args.pause_s))
+                kill = kill_one(embedded)
+                if kill is None:
+                    break
+                kills.append(kill)
+            wait_until(
+                lambda: embedded.federation()["status"] in ("finished", "failed", "cancelled"),
+                "the federation to finish",
+                RUN_TIMEOUT_S,
+                poll_s=0.5,
+                children=[embedded.up],
+            )
+            status = embedded.federation()["status"]
+            served = embedded.rounds()
+            config = embedded.config()
+        finally:
+            embedded.close()
+    reference = simulate(config)
+    expected = {r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes}
+    return kills, status, status == "finished" and served == expected, config.rounds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -332,54 +381,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.kill_in == "aggregations":
         return aggregation_kills(args, random.Random(args.seed))
     rng = random.Random(args.seed)
-    torch.set_num_threads(1)  # the worker runs one torch thread (`fedalign up --threads 1`)
 
-    kills: list[Kill] = []
-    with tempfile.TemporaryDirectory(prefix="fedalign-recovery-") as tmp:
-        embedded = Embedded(Path(tmp), args.rounds)
-        try:
-            # Round 1 first: data loading and setup are not what this measures.
-            wait_until(
-                lambda: (embedded.federation()["round"] or 0) >= 1,
-                "round 1",
-                START_TIMEOUT_S,
-                children=[embedded.up],
-            )
-            for _ in range(args.kills):
-                time.sleep(rng.uniform(*args.pause_s))
-                kill = kill_mid_step(embedded, rng)
-                if kill is None:
-                    break
-                wait_reclaimed(embedded, kill)
-                kills.append(kill)
-                stall = (
-                    f"{kill.stall_s:.1f} s"
-                    if kill.stall_s is not None
-                    else f"none: it had completed; the next step waited {kill.restart_stall_s:.1f} s"
-                )
-                where = f"round {kill.round} {kill.phase} ({kill.node}, {kill.kind})"
-                left = f"{kill.lease_left_s:.1f} s of lease left"
-                print(f"killed the worker in {where}, {left}: stall {stall}")
-            wait_until(
-                lambda: embedded.federation()["status"] in ("finished", "failed", "cancelled"),
-                "the federation to finish",
-                RUN_TIMEOUT_S,
-                poll_s=0.5,
-                children=[embedded.up],
-            )
-            status = embedded.federation()["status"]
-            served = embedded.rounds()
-            config = embedded.config()
-        finally:
-            embedded.close()
-    reference = simulate(config)
-    expected = {r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes}
-    equal = status == "finished" and served == expected
+    def kill_one(embedded: Embedded) -> Kill | None:
+        kill = kill_mid_step(embedded, rng)
+        if kill is None:
+            return None
+        wait_reclaimed(embedded, kill)
+        stall = (
+            f"{kill.stall_s:.1f} s"
+            if kill.stall_s is not None
+            else f"none: it had completed; the next step waited {kill.restart_stall_s:.1f} s"
+        )
+        where = f"round {kill.round} {kill.phase} ({kill.node}, {kill.kind})"
+        left = f"{kill.lease_left_s:.1f} s of lease left"
+        print(f"killed the worker in {where}, {left}: stall {stall}")
+        return kill
 
+    kills, status, equal, rounds = with_kills(args, rng, {}, kill_one)
     stalls = [k.stall_s for k in kills if k.stall_s is not None]
     figures: dict[str, Any] = {
         "deployment": "embedded default (fedalign up: SQLite, filesystem broker, one worker, supervisor)",
-        "rounds": config.rounds,
+        "rounds": rounds,
         "kills": len(kills),
         "mid_step_kills": len(stalls),
         "goal_s": GOAL_S,
@@ -417,44 +439,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def aggregation_kills(args: argparse.Namespace, rng: random.Random) -> int:
     """``--kill-in aggregations``: the worker killed mid-average, the stall to the average stored."""
-    torch.set_num_threads(1)
-    kills: list[AggregationKill] = []
-    with tempfile.TemporaryDirectory(prefix="fedalign-recovery-") as tmp:
-        embedded = Embedded(Path(tmp), args.rounds, {"FEDALIGN_INLINE_AGGREGATION_MAX_BYTES": "0"})
-        try:
-            wait_until(
-                lambda: (embedded.federation()["round"] or 0) >= 1,
-                "round 1",
-                START_TIMEOUT_S,
-                children=[embedded.up],
-            )
-            for _ in range(args.kills):
-                time.sleep(rng.uniform(*args.pause_s))
-                kill = kill_mid_aggregation(embedded)
-                if kill is None:
-                    break
-                wait_stored(embedded, kill)
-                kills.append(kill)
-                print(f"killed the worker averaging {kill.key}: stored again {kill.stall_s:.1f} s later")
-            wait_until(
-                lambda: embedded.federation()["status"] in ("finished", "failed", "cancelled"),
-                "the federation to finish",
-                RUN_TIMEOUT_S,
-                poll_s=0.5,
-                children=[embedded.up],
-            )
-            status = embedded.federation()["status"]
-            served = embedded.rounds()
-            config = embedded.config()
-        finally:
-            embedded.close()
-    reference = simulate(config)
-    expected = {r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes}
-    equal = status == "finished" and served == expected
+
+    def kill_one(embedded: Embedded) -> AggregationKill | None:
+        kill = kill_mid_aggregation(embedded)
+        if kill is None:
+            return None
+        wait_stored(embedded, kill)
+        print(f"killed the worker averaging {kill.key}: stored again {kill.stall_s:.1f} s later")
+        return kill
+
+    # Every average on the aggregator queue: the demo's are small enough to fold in the API otherwise.
+    settings = {"FEDALIGN_INLINE_AGGREGATION_MAX_BYTES": "0"}
+    kills, status, equal, rounds = with_kills(args, rng, settings, kill_one)
     stalls = [k.stall_s for k in kills if k.stall_s is not None]
     figures: dict[str, Any] = {
         "deployment": "embedded default (fedalign up), every average on the aggregator queue",
-        "rounds": config.rounds,
+        "rounds": rounds,
         "kills": len(kills),
         "goal_s": GOAL_S,
         "stall_s": spread(stalls),

@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.database import Database
@@ -117,39 +118,33 @@ class AggregationService:
 
     def claim(self, job_id: int, lease: dt.timedelta | None = None) -> bool:
         now = dt.datetime.now(dt.UTC)
-        with self.db.write() as session:
-            result = session.execute(
-                update(Aggregation)
-                .where(
-                    Aggregation.id == job_id,
-                    or_(
-                        Aggregation.status == "pending",
-                        and_(Aggregation.status == "running", Aggregation.lease_expires_at < now),
-                    ),
-                )
-                .values(
-                    status="running",
-                    lease_owner=self.owner,
-                    lease_expires_at=now + (lease or self.lease),
-                    attempts=Aggregation.attempts + 1,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            return result.rowcount == 1
+        claimable = or_(
+            Aggregation.status == "pending",
+            and_(Aggregation.status == "running", Aggregation.lease_expires_at < now),
+        )
+        return self._update(
+            job_id,
+            claimable,
+            status="running",
+            lease_owner=self.owner,
+            lease_expires_at=now + (lease or self.lease),
+            attempts=Aggregation.attempts + 1,
+        )
 
     def renew(self, job_id: int, lease: dt.timedelta | None = None) -> bool:
         """Renew this runner's lease on job ``job_id``; False once the job is not this runner's to run any
-        more (done, failed, or taken over after the lease expired)."""
-        now = dt.datetime.now(dt.UTC)
+        more (done, failed, or released by the sweep after the lease expired)."""
+        held = and_(Aggregation.status == "running", Aggregation.lease_owner == self.owner)
+        return self._update(job_id, held, lease_expires_at=dt.datetime.now(dt.UTC) + (lease or self.lease))
+
+    def _update(self, job_id: int, condition: ColumnElement[bool], **values: Any) -> bool:
+        """Job ``job_id`` updated with ``values`` where ``condition`` holds: whether it held (a conditional
+        UPDATE's row count says who won a race)."""
         with self.db.write() as session:
             result = session.execute(
                 update(Aggregation)
-                .where(
-                    Aggregation.id == job_id,
-                    Aggregation.status == "running",
-                    Aggregation.lease_owner == self.owner,
-                )
-                .values(lease_expires_at=now + (lease or self.lease))
+                .where(Aggregation.id == job_id, condition)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
             return result.rowcount == 1
