@@ -97,11 +97,14 @@ class AggregationKill:
     round: int
     attempts_before: int
     killed_at: float  # wall clock, seconds since the epoch
-    done_at: float | None = None  # when the average was stored after the kill
+    done_at: float | None = None  # when the average was stored
 
     @property
     def stall_s(self) -> float | None:
-        return None if self.done_at is None else self.done_at - self.killed_at
+        """Kill to stored; None when it was stored before the kill (between the read and the kill)."""
+        if self.done_at is None or self.done_at <= self.killed_at:
+            return None
+        return self.done_at - self.killed_at
 
 
 class Embedded:
@@ -445,7 +448,10 @@ def aggregation_kills(args: argparse.Namespace, rng: random.Random) -> int:
         if kill is None:
             return None
         wait_stored(embedded, kill)
-        print(f"killed the worker averaging {kill.key}: stored again {kill.stall_s:.1f} s later")
+        if kill.stall_s is None:
+            print(f"killed the worker as it finished averaging {kill.key}: stored before the kill")
+        else:
+            print(f"killed the worker averaging {kill.key}: stored again {kill.stall_s:.1f} s later")
         return kill
 
     # Every average on the aggregator queue: the demo's are small enough to fold in the API otherwise.
@@ -456,6 +462,8 @@ def aggregation_kills(args: argparse.Namespace, rng: random.Random) -> int:
         "deployment": "embedded default (fedalign up), every average on the aggregator queue",
         "rounds": rounds,
         "kills": len(kills),
+        "mid_average_kills": len(stalls),
+        "stored_before_kill": len(kills) - len(stalls),
         "goal_s": GOAL_S,
         "stall_s": spread(stalls),
         "status": status,
