@@ -1,5 +1,5 @@
 #!/bin/bash
-# Candidates for making the alignment add accuracy (docs: Benchmarks, accuracy, "Candidate recipes"): each one
+# Candidates for making the alignment add accuracy (docs: Benchmarks, accuracy, "Candidate recipes for the adversarial term"): each one
 # change to the recipe at lambda 0.1 (CDAN+E, three discriminator exchanges, source-side alignment only, the
 # target's warm-up; bench.accuracy VARIANTS), run beside the recipe itself on the source-only validation tasks
 # (each real target left out of the pool: its labels are never read), seed 0, 750 steps. bench.select then
