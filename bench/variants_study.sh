@@ -1,10 +1,11 @@
 #!/bin/bash
-# Candidates for making the alignment add accuracy (docs: Benchmarks, accuracy, "Candidate recipes for the adversarial term"): each one
-# change to the recipe at lambda 0.1 (CDAN+E, three discriminator exchanges, source-side alignment only, the
-# target's warm-up; bench.accuracy VARIANTS), run beside the recipe itself on the source-only validation tasks
-# (each real target left out of the pool: its labels are never read), seed 0, 750 steps. bench.select then
-# chooses, per real target, the candidate with the best mean validation accuracy (--write-variant), and the
-# chosen candidate runs on the real target with five paired seeds beside the same pipeline with lambda = 0.
+# Candidates for making the alignment add accuracy (docs: Benchmarks, accuracy, "Candidate recipes for the
+# adversarial term"): each one change to the recipe at lambda 0.1 (CDAN+E, three discriminator exchanges,
+# source-side alignment only, the target's warm-up; bench.accuracy VARIANTS), run beside the recipe itself on
+# the source-only validation tasks (each real target left out of the pool: its labels are never read), seed
+# 0, 750 steps. bench.select then chooses, per real target, the candidate with the best mean validation
+# accuracy (--write-variant), and the chosen candidate runs on the real target with five paired seeds beside
+# the same pipeline with lambda = 0.
 # Resumable; one torch thread per run.
 set -e
 cd "$(dirname "$0")/.."
