@@ -111,19 +111,24 @@ class Sweeper:
         return send(messages) if messages else 0
 
     def _dispatch_aggregations(self, now: dt.datetime) -> int:
-        # Released by a conditional UPDATE, as a claim takes a job: a runner that renews at the same moment
-        # either renewed first (nothing released) or finds the job released (its beats stop, its result is
-        # discarded).
-        with self.db.write() as session:
-            released = list(
-                session.scalars(
-                    update(Aggregation)
-                    .where(Aggregation.status == "running", Aggregation.lease_expires_at < now)
-                    .values(status="pending", lease_owner=None, lease_expires_at=None)
-                    .returning(Aggregation.id)
-                    .execution_options(synchronize_session=False)
+        expired = and_(Aggregation.status == "running", Aggregation.lease_expires_at < now)
+        with self.db.read() as session:
+            any_expired = session.scalar(select(Aggregation.id).where(expired).limit(1)) is not None
+        released: list[int] = []
+        if any_expired:  # a pass with nothing to release takes no write lock (SQLite has one per database)
+            # Released by a conditional UPDATE, as a claim takes a job: a runner that renews at the same
+            # moment either renewed first (nothing released) or finds the job released (its beats stop, its
+            # result is discarded).
+            with self.db.write() as session:
+                released = list(
+                    session.scalars(
+                        update(Aggregation)
+                        .where(expired)
+                        .values(status="pending", lease_owner=None, lease_expires_at=None)
+                        .returning(Aggregation.id)
+                        .execution_options(synchronize_session=False)
+                    )
                 )
-            )
         with self.db.read() as session:
             pending = list(session.scalars(select(Aggregation.id).where(Aggregation.status == "pending")))
         if released:

@@ -16,15 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from api_support import RUN_TIMEOUT_S, Api, drive, runners_for, tiny_settings
 from sqlalchemy import select
 from test_api_aggregations import events_of, lose_dispatches, restore_dispatches, wait_until
 from test_api_end_to_end import served_rounds
 
+from backend.database import Database, make_engine
 from backend.models import Aggregation, Artifact
 from backend.services.aggregation import MAX_ATTEMPTS, AggregationService
 from backend.services.store import ArtifactStore, Staged
+from backend.services.sweep import Sweeper
 from fedalign import params
 from fedalign.config import FederationConfig
 from fedalign.simulate import simulate
@@ -183,6 +186,31 @@ def test_a_job_whose_runner_stopped_is_run_again_by_the_sweep_once_its_lease_exp
     assert (job(api, fid)["attempts"], job(api, fid)["error"]) == (2, None)
     assert api.ok("GET", f"/api/v1/federations/{fid}")["phase"] == "adapt"
     finish_and_compare(api, fid, runners, specs)
+
+
+def test_a_sweep_with_no_lease_to_release_does_not_wait_for_the_write_lock(
+    api: Api, vector_specs: Callable[[], dict[str, str]]
+) -> None:
+    """SQLite has one writer at a time. A sweep pass (every 2 s) that has no expired lease to release must
+    not queue for that lock, or it holds up the nodes' claims and submissions behind it: with another writer
+    holding the database, an impatient sweeper (no busy wait) still dispatches the pending job."""
+    if not api.services.db.sqlite:
+        pytest.skip("PostgreSQL has no database-wide write lock")
+    waiting = disc_job_waiting(api, vector_specs())
+    impatient = Sweeper(
+        Database(make_engine(str(api.services.db.engine.url), busy_timeout_ms=0)),
+        api.services.orchestrator,
+        api.services.dispatcher,
+    )
+    calls: list[list[int]] = []
+    api.services.dispatcher.dispatch = lambda job_ids, again=False: calls.append(list(job_ids))  # type: ignore[method-assign]
+    try:
+        with api.services.db.write() as session:
+            session.execute(select(1))  # the write transaction begins (BEGIN IMMEDIATE): the lock is held
+            report = impatient.sweep_once()
+    finally:
+        impatient.db.dispose()
+    assert (report.dispatched, calls) == (1, [[waiting.job_id]])
 
 
 class HeldStore(ArtifactStore):
