@@ -106,7 +106,7 @@ bench-data: setup
 	$(BIN)/python -m bench.lazy_data --json bench/results/lazy-data.json
 
 # Choose the adversarial weight per target on source-only validation tasks, then run the choice with two
-# seeds (bench.select_lambda; results in bench/results/lambda-*.jsonl).
+# seeds (bench.select; results in bench/results/lambda-*.jsonl).
 bench-lambda: setup
 	PY=$(BIN)/python bench/lambda_study.sh
 

@@ -90,7 +90,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
     # The adversarial weight's ceiling under the DANN ramp: candidates for choosing lambda on the
-    # source-only validation tasks (bench.select_lambda), never on the target.
+    # source-only validation tasks (bench.select), never on the target.
     "fedalign_lambda0.1": ("fedalign", {**FEDALIGN, "adv_weight": 0.1}),
     "fedalign_lambda0.3": ("fedalign", {**FEDALIGN, "adv_weight": 0.3}),
     # Information maximisation on the target (SHOT, Liang et al. 2020: the fixed task model, the target's
@@ -120,7 +120,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_im_warmup": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "target_warmup_rounds": "10%"}),
 }
 # The recipe with lambda chosen per target on the source-only validation tasks, never on the target.
-# Digits: bench.select_lambda then bench.select_im on bench/results/lambda-validation.jsonl (bench/
+# Digits: bench.select --im on bench/results/lambda-validation.jsonl (bench/
 # lambda_study.sh, bench/im_study.sh). Signals: bench.select on bench/results/signals-validation.jsonl
 # (bench/signals_study.sh).
 SELECTED_LAMBDA = {"mnist": 0.1, "mnistm": 0.1, "optdigits": 0.1, "syn": 0.3}
@@ -139,10 +139,24 @@ VARIANTS = (
 # The candidate chosen per target on the source-only validation tasks (bench.select --write-variant), never
 # on the target; `fedalign_im_variant` runs it, `fedalign_im_variant_lambda0` the same pipeline with lambda 0.
 VARIANT_SELECTIONS = SELECTIONS.with_name("selected-variant.json")
-SELECTED_VARIANT: dict[str, str] = (
-    json.loads(VARIANT_SELECTIONS.read_text()) if VARIANT_SELECTIONS.exists() else {}
-)
-FEDERATED_PER_TARGET = {"fedalign_im_selected", "fedalign_im_variant", "fedalign_im_variant_lambda0"}
+# The recipe's whole procedure per target (bench.select --im --write-recipe): lambda chosen among the plain
+# candidates, then information maximisation on the target adopted or not, on the same validation tasks.
+RECIPE_SELECTIONS = SELECTIONS.with_name("selected-recipe.json")
+
+
+def _choices(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+SELECTED_VARIANT: dict[str, str] = _choices(VARIANT_SELECTIONS)
+SELECTED_RECIPE: dict[str, str] = _choices(RECIPE_SELECTIONS)
+# An arm that runs, per target, the FEDERATED method chosen for it; its `<arm>_lambda0` twin runs the same
+# pipeline with lambda 0 (the paired ablation of the adversarial term).
+CHOSEN: dict[str, dict[str, str]] = {
+    "fedalign_im_variant": SELECTED_VARIANT,
+    "fedalign_recipe": SELECTED_RECIPE,
+}
+FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for arm in CHOSEN)}
 CENTRAL = ("target_oracle", "dann_central")
 DEFAULT_METHODS = (
     "target_oracle",
@@ -183,11 +197,11 @@ def federated_config(job: Job) -> Any:
 
     if job.method == "fedalign_im_selected":
         algorithm, overrides = "fedalign", {"preset": RECIPE, "adv_weight": SELECTED_LAMBDA[job.target]}
-    elif job.method == "fedalign_im_variant":
-        algorithm, overrides = FEDERATED[SELECTED_VARIANT[job.target]]
-    elif job.method == "fedalign_im_variant_lambda0":
-        algorithm, chosen = FEDERATED[SELECTED_VARIANT[job.target]]
-        overrides = {**chosen, "adv_weight": 0.0}
+    elif job.method.removesuffix("_lambda0") in CHOSEN:
+        arm = job.method.removesuffix("_lambda0")
+        algorithm, overrides = FEDERATED[CHOSEN[arm][job.target]]
+        if job.method != arm:
+            overrides = {**overrides, "adv_weight": 0.0}
     else:
         algorithm, overrides = FEDERATED[job.method]
     hp: dict[str, Any] = {

@@ -6,17 +6,18 @@
 set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+PLAIN="fedalign_lambda0.1 fedalign_lambda0.3 fedalign"
+SELECT="$PY -m bench.select --family digits --log bench/results/lambda-validation.jsonl --candidates $PLAIN"
 for T in mnist mnistm optdigits syn; do
   POOL=$(for d in mnist mnistm optdigits syn; do if [ $d != $T ]; then echo -n "$d "; fi; done)
-  LAM=$($PY -m bench.select_im --target $T --lambda-only)
-  IM=${LAM/fedalign_/fedalign_im_}
+  IM=$($SELECT --im --im-form --target $T)
   $PY -m bench.accuracy --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL --methods $IM \
      --json bench/results/im-validation.json --log bench/results/lambda-validation.jsonl
-  echo "CHOSEN $T $($PY -m bench.select_im --target $T)"
+  echo "CHOSEN $T $($SELECT --im --target $T)"
 done
-$PY -m bench.select_im
+$SELECT --im --write-recipe
 for T in mnist mnistm optdigits syn; do
-  LAM=$($PY -m bench.select_im --target $T --lambda-only)
-  $PY -m bench.accuracy --workers "${WORKERS:-1}" --seeds 0 1 --targets $T --methods ${LAM/fedalign_/fedalign_im_} \
+  IM=$($SELECT --im --im-form --target $T)
+  $PY -m bench.accuracy --workers "${WORKERS:-1}" --seeds 0 1 --targets $T --methods $IM \
      --json bench/results/im-final.json --log bench/results/im-final.jsonl
 done

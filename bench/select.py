@@ -7,6 +7,13 @@ never read. Ties go to the candidate listed first (list the most conservative fi
 
     python -m bench.select --family signals --log bench/results/signals-validation.jsonl \\
         --candidates fedalign_im_lambda0.1 fedalign_im_lambda0.3 fedalign_im_lambda1
+
+The recipe's procedure (`--im`): the adversarial weight is chosen among plain candidates first (no target
+terms), then the same tasks decide whether information maximisation on the target joins it (the candidate's
+`fedalign_im_lambda<λ>` form, adopted when its mean is higher: ties keep the simpler pipeline).
+
+    python -m bench.select --family digits --log bench/results/lambda-validation.jsonl \\
+        --candidates fedalign_lambda0.1 fedalign_lambda0.3 fedalign --im --write-recipe
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import FAMILIES, FEDERATED, SELECTIONS, VARIANT_SELECTIONS
+from bench.accuracy import FAMILIES, FEDERATED, RECIPE_SELECTIONS, SELECTIONS, VARIANT_SELECTIONS
 from fedalign.config import Hyperparameters
 
 
@@ -50,6 +57,29 @@ def choose(
     return next(m for m in candidates if means[m] == best), means
 
 
+def adv_weight(method: str) -> float:
+    """A candidate's lambda as its config has it (a preset's, or set beside it)."""
+    # A warm-up given as a share of the rounds is resolved per job (bench.accuracy): not needed here.
+    settings = {k: v for k, v in FEDERATED[method][1].items() if k != "target_warmup_rounds"}
+    return Hyperparameters.model_validate(settings).adv_weight
+
+
+def with_im(method: str) -> str:
+    """A plain candidate's form with information maximisation on the target: the recipe at its lambda."""
+    return f"fedalign_im_lambda{adv_weight(method):g}"
+
+
+def choose_recipe(
+    records: list[dict[str, Any]], domains: tuple[str, ...], target: str, candidates: list[str], steps: int
+) -> tuple[str | None, str | None, dict[str, float]]:
+    """(the plain candidate chosen, the final choice, every mean) for `target`; None while runs miss."""
+    plain, means = choose(records, domains, target, candidates, steps)
+    if plain is None:
+        return None, None, means
+    im, im_means = choose(records, domains, target, [plain, with_im(plain)], steps)
+    return plain, im, means | im_means
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -59,6 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", nargs="+", required=True)
     parser.add_argument("--steps", type=int, default=750)
     parser.add_argument("--target", default=None, help="Print only this target's choice.")
+    parser.add_argument(
+        "--im",
+        action="store_true",
+        help="The recipe's procedure: the candidates are plain (no target terms); per target the chosen "
+        "one's form with information maximisation is adopted when it validates better.",
+    )
     parser.add_argument(
         "--write",
         action="store_true",
@@ -71,9 +107,26 @@ def main(argv: list[str] | None = None) -> None:
         help=f"Record each target's chosen candidate in {VARIANT_SELECTIONS.name}, which fedalign_im_variant "
         "(and fedalign_im_variant_lambda0, the same pipeline with lambda 0) reads.",
     )
+    parser.add_argument(
+        "--im-form",
+        action="store_true",
+        help="With --im and --target: print the chosen plain candidate's form with information "
+        "maximisation, the runs the choice then needs.",
+    )
+    parser.add_argument(
+        "--write-recipe",
+        action="store_true",
+        help=f"With --im: record each target's final choice in {RECIPE_SELECTIONS.name}, which "
+        "fedalign_recipe (and fedalign_recipe_lambda0, the same pipeline with lambda 0) reads.",
+    )
     args = parser.parse_args(argv)
+    if args.write_recipe and not args.im:
+        parser.error("--write-recipe records the recipe's procedure: add --im")
     domains = FAMILIES[args.family].domains
     records = load(args.log)
+    if args.im:
+        recipe(args, domains, records)
+        return
     if args.target:
         chosen, _ = choose(records, domains, args.target, args.candidates, args.steps)
         print(chosen or "")
@@ -91,13 +144,39 @@ def main(argv: list[str] | None = None) -> None:
     if (args.write or args.write_variant) and len(chosen_methods) < len(domains):
         raise SystemExit("not every target has a choice yet: run the validation tasks first")
     if args.write:
-        # Each candidate's lambda as its config has it (a preset's, or set beside it).
-        weights = {
-            t: Hyperparameters.model_validate(FEDERATED[m][1]).adv_weight for t, m in chosen_methods.items()
-        }
-        _record(SELECTIONS, weights)
+        _record(SELECTIONS, {t: adv_weight(m) for t, m in chosen_methods.items()})
     if args.write_variant:
         _record(VARIANT_SELECTIONS, chosen_methods)
+
+
+def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dict[str, Any]]) -> None:
+    """The recipe's procedure: lambda on the plain candidates, then information maximisation or not."""
+    if args.target:
+        plain, chosen, _ = choose_recipe(records, domains, args.target, args.candidates, args.steps)
+        print((with_im(plain) if args.im_form and plain else chosen) or "")
+        return
+    print(
+        "| real target | validation pool | "
+        + " | ".join(f"λ={adv_weight(m):g}" for m in args.candidates)
+        + " | chosen λ | with IM | chosen |"
+    )
+    print("|---|---|" + "---|" * (len(args.candidates) + 3))
+    final: dict[str, str] = {}
+    for target in domains:
+        plain, chosen, means = choose_recipe(records, domains, target, args.candidates, args.steps)
+        pool = ", ".join(d for d in domains if d != target)
+        cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
+        im = with_im(plain) if plain else None
+        cells.append(f"λ={adv_weight(plain):g}" if plain else "—")
+        cells.append(f"{100 * means[im]:.1f}" if im in means else "—")
+        pick = "—" if chosen is None else ("with IM" if chosen == im else "without IM")
+        print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {pick} |")
+        if chosen:
+            final[target] = chosen
+    if args.write_recipe:
+        if len(final) < len(domains):
+            raise SystemExit("not every target has a choice yet: run the validation tasks first")
+        _record(RECIPE_SELECTIONS, final)
 
 
 def _record(path: Path, choices: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ PRESETS: dict[str, Mapping[str, Any]] = {
         "source_extractor": "restart",
         "target_extractor": "average",
         # lambda ramps up as in DANN (Ganin et al.) to a small ceiling, chosen on source-only validation
-        # tasks (bench/select_lambda.py): larger ones cost the sources' own accuracy.
+        # tasks (bench.select): larger ones cost the sources' own accuracy.
         "adv_schedule": "dann",
         "adv_weight": 0.1,
         # The target's confident pseudo-labels, and information maximisation (SHOT, Liang et al., ICML

@@ -67,19 +67,22 @@ def test_nothing_is_recorded_before_every_target_has_its_validation_runs(
     assert not selections.exists()
 
 
-@pytest.mark.parametrize("candidate", accuracy.VARIANTS)
+@pytest.mark.parametrize("arm", sorted(accuracy.CHOSEN))
+@pytest.mark.parametrize("candidate", [*accuracy.VARIANTS, "fedalign_lambda0.3", "fedalign"])
 def test_the_chosen_candidate_and_its_lambda0_arm_differ_in_the_adversarial_weight_only(
-    candidate: str, monkeypatch: pytest.MonkeyPatch
+    arm: str, candidate: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(accuracy.SELECTED_VARIANT, "lab", candidate)
+    monkeypatch.setitem(accuracy.CHOSEN[arm], "lab", candidate)
 
     def config(method: str) -> dict:
         job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
         return accuracy.federated_config(job).model_dump(mode="json")
 
-    chosen, without = config("fedalign_im_variant"), config("fedalign_im_variant_lambda0")
-    assert chosen["hyperparameters"]["adv_weight"] == 0.1 and without["hyperparameters"]["adv_weight"] == 0.0
-    assert chosen["hyperparameters"] == {**without["hyperparameters"], "adv_weight": 0.1}
+    chosen, without = config(arm), config(f"{arm}_lambda0")
+    weight = select.adv_weight(candidate)
+    assert weight > 0 and chosen["hyperparameters"]["adv_weight"] == weight
+    assert without["hyperparameters"]["adv_weight"] == 0.0
+    assert chosen["hyperparameters"] == {**without["hyperparameters"], "adv_weight": weight}
     assert {**chosen, "hyperparameters": None, "name": None} == {
         **without,
         "hyperparameters": None,
@@ -87,3 +90,84 @@ def test_the_chosen_candidate_and_its_lambda0_arm_differ_in_the_adversarial_weig
     }
     # The chosen arm is the candidate itself, as the validation tasks ran it.
     assert chosen == {**config(candidate), "name": chosen["name"]}
+
+
+def test_the_recipe_procedure_chooses_lambda_without_target_terms_then_adopts_them_only_when_better(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    selections = tmp_path / "selected-recipe.json"
+    monkeypatch.setattr(select, "RECIPE_SELECTIONS", selections)
+    plain = ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"]
+    means = {
+        # lambda 0.3 validates best without IM; its IM form (not lambda 0.1's) is what is compared.
+        "lab": {
+            "fedalign_lambda0.1": 0.40,
+            "fedalign_lambda0.3": 0.45,
+            "fedalign": 0.30,
+            "fedalign_im_lambda0.3": 0.50,
+            "fedalign_im_lambda0.1": 0.90,
+        },
+        # IM validates worse: the plain pipeline stays.
+        "field": {
+            "fedalign_lambda0.1": 0.56,
+            "fedalign_lambda0.3": 0.50,
+            "fedalign": 0.50,
+            "fedalign_im_lambda0.1": 0.55,
+        },
+        # A tie keeps the simpler pipeline; lambda 1 is the schema's `fedalign`.
+        "fast": {
+            "fedalign_lambda0.1": 0.60,
+            "fedalign_lambda0.3": 0.60,
+            "fedalign": 0.66,
+            "fedalign_im_lambda1": 0.66,
+        },
+        "smooth": {
+            "fedalign_lambda0.1": 0.44,
+            "fedalign_lambda0.3": 0.44,
+            "fedalign": 0.40,
+            "fedalign_im_lambda0.1": 0.47,
+        },
+    }
+    log = validation_log(tmp_path / "v.jsonl", means)
+    argv = ["--family", "signals", "--log", str(log), "--candidates", *plain, "--im"]
+    select.main([*argv, "--write-recipe"])
+    capsys.readouterr()
+    assert json.loads(selections.read_text()) == {
+        "lab": "fedalign_im_lambda0.3",
+        "field": "fedalign_lambda0.1",
+        "fast": "fedalign",
+        "smooth": "fedalign_im_lambda0.1",  # a tie among lambdas goes to the first listed
+    }
+    # What the procedure runs next for a target: its chosen lambda's form with the target terms.
+    for target, form in {"lab": "fedalign_im_lambda0.3", "fast": "fedalign_im_lambda1"}.items():
+        select.main([*argv, "--target", target, "--im-form"])
+        assert capsys.readouterr().out == f"{form}\n"
+
+
+@pytest.mark.parametrize("plain", ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"])
+def test_the_im_form_of_a_plain_candidate_adds_the_target_terms_and_nothing_else(plain: str) -> None:
+    def hyperparameters(method: str) -> dict:
+        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
+        return accuracy.federated_config(job).model_dump(mode="json")["hyperparameters"]
+
+    with_im, without = hyperparameters(select.with_im(plain)), hyperparameters(plain)
+    added = {k: v for k, v in with_im.items() if with_im[k] != without[k] and k != "preset"}
+    assert added == accuracy.IM
+
+
+def test_the_recipe_is_not_recorded_while_an_im_form_has_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    selections = tmp_path / "selected-recipe.json"
+    monkeypatch.setattr(select, "RECIPE_SELECTIONS", selections)
+    plain = ["fedalign_lambda0.1", "fedalign"]
+    means = {t: {"fedalign_lambda0.1": 0.5, "fedalign": 0.4} for t in ("lab", "field", "fast", "smooth")}
+    means["lab"]["fedalign_im_lambda0.1"] = 0.6
+    log = validation_log(tmp_path / "v.jsonl", means)
+    argv = ["--family", "signals", "--log", str(log), "--candidates", *plain, "--im"]
+    with pytest.raises(SystemExit, match="not every target"):
+        select.main([*argv, "--write-recipe"])
+    assert not selections.exists()
+    with pytest.raises(SystemExit):  # the recipe's record needs the recipe's procedure
+        select.main(["--family", "signals", "--log", str(log), "--candidates", *plain, "--write-recipe"])
+    assert not selections.exists()
