@@ -115,8 +115,8 @@ bench-lambda: setup
 bench-ablation: setup
 	PY=$(BIN)/python bench/ablation_study.sh
 
-# The second benchmark family (signals): lambda chosen on source-only validation tasks, then the same
-# paired table on five seeds (about an hour on two cores; resumable).
+# The second benchmark family (signals): the recipe's procedure (lambda, then IM or not) on source-only
+# validation tasks, then the paired table on five seeds (about an hour on two cores; resumable).
 bench-signals: setup
 	PY=$(BIN)/python bench/signals_study.sh
 
