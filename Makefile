@@ -133,7 +133,7 @@ bench-guard: setup
 	$(BIN)/python -m bench.guard --family signals --validation bench/results/signals-validation.jsonl \
 		--final bench/results/signals.jsonl
 	$(BIN)/python -m bench.guard --family digits --validation bench/results/lambda-validation.jsonl \
-		--final bench/results/ablation.jsonl
+		--final bench/results/ablation.jsonl --recipe-arm fedalign_im_selected
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(FRONTEND)/node_modules $(FRONTEND)/dist $(DOCS_SITE)
