@@ -156,7 +156,10 @@ CHOSEN: dict[str, dict[str, str]] = {
     "fedalign_im_variant": SELECTED_VARIANT,
     "fedalign_recipe": SELECTED_RECIPE,
 }
-FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for arm in CHOSEN)}
+# The recipe with lambda set from the domain gap measured at the start of training (bench.gap) in place of
+# the lambda chosen on validation tasks; its lambda-0 twin is fedalign_recipe_lambda0.
+GAP_ARM = "fedalign_recipe_gap"
+FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for arm in CHOSEN), GAP_ARM}
 CENTRAL = ("target_oracle", "dann_central")
 DEFAULT_METHODS = (
     "target_oracle",
@@ -192,10 +195,16 @@ class Job:
         return "|".join(str(v) for v in parts)
 
 
-def federated_config(job: Job) -> Any:
+def federated_config(job: Job, adv_weight: float | None = None) -> Any:
+    """The job's federation; ``adv_weight``: the gap arm's lambda, measured for this job (bench.gap)."""
     from fedalign.config import FederationConfig, Hyperparameters
 
-    if job.method == "fedalign_im_selected":
+    if job.method == GAP_ARM:
+        if adv_weight is None:
+            raise ValueError(f"{GAP_ARM} needs the lambda measured for its job (bench.gap)")
+        algorithm, overrides = FEDERATED[SELECTED_RECIPE[job.target]]
+        overrides = {**overrides, "adv_weight": adv_weight}
+    elif job.method == "fedalign_im_selected":
         algorithm, overrides = "fedalign", {"preset": RECIPE, "adv_weight": SELECTED_LAMBDA[job.target]}
     elif job.method.removesuffix("_lambda0") in CHOSEN:
         arm = job.method.removesuffix("_lambda0")
@@ -261,10 +270,15 @@ def run_job(job: Job) -> dict[str, Any]:
     else:
         from fedalign.simulate import simulate
 
-        result = simulate(federated_config(job))
+        gap: dict[str, float] = {}
+        if job.method == GAP_ARM:
+            from bench import gap as gap_rule
+
+            gap = gap_rule.measure(job)
+        result = simulate(federated_config(job, gap_rule.weight(gap["gap_pad"]) if gap else None))
         final = result.final_metrics
         acc = final["target_acc"]
-        extra = {k: v for k, v in final.items() if k != "target_acc"}
+        extra = {k: v for k, v in final.items() if k != "target_acc"} | gap
     return {
         "key": job.key,
         "method": job.method,

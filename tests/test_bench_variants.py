@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import accuracy, select
+from bench import accuracy, gap, select
 
 POOL = {"lab": ("field", "fast", "smooth")}
 
@@ -171,3 +171,40 @@ def test_the_recipe_is_not_recorded_while_an_im_form_has_not_run(
     with pytest.raises(SystemExit):  # the recipe's record needs the recipe's procedure
         select.main(["--family", "signals", "--log", str(log), "--candidates", *plain, "--write-recipe"])
     assert not selections.exists()
+
+
+@pytest.mark.parametrize(("pad", "weight"), [(-0.3, 0.0), (0.0, 0.0), (0.5, 0.25), (2.0, 1.0)])
+def test_the_gap_rule_weighs_alignment_by_the_measured_divergence(pad: float, weight: float) -> None:
+    # A PAD below 0 (a discriminator worse than chance on held-out features) is no gap, not a negative weight.
+    assert gap.weight(pad) == weight
+
+
+def test_the_gap_arm_is_the_recipe_with_the_measured_lambda_and_needs_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(accuracy.SELECTED_RECIPE, "lab", "fedalign_im_lambda0.1")
+
+    def config(method: str, adv_weight: float | None = None) -> dict:
+        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
+        return accuracy.federated_config(job, adv_weight).model_dump(mode="json")
+
+    with pytest.raises(ValueError, match="measured"):
+        config(accuracy.GAP_ARM)
+    measured, recipe = config(accuracy.GAP_ARM, 0.37), config("fedalign_recipe")
+    assert measured["hyperparameters"] == {**recipe["hyperparameters"], "adv_weight": 0.37}
+    assert {**measured, "hyperparameters": None, "name": None} == {
+        **recipe,
+        "hyperparameters": None,
+        "name": None,
+    }
+
+
+def test_the_gap_is_measured_on_the_recipe_pipeline_without_alignment() -> None:
+    """A real measurement (signals, the first tenth of a 100-step run): the fresh discriminator's accuracy of
+    the lambda-0 pipeline, and its proxy A-distance as the metrics define it."""
+    signals = accuracy.FAMILIES["signals"]
+    job = accuracy.Job(accuracy.GAP_ARM, "fast", 0, 100, 64, 0.01, "dann", signals.domains, signals.name)
+    measured = gap.measure(job)
+    assert 0.0 <= measured["gap_disc_acc_fresh"] <= 1.0
+    assert measured["gap_pad"] == pytest.approx(2 * (1 - 2 * (1 - measured["gap_disc_acc_fresh"])))
+    assert measured == gap.measure(job), "the same seed measures the same gap"
