@@ -11,15 +11,18 @@ bound is what alignment can reduce). `fedalign_recipe_gap` runs the recipe with 
 one chosen on validation tasks.
 
     python -m bench.gap --family signals --seeds 0 1 2 3 4
+    python -m bench.gap --family signals --log bench/results/signals.jsonl   # the gaps its runs measured
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from bench import accuracy
@@ -67,26 +70,47 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        help=f"Read the gaps {accuracy.GAP_ARM}'s runs measured (bench.accuracy's log) instead of measuring.",
+    )
     args = parser.parse_args(argv)
     family = accuracy.FAMILIES[args.family]
-    jobs = [
-        accuracy.Job("fedalign_recipe_gap", t, s, args.steps, 64, 0.01, "dann", family.domains, family.name)
-        for t in family.domains
-        for s in args.seeds
-    ]
-    with ProcessPoolExecutor(args.workers) as pool:
-        results = list(pool.map(measure, jobs))
+    measured: dict[str, list[dict[str, float]]] = {t: [] for t in family.domains}
+    if args.log:
+        for line in args.log.read_text().splitlines():
+            run = json.loads(line) if line.strip() else {}
+            if run.get("method") != accuracy.GAP_ARM or run["seed"] not in args.seeds:
+                continue
+            if run["target"] in measured:
+                measured[run["target"]].append(run["final_metrics"])
+    else:
+        jobs = [
+            accuracy.Job(accuracy.GAP_ARM, t, s, args.steps, 64, 0.01, "dann", family.domains, family.name)
+            for t in family.domains
+            for s in args.seeds
+        ]
+        with ProcessPoolExecutor(args.workers) as pool:
+            for job, result in zip(jobs, pool.map(measure, jobs), strict=True):
+                measured[job.target].append(result)
     print("| real target | fresh discriminator accuracy | PAD | λ = PAD / 2 |")
     print("|---|---|---|---|")
-    for target in family.domains:
-        rows = [r for j, r in zip(jobs, results, strict=True) if j.target == target]
-        cells = []
-        for key, scale in (("gap_disc_acc_fresh", 1.0), ("gap_pad", 1.0)):
-            values = [scale * r[key] for r in rows]
-            cells.append(f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}")
-        lams = [weight(r["gap_pad"]) for r in rows]
-        cells.append(f"{statistics.fmean(lams):.2f} ({min(lams):.2f} to {max(lams):.2f})")
+    for target, rows in measured.items():
+        if not rows:
+            print(f"| {target} | — | — | — |")
+            continue
+        cells = [_spread([r[key] for r in rows]) for key in ("gap_disc_acc_fresh", "gap_pad")]
+        weights = [weight(r["gap_pad"]) for r in rows]
+        cells.append(f"{statistics.fmean(weights):.2f} ({min(weights):.2f} to {max(weights):.2f})")
         print(f"| {target} | " + " | ".join(cells) + " |")
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 # the source-only validation tasks (each real target left out of the pool: its labels are never read), seed
 # 0, 750 steps. bench.select then chooses, per real target, the candidate with the best mean validation
 # accuracy (--write-variant), and the chosen candidate runs on the real target with five paired seeds beside
-# the same pipeline with lambda = 0.
+# the same pipeline with lambda = 0. Then the recipe with lambda set from the domain gap (bench.gap).
 # Resumable; one torch thread per run.
 set -e
 cd "$(dirname "$0")/.."
@@ -24,4 +24,13 @@ for FAMILY in ${FAMILIES:-signals digits}; do
   $PY -m bench.accuracy --family $FAMILY --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods fedalign_im_variant fedalign_im_variant_lambda0 \
     --json bench/results/variants.json --log bench/results/variants.jsonl
+done
+# Lambda from the domain gap measured at the start of each run (bench.gap) instead of validation tasks: the
+# recipe with that lambda, paired with the recipe's runs (bench/signals_study.sh, bench/ablation_study.sh).
+for FAMILY in ${FAMILIES:-signals digits}; do
+  LOG=bench/results/signals.jsonl
+  if [ $FAMILY = digits ]; then LOG=bench/results/ablation.jsonl; fi
+  $PY -m bench.accuracy --family $FAMILY --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe_gap --json bench/results/gap-$FAMILY.json --log $LOG
+  $PY -m bench.gap --family $FAMILY --seeds ${SEEDS:-0 1 2 3 4} --log $LOG
 done

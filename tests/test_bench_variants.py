@@ -208,3 +208,23 @@ def test_the_gap_is_measured_on_the_recipe_pipeline_without_alignment() -> None:
     assert 0.0 <= measured["gap_disc_acc_fresh"] <= 1.0
     assert measured["gap_pad"] == pytest.approx(2 * (1 - 2 * (1 - measured["gap_disc_acc_fresh"])))
     assert measured == gap.measure(job), "the same seed measures the same gap"
+
+
+def test_the_gap_table_reads_what_the_gap_arm_measured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run(method: str, target: str, seed: int, acc: float) -> str:
+        metrics = {"gap_disc_acc_fresh": acc, "gap_pad": 2 * (1 - 2 * (1 - acc))}
+        return json.dumps({"method": method, "target": target, "seed": seed, "final_metrics": metrics}) + "\n"
+
+    log = tmp_path / "runs.jsonl"
+    log.write_text(
+        run(accuracy.GAP_ARM, "lab", 0, 0.55)
+        + run(accuracy.GAP_ARM, "lab", 1, 0.65)
+        + run(accuracy.GAP_ARM, "lab", 9, 1.0)  # a seed not asked for
+        + run("fedalign_recipe", "lab", 2, 1.0)  # another arm
+    )
+    gap.main(["--family", "signals", "--seeds", "0", "1", "--log", str(log)])
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()}
+    assert rows["lab"] == "| lab | 0.60 ± 0.07 | 0.40 ± 0.28 | 0.20 (0.10 to 0.30) |"
+    assert rows["fast"] == "| fast | — | — | — |"
