@@ -86,6 +86,12 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_conditional": ("fedalign", {**FEDALIGN, "conditional": True}),
     "fedalign_target_local": ("fedalign", {**FEDALIGN, "target_extractor": "local"}),
     "fedalign_target_none": ("fedalign", {**FEDALIGN, "target_extractor": "none"}),
+    # A diagnostic of the pipeline's own cost against FedAvg: at lambda 0 nothing trains the target's
+    # extractor, so averaging it into G_agg only damps the sources' updates; here it stays out.
+    "fedalign_no_adversarial_target_none": (
+        "fedalign",
+        {**FEDALIGN, "adv_weight": 0.0, "target_extractor": "none"},
+    ),
     "fedalign_shared_bn": ("fedalign", {**FEDALIGN, "local_params": "none"}),
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
