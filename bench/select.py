@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.write_recipe and not args.im:
         parser.error("--write-recipe records the recipe's procedure: add --im")
+    if args.im_form and not (args.im and args.target):
+        parser.error("--im-form prints one target's next runs: add --im and --target")
     domains = FAMILIES[args.family].domains
     records = load(args.log)
     if args.im:
