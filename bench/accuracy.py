@@ -146,22 +146,25 @@ VARIANTS = (
 # on the target; `fedalign_im_variant` runs it, `fedalign_im_variant_lambda0` the same pipeline with lambda 0.
 VARIANT_SELECTIONS = SELECTIONS.with_name("selected-variant.json")
 # The recipe's whole procedure per target (bench.select --im --write-recipe): lambda chosen among the plain
-# candidates, then information maximisation on the target adopted or not, on the same validation tasks.
+# candidates, then information maximisation on the target adopted or not, on the same validation tasks;
+# and the same procedure on three validation seeds instead of one.
 RECIPE_SELECTIONS = SELECTIONS.with_name("selected-recipe.json")
+# An arm that runs, per target, the FEDERATED method recorded for it in its file; its `<arm>_lambda0` twin
+# runs the same pipeline with lambda 0 (the paired ablation of the adversarial term).
+CHOICE_FILES: dict[str, Path] = {
+    "fedalign_im_variant": VARIANT_SELECTIONS,
+    "fedalign_recipe": RECIPE_SELECTIONS,
+    "fedalign_recipe_3seeds": SELECTIONS.with_name("selected-recipe-3seeds.json"),
+}
 
 
 def _choices(path: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-SELECTED_VARIANT: dict[str, str] = _choices(VARIANT_SELECTIONS)
-SELECTED_RECIPE: dict[str, str] = _choices(RECIPE_SELECTIONS)
-# An arm that runs, per target, the FEDERATED method chosen for it; its `<arm>_lambda0` twin runs the same
-# pipeline with lambda 0 (the paired ablation of the adversarial term).
-CHOSEN: dict[str, dict[str, str]] = {
-    "fedalign_im_variant": SELECTED_VARIANT,
-    "fedalign_recipe": SELECTED_RECIPE,
-}
+CHOSEN: dict[str, dict[str, str]] = {arm: _choices(path) for arm, path in CHOICE_FILES.items()}
+SELECTED_VARIANT = CHOSEN["fedalign_im_variant"]
+SELECTED_RECIPE = CHOSEN["fedalign_recipe"]
 # The recipe with lambda set from the domain gap measured at the start of training (bench.gap) in place of
 # the lambda chosen on validation tasks; its lambda-0 twin is fedalign_recipe_lambda0.
 GAP_ARM = "fedalign_recipe_gap"
@@ -380,12 +383,14 @@ def main(argv: list[str] | None = None) -> None:
     missing = [t for t in args.targets if t not in SELECTED_LAMBDA]
     if "fedalign_im_selected" in args.methods and missing:
         parser.error(f"no lambda has been selected for {', '.join(missing)} (SELECTED_LAMBDA)")
-    unchosen = [t for t in args.targets if t not in SELECTED_VARIANT]
-    if {"fedalign_im_variant", "fedalign_im_variant_lambda0"} & set(args.methods) and unchosen:
-        parser.error(
-            f"no candidate recipe has been chosen for {', '.join(unchosen)}: run bench/variants_study.sh "
-            f"(its validation tasks and bench.select --write-variant write {VARIANT_SELECTIONS.name})"
-        )
+    for arm, choices in [*CHOSEN.items(), (GAP_ARM, SELECTED_RECIPE)]:
+        unchosen = [t for t in args.targets if t not in choices]
+        if {arm, f"{arm}_lambda0"} & set(args.methods) and unchosen:
+            file = CHOICE_FILES.get(arm, RECIPE_SELECTIONS).name
+            parser.error(
+                f"{arm}: nothing has been chosen for {', '.join(unchosen)} yet: run its validation tasks and "
+                f"bench.select, which writes {file}"
+            )
     log: Path = args.log or args.json.with_suffix(".jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     done: dict[str, dict[str, Any]] = {}

@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import FAMILIES, FEDERATED, RECIPE_SELECTIONS, SELECTIONS, VARIANT_SELECTIONS
+from bench.accuracy import CHOICE_FILES, FAMILIES, FEDERATED, SELECTIONS, VARIANT_SELECTIONS
 from fedalign.config import Hyperparameters
 
 
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--family", choices=list(FAMILIES), default="digits")
-    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument(
+        "--log", type=Path, nargs="+", required=True, help="Validation runs: one log, or several read as one."
+    )
     parser.add_argument("--candidates", nargs="+", required=True)
     parser.add_argument("--steps", type=int, default=750)
     parser.add_argument("--target", default=None, help="Print only this target's choice.")
@@ -115,9 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--write-recipe",
-        action="store_true",
-        help=f"With --im: record each target's final choice in {RECIPE_SELECTIONS.name}, which "
-        "fedalign_recipe (and fedalign_recipe_lambda0, the same pipeline with lambda 0) reads.",
+        nargs="?",
+        const="fedalign_recipe",
+        choices=[arm for arm in CHOICE_FILES if arm.startswith("fedalign_recipe")],
+        help="With --im: record each target's final choice for this arm (default fedalign_recipe; its "
+        "`_lambda0` twin runs the same pipeline with lambda 0) in its file, "
+        + ", ".join(f"{arm}: {path.name}" for arm, path in CHOICE_FILES.items())
+        + ".",
     )
     args = parser.parse_args(argv)
     if args.write_recipe and not args.im:
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.im_form and not (args.im and args.target):
         parser.error("--im-form prints one target's next runs: add --im and --target")
     domains = FAMILIES[args.family].domains
-    records = load(args.log)
+    records = [record for log in args.log for record in load(log)]
     if args.im:
         recipe(args, domains, records)
         return
@@ -178,7 +184,7 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
     if args.write_recipe:
         if len(final) < len(domains):
             raise SystemExit("not every target has a choice yet: run the validation tasks first")
-        _record(RECIPE_SELECTIONS, final)
+        _record(CHOICE_FILES[args.write_recipe], final)
 
 
 def _record(path: Path, choices: dict[str, Any]) -> None:

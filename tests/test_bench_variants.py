@@ -96,7 +96,7 @@ def test_the_recipe_procedure_chooses_lambda_without_target_terms_then_adopts_th
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     selections = tmp_path / "selected-recipe.json"
-    monkeypatch.setattr(select, "RECIPE_SELECTIONS", selections)
+    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe", selections)
     plain = ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"]
     means = {
         # lambda 0.3 validates best without IM; its IM form (not lambda 0.1's) is what is compared.
@@ -159,7 +159,7 @@ def test_the_recipe_is_not_recorded_while_an_im_form_has_not_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     selections = tmp_path / "selected-recipe.json"
-    monkeypatch.setattr(select, "RECIPE_SELECTIONS", selections)
+    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe", selections)
     plain = ["fedalign_lambda0.1", "fedalign"]
     means = {t: {"fedalign_lambda0.1": 0.5, "fedalign": 0.4} for t in ("lab", "field", "fast", "smooth")}
     means["lab"]["fedalign_im_lambda0.1"] = 0.6
@@ -228,3 +228,45 @@ def test_the_gap_table_reads_what_the_gap_arm_measured(
     rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()}
     assert rows["lab"] == "| lab | 0.60 ± 0.07 | 0.40 ± 0.28 | 0.20 (0.10 to 0.30) |"
     assert rows["fast"] == "| fast | — | — | — |"
+
+
+def test_validation_runs_on_more_seeds_are_read_from_several_logs_and_recorded_for_their_own_arm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one_seed, three_seeds = tmp_path / "recipe.json", tmp_path / "recipe-3seeds.json"
+    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe", one_seed)
+    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe_3seeds", three_seeds)
+    plain = ["fedalign_lambda0.1", "fedalign"]
+    targets = ("lab", "field", "fast", "smooth")
+    # Seed 0 puts IM ahead by a hair; two more seeds put it clearly behind.
+    seed0 = validation_log(
+        tmp_path / "seed0.jsonl",
+        {t: {"fedalign_lambda0.1": 0.50, "fedalign": 0.40, "fedalign_im_lambda0.1": 0.51} for t in targets},
+    )
+    more = validation_log(
+        tmp_path / "seeds12.jsonl",
+        {t: {"fedalign_lambda0.1": 0.50, "fedalign": 0.40, "fedalign_im_lambda0.1": 0.40} for t in targets},
+    )
+    argv = ["--family", "signals", "--candidates", *plain, "--im"]
+    select.main(["--log", str(seed0), *argv, "--write-recipe"])
+    select.main(["--log", str(seed0), str(more), *argv, "--write-recipe", "fedalign_recipe_3seeds"])
+    capsys.readouterr()
+    assert json.loads(one_seed.read_text()) == dict.fromkeys(targets, "fedalign_im_lambda0.1")
+    assert json.loads(three_seeds.read_text()) == dict.fromkeys(targets, "fedalign_lambda0.1")
+
+
+@pytest.mark.parametrize(
+    "method", ["fedalign_recipe_3seeds", "fedalign_recipe_3seeds_lambda0", accuracy.GAP_ARM]
+)
+def test_an_arm_whose_choice_is_not_recorded_is_refused_before_anything_runs(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for arm in accuracy.CHOSEN:
+        monkeypatch.setitem(accuracy.CHOSEN, arm, {})
+    monkeypatch.setattr(accuracy, "SELECTED_RECIPE", accuracy.CHOSEN["fedalign_recipe"])
+    log = tmp_path / "runs.jsonl"
+    argv = ["--family", "signals", "--methods", method, "--targets", "lab", "--log", str(log)]
+    with pytest.raises(SystemExit):
+        accuracy.main([*argv, "--json", str(tmp_path / "runs.json")])
+    assert "nothing has been chosen for lab" in capsys.readouterr().err
+    assert not log.exists()
