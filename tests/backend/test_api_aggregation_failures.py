@@ -188,14 +188,13 @@ def test_a_job_whose_runner_stopped_is_run_again_by_the_sweep_once_its_lease_exp
     finish_and_compare(api, fid, runners, specs)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # PostgreSQL has no database-wide write lock
 def test_a_sweep_with_no_lease_to_release_does_not_wait_for_the_write_lock(
     api: Api, vector_specs: Callable[[], dict[str, str]]
 ) -> None:
     """SQLite has one writer at a time. A sweep pass (every 2 s) that has no expired lease to release must
     not queue for that lock, or it holds up the nodes' claims and submissions behind it: with another writer
     holding the database, an impatient sweeper (no busy wait) still dispatches the pending job."""
-    if not api.services.db.sqlite:
-        pytest.skip("PostgreSQL has no database-wide write lock")
     waiting = disc_job_waiting(api, vector_specs())
     impatient = Sweeper(
         Database(make_engine(str(api.services.db.engine.url), busy_timeout_ms=0)),
