@@ -146,8 +146,8 @@ VARIANTS = (
 # on the target; `fedalign_im_variant` runs it, `fedalign_im_variant_lambda0` the same pipeline with lambda 0.
 VARIANT_SELECTIONS = SELECTIONS.with_name("selected-variant.json")
 # The recipe's whole procedure per target (bench.select --im --write-recipe): lambda chosen among the plain
-# candidates, then information maximisation on the target adopted or not, on the same validation tasks;
-# and the same procedure on three validation seeds instead of one.
+# candidates, then information maximisation on the target adopted or not, on the same validation tasks
+# (`fedalign_recipe_3seeds`: the same procedure on three validation seeds instead of one).
 RECIPE_SELECTIONS = SELECTIONS.with_name("selected-recipe.json")
 # An arm that runs, per target, the FEDERATED method recorded for it in its file; its `<arm>_lambda0` twin
 # runs the same pipeline with lambda 0 (the paired ablation of the adversarial term).
@@ -280,11 +280,13 @@ def run_job(job: Job) -> dict[str, Any]:
         from fedalign.simulate import simulate
 
         gap: dict[str, float] = {}
+        adv_weight = None
         if job.method == GAP_ARM:
-            from bench import gap as gap_rule
+            from bench import gap as gap_rule  # here: bench.gap imports this module
 
             gap = gap_rule.measure(job)
-        result = simulate(federated_config(job, gap_rule.weight(gap["gap_pad"]) if gap else None))
+            adv_weight = gap_rule.weight(gap["gap_pad"])
+        result = simulate(federated_config(job, adv_weight))
         final = result.final_metrics
         acc = final["target_acc"]
         extra = {k: v for k, v in final.items() if k != "target_acc"} | gap
