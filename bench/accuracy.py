@@ -125,14 +125,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_im_sources": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "adv_sides": "sources"}),
     "fedalign_im_warmup": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "target_warmup_rounds": "10%"}),
 }
-# The recipe with lambda chosen per target on the source-only validation tasks, never on the target.
-# Digits: bench.select --im on bench/results/lambda-validation.jsonl (bench/
-# lambda_study.sh, bench/im_study.sh). Signals: bench.select on bench/results/signals-validation.jsonl
-# (bench/signals_study.sh).
-SELECTED_LAMBDA = {"mnist": 0.1, "mnistm": 0.1, "optdigits": 0.1, "syn": 0.3}
 SELECTIONS = Path(__file__).resolve().parent / "results" / "selected-lambda.json"  # bench.select --write
-if SELECTIONS.exists():
-    SELECTED_LAMBDA |= {t: w for t, w in json.loads(SELECTIONS.read_text()).items() if t not in DOMAINS}
 # The candidate recipes for making the alignment add accuracy (bench/variants_study.sh), the recipe at
 # lambda 0.1 first: bench.select breaks ties towards the first listed.
 VARIANTS = (
@@ -165,6 +158,24 @@ def _choices(path: Path) -> dict[str, str]:
 CHOSEN: dict[str, dict[str, str]] = {arm: _choices(path) for arm, path in CHOICE_FILES.items()}
 SELECTED_VARIANT = CHOSEN["fedalign_im_variant"]
 SELECTED_RECIPE = CHOSEN["fedalign_recipe"]
+
+
+def adv_weight(method: str) -> float:
+    """A FEDERATED method's lambda as its config has it (a preset's, or set beside it)."""
+    from fedalign.config import Hyperparameters
+
+    # A warm-up given as a share of the rounds is resolved per job (federated_config): not needed here.
+    settings = {k: v for k, v in FEDERATED[method][1].items() if k != "target_warmup_rounds"}
+    return Hyperparameters.model_validate(settings).adv_weight
+
+
+# `fedalign_im_selected`: the recipe (information maximisation on) at the lambda chosen per target on the
+# source-only validation tasks, never on the target. Digits: the lambda of the recipe's procedure
+# (bench/lambda_study.sh, bench/im_study.sh), which keeps IM on every digits target, so that on digits the arm
+# runs exactly `fedalign_recipe`'s configurations (its logged runs carry this older name). Signals: the first
+# signals study's choice (bench.select --write on bench/results/signals-validation.jsonl), IM everywhere.
+SELECTED_LAMBDA = {t: adv_weight(m) for t, m in SELECTED_RECIPE.items() if t in DOMAINS}
+SELECTED_LAMBDA |= {t: w for t, w in _choices(SELECTIONS).items() if t not in DOMAINS}
 # The recipe with lambda set from the domain gap measured at the start of training (bench.gap) in place of
 # the lambda chosen on validation tasks; its lambda-0 twin is fedalign_recipe_lambda0.
 GAP_ARM = "fedalign_recipe_gap"

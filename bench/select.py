@@ -24,8 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import CHOICE_FILES, FAMILIES, FEDERATED, SELECTIONS, VARIANT_SELECTIONS
-from fedalign.config import Hyperparameters
+from bench.accuracy import CHOICE_FILES, FAMILIES, SELECTIONS, VARIANT_SELECTIONS, adv_weight
 
 
 def load(log: Path) -> list[dict[str, Any]]:
@@ -55,13 +54,6 @@ def choose(
         return None, means
     best = max(means.values())
     return next(m for m in candidates if means[m] == best), means
-
-
-def adv_weight(method: str) -> float:
-    """A candidate's lambda as its config has it (a preset's, or set beside it)."""
-    # A warm-up given as a share of the rounds is resolved per job (bench.accuracy): not needed here.
-    settings = {k: v for k, v in FEDERATED[method][1].items() if k != "target_warmup_rounds"}
-    return Hyperparameters.model_validate(settings).adv_weight
 
 
 def with_im(method: str) -> str:

@@ -270,3 +270,14 @@ def test_an_arm_whose_choice_is_not_recorded_is_refused_before_anything_runs(
         accuracy.main([*argv, "--json", str(tmp_path / "runs.json")])
     assert "nothing has been chosen for lab" in capsys.readouterr().err
     assert not log.exists()
+
+
+@pytest.mark.parametrize("target", accuracy.DOMAINS)
+def test_on_digits_the_older_recipe_arm_runs_the_recorded_procedure_choice_exactly(target: str) -> None:
+    # The digits paired runs carry the name fedalign_im_selected; its lambda is read from the procedure's
+    # record (selected-recipe.json), so the two names must be one configuration, or the docs' tables differ.
+    def config(method: str) -> dict:
+        job = accuracy.Job(method, target, 3, 1500, 64, 0.01, "dann")
+        return {**accuracy.federated_config(job).model_dump(mode="json"), "name": None}
+
+    assert config("fedalign_im_selected") == config("fedalign_recipe")
