@@ -194,15 +194,24 @@ def test_a_sweep_with_no_lease_to_release_does_not_wait_for_the_write_lock(
 ) -> None:
     """SQLite has one writer at a time. A sweep pass (every 2 s) that has no expired lease to release must
     not queue for that lock, or it holds up the nodes' claims and submissions behind it: with another writer
-    holding the database, an impatient sweeper (no busy wait) still dispatches the pending job."""
-    waiting = disc_job_waiting(api, vector_specs())
+    holding the database, an impatient sweeper (no busy wait) still dispatches the pending job, which runs
+    once the lock is free, and the run ends with the simulator's numbers."""
+    specs = vector_specs()
+    waiting = disc_job_waiting(api, specs)
+    fid = waiting.fid
     impatient = Sweeper(
         Database(make_engine(str(api.services.db.engine.url), busy_timeout_ms=0)),
         api.services.orchestrator,
         api.services.dispatcher,
     )
     calls: list[list[int]] = []
-    api.services.dispatcher.dispatch = lambda job_ids, again=False: calls.append(list(job_ids))  # type: ignore[method-assign]
+    dispatch = api.services.dispatcher.dispatch
+
+    def recording(job_ids: Any, again: bool = False) -> None:
+        calls.append(list(job_ids))
+        dispatch(job_ids, again=again)
+
+    api.services.dispatcher.dispatch = recording
     try:
         with api.services.db.write() as session:
             session.execute(select(1))  # the write transaction begins (BEGIN IMMEDIATE): the lock is held
@@ -210,6 +219,8 @@ def test_a_sweep_with_no_lease_to_release_does_not_wait_for_the_write_lock(
     finally:
         impatient.db.dispose()
     assert (report.dispatched, calls) == (1, [[waiting.job_id]])
+    wait_until(lambda: job(api, fid)["status"] == "done")
+    finish_and_compare(api, fid, waiting.runners, specs)
 
 
 class HeldStore(ArtifactStore):
