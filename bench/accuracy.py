@@ -92,6 +92,10 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
         "fedalign",
         {**FEDALIGN, "adv_weight": 0.0, "target_extractor": "none"},
     ),
+    # A diagnostic of the same cost: FedAvg with its step scaled by the sources' share of G_agg on the signals
+    # family (three of four equal-sized domains), the step the sources' task gets once the target's copy,
+    # which takes no labelled step, is averaged in (LR_SCALE).
+    "fedavg_lr_x0.75": ("fedavg", {"local_steps": 1}),
     "fedalign_shared_bn": ("fedalign", {**FEDALIGN, "local_params": "none"}),
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
@@ -125,6 +129,8 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_im_sources": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "adv_sides": "sources"}),
     "fedalign_im_warmup": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "target_warmup_rounds": "10%"}),
 }
+# Arms whose learning rate is the job's times a factor (every other arm runs at the job's lr).
+LR_SCALE = {"fedavg_lr_x0.75": 0.75}
 SELECTIONS = Path(__file__).resolve().parent / "results" / "selected-lambda.json"  # bench.select --write
 # The candidate recipes for making the alignment add accuracy (bench/variants_study.sh), the recipe at
 # lambda 0.1 first: bench.select breaks ties towards the first listed.
@@ -235,8 +241,8 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
         algorithm, overrides = FEDERATED[job.method]
     hp: dict[str, Any] = {
         "batch_size": job.batch_size,
-        "lr": job.lr,
-        "disc_lr": job.lr,
+        "lr": job.lr * LR_SCALE.get(job.method, 1.0),
+        "disc_lr": job.lr * LR_SCALE.get(job.method, 1.0),
         "lr_schedule": job.lr_schedule,
         **overrides,
     }

@@ -281,3 +281,14 @@ def test_on_digits_the_older_recipe_arm_runs_the_recorded_procedure_choice_exact
         return {**accuracy.federated_config(job).model_dump(mode="json"), "name": None}
 
     assert config("fedalign_im_selected") == config("fedalign_recipe")
+
+
+def test_the_scaled_step_diagnostic_is_fedavg_with_only_its_learning_rate_scaled() -> None:
+    def config(method: str) -> dict:
+        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
+        return {**accuracy.federated_config(job).model_dump(mode="json"), "name": None}
+
+    scaled, fedavg = config("fedavg_lr_x0.75"), config("fedavg")
+    lr = 0.01 * 0.75
+    assert scaled["hyperparameters"] == {**fedavg["hyperparameters"], "lr": lr, "disc_lr": lr}
+    assert {**scaled, "hyperparameters": None} == {**fedavg, "hyperparameters": None}
