@@ -154,7 +154,12 @@ CHOICE_FILES: dict[str, Path] = {
     "fedalign_im_variant": VARIANT_SELECTIONS,
     "fedalign_recipe": RECIPE_SELECTIONS,
     "fedalign_recipe_3seeds": SELECTIONS.with_name("selected-recipe-3seeds.json"),
+    # The recipe's choices with the target's copy kept out of G_agg and its training kept as its own offset
+    # on G_agg (bench.residual), a candidate tried after those choices were made: the same record.
+    "fedalign_recipe_residual": RECIPE_SELECTIONS,
 }
+# Arms whose target runs bench.residual's runtime; their target's G never enters G_agg.
+RESIDUAL = {"fedalign_recipe_residual", "fedalign_recipe_residual_lambda0"}
 
 
 def _choices(path: Path) -> dict[str, str]:
@@ -239,6 +244,8 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
             overrides = {**overrides, "adv_weight": 0.0}
     else:
         algorithm, overrides = FEDERATED[job.method]
+    if job.method in RESIDUAL:
+        overrides = {**overrides, "target_warmup_rounds": "100%"}
     hp: dict[str, Any] = {
         "batch_size": job.batch_size,
         "lr": job.lr * LR_SCALE.get(job.method, 1.0),
@@ -250,8 +257,9 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
         {k: v for k, v in hp.items() if k != "target_warmup_rounds"}
     ).local_steps  # the preset's, or the schema's default
     rounds = max(1, job.steps // local_steps)
-    if hp.get("target_warmup_rounds") == "10%":  # a share of the budget's rounds
-        hp["target_warmup_rounds"] = rounds // 10
+    warmup = hp.get("target_warmup_rounds")
+    if isinstance(warmup, str) and warmup.endswith("%"):  # a share of the budget's rounds
+        hp["target_warmup_rounds"] = rounds * int(warmup.removesuffix("%")) // 100
     hp["eval_every"] = max(1, job.steps // local_steps)  # evaluate once, at the end
     family = FAMILIES[job.family]
     nodes = [{"name": d, "role": "source", "dataset": family.spec(d)} for d in job.sources]
@@ -303,7 +311,12 @@ def run_job(job: Job) -> dict[str, Any]:
 
             gap = gap_rule.measure(job)
             adv_weight = gap_rule.weight(gap["gap_pad"])
-        result = simulate(federated_config(job, adv_weight))
+        if job.method in RESIDUAL:
+            from bench import residual
+
+            result = residual.simulate(federated_config(job))
+        else:
+            result = simulate(federated_config(job, adv_weight))
         final = result.final_metrics
         acc = final["target_acc"]
         extra = {k: v for k, v in final.items() if k != "target_acc"} | gap
