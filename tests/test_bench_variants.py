@@ -88,8 +88,10 @@ def test_the_chosen_candidate_and_its_lambda0_arm_differ_in_the_adversarial_weig
         "hyperparameters": None,
         "name": None,
     }
-    # The chosen arm is the candidate itself, as the validation tasks ran it.
-    assert chosen == {**config(candidate), "name": chosen["name"]}
+    # The chosen arm is the candidate itself, as the validation tasks ran it (a residual arm changes the
+    # target's runtime and keeps its copy out of G_agg: tests/test_bench_residual.py).
+    if arm not in accuracy.RESIDUAL:
+        assert chosen == {**config(candidate), "name": chosen["name"]}
 
 
 def test_the_recipe_procedure_chooses_lambda_without_target_terms_then_adopts_them_only_when_better(
