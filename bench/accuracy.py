@@ -154,9 +154,17 @@ CHOICE_FILES: dict[str, Path] = {
     "fedalign_im_variant": VARIANT_SELECTIONS,
     "fedalign_recipe": RECIPE_SELECTIONS,
     "fedalign_recipe_3seeds": SELECTIONS.with_name("selected-recipe-3seeds.json"),
-    # The recipe's choices with the target's copy kept out of G_agg and its training kept as its own offset
-    # on G_agg (bench.residual), a candidate tried after those choices were made: the same record.
+    # Candidates tried after the recipe's choices were made, on those same choices (the same record), each
+    # keeping the target's copy out of G_agg so that it no longer damps the sources' labelled step: its own
+    # training kept as an offset on G_agg (bench.residual), or no training of the target's G at all (the
+    # sources' adversarial term does all the aligning).
     "fedalign_recipe_residual": RECIPE_SELECTIONS,
+    "fedalign_recipe_target_none": RECIPE_SELECTIONS,
+}
+# What such an arm (and its lambda-0 twin) changes in the recorded choice.
+ARM_OVERRIDES: dict[str, dict[str, Any]] = {
+    "fedalign_recipe_residual": {"target_warmup_rounds": "100%"},
+    "fedalign_recipe_target_none": {"target_extractor": "none"},
 }
 # Arms whose target runs bench.residual's runtime; their target's G never enters G_agg.
 RESIDUAL = {"fedalign_recipe_residual", "fedalign_recipe_residual_lambda0"}
@@ -244,8 +252,7 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
             overrides = {**overrides, "adv_weight": 0.0}
     else:
         algorithm, overrides = FEDERATED[job.method]
-    if job.method in RESIDUAL:
-        overrides = {**overrides, "target_warmup_rounds": "100%"}
+    overrides = {**overrides, **ARM_OVERRIDES.get(job.method.removesuffix("_lambda0"), {})}
     hp: dict[str, Any] = {
         "batch_size": job.batch_size,
         "lr": job.lr * LR_SCALE.get(job.method, 1.0),

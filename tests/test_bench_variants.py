@@ -88,10 +88,19 @@ def test_the_chosen_candidate_and_its_lambda0_arm_differ_in_the_adversarial_weig
         "hyperparameters": None,
         "name": None,
     }
-    # The chosen arm is the candidate itself, as the validation tasks ran it (a residual arm changes the
-    # target's runtime and keeps its copy out of G_agg: tests/test_bench_residual.py).
-    if arm not in accuracy.RESIDUAL:
-        assert chosen == {**config(candidate), "name": chosen["name"]}
+    # The chosen arm is the candidate as the validation tasks ran it, changed only where the arm says so.
+    validated = config(candidate)
+    changed = {
+        k
+        for k in chosen["hyperparameters"]
+        if chosen["hyperparameters"][k] != validated["hyperparameters"][k]
+    }
+    assert changed == set(accuracy.ARM_OVERRIDES.get(arm, {}))
+    assert {**chosen, "hyperparameters": None, "name": None} == {
+        **validated,
+        "hyperparameters": None,
+        "name": None,
+    }
 
 
 def test_the_recipe_procedure_chooses_lambda_without_target_terms_then_adopts_them_only_when_better(
