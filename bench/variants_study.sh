@@ -34,3 +34,12 @@ for FAMILY in ${FAMILIES:-signals digits}; do
     --methods fedalign_recipe_gap --json bench/results/gap-$FAMILY.json --log $LOG
   $PY -m bench.gap --family $FAMILY --seeds ${SEEDS:-0 1 2 3 4} --log $LOG
 done
+# Signals only (four domains of equal size): FedAvg with its step scaled as averaging the target's copy scales
+# the sources' (a diagnostic), and two candidates that keep the target's copy out of G_agg on the recipe's
+# recorded choices: its training kept as an offset on G_agg (bench.residual), or none at all.
+if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
+  $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedavg_lr_x0.75 fedalign_recipe_residual fedalign_recipe_residual_lambda0 \
+    fedalign_recipe_target_none fedalign_recipe_target_none_lambda0 \
+    --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
+fi
