@@ -129,6 +129,19 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_im_sources": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "adv_sides": "sources"}),
     "fedalign_im_warmup": ("fedalign", {"preset": RECIPE, "adv_weight": 0.1, "target_warmup_rounds": "10%"}),
 }
+# The recipe's candidates with the target's copy kept out of G_agg (the target does not train G, the
+# sources' adversarial term does all the aligning): the procedure's last step (bench.select --target-out)
+# adopts a target's form when it validates better than the choice recorded for the target.
+TARGET_OUT = "_target_none"
+RECIPE_CANDIDATES = (
+    *("fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"),
+    *("fedalign_im_lambda0.1", "fedalign_im_lambda0.3", "fedalign_im_lambda1"),
+)
+FEDERATED |= {  # `fedalign_target_none`, the ablation arm, is already the form of `fedalign`
+    f"{name}{TARGET_OUT}": (FEDERATED[name][0], {**FEDERATED[name][1], "target_extractor": "none"})
+    for name in RECIPE_CANDIDATES
+    if f"{name}{TARGET_OUT}" not in FEDERATED
+}
 # Arms whose learning rate is the job's times a factor (every other arm runs at the job's lr).
 LR_SCALE = {"fedavg_lr_x0.75": 0.75}
 SELECTIONS = Path(__file__).resolve().parent / "results" / "selected-lambda.json"  # bench.select --write
@@ -160,6 +173,8 @@ CHOICE_FILES: dict[str, Path] = {
     # sources' adversarial term does all the aligning).
     "fedalign_recipe_residual": RECIPE_SELECTIONS,
     "fedalign_recipe_target_none": RECIPE_SELECTIONS,
+    # The recipe's procedure with its last step: the target's copy kept out where that validates better.
+    "fedalign_recipe_target": SELECTIONS.with_name("selected-recipe-target.json"),
 }
 # What such an arm (and its lambda-0 twin) changes in the recorded choice.
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {

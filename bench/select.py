@@ -24,7 +24,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import CHOICE_FILES, FAMILIES, SELECTIONS, VARIANT_SELECTIONS, adv_weight
+from bench.accuracy import CHOICE_FILES, FAMILIES, SELECTIONS, TARGET_OUT, VARIANT_SELECTIONS, adv_weight
 
 
 def load(log: Path) -> list[dict[str, Any]]:
@@ -62,14 +62,26 @@ def with_im(method: str) -> str:
 
 
 def choose_recipe(
-    records: list[dict[str, Any]], domains: tuple[str, ...], target: str, candidates: list[str], steps: int
+    records: list[dict[str, Any]],
+    domains: tuple[str, ...],
+    target: str,
+    candidates: list[str],
+    steps: int,
+    target_out: bool = False,
 ) -> tuple[str | None, str | None, dict[str, float]]:
-    """(the plain candidate chosen, the final choice, every mean) for `target`; None while runs miss."""
+    """(the plain candidate chosen, the final choice, every mean) for `target`; None while runs miss.
+
+    With `target_out`, a last step: the choice's form with the target's copy kept out of G_agg
+    (`<choice>_target_none`) is adopted when it validates better (a tie keeps the method's pipeline)."""
     plain, means = choose(records, domains, target, candidates, steps)
     if plain is None:
         return None, None, means
     im, im_means = choose(records, domains, target, [plain, with_im(plain)], steps)
-    return plain, im, means | im_means
+    means |= im_means
+    if im is None or not target_out:
+        return plain, im, means
+    final, out_means = choose(records, domains, target, [im, f"{im}{TARGET_OUT}"], steps)
+    return plain, final, means | out_means
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
         "maximisation, the runs the choice then needs.",
     )
     parser.add_argument(
+        "--target-out",
+        action="store_true",
+        help="With --im, the procedure's last step: per target, the choice's form with the target's copy "
+        f"kept out of G_agg (<choice>{TARGET_OUT}) is adopted when it validates better.",
+    )
+    parser.add_argument(
         "--write-recipe",
         nargs="?",
         const="fedalign_recipe",
@@ -118,8 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         + ".",
     )
     args = parser.parse_args(argv)
-    if args.write_recipe and not args.im:
-        parser.error("--write-recipe records the recipe's procedure: add --im")
+    if (args.write_recipe or args.target_out) and not args.im:
+        parser.error("--write-recipe and --target-out are the recipe's procedure: add --im")
     if args.im_form and not (args.im and args.target):
         parser.error("--im-form prints one target's next runs: add --im and --target")
     domains = FAMILIES[args.family].domains
@@ -152,24 +170,35 @@ def main(argv: list[str] | None = None) -> None:
 def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dict[str, Any]]) -> None:
     """The recipe's procedure: lambda on the plain candidates, then information maximisation or not."""
     if args.target:
-        plain, chosen, _ = choose_recipe(records, domains, args.target, args.candidates, args.steps)
+        plain, chosen, _ = choose_recipe(
+            records, domains, args.target, args.candidates, args.steps, args.target_out
+        )
         print((with_im(plain) if args.im_form and plain else chosen) or "")
         return
     print(
         "| real target | validation pool | "
         + " | ".join(f"λ={adv_weight(m):g}" for m in args.candidates)
-        + " | chosen λ | with IM | chosen |"
+        + " | chosen λ | with IM |"
+        + (" IM step | target's copy out |" if args.target_out else "")
+        + " chosen |"
     )
-    print("|---|---|" + "---|" * (len(args.candidates) + 3))
+    print("|---|---|" + "---|" * (len(args.candidates) + 3 + 2 * args.target_out))
     final: dict[str, str] = {}
     for target in domains:
-        plain, chosen, means = choose_recipe(records, domains, target, args.candidates, args.steps)
+        plain, step, means = choose_recipe(records, domains, target, args.candidates, args.steps)
+        chosen = step
+        if args.target_out:
+            _, chosen, means = choose_recipe(records, domains, target, args.candidates, args.steps, True)
         pool = ", ".join(d for d in domains if d != target)
         cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
         im = with_im(plain) if plain else None
         cells.append(f"λ={adv_weight(plain):g}" if plain else "—")
         cells.append(f"{100 * means[im]:.1f}" if im in means else "—")
-        pick = "—" if chosen is None else ("with IM" if chosen == im else "without IM")
+        pick = "—" if step is None else ("with IM" if step == im else "without IM")
+        if args.target_out:
+            out = f"{step}{TARGET_OUT}" if step else None
+            cells += [pick, f"{100 * means[out]:.1f}" if out in means else "—"]
+            pick = "—" if chosen is None else ("copy out" if chosen == out else "copy averaged")
         print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {pick} |")
         if chosen:
             final[target] = chosen

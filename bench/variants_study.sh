@@ -36,10 +36,25 @@ for FAMILY in ${FAMILIES:-signals digits}; do
 done
 # Signals only (four domains of equal size): FedAvg with its step scaled as averaging the target's copy scales
 # the sources' (a diagnostic), and two candidates that keep the target's copy out of G_agg on the recipe's
-# recorded choices: its training kept as an offset on G_agg (bench.residual), or none at all.
+# recorded choices: its training kept as an offset on G_agg (bench.residual), or none at all. Then the
+# recipe's procedure with a last step on the same validation tasks: per target, the choice's form with the
+# target's copy out, adopted where it validates better (bench.select --target-out), and its paired runs.
 if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods fedavg_lr_x0.75 fedalign_recipe_residual fedalign_recipe_residual_lambda0 \
     fedalign_recipe_target_none fedalign_recipe_target_none_lambda0 \
+    --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
+  SELECT="$PY -m bench.select --family signals --log bench/results/signals-validation.jsonl
+    --candidates fedalign_lambda0.1 fedalign_lambda0.3 fedalign --im"
+  DOMAINS="lab field fast smooth"
+  for T in $DOMAINS; do
+    POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
+    $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
+      --methods "$($SELECT --target $T)_target_none" --json bench/results/signals-validation.json \
+      --log bench/results/signals-validation.jsonl
+  done
+  $SELECT --target-out --write-recipe fedalign_recipe_target
+  $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe_target fedalign_recipe_target_lambda0 \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
 fi

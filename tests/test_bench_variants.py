@@ -303,3 +303,45 @@ def test_the_scaled_step_diagnostic_is_fedavg_with_only_its_learning_rate_scaled
     lr = 0.01 * 0.75
     assert scaled["hyperparameters"] == {**fedavg["hyperparameters"], "lr": lr, "disc_lr": lr}
     assert {**scaled, "hyperparameters": None} == {**fedavg, "hyperparameters": None}
+
+
+def test_the_procedure_keeps_the_target_copy_out_only_where_that_validates_better(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    selections = tmp_path / "selected-recipe-target.json"
+    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe_target", selections)
+    plain = ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"]
+    lambdas = {"fedalign_lambda0.1": 0.40, "fedalign_lambda0.3": 0.45, "fedalign": 0.30}
+    means = {
+        # The IM step keeps lambda 0.3's plain pipeline; its form with the copy out validates better.
+        "lab": {**lambdas, "fedalign_im_lambda0.3": 0.44, "fedalign_lambda0.3_target_none": 0.46},
+        # The IM step adopts IM; the copy-out form of that choice (not of the plain one) is compared.
+        "field": {
+            **lambdas,
+            "fedalign_im_lambda0.3": 0.50,
+            "fedalign_im_lambda0.3_target_none": 0.49,
+            "fedalign_lambda0.3_target_none": 0.90,
+        },
+        # A tie keeps the method's pipeline.
+        "fast": {**lambdas, "fedalign_im_lambda0.3": 0.40, "fedalign_lambda0.3_target_none": 0.45},
+        "smooth": {**lambdas, "fedalign_im_lambda0.3": 0.40, "fedalign_lambda0.3_target_none": 0.47},
+    }
+    log = validation_log(tmp_path / "v.jsonl", means)
+    argv = ["--family", "signals", "--log", str(log), "--candidates", *plain, "--im", "--target-out"]
+    select.main([*argv, "--write-recipe", "fedalign_recipe_target"])
+    capsys.readouterr()
+    assert json.loads(selections.read_text()) == {
+        "lab": "fedalign_lambda0.3_target_none",
+        "field": "fedalign_im_lambda0.3",
+        "fast": "fedalign_lambda0.3",
+        "smooth": "fedalign_lambda0.3_target_none",
+    }
+    # Until a choice's copy-out form has run on every validation task, nothing is recorded.
+    del means["smooth"]["fedalign_lambda0.3_target_none"]
+    validation_log(log, means)
+    selections.unlink()
+    with pytest.raises(SystemExit, match="not every target"):
+        select.main([*argv, "--write-recipe", "fedalign_recipe_target"])
+    assert not selections.exists()
+    with pytest.raises(SystemExit):
+        select.main(["--family", "signals", "--log", str(log), "--candidates", *plain, "--target-out"])
