@@ -15,6 +15,7 @@ runs already logged with the same budget, so a long benchmark can be resumed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import time
@@ -133,12 +134,13 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
 # sources' adversarial term does all the aligning): the procedure's last step (bench.select --target-out)
 # adopts a target's form when it validates better than the choice recorded for the target.
 TARGET_OUT = "_target_none"
+KEEP_TARGET_OUT: dict[str, Any] = {"target_extractor": "none"}  # what a TARGET_OUT form changes
 RECIPE_CANDIDATES = (
     *("fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"),
     *("fedalign_im_lambda0.1", "fedalign_im_lambda0.3", "fedalign_im_lambda1"),
 )
 FEDERATED |= {  # `fedalign_target_none`, the ablation arm, is already the form of `fedalign`
-    f"{name}{TARGET_OUT}": (FEDERATED[name][0], {**FEDERATED[name][1], "target_extractor": "none"})
+    f"{name}{TARGET_OUT}": (FEDERATED[name][0], {**FEDERATED[name][1], **KEEP_TARGET_OUT})
     for name in RECIPE_CANDIDATES
     if f"{name}{TARGET_OUT}" not in FEDERATED
 }
@@ -173,16 +175,28 @@ CHOICE_FILES: dict[str, Path] = {
     # sources' adversarial term does all the aligning).
     "fedalign_recipe_residual": RECIPE_SELECTIONS,
     "fedalign_recipe_target_none": RECIPE_SELECTIONS,
+    # The same choices with the target's copy kept in G_agg and a server step on G's average that restores
+    # the sources' step to its full size (bench.server_step).
+    "fedalign_recipe_server_step": RECIPE_SELECTIONS,
     # The recipe's procedure with its last step: the target's copy kept out where that validates better.
     "fedalign_recipe_target": SELECTIONS.with_name("selected-recipe-target.json"),
+    # That procedure's choices with the server step on G's average (which changes nothing where the
+    # target's copy is kept out).
+    "fedalign_recipe_target_server_step": SELECTIONS.with_name("selected-recipe-target.json"),
 }
 # What such an arm (and its lambda-0 twin) changes in the recorded choice.
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {
     "fedalign_recipe_residual": {"target_warmup_rounds": "100%"},
-    "fedalign_recipe_target_none": {"target_extractor": "none"},
+    "fedalign_recipe_target_none": KEEP_TARGET_OUT,
 }
-# Arms whose target runs bench.residual's runtime; their target's G never enters G_agg.
-RESIDUAL = {"fedalign_recipe_residual", "fedalign_recipe_residual_lambda0"}
+# Such arms (and their lambda-0 twins) that run a candidate's own simulator: the module of bench whose
+# `simulate(config)` runs them (bench.residual: the target's runtime swapped; bench.server_step: a server
+# step on G's average).
+SIMULATORS = {
+    "fedalign_recipe_residual": "residual",
+    "fedalign_recipe_server_step": "server_step",
+    "fedalign_recipe_target_server_step": "server_step",
+}
 
 
 def _choices(path: Path) -> dict[str, str]:
@@ -268,10 +282,11 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
     else:
         algorithm, overrides = FEDERATED[job.method]
     overrides = {**overrides, **ARM_OVERRIDES.get(job.method.removesuffix("_lambda0"), {})}
+    lr_scale = LR_SCALE.get(job.method, 1.0)
     hp: dict[str, Any] = {
         "batch_size": job.batch_size,
-        "lr": job.lr * LR_SCALE.get(job.method, 1.0),
-        "disc_lr": job.lr * LR_SCALE.get(job.method, 1.0),
+        "lr": job.lr * lr_scale,
+        "disc_lr": job.lr * lr_scale,
         "lr_schedule": job.lr_schedule,
         **overrides,
     }
@@ -333,10 +348,10 @@ def run_job(job: Job) -> dict[str, Any]:
 
             gap = gap_rule.measure(job)
             adv_weight = gap_rule.weight(gap["gap_pad"])
-        if job.method in RESIDUAL:
-            from bench import residual
-
-            result = residual.simulate(federated_config(job))
+        candidate = SIMULATORS.get(job.method.removesuffix("_lambda0"))
+        if candidate is not None:
+            # Imported here: bench.residual and bench.server_step import torch and the simulator.
+            result = importlib.import_module(f"bench.{candidate}").simulate(federated_config(job))
         else:
             result = simulate(federated_config(job, adv_weight))
         final = result.final_metrics
