@@ -29,6 +29,14 @@ def validation_log(path: Path, means: dict[str, dict[str, float]]) -> Path:
     return path
 
 
+def config_of(
+    method: str, target: str = "lab", family: str = "signals", adv_weight: float | None = None
+) -> dict:
+    """The federation an arm runs for one job (seed 3, the benchmark's budget), its name left out."""
+    job = accuracy.Job(method, target, 3, 1500, 64, 0.01, "dann", family=family)
+    return {**accuracy.federated_config(job, adv_weight).model_dump(mode="json"), "name": None}
+
+
 def test_the_best_validated_candidate_is_recorded_per_target(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -73,34 +81,21 @@ def test_the_chosen_candidate_and_its_lambda0_arm_differ_in_the_adversarial_weig
     arm: str, candidate: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(accuracy.CHOSEN[arm], "lab", candidate)
-
-    def config(method: str) -> dict:
-        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
-        return accuracy.federated_config(job).model_dump(mode="json")
-
-    chosen, without = config(arm), config(f"{arm}_lambda0")
+    chosen, without = config_of(arm), config_of(f"{arm}_lambda0")
     weight = select.adv_weight(candidate)
     assert weight > 0 and chosen["hyperparameters"]["adv_weight"] == weight
     assert without["hyperparameters"]["adv_weight"] == 0.0
     assert chosen["hyperparameters"] == {**without["hyperparameters"], "adv_weight": weight}
-    assert {**chosen, "hyperparameters": None, "name": None} == {
-        **without,
-        "hyperparameters": None,
-        "name": None,
-    }
+    assert {**chosen, "hyperparameters": None} == {**without, "hyperparameters": None}
     # The chosen arm is the candidate as the validation tasks ran it, changed only where the arm says so.
-    validated = config(candidate)
+    validated = config_of(candidate)
     changed = {
         k
         for k in chosen["hyperparameters"]
         if chosen["hyperparameters"][k] != validated["hyperparameters"][k]
     }
     assert changed == set(accuracy.ARM_OVERRIDES.get(arm, {}))
-    assert {**chosen, "hyperparameters": None, "name": None} == {
-        **validated,
-        "hyperparameters": None,
-        "name": None,
-    }
+    assert {**chosen, "hyperparameters": None} == {**validated, "hyperparameters": None}
 
 
 def test_the_recipe_procedure_chooses_lambda_without_target_terms_then_adopts_them_only_when_better(
@@ -157,11 +152,8 @@ def test_the_recipe_procedure_chooses_lambda_without_target_terms_then_adopts_th
 
 @pytest.mark.parametrize("plain", ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"])
 def test_the_im_form_of_a_plain_candidate_adds_the_target_terms_and_nothing_else(plain: str) -> None:
-    def hyperparameters(method: str) -> dict:
-        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
-        return accuracy.federated_config(job).model_dump(mode="json")["hyperparameters"]
-
-    with_im, without = hyperparameters(select.with_im(plain)), hyperparameters(plain)
+    with_im = config_of(select.with_im(plain))["hyperparameters"]
+    without = config_of(plain)["hyperparameters"]
     added = {k: v for k, v in with_im.items() if with_im[k] != without[k] and k != "preset"}
     assert added == accuracy.IM
 
@@ -194,20 +186,11 @@ def test_the_gap_arm_is_the_recipe_with_the_measured_lambda_and_needs_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(accuracy.SELECTED_RECIPE, "lab", "fedalign_im_lambda0.1")
-
-    def config(method: str, adv_weight: float | None = None) -> dict:
-        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
-        return accuracy.federated_config(job, adv_weight).model_dump(mode="json")
-
     with pytest.raises(ValueError, match="measured"):
-        config(accuracy.GAP_ARM)
-    measured, recipe = config(accuracy.GAP_ARM, 0.37), config("fedalign_recipe")
+        config_of(accuracy.GAP_ARM)
+    measured, recipe = config_of(accuracy.GAP_ARM, adv_weight=0.37), config_of("fedalign_recipe")
     assert measured["hyperparameters"] == {**recipe["hyperparameters"], "adv_weight": 0.37}
-    assert {**measured, "hyperparameters": None, "name": None} == {
-        **recipe,
-        "hyperparameters": None,
-        "name": None,
-    }
+    assert {**measured, "hyperparameters": None} == {**recipe, "hyperparameters": None}
 
 
 def test_the_gap_is_measured_on_the_recipe_pipeline_without_alignment() -> None:
@@ -287,19 +270,13 @@ def test_an_arm_whose_choice_is_not_recorded_is_refused_before_anything_runs(
 def test_on_digits_the_older_recipe_arm_runs_the_recorded_procedure_choice_exactly(target: str) -> None:
     # The digits paired runs carry the name fedalign_im_selected; its lambda is read from the procedure's
     # record (selected-recipe.json), so the two names must be one configuration, or the docs' tables differ.
-    def config(method: str) -> dict:
-        job = accuracy.Job(method, target, 3, 1500, 64, 0.01, "dann")
-        return {**accuracy.federated_config(job).model_dump(mode="json"), "name": None}
-
-    assert config("fedalign_im_selected") == config("fedalign_recipe")
+    assert config_of("fedalign_im_selected", target, "digits") == config_of(
+        "fedalign_recipe", target, "digits"
+    )
 
 
 def test_the_scaled_step_diagnostic_is_fedavg_with_only_its_learning_rate_scaled() -> None:
-    def config(method: str) -> dict:
-        job = accuracy.Job(method, "lab", 3, 1500, 64, 0.01, "dann", family="signals")
-        return {**accuracy.federated_config(job).model_dump(mode="json"), "name": None}
-
-    scaled, fedavg = config("fedavg_lr_x0.75"), config("fedavg")
+    scaled, fedavg = config_of("fedavg_lr_x0.75"), config_of("fedavg")
     lr = 0.01 * 0.75
     assert scaled["hyperparameters"] == {**fedavg["hyperparameters"], "lr": lr, "disc_lr": lr}
     assert {**scaled, "hyperparameters": None} == {**fedavg, "hyperparameters": None}
