@@ -32,7 +32,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from messaging.node_api import SecureSlot
+from messaging.node_api import BASE_SLOT, SecureSlot
 
 if TYPE_CHECKING:
     from fedalign.protocol import Aggregate
@@ -93,6 +93,8 @@ class StepSpec(BaseModel):
     key: str | None = None
     inputs: dict[str, str] = {}
     weights: dict[str, float] = {}
+    # ... stepped past its base (downloads["base"]) by this much (`fedalign.protocol.Aggregate`).
+    step: float = 1.0
     secure: dict[str, SecureSlot] = {}
 
     @property
@@ -121,6 +123,8 @@ class StepSpec(BaseModel):
             "inputs": dict(action.inputs),
             "weights": dict(action.weights),
         }
+        if action.base is not None:
+            fields |= {"downloads": {BASE_SLOT: action.base}, "step": action.step}
         if secure is not None:
             fields["secure"] = secure
         return cls(**fields)
@@ -290,6 +294,9 @@ class Aggregation(Base):
     phase: Mapped[str] = mapped_column(String(32))
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     weights: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The aggregate the average is stepped past, and by how much (`fedalign.protocol.Aggregate`).
+    base: Mapped[str | None] = mapped_column(String(255), default=None)
+    step: Mapped[float] = mapped_column(Float(precision=53), default=1.0, server_default="1")
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done|failed
     lease_owner: Mapped[str | None] = mapped_column(String(64), default=None)
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -176,7 +176,7 @@ CHOICE_FILES: dict[str, Path] = {
     "fedalign_recipe_residual": RECIPE_SELECTIONS,
     "fedalign_recipe_target_none": RECIPE_SELECTIONS,
     # The same choices with the target's copy kept in G_agg and a server step on G's average that restores
-    # the sources' step to its full size (bench.server_step).
+    # the sources' step to its full size (hyperparameters.server_step "target_share").
     "fedalign_recipe_server_step": RECIPE_SELECTIONS,
     # The recipe's procedure with its last step: the target's copy kept out where that validates better.
     "fedalign_recipe_target": SELECTIONS.with_name("selected-recipe-target.json"),
@@ -188,15 +188,12 @@ CHOICE_FILES: dict[str, Path] = {
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {
     "fedalign_recipe_residual": {"target_warmup_rounds": "100%"},
     "fedalign_recipe_target_none": KEEP_TARGET_OUT,
+    "fedalign_recipe_server_step": {"server_step": "target_share"},
+    "fedalign_recipe_target_server_step": {"server_step": "target_share"},
 }
 # Such arms (and their lambda-0 twins) that run a candidate's own simulator: the module of bench whose
-# `simulate(config)` runs them (bench.residual: the target's runtime swapped; bench.server_step: a server
-# step on G's average).
-SIMULATORS = {
-    "fedalign_recipe_residual": "residual",
-    "fedalign_recipe_server_step": "server_step",
-    "fedalign_recipe_target_server_step": "server_step",
-}
+# `simulate(config)` runs them (bench.residual: the target's runtime swapped).
+SIMULATORS = {"fedalign_recipe_residual": "residual"}
 
 
 def _choices(path: Path) -> dict[str, str]:
@@ -350,7 +347,7 @@ def run_job(job: Job) -> dict[str, Any]:
             adv_weight = gap_rule.weight(gap["gap_pad"])
         candidate = SIMULATORS.get(job.method.removesuffix("_lambda0"))
         if candidate is not None:
-            # Imported here: bench.residual and bench.server_step import torch and the simulator.
+            # Imported here: a candidate's module imports torch and the simulator.
             result = importlib.import_module(f"bench.{candidate}").simulate(federated_config(job))
         else:
             result = simulate(federated_config(job, adv_weight))

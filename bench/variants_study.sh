@@ -39,7 +39,7 @@ done
 # recorded choices: its training kept as an offset on G_agg (bench.residual), or none at all. Then the
 # recipe's procedure with a last step on the same validation tasks: per target, the choice's form with the
 # target's copy out, adopted where it validates better (bench.select --target-out), and its paired runs. Last,
-# a server step on G's average (bench.server_step).
+# a server step on G's average (hyperparameters.server_step).
 if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods fedavg_lr_x0.75 fedalign_recipe_residual fedalign_recipe_residual_lambda0 \
@@ -59,7 +59,7 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
     --methods fedalign_recipe_target fedalign_recipe_target_lambda0 \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
   # The target's copy averaged in and a server step on G's average that gives the sources' step its full size
-  # (bench.server_step), on the recipe's choices and on those of the procedure with its last step.
+  # (hyperparameters.server_step), on the recipe's choices and on those of the procedure with its last step.
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods fedalign_recipe_server_step fedalign_recipe_server_step_lambda0 \
     fedalign_recipe_target_server_step fedalign_recipe_target_server_step_lambda0 \

@@ -287,6 +287,36 @@ def average_states(
         return acc.result()
 
 
+# ---------------------------------------------------------------------------------------------------------
+# A server step past the average (hyperparameters.server_step)
+
+
+def step_past(
+    base: Mapping[str, torch.Tensor], average: Mapping[str, torch.Tensor], step: float
+) -> dict[str, torch.Tensor]:
+    """``base + step * (average - base)`` for each floating tensor of ``average``, computed where it
+    accumulates (`accumulator_dtype`) and cast back; integer tensors (counters) are kept as averaged.
+
+    ``base`` is the aggregate every averaged copy started from. The same function runs in the simulator, the
+    server's aggregation and a target that aggregates, so their results are bit-identical.
+    """
+    if not (math.isfinite(step) and step >= 1.0):
+        raise AggregationError(f"a server step must be finite and at least 1; got {step!r}")
+    missing = sorted(name for name in average if name not in base)
+    if missing:
+        raise AggregationError(f"the base aggregate lacks tensors {missing}")
+    result: dict[str, torch.Tensor] = {}
+    for name, value in average.items():
+        if not value.is_floating_point():
+            result[name] = value
+            continue
+        acc_dtype = accumulator_dtype(dtype_name(value.dtype))
+        start = base[name].to(device=value.device, dtype=acc_dtype)
+        moved = start + step * (value.to(acc_dtype) - start)
+        result[name] = moved.to(value.dtype)
+    return result
+
+
 def _header_of(state: Mapping[str, torch.Tensor]) -> dict[str, params.TensorEntry]:
     """A state dict described like a file header, so both paths share one set of checks."""
     return {

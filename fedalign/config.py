@@ -196,6 +196,16 @@ class Hyperparameters(_Strict):
             "train G (the sources' adversarial term does all the aligning)."
         ),
     ] = "average"
+    server_step: Annotated[
+        Literal["none", "target_share"],
+        Field(
+            description="'target_share': G_agg steps past the average of the copies of G, G_prev + eta "
+            "(average - G_prev) with eta = 1 / (1 - the target's weight in that average), so that averaging "
+            "in the target's copy, which takes no labelled step, does not shrink the sources' step (it "
+            "reaches G_agg at full size, as in FedAvg); where the target's copy is not in the average, eta "
+            "is 1. Needs sources that restart from the aggregates. 'none': G_agg is the average."
+        ),
+    ] = "none"
     local_params: Annotated[
         Literal["bn_stats", "bn", "none"],
         Field(description="What stays on the node: BatchNorm statistics, all of BatchNorm, or nothing."),
@@ -615,6 +625,19 @@ class FederationConfig(_Strict):
             raise ValueError(
                 f"differential privacy cannot be used with architecture {self.architecture!r}: Opacus "
                 f"cannot compute per-example gradients of it ({'; '.join(problems)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_server_step(self) -> FederationConfig:
+        hp = self.hyperparameters
+        if hp.server_step == "none":
+            return self
+        if self.algorithm == "fedalign" and hp.source_extractor == "keep":
+            raise ValueError(
+                "hyperparameters.server_step 'target_share' needs source_extractor 'restart': the step is "
+                "taken from the G_agg every copy of G started from, and sources that keep their own G do not "
+                "start from it"
             )
         return self
 

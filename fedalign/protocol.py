@@ -39,7 +39,7 @@ from fedalign.model_names import MODELS
 from fedalign.phases import PUBLISHED_MODEL, Phase, PhaseKind, Schedule
 from fedalign.privacy_accounting import check_before_round
 from fedalign.unmasking import Unmasking
-from fedalign.weighting import Contribution, weights
+from fedalign.weighting import Contribution, target_share_step, weights
 
 # A node runs its phase's kind of step, an aggregate step when it aggregates for the federation (the target
 # as aggregator), or a reveal step (secure aggregation's unmasking).
@@ -109,13 +109,19 @@ class RunStep:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """Average `inputs` (node -> submission key) with `weights` into `key`; `by` is "server" or a node."""
+    """Average `inputs` (node -> submission key) with `weights` into `key`; `by` is "server" or a node.
+
+    With a `base` (the aggregate every averaged copy started from), the result is the average stepped past
+    it: base + step * (average - base) (`fedalign.aggregate.step_past`; hyperparameters.server_step).
+    """
 
     key: str
     model: str
     inputs: dict[str, str]
     weights: dict[str, float]
     by: str
+    base: str | None = None
+    step: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -610,16 +616,30 @@ class Protocol:
             contributors = sorted(n for n, slots in self.state.done.items() if model in slots)
             if not contributors:
                 continue
+            node_weights = self.model_weights(model, contributors)
             result.append(
                 Aggregate(
                     key=aggregate_key(r, phase, model),
                     model=model,
                     inputs={n: submission_key(r, phase, model, n) for n in contributors},
-                    weights=self.model_weights(model, contributors),
+                    weights=node_weights,
                     by=by,
+                    **self._server_step(model, node_weights),
                 )
             )
         return result
+
+    def _server_step(self, model: str, node_weights: dict[str, float]) -> dict[str, Any]:
+        """An aggregate's `base` and `step` under hyperparameters.server_step (none: the plain average).
+
+        The target's share is read from the weights of the uploads present, so that with a source missing
+        the step still gives the present sources' step its full size.
+        """
+        share = node_weights.get(self.config.target.name, 0.0)
+        # Without the target, or with no source present, there is no damped sources' step to restore.
+        if model != "G" or self.hp.server_step == "none" or not 0.0 < share < 1.0:
+            return {}
+        return {"base": self.state.latest[model], "step": target_share_step(share)}
 
     def model_weights(self, model: str, nodes: list[str]) -> dict[str, float]:
         """Normalised weights of ``nodes``' submissions of ``model``, under the model's weighting scheme."""

@@ -23,7 +23,7 @@ import torch
 
 from fedalign import data as datasets
 from fedalign import secagg, secagg_shares
-from fedalign.aggregate import average_states
+from fedalign.aggregate import average_states, step_past
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
 from fedalign.failures import failure_reason, is_retryable
@@ -308,11 +308,14 @@ class Simulator:
             )
         if isinstance(action, Aggregate):
             if self.secure:
-                self.store[action.key] = self.secure.aggregate(action, self.store)
+                result = self.secure.aggregate(action, self.store)
             else:
-                self.store[action.key] = average_states(
+                result = average_states(
                     {node: self.store[key] for node, key in action.inputs.items()}, action.weights
                 )
+            if action.base is not None:
+                result = step_past(self.store[action.base], result, action.step)
+            self.store[action.key] = result
             for key in action.inputs.values():
                 del self.store[key]  # a submission is needed once
             actions = self.protocol.handle(AggregateDone(action.key))

@@ -82,3 +82,14 @@ def _check_contributions(contributions: Sequence[Contribution]) -> None:
             )
     if sum(c.role == "target" for c in contributions) > 1:
         raise AggregationError("more than one target contributes; a federation has exactly one")
+
+
+def target_share_step(share: float) -> float:
+    """The server step that undoes the damping of an average in which the target holds ``share``.
+
+    Every copy starts from G_prev; the target's takes no labelled step, so the sources' step reaches the
+    average at (1 - share) of its size. Stepping 1 / (1 - share) past G_prev gives it back its full size.
+    """
+    if not 0.0 <= share < 1.0:
+        raise AggregationError(f"the target's share of the average must be in [0, 1); got {share!r}")
+    return 1.0 / (1.0 - share)

@@ -29,6 +29,8 @@ TERMINAL_STATUSES: frozenset[FederationStatus] = frozenset({"finished", "cancell
 STATUS_HEADER = "FedAlign-Federation-Status"
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# The download slot of an aggregate step's base: the aggregate its average is stepped past (`Task.step`).
+BASE_SLOT = "base"
 
 
 def _canonical_32_bytes(value: str) -> str:
@@ -243,6 +245,12 @@ class Task(BaseModel):
     )
     inputs: dict[str, str] = Field(description="Aggregate steps: node -> URL of its submission.")
     weights: dict[str, float] = Field(description="Aggregate steps: node -> normalised weight.")
+    step: FiniteFloat = Field(
+        default=1.0,
+        ge=1.0,
+        description=f"Aggregate steps: the result is base + step * (average - base), base the artifact at "
+        f"downloads[{BASE_SLOT!r}] (fedalign.aggregate.step_past); 1 (and no base): the average itself.",
+    )
     secure: dict[str, SecureSlot] = Field(
         default_factory=dict,
         description="Secure aggregation, slot -> its masking: for a training step, the uploads to mask "

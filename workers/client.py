@@ -51,7 +51,7 @@ import torch
 
 from fedalign import data as datasets
 from fedalign import params, secagg, secagg_shares
-from fedalign.aggregate import average
+from fedalign.aggregate import average, step_past
 from fedalign.config import FederationConfig
 from fedalign.device import CPU, Device
 from fedalign.failures import failure_reason, is_retryable
@@ -61,7 +61,7 @@ from fedalign.node import StepResult, load_node_data
 from fedalign.protocol import StepSpec
 from messaging import multipart, node_api
 from messaging.heartbeat import Heartbeat
-from messaging.node_api import STATUS_HEADER, TERMINAL_STATUSES, Task
+from messaging.node_api import BASE_SLOT, STATUS_HEADER, TERMINAL_STATUSES, Task
 from workers.audit import AuditedTransport, AuditLog
 from workers.background_submit import BackgroundSubmitter, Submission
 from workers.reference_steps import ReferenceSteps
@@ -654,6 +654,11 @@ class NodeRunner:
         else:
             inputs = {node: self._fetch(url) for node, url in task.inputs.items()}
             result = average(inputs, task.weights, manifest.shared())
+        base_url = task.downloads.get(BASE_SLOT)
+        if base_url is not None:  # the server step (hyperparameters.server_step)
+            # The base is the G_agg this node's last step downloaded: its bytes are usually still here.
+            base = params.from_bytes(self._downloaded.get(base_url) or self._fetch(base_url))
+            result = step_past(base, result, task.step)
         return result
 
     @property

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -40,9 +41,9 @@ from backend.services import secure
 from backend.services.manifests import federation_manifest
 from backend.services.orchestrator import Orchestrator, Transaction, federation_config, protocol_state
 from backend.services.store import ArtifactStore, Staged
+from fedalign import params, secagg
 from fedalign import protocol as schedule
-from fedalign import secagg
-from fedalign.aggregate import StreamingAverage
+from fedalign.aggregate import StreamingAverage, step_past
 from fedalign.config import FederationConfig
 from fedalign.manifest import Manifest
 from fedalign.protocol import AggregateDone, ProtocolError
@@ -104,6 +105,9 @@ class _JobInputs:
     weights: dict[str, float]
     paths: dict[str, str]
     masked: tuple[dict[str, float], dict[str, secagg.SeedReveal]] | None = None
+    # The server step: the key of the aggregate the average is stepped past, and by how much.
+    base: str | None = None
+    step: float = 1.0
 
 
 class AggregationService:
@@ -200,16 +204,20 @@ class AggregationService:
     ) -> _JobInputs:
         """What averaging ``job`` reads from the database; `secagg.SecAggError` when a masked sum cannot be
         unmasked (too few share answers, or answers that do not agree)."""
+        keys = [*job.inputs.values(), *([job.base] if job.base is not None else [])]
         paths = {
             a.key: a.sha256
             for a in session.scalars(
-                select(Artifact).where(
-                    Artifact.federation_id == job.federation_id, Artifact.key.in_(list(job.inputs.values()))
-                )
+                select(Artifact).where(Artifact.federation_id == job.federation_id, Artifact.key.in_(keys))
             )
         }
         inputs = _JobInputs(
-            federation_manifest(federation).models[job.model], dict(job.inputs), dict(job.weights), paths
+            federation_manifest(federation).models[job.model],
+            dict(job.inputs),
+            dict(job.weights),
+            paths,
+            base=job.base,
+            step=job.step,
         )
         if config.secure_aggregation:
             # Every node masked with the weights of the phase's whole roster, fixed when it opened.
@@ -237,11 +245,20 @@ class AggregationService:
             total = secagg.MaskedSum(inputs.manifest, roster)
             for node, path in files:
                 total.offer(node, path)
-            return self.store.stage_state(total.unmask(seeds))
+            return self.store.stage_state(self._step_past(inputs, total.unmask(seeds)))
         average = StreamingAverage(inputs.manifest.shared(), inputs.weights)
         for node, path in files:
             average.offer(node, path)
-        return self.store.stage_state(average.result())
+        return self.store.stage_state(self._step_past(inputs, average.result()))
+
+    def _step_past(self, inputs: _JobInputs, result: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The average stepped past its base (hyperparameters.server_step), or the average itself."""
+        if inputs.base is None:
+            return result
+        if inputs.base not in inputs.paths:
+            raise FileNotFoundError(f"the base aggregate {inputs.base!r} is not in the store")
+        base = params.load_file(self.store.path(inputs.paths[inputs.base]))
+        return step_past(base, result, inputs.step)
 
     def _input_paths(self, inputs: dict[str, str], paths: dict[str, str]) -> list[tuple[str, Path]]:
         missing = sorted(k for k in inputs.values() if k not in paths)

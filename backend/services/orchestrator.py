@@ -338,6 +338,8 @@ class Transaction:
                     phase=phase,
                     inputs=dict(action.inputs),
                     weights=dict(action.weights),
+                    base=action.base,
+                    step=action.step,
                     status="pending",
                     attempts=0,
                 )

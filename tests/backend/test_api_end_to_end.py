@@ -26,12 +26,29 @@ def served_rounds(api: Api, federation_id: str) -> dict[int, dict[str, Any]]:
     return rounds
 
 
-@pytest.mark.parametrize("aggregator", ["server", "target"])
+# The server step (hyperparameters.server_step) steps G's average past the G_agg every copy started from.
+SERVER_STEP = {"local_steps": 2, "disc_steps": 2, "batch_size": 8, "source_extractor": "restart"}
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "hyperparameters"),
+    [
+        ("server", None),
+        ("target", None),
+        ("server", {**SERVER_STEP, "server_step": "target_share"}),
+        ("target", {**SERVER_STEP, "server_step": "target_share"}),
+    ],
+)
 def test_a_served_federation_equals_the_simulation_bitwise(
-    api: Api, vector_specs: Callable[[], dict[str, str]], aggregator: str
+    api: Api,
+    vector_specs: Callable[[], dict[str, str]],
+    aggregator: str,
+    hyperparameters: dict[str, Any] | None,
 ) -> None:
     specs = vector_specs()
     settings = tiny_settings(aggregator=aggregator)
+    if hyperparameters is not None:
+        settings["hyperparameters"] = hyperparameters
     federation, tokens = api.federation_with_nodes(specs, **settings)
     fid = federation["id"]
     api.start(fid)
@@ -50,6 +67,11 @@ def test_a_served_federation_equals_the_simulation_bitwise(
         }
     )
     reference = simulate(config)
+    if hyperparameters is not None:  # the step changed the run: the plain average would give other numbers
+        plain = config.model_copy(
+            update={"hyperparameters": config.hyperparameters.model_copy(update={"server_step": "none"})}
+        )
+        assert not torch.equal(simulate(plain).models["G"]["0.weight"], reference.models["G"]["0.weight"])
 
     expected = {r.round: r.to_json() for r in reference.rounds if r.metrics or r.nodes}
     assert served_rounds(api, fid) == expected

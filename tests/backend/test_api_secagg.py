@@ -278,6 +278,32 @@ def test_a_secure_served_federation_gives_the_simulators_numbers_from_masked_upl
             assert claimed.status_code == 403, claimed.text
 
 
+@pytest.mark.parametrize("aggregator", ["server", "target"])
+def test_a_secure_served_federation_with_the_server_step_gives_the_simulators_numbers(
+    api: Api, vector_specs: Callable[[], dict[str, str]], aggregator: str
+) -> None:
+    # The step is taken after the unmasking, on the sum the masks cancelled from.
+    specs = vector_specs()
+    hyperparameters = {
+        **tiny_settings()["hyperparameters"],
+        "source_extractor": "restart",
+        "server_step": "target_share",
+    }
+    settings = secure_settings(aggregator=aggregator, hyperparameters=hyperparameters)
+    federation, tokens = api.federation_with_nodes(specs, **settings)
+    fid = federation["id"]
+    api.start(fid)
+    drive(runners_for(api, tokens))
+    assert api.ok("GET", f"/api/v1/federations/{fid}")["status"] == "finished"
+
+    reference = simulate(config_of(settings, specs))
+    assert served_rounds(api, fid) == expected_rounds(reference)
+    model = api.request("GET", f"/api/v1/federations/{fid}/model")
+    assert model.content == params.to_bytes(reference.models["target_model"])
+    plain = simulate(config_of(settings, specs, hyperparameters={**hyperparameters, "server_step": "none"}))
+    assert not torch.equal(plain.models["G"]["0.weight"], reference.models["G"]["0.weight"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (c) a node that drops after masking
 

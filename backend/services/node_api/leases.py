@@ -182,6 +182,7 @@ def task_of(step: Step, node: NodeCredential, base_url: str, lease_seconds: floa
         heartbeat_s=round(lease_seconds / HEARTBEATS_PER_LEASE, 3),  # a readable number on the wire
         inputs={name: f"{api}/artifacts/{key}" for name, key in spec.inputs.items()},
         weights=dict(spec.weights),
+        step=spec.step,
         secure=dict(spec.secure),
         submit_url=None if step.kind == "reveal" else f"{api}/steps/{step.id}/submit",
     )

@@ -1753,6 +1753,7 @@ export interface components {
              *       "extractor_weighting": "samples",
              *       "source_extractor": "keep",
              *       "target_extractor": "average",
+             *       "server_step": "none",
              *       "local_params": "bn_stats",
              *       "pseudo_label_threshold": 0,
              *       "pseudo_label_weight": 1,
@@ -1940,6 +1941,13 @@ export interface components {
              * @enum {string}
              */
             target_extractor?: "average" | "local" | "none";
+            /**
+             * Server Step
+             * @description 'target_share': G_agg steps past the average of the copies of G, G_prev + eta (average - G_prev) with eta = 1 / (1 - the target's weight in that average), so that averaging in the target's copy, which takes no labelled step, does not shrink the sources' step (it reaches G_agg at full size, as in FedAvg); where the target's copy is not in the average, eta is 1. Needs sources that restart from the aggregates. 'none': G_agg is the average.
+             * @default none
+             * @enum {string}
+             */
+            server_step?: "none" | "target_share";
             /**
              * Local Params
              * @description What stays on the node: BatchNorm statistics, all of BatchNorm, or nothing.
@@ -3059,6 +3067,12 @@ export interface components {
             weights: {
                 [key: string]: number;
             };
+            /**
+             * Step
+             * @description Aggregate steps: the result is base + step * (average - base), base the artifact at downloads['base'] (fedalign.aggregate.step_past); 1 (and no base): the average itself.
+             * @default 1
+             */
+            step: number;
             /**
              * Secure
              * @description Secure aggregation, slot -> its masking: for a training step, the uploads to mask (fedalign.secagg.Masker); for a reveal step, what to reveal (POST the seeds to complete_url); for a target's aggregate step, the survivors' reveals to unmask the sum with (fedalign.secagg.MaskedSum).
@@ -6731,6 +6745,7 @@ export const hyperparametersDisc_weightingValues: ReadonlyArray<FlattenedDeepReq
 export const hyperparametersExtractor_weightingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["extractor_weighting"]> = ["samples", "uniform", "balanced"];
 export const hyperparametersSource_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["source_extractor"]> = ["keep", "restart"];
 export const hyperparametersTarget_extractorValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["target_extractor"]> = ["average", "local", "none"];
+export const hyperparametersServer_stepValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["server_step"]> = ["none", "target_share"];
 export const hyperparametersLocal_paramsValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["Hyperparameters"]["local_params"]> = ["bn_stats", "bn", "none"];
 export const initialModelOutMissingValues: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["InitialModelOut"]["missing"]> = ["manifest", "parameters"];
 export const joinTokenRolesAnyOf0Values: ReadonlyArray<FlattenedDeepRequired<components>["schemas"]["JoinToken"]["roles"]> = ["source", "target"];
