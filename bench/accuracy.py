@@ -144,6 +144,14 @@ FEDERATED |= {  # `fedalign_target_none`, the ablation arm, is already the form 
     for name in RECIPE_CANDIDATES
     if f"{name}{TARGET_OUT}" not in FEDERATED
 }
+# Their forms with the server step on G's average (hyperparameters.server_step): the procedure's step after
+# that (bench.select --server-step) adopts a target's form when it validates better than the choice so far.
+SERVER_STEP_FORM = "_server_step"
+STEPPED: dict[str, Any] = {"server_step": "target_share"}  # what a SERVER_STEP_FORM form changes
+FEDERATED |= {
+    f"{name}{SERVER_STEP_FORM}": (FEDERATED[name][0], {**FEDERATED[name][1], **STEPPED})
+    for name in RECIPE_CANDIDATES
+}
 # Arms whose learning rate is the job's times a factor (every other arm runs at the job's lr).
 LR_SCALE = {"fedavg_lr_x0.75": 0.75}
 SELECTIONS = Path(__file__).resolve().parent / "results" / "selected-lambda.json"  # bench.select --write
@@ -183,13 +191,15 @@ CHOICE_FILES: dict[str, Path] = {
     # That procedure's choices with the server step on G's average (which changes nothing where the
     # target's copy is kept out).
     "fedalign_recipe_target_server_step": SELECTIONS.with_name("selected-recipe-target.json"),
+    # The procedure with a step after its last: the server step adopted where that validates better.
+    "fedalign_recipe_stepped": SELECTIONS.with_name("selected-recipe-stepped.json"),
 }
 # What such an arm (and its lambda-0 twin) changes in the recorded choice.
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {
     "fedalign_recipe_residual": {"target_warmup_rounds": "100%"},
     "fedalign_recipe_target_none": KEEP_TARGET_OUT,
-    "fedalign_recipe_server_step": {"server_step": "target_share"},
-    "fedalign_recipe_target_server_step": {"server_step": "target_share"},
+    "fedalign_recipe_server_step": STEPPED,
+    "fedalign_recipe_target_server_step": STEPPED,
 }
 # Such arms (and their lambda-0 twins) that run a candidate's own simulator: the module of bench whose
 # `simulate(config)` runs them (bench.residual: the target's runtime swapped).

@@ -24,7 +24,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.accuracy import CHOICE_FILES, FAMILIES, SELECTIONS, TARGET_OUT, VARIANT_SELECTIONS, adv_weight
+from bench.accuracy import (
+    CHOICE_FILES,
+    FAMILIES,
+    SELECTIONS,
+    SERVER_STEP_FORM,
+    TARGET_OUT,
+    VARIANT_SELECTIONS,
+    adv_weight,
+)
 
 
 def load(log: Path) -> list[dict[str, Any]]:
@@ -68,20 +76,27 @@ def choose_recipe(
     candidates: list[str],
     steps: int,
     target_out: bool = False,
+    server_step: bool = False,
 ) -> tuple[str | None, str | None, dict[str, float]]:
     """(the plain candidate chosen, the final choice, every mean) for `target`; None while runs miss.
 
-    With `target_out`, a last step: the choice's form with the target's copy kept out of G_agg
-    (`<choice>_target_none`) is adopted when it validates better (a tie keeps the method's pipeline)."""
+    With `target_out`, a further step: the choice's form with the target's copy kept out of G_agg
+    (`<choice>_target_none`) is adopted when it validates better. With `server_step`, then, where the copy
+    stays averaged in: its form with the server step on G's average (`<choice>_server_step`), adopted when
+    it validates better. A tie keeps the choice so far."""
     plain, means = choose(records, domains, target, candidates, steps)
     if plain is None:
         return None, None, means
-    im, im_means = choose(records, domains, target, [plain, with_im(plain)], steps)
+    chosen, im_means = choose(records, domains, target, [plain, with_im(plain)], steps)
     means |= im_means
-    if im is None or not target_out:
-        return plain, im, means
-    final, out_means = choose(records, domains, target, [im, f"{im}{TARGET_OUT}"], steps)
-    return plain, final, means | out_means
+    if chosen is not None and target_out:
+        chosen, out_means = choose(records, domains, target, [chosen, f"{chosen}{TARGET_OUT}"], steps)
+        means |= out_means
+    if chosen is not None and server_step and not chosen.endswith(TARGET_OUT):
+        stepped = f"{chosen}{SERVER_STEP_FORM}"
+        chosen, step_means = choose(records, domains, target, [chosen, stepped], steps)
+        means |= step_means
+    return plain, chosen, means
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,6 +141,13 @@ def main(argv: list[str] | None = None) -> None:
         f"kept out of G_agg (<choice>{TARGET_OUT}) is adopted when it validates better.",
     )
     parser.add_argument(
+        "--server-step",
+        action="store_true",
+        help="With --im, a step after the others: per target whose choice keeps the target's copy in G_agg, "
+        f"its form with the server step on G's average (<choice>{SERVER_STEP_FORM}) is adopted when it "
+        "validates better.",
+    )
+    parser.add_argument(
         "--write-recipe",
         nargs="?",
         const="fedalign_recipe",
@@ -136,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         + ".",
     )
     args = parser.parse_args(argv)
-    if (args.write_recipe or args.target_out) and not args.im:
-        parser.error("--write-recipe and --target-out are the recipe's procedure: add --im")
+    if (args.write_recipe or args.target_out or args.server_step) and not args.im:
+        parser.error("--write-recipe, --target-out and --server-step are the recipe's procedure: add --im")
     if args.im_form and not (args.im and args.target):
         parser.error("--im-form prints one target's next runs: add --im and --target")
     domains = FAMILIES[args.family].domains
@@ -168,10 +190,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dict[str, Any]]) -> None:
-    """The recipe's procedure: lambda on the plain candidates, then information maximisation or not."""
+    """The recipe's procedure: lambda on the plain candidates, then information maximisation or not, then
+    (with --target-out, --server-step) the further steps."""
     if args.target:
         plain, chosen, _ = choose_recipe(
-            records, domains, args.target, args.candidates, args.steps, args.target_out
+            records, domains, args.target, args.candidates, args.steps, args.target_out, args.server_step
         )
         print((with_im(plain) if args.im_form and plain else chosen) or "")
         return
@@ -180,25 +203,38 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
         + " | ".join(f"λ={adv_weight(m):g}" for m in args.candidates)
         + " | chosen λ | with IM |"
         + (" IM step | target's copy out |" if args.target_out else "")
+        + (" copy step | server step |" if args.server_step else "")
         + " chosen |"
     )
-    print("|---|---|" + "---|" * (len(args.candidates) + 3 + 2 * args.target_out))
+    print("|---|---|" + "---|" * (len(args.candidates) + 3 + 2 * args.target_out + 2 * args.server_step))
     final: dict[str, str] = {}
     for target in domains:
         plain, step, means = choose_recipe(records, domains, target, args.candidates, args.steps)
-        chosen = step
-        if args.target_out:
-            _, chosen, means = choose_recipe(records, domains, target, args.candidates, args.steps, True)
         pool = ", ".join(d for d in domains if d != target)
         cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
         im = with_im(plain) if plain else None
         cells.append(f"λ={adv_weight(plain):g}" if plain else "—")
         cells.append(f"{100 * means[im]:.1f}" if im in means else "—")
         pick = "—" if step is None else ("with IM" if step == im else "without IM")
+        chosen = step
         if args.target_out:
+            _, chosen, means = choose_recipe(records, domains, target, args.candidates, args.steps, True)
             out = f"{step}{TARGET_OUT}" if step else None
             cells += [pick, f"{100 * means[out]:.1f}" if out in means else "—"]
             pick = "—" if chosen is None else ("copy out" if chosen == out else "copy averaged")
+        if args.server_step:
+            before = chosen
+            _, chosen, means = choose_recipe(
+                records, domains, target, args.candidates, args.steps, args.target_out, True
+            )
+            stepped = f"{before}{SERVER_STEP_FORM}" if before else None
+            cells += [pick, f"{100 * means[stepped]:.1f}" if stepped in means else "—"]
+            if chosen is None:
+                pick = "—"
+            elif before is not None and before.endswith(TARGET_OUT):
+                pick = "copy out (no step)"
+            else:
+                pick = "server step" if chosen == stepped else "plain average"
         print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {pick} |")
         if chosen:
             final[target] = chosen

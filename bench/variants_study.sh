@@ -64,4 +64,19 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
     --methods fedalign_recipe_server_step fedalign_recipe_server_step_lambda0 \
     fedalign_recipe_target_server_step fedalign_recipe_target_server_step_lambda0 \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
+  # The procedure with a step after its last, on the same validation tasks: where a target's choice keeps its
+  # copy averaged in, the form with the server step is adopted when it validates better (--server-step).
+  for T in $DOMAINS; do
+    POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
+    CHOICE=$($SELECT --target-out --target $T)
+    if [[ $CHOICE != *_target_none ]]; then
+      $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
+        --methods "${CHOICE}_server_step" --json bench/results/signals-validation.json \
+        --log bench/results/signals-validation.jsonl
+    fi
+  done
+  $SELECT --target-out --server-step --write-recipe fedalign_recipe_stepped
+  $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe_stepped fedalign_recipe_stepped_lambda0 \
+    --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
 fi
