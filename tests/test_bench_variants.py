@@ -322,3 +322,60 @@ def test_the_procedure_keeps_the_target_copy_out_only_where_that_validates_bette
     assert not selections.exists()
     with pytest.raises(SystemExit):
         select.main(["--family", "signals", "--log", str(log), "--candidates", *plain, "--target-out"])
+
+
+def test_the_procedure_takes_the_server_step_only_where_the_copy_is_averaged_and_it_validates_better(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    selections = tmp_path / "selected-recipe-stepped.json"
+    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe_stepped", selections)
+    plain = ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"]
+    lambdas = {"fedalign_lambda0.1": 0.40, "fedalign_lambda0.3": 0.45, "fedalign": 0.30}
+    means = {
+        # The copy stays averaged in; the stepped form of the choice so far validates better.
+        "lab": {
+            **lambdas,
+            "fedalign_im_lambda0.3": 0.44,
+            "fedalign_lambda0.3_target_none": 0.40,
+            "fedalign_lambda0.3_server_step": 0.46,
+        },
+        # IM is adopted: the stepped form of the IM choice (not of the plain one) is compared, and is worse.
+        "field": {
+            **lambdas,
+            "fedalign_im_lambda0.3": 0.50,
+            "fedalign_im_lambda0.3_target_none": 0.49,
+            "fedalign_im_lambda0.3_server_step": 0.49,
+            "fedalign_lambda0.3_server_step": 0.90,
+        },
+        # The copy is kept out: there is no server step to take (and none needs to have run).
+        "fast": {**lambdas, "fedalign_im_lambda0.3": 0.40, "fedalign_lambda0.3_target_none": 0.47},
+        # A tie keeps the plain average.
+        "smooth": {
+            **lambdas,
+            "fedalign_im_lambda0.3": 0.40,
+            "fedalign_lambda0.3_target_none": 0.44,
+            "fedalign_lambda0.3_server_step": 0.45,
+        },
+    }
+    log = validation_log(tmp_path / "v.jsonl", means)
+    argv = ["--family", "signals", "--log", str(log), "--candidates", *plain, "--im", "--target-out"]
+    select.main([*argv, "--server-step", "--write-recipe", "fedalign_recipe_stepped"])
+    assert json.loads(selections.read_text()) == {
+        "lab": "fedalign_lambda0.3_server_step",
+        "field": "fedalign_im_lambda0.3",
+        "fast": "fedalign_lambda0.3_target_none",
+        "smooth": "fedalign_lambda0.3",
+    }
+    # Each stepped form is its choice with the server step and nothing else.
+    stepped, choice = config_of("fedalign_lambda0.3_server_step"), config_of("fedalign_lambda0.3")
+    assert stepped["hyperparameters"] == {**choice["hyperparameters"], "server_step": "target_share"}
+    # Until the stepped form of a choice has run on every validation task, nothing is recorded.
+    del means["lab"]["fedalign_lambda0.3_server_step"]
+    validation_log(log, means)
+    selections.unlink()
+    with pytest.raises(SystemExit, match="not every target"):
+        select.main([*argv, "--server-step", "--write-recipe", "fedalign_recipe_stepped"])
+    assert not selections.exists()
+    with pytest.raises(SystemExit):
+        select.main(["--family", "signals", "--log", str(log), "--candidates", *plain, "--server-step"])
+    capsys.readouterr()
