@@ -93,7 +93,8 @@ class StepSpec(BaseModel):
     key: str | None = None
     inputs: dict[str, str] = {}
     weights: dict[str, float] = {}
-    # ... stepped past its base (downloads["base"]) by this much (`fedalign.protocol.Aggregate`).
+    # With a server step: how far past its base (the download in slot BASE_SLOT) the average is stepped
+    # (`fedalign.protocol.Aggregate`).
     step: float = 1.0
     secure: dict[str, SecureSlot] = {}
 
