@@ -203,7 +203,7 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
         + " | ".join(f"λ={adv_weight(m):g}" for m in args.candidates)
         + " | chosen λ | with IM |"
         + (" IM step | target's copy out |" if args.target_out else "")
-        + (" copy step | server step |" if args.server_step else "")
+        + (f" {'copy' if args.target_out else 'IM'} step | server step |" if args.server_step else "")
         + " chosen |"
     )
     print("|---|---|" + "---|" * (len(args.candidates) + 3 + 2 * args.target_out + 2 * args.server_step))

@@ -29,6 +29,18 @@ def validation_log(path: Path, means: dict[str, dict[str, float]]) -> Path:
     return path
 
 
+# The recipe's plain candidates, and validation means under which lambda 0.3 is the plain choice.
+PLAIN = ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"]
+LAMBDAS = {"fedalign_lambda0.1": 0.40, "fedalign_lambda0.3": 0.45, "fedalign": 0.30}
+
+
+def record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arm: str) -> Path:
+    """A per-target arm's record, moved to a temporary file for the test."""
+    path = tmp_path / f"{arm}.json"
+    monkeypatch.setitem(accuracy.CHOICE_FILES, arm, path)
+    return path
+
+
 def config_of(
     method: str, target: str = "lab", family: str = "signals", adv_weight: float | None = None
 ) -> dict:
@@ -285,10 +297,8 @@ def test_the_scaled_step_diagnostic_is_fedavg_with_only_its_learning_rate_scaled
 def test_the_procedure_keeps_the_target_copy_out_only_where_that_validates_better(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    selections = tmp_path / "selected-recipe-target.json"
-    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe_target", selections)
-    plain = ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"]
-    lambdas = {"fedalign_lambda0.1": 0.40, "fedalign_lambda0.3": 0.45, "fedalign": 0.30}
+    selections = record_file(tmp_path, monkeypatch, "fedalign_recipe_target")
+    plain, lambdas = PLAIN, LAMBDAS
     means = {
         # The IM step keeps lambda 0.3's plain pipeline; its form with the copy out validates better.
         "lab": {**lambdas, "fedalign_im_lambda0.3": 0.44, "fedalign_lambda0.3_target_none": 0.46},
@@ -327,10 +337,8 @@ def test_the_procedure_keeps_the_target_copy_out_only_where_that_validates_bette
 def test_the_procedure_takes_the_server_step_only_where_the_copy_is_averaged_and_it_validates_better(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    selections = tmp_path / "selected-recipe-stepped.json"
-    monkeypatch.setitem(accuracy.CHOICE_FILES, "fedalign_recipe_stepped", selections)
-    plain = ["fedalign_lambda0.1", "fedalign_lambda0.3", "fedalign"]
-    lambdas = {"fedalign_lambda0.1": 0.40, "fedalign_lambda0.3": 0.45, "fedalign": 0.30}
+    selections = record_file(tmp_path, monkeypatch, "fedalign_recipe_stepped")
+    plain, lambdas = PLAIN, LAMBDAS
     means = {
         # The copy stays averaged in; the stepped form of the choice so far validates better.
         "lab": {
