@@ -312,8 +312,12 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     algorithm.get_by_role("cell").last.wait_for()  # drawn once both federations' configs are in
     assert algorithm.get_by_role("cell").all_inner_texts() == ["fedalign", "fedavg"]
     assert diff.get_by_role("row", name="rounds").count() == 0  # the same in both: not listed
-    # Any metric either reports can be drawn: task_loss joins the charts, and the URL keeps the choice.
-    page.get_by_role("checkbox", name="task_loss").check()
+    # Any metric either reports can be drawn: task_loss joins the charts, and the URL keeps the choice. The
+    # box is checked from the URL, which the router updates after the click (not within it): `check()` would
+    # read the box too early, so the test clicks and waits for the box, as a person would see it.
+    task_loss = page.get_by_role("checkbox", name="task_loss")
+    task_loss.click()
+    expect(task_loss).to_be_checked(timeout=TIMEOUT_MS)
     page.wait_for_function(
         "() => document.querySelector('[data-testid=\"chart-compare-task-loss\"]')?.dataset.lines === '1'"
     )
