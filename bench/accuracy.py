@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import stamped, write_json
+from bench.harness import git_commit, stamped, write_json
 from fedalign.presets import PRESETS
 
 DOMAINS = ("mnist", "mnistm", "optdigits", "syn")
@@ -322,6 +323,19 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
     )
 
 
+def run_platform() -> dict[str, str]:
+    """What decides a run's floating-point results beside its code and seed: the torch build and the CPU
+    kernels it dispatches to. AVX2 and AVX-512 kernels round differently, and a digits run that starts from
+    the same seed ends a point or more apart on two such machines, so a log row says where it ran."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
+
+
 def run_job(job: Job) -> dict[str, Any]:
     import torch
 
@@ -376,6 +390,7 @@ def run_job(job: Job) -> dict[str, Any]:
         "target_acc": acc,
         "seconds": time.perf_counter() - start,
         "final_metrics": extra,
+        "platform": run_platform(),
     }
 
 
@@ -490,10 +505,11 @@ def main(argv: list[str] | None = None) -> None:
         datasets.load(family.spec(d))
 
     run: Callable[[Job], dict[str, Any]] = run_job
+    commit = git_commit()
     with ProcessPoolExecutor(max_workers=args.workers) as pool, log.open("a") as out:
         futures = {pool.submit(run, j): j for j in todo}
         for future in as_completed(futures):
-            record = future.result()
+            record = future.result() | {"commit": commit}
             done[record["key"]] = record
             out.write(json.dumps(record) + "\n")
             out.flush()
