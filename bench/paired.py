@@ -118,7 +118,31 @@ def tables(
                     data[arm] = by_seed(runs, arm, targets)
             cells = [paired(data[a][c], data[b][c]).cell() for c in columns]
             out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    note = platform_note(runs, set(data), targets)
+    if note:
+        out.append(f"\n{note}")
     return "\n".join(out)
+
+
+def platform_note(runs: list[dict[str, Any]], arms: set[str], targets: list[str]) -> str | None:
+    """A warning unless every compared run records one platform (bench.accuracy's `run_platform`): a seed
+    fixes the initialisation and every batch order on any machine, but other CPU kernels round differently,
+    so two runs of one seed on two platforms are not the same run: a pair differs by more than its arms."""
+    used = [r for r in runs if r["method"] in arms and r["target"] in targets]
+    known = sorted({json.dumps(r["platform"], sort_keys=True) for r in used if r.get("platform")})
+    unknown = sum(1 for r in used if not r.get("platform"))
+    if len(known) <= 1 and not unknown:
+        return None
+    where = "; ".join(f"{p['cpu_capability']} kernels, torch {p['torch']}" for p in map(json.loads, known))
+    parts = [f"the runs come from {len(known)} platforms ({where})"] if len(known) > 1 else []
+    if known and len(known) == 1:
+        parts.append(f"the recorded runs ran on {where}")
+    if unknown:
+        parts.append(f"{unknown} of {len(used)} runs record no platform")
+    return (
+        "Note: " + "; ".join(parts) + ". A seed fixes the initialisation and batch order everywhere, but "
+        "other CPU kernels round differently, so runs of one seed on two platforms are not the same run."
+    )
 
 
 def _seed_counts(data: dict[str, dict[str, dict[int, float]]], columns: list[str]) -> str:

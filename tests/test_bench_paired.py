@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.paired import AVERAGE, by_seed, paired
+from bench.paired import AVERAGE, by_seed, paired, platform_note, tables
 
 
 def test_paired_difference_uses_shared_seeds_and_students_t() -> None:
@@ -35,3 +35,25 @@ def test_the_average_over_targets_counts_only_seeds_that_ran_every_target() -> N
     ]
     table = by_seed(runs, "m", ["x", "y"])
     assert table[AVERAGE] == {0: pytest.approx(0.6)}
+
+
+def _run(method: str, seed: int, cpu: str | None) -> dict[str, object]:
+    platform = {"torch": "2.13.0+cpu", "cpu_capability": cpu, "machine": "x86_64"} if cpu else None
+    return {"method": method, "target": "x", "seed": seed, "target_acc": 0.5, "platform": platform}
+
+
+def test_pairs_from_one_recorded_platform_carry_no_note() -> None:
+    runs = [_run("a", 0, "AVX512"), _run("b", 0, "AVX512")]
+    assert platform_note(runs, {"a", "b"}, ["x"]) is None
+    assert "Note" not in tables(runs, ["a", "b"], [("a", "b")], ["x"])
+
+
+def test_pairs_across_platforms_or_of_unrecorded_platform_are_flagged() -> None:
+    mixed = [_run("a", 0, "AVX512"), _run("b", 0, "AVX2"), _run("c", 0, "AVX2")]
+    note = platform_note(mixed, {"a", "b"}, ["x"])
+    assert note is not None and "2 platforms (AVX2 kernels" in note and "AVX512 kernels" in note
+    assert platform_note(mixed, {"b", "c"}, ["x"]) is None  # only the compared arms count
+    old = [_run("a", 0, "AVX512"), _run("b", 0, None)]
+    note = platform_note(old, {"a", "b"}, ["x"])
+    assert note is not None and "1 of 2 runs record no platform" in note and "ran on AVX512" in note
+    assert note in tables(old, ["a", "b"], [("a", "b")], ["x"])
