@@ -19,12 +19,12 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import safetensors.torch
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from fedalign.manifest import Manifest, is_floating
 
@@ -129,6 +129,40 @@ def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     read_header(Path(path))
     try:
         return safetensors.torch.load_file(path)
+    except SafetensorError as exc:
+        raise ParameterError("corrupt", f"cannot read {path}: {exc}; {_SAFETENSORS_EXPECTED}") from exc
+
+
+class _FileTensors(Mapping[str, torch.Tensor]):
+    """A safetensors file's tensors by name, each read from the memory map when it is looked up."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._names = sorted(handle.keys())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._handle.get_tensor(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+@contextmanager
+def open_tensors(path: str | os.PathLike[str]) -> Iterator[Mapping[str, torch.Tensor]]:
+    """A stored file's tensors, each read when it is looked up: a pass that needs every tensor once holds
+    one of them at a time, not the whole file beside what it computes. The header is checked first."""
+    read_header(Path(path))
+    try:
+        with safe_open(os.fspath(path), framework="pt") as handle:
+            yield _FileTensors(handle)
     except SafetensorError as exc:
         raise ParameterError("corrupt", f"cannot read {path}: {exc}; {_SAFETENSORS_EXPECTED}") from exc
 

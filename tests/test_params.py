@@ -15,6 +15,7 @@ from fedalign.params import (
     ParameterError,
     from_bytes,
     load_file,
+    open_tensors,
     read_header,
     save_file,
     to_bytes,
@@ -109,6 +110,27 @@ def test_failed_save_keeps_the_previous_file(tmp_path: Path) -> None:
 
 
 # Header
+
+
+def test_open_tensors_reads_each_tensor_on_lookup_as_load_file_does(tmp_path: Path) -> None:
+    path = tmp_path / "p.safetensors"
+    state = {**shared_state(), "half": torch.tensor([1.5], dtype=torch.bfloat16)}
+    save_file(state, path)
+    with open_tensors(path) as tensors:
+        assert sorted(tensors) == sorted(state) and len(tensors) == len(state)
+        assert "fc.bias" in tensors and "absent" not in tensors
+        for name, tensor in load_file(path).items():
+            assert tensors[name].dtype == tensor.dtype and torch.equal(tensors[name], tensor)
+        with pytest.raises(KeyError):
+            tensors["absent"]
+
+
+def test_open_tensors_refuses_a_pickle_before_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "p.safetensors"
+    path.write_bytes(b"\x80\x04" + b"\x00" * 64)
+    with pytest.raises(ParameterError) as info, open_tensors(path):
+        pass
+    assert info.value.code == "corrupt"
 
 
 def test_read_header_gives_absolute_offsets() -> None:

@@ -257,8 +257,8 @@ class AggregationService:
             return result
         if inputs.base not in inputs.paths:
             raise FileNotFoundError(f"the base aggregate {inputs.base!r} is not in the store")
-        base = params.load_file(self.store.path(inputs.paths[inputs.base]))
-        return step_past(base, result, inputs.step)
+        with params.open_tensors(self.store.path(inputs.paths[inputs.base])) as base:
+            return step_past(base, result, inputs.step)
 
     def _input_paths(self, inputs: dict[str, str], paths: dict[str, str]) -> list[tuple[str, Path]]:
         missing = sorted(k for k in inputs.values() if k not in paths)
