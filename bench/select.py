@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,18 @@ def with_im(method: str) -> str:
     return f"fedalign_im_lambda{adv_weight(method):g}"
 
 
+@dataclass(frozen=True)
+class RecipeSteps:
+    """What each step of the recipe's procedure chose for one target; None where its runs are missing. A
+    step not asked for keeps the step before's choice."""
+
+    plain: str | None  # the plain candidate (lambda)
+    im: str | None  # after the information maximisation step
+    copy: str | None  # after the target's-copy-out step (--target-out)
+    final: str | None  # after the server step (--server-step)
+    means: dict[str, float]
+
+
 def choose_recipe(
     records: list[dict[str, Any]],
     domains: tuple[str, ...],
@@ -77,8 +90,8 @@ def choose_recipe(
     steps: int,
     target_out: bool = False,
     server_step: bool = False,
-) -> tuple[str | None, str | None, dict[str, float]]:
-    """(the plain candidate chosen, the final choice, every mean) for `target`; None while runs miss.
+) -> RecipeSteps:
+    """The procedure's choices for `target`, step by step, with every mean it read.
 
     With `target_out`, a further step: the choice's form with the target's copy kept out of G_agg
     (`<choice>_target_none`) is adopted when it validates better. With `server_step`, then, where the copy
@@ -86,17 +99,18 @@ def choose_recipe(
     it validates better. A tie keeps the choice so far."""
     plain, means = choose(records, domains, target, candidates, steps)
     if plain is None:
-        return None, None, means
-    chosen, im_means = choose(records, domains, target, [plain, with_im(plain)], steps)
+        return RecipeSteps(None, None, None, None, means)
+    im, im_means = choose(records, domains, target, [plain, with_im(plain)], steps)
     means |= im_means
-    if chosen is not None and target_out:
-        chosen, out_means = choose(records, domains, target, [chosen, f"{chosen}{TARGET_OUT}"], steps)
+    copy = im
+    if copy is not None and target_out:
+        copy, out_means = choose(records, domains, target, [copy, f"{copy}{TARGET_OUT}"], steps)
         means |= out_means
-    if chosen is not None and server_step and not chosen.endswith(TARGET_OUT):
-        stepped = f"{chosen}{SERVER_STEP_FORM}"
-        chosen, step_means = choose(records, domains, target, [chosen, stepped], steps)
+    final = copy
+    if final is not None and server_step and not final.endswith(TARGET_OUT):
+        final, step_means = choose(records, domains, target, [final, f"{final}{SERVER_STEP_FORM}"], steps)
         means |= step_means
-    return plain, chosen, means
+    return RecipeSteps(plain, im, copy, final, means)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,10 +207,10 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
     """The recipe's procedure: lambda on the plain candidates, then information maximisation or not, then
     (with --target-out, --server-step) the further steps."""
     if args.target:
-        plain, chosen, _ = choose_recipe(
+        steps = choose_recipe(
             records, domains, args.target, args.candidates, args.steps, args.target_out, args.server_step
         )
-        print((with_im(plain) if args.im_form and plain else chosen) or "")
+        print((with_im(steps.plain) if args.im_form and steps.plain else steps.final) or "")
         return
     print(
         "| real target | validation pool | "
@@ -209,35 +223,32 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
     print("|---|---|" + "---|" * (len(args.candidates) + 3 + 2 * args.target_out + 2 * args.server_step))
     final: dict[str, str] = {}
     for target in domains:
-        plain, step, means = choose_recipe(records, domains, target, args.candidates, args.steps)
+        steps = choose_recipe(
+            records, domains, target, args.candidates, args.steps, args.target_out, args.server_step
+        )
+        means = steps.means
         pool = ", ".join(d for d in domains if d != target)
         cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
-        im = with_im(plain) if plain else None
-        cells.append(f"λ={adv_weight(plain):g}" if plain else "—")
+        im = with_im(steps.plain) if steps.plain else None
+        cells.append(f"λ={adv_weight(steps.plain):g}" if steps.plain else "—")
         cells.append(f"{100 * means[im]:.1f}" if im in means else "—")
-        pick = "—" if step is None else ("with IM" if step == im else "without IM")
-        chosen = step
+        pick = "—" if steps.im is None else ("with IM" if steps.im == im else "without IM")
         if args.target_out:
-            _, chosen, means = choose_recipe(records, domains, target, args.candidates, args.steps, True)
-            out = f"{step}{TARGET_OUT}" if step else None
+            out = f"{steps.im}{TARGET_OUT}" if steps.im else None
             cells += [pick, f"{100 * means[out]:.1f}" if out in means else "—"]
-            pick = "—" if chosen is None else ("copy out" if chosen == out else "copy averaged")
+            pick = "—" if steps.copy is None else ("copy out" if steps.copy == out else "copy averaged")
         if args.server_step:
-            before = chosen
-            _, chosen, means = choose_recipe(
-                records, domains, target, args.candidates, args.steps, args.target_out, True
-            )
-            stepped = f"{before}{SERVER_STEP_FORM}" if before else None
+            stepped = f"{steps.copy}{SERVER_STEP_FORM}" if steps.copy else None
             cells += [pick, f"{100 * means[stepped]:.1f}" if stepped in means else "—"]
-            if chosen is None:
+            if steps.final is None:
                 pick = "—"
-            elif before is not None and before.endswith(TARGET_OUT):
+            elif steps.copy is not None and steps.copy.endswith(TARGET_OUT):
                 pick = "copy out (no step)"
             else:
-                pick = "server step" if chosen == stepped else "plain average"
+                pick = "server step" if steps.final == stepped else "plain average"
         print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {pick} |")
-        if chosen:
-            final[target] = chosen
+        if steps.final:
+            final[target] = steps.final
     if args.write_recipe:
         if len(final) < len(domains):
             raise SystemExit("not every target has a choice yet: run the validation tasks first")
