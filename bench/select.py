@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.im_form and not (args.im and args.target):
         parser.error("--im-form prints one target's next runs: add --im and --target")
     domains = FAMILIES[args.family].domains
-    records = [record for log in args.log for record in load(log)]
+    # A run logged again in a later log (the same key: rerun on other CPU kernels) replaces the earlier one.
+    records = list({record["key"]: record for log in args.log for record in load(log)}.values())
     if args.im:
         recipe(args, domains, records)
         return

@@ -80,3 +80,30 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
     --methods fedalign_recipe_stepped fedalign_recipe_stepped_lambda0 \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
 fi
+# Digits: the server step on the recipe's choices (bench/results/ablation.jsonl) paired with the recipe and
+# FedAvg rerun on one platform (bench/results/digits-step.jsonl; the digits ablation's own runs were made on
+# other CPU kernels, where a seed gives other numbers). Then the procedure's server-step step on the same
+# validation tasks: each target's choice and its form with the step, both run here (the earlier validation
+# runs came from other kernels too), and the procedure's paired runs.
+if [[ " ${FAMILIES:-signals digits} " == *" digits "* ]]; then
+  $PY -m bench.accuracy --family digits --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe_server_step --json bench/results/digits-step.json --log bench/results/ablation.jsonl
+  $PY -m bench.accuracy --family digits --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe fedavg --json bench/results/digits-step.json --log bench/results/digits-step.jsonl
+  VALIDATION="bench/results/lambda-validation.jsonl bench/results/digits-step-validation.jsonl"
+  touch bench/results/digits-step-validation.jsonl  # read by bench.select before its first run
+  SELECT="$PY -m bench.select --family digits --log $VALIDATION
+    --candidates fedalign_lambda0.1 fedalign_lambda0.3 fedalign --im"
+  DOMAINS="mnist mnistm optdigits syn"
+  for T in $DOMAINS; do
+    POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
+    CHOICE=$($SELECT --target $T)
+    $PY -m bench.accuracy --family digits --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
+      --methods "$CHOICE" "${CHOICE}_server_step" --json bench/results/digits-step-validation.json \
+      --log bench/results/digits-step-validation.jsonl
+  done
+  $SELECT --server-step --write-recipe fedalign_recipe_stepped
+  $PY -m bench.accuracy --family digits --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe_stepped fedalign_recipe_stepped_lambda0 \
+    --json bench/results/digits-step.json --log bench/results/digits-step.jsonl
+fi

@@ -13,18 +13,21 @@ from bench import accuracy, gap, select
 POOL = {"lab": ("field", "fast", "smooth")}
 
 
-def validation_log(path: Path, means: dict[str, dict[str, float]]) -> Path:
-    """A log of validation runs: per real target, per candidate, one run on each pseudo-target of its pool."""
+def validation_log(path: Path, means: dict[str, dict[str, float]], seeds: tuple[int, ...] = (0,)) -> Path:
+    """A log of validation runs: per real target, per candidate, one run per seed on each pseudo-target of its
+    pool."""
     domains = accuracy.FAMILIES["signals"].domains
     lines = []
     for target, by_method in means.items():
         pool = tuple(d for d in domains if d != target)
         for method, acc in by_method.items():
             for pseudo in pool:
-                key = "|".join(str(v) for v in (method, pseudo, 0, 750, 64, 0.01, "dann", ",".join(pool)))
-                lines.append(
-                    {"key": key, "method": method, "target": pseudo, "steps": 750, "target_acc": acc}
-                )
+                for seed in seeds:
+                    parts = (method, pseudo, seed, 750, 64, 0.01, "dann", ",".join(pool))
+                    key = "|".join(str(v) for v in parts)
+                    lines.append(
+                        {"key": key, "method": method, "target": pseudo, "steps": 750, "target_acc": acc}
+                    )
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
@@ -252,6 +255,7 @@ def test_validation_runs_on_more_seeds_are_read_from_several_logs_and_recorded_f
     more = validation_log(
         tmp_path / "seeds12.jsonl",
         {t: {"fedalign_lambda0.1": 0.50, "fedalign": 0.40, "fedalign_im_lambda0.1": 0.40} for t in targets},
+        seeds=(1, 2),
     )
     argv = ["--family", "signals", "--candidates", *plain, "--im"]
     select.main(["--log", str(seed0), *argv, "--write-recipe"])
@@ -387,3 +391,21 @@ def test_the_procedure_takes_the_server_step_only_where_the_copy_is_averaged_and
     with pytest.raises(SystemExit):
         select.main(["--family", "signals", "--log", str(log), "--candidates", *plain, "--server-step"])
     capsys.readouterr()
+
+
+def test_a_run_logged_again_in_a_later_log_replaces_the_earlier_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same validation runs rerun on other CPU kernels: the rerun counts, not both.
+    chosen = record_file(tmp_path, monkeypatch, "fedalign_recipe")
+    targets = ("lab", "field", "fast", "smooth")
+    earlier = validation_log(
+        tmp_path / "earlier.jsonl",
+        {t: {"fedalign_lambda0.1": 0.50, "fedalign": 0.40, "fedalign_im_lambda0.1": 0.60} for t in targets},
+    )
+    rerun = validation_log(tmp_path / "rerun.jsonl", {t: {"fedalign_im_lambda0.1": 0.45} for t in targets})
+    argv = ["--family", "signals", "--candidates", "fedalign_lambda0.1", "fedalign", "--im", "--write-recipe"]
+    select.main(["--log", str(earlier), str(rerun), *argv])
+    capsys.readouterr()
+    # Averaged with the earlier runs IM would be 52.5 and adopted; the rerun alone (45.0) is not.
+    assert json.loads(chosen.read_text()) == dict.fromkeys(targets, "fedalign_lambda0.1")
