@@ -75,6 +75,9 @@ IM: dict[str, Any] = {k: PRESETS[RECIPE][k] for k in ("entropy_weight", "diversi
 FEDALIGN: dict[str, Any] = {k: v for k, v in PRESETS[RECIPE].items() if k not in {*IM, "adv_weight"}}
 BASE: dict[str, Any] = {k: v for k, v in FEDALIGN.items() if k != "pseudo_label_threshold"}
 
+# BatchNorm shared whole (its statistics averaged over the nodes) instead of its statistics kept per node.
+SHARED_BN: dict[str, Any] = {"local_params": "none"}
+
 # name -> (algorithm, hyperparameters); the budget's rounds follow from local_steps.
 FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "source_only": ("source_only", {"local_steps": 1}),
@@ -98,7 +101,10 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     # family (three of four equal-sized domains), the step the sources' task gets once the target's copy,
     # which takes no labelled step, is averaged in (LR_SCALE).
     "fedavg_lr_x0.75": ("fedavg", {"local_steps": 1}),
-    "fedalign_shared_bn": ("fedalign", {**FEDALIGN, "local_params": "none"}),
+    "fedalign_shared_bn": ("fedalign", {**FEDALIGN, **SHARED_BN}),
+    # A diagnostic: FedAvg with BatchNorm shared too (its statistics averaged, the target normalised with
+    # them, as `source_only` and centralised DANN normalise it), against its statistics kept per node.
+    "fedavg_shared_bn": ("fedavg", {"local_steps": 1, **SHARED_BN}),
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
     # The adversarial weight's ceiling under the DANN ramp: candidates for choosing lambda on the
@@ -194,6 +200,9 @@ CHOICE_FILES: dict[str, Path] = {
     "fedalign_recipe_target_server_step": SELECTIONS.with_name("selected-recipe-target.json"),
     # The procedure with a step after its last: the server step adopted where that validates better.
     "fedalign_recipe_stepped": SELECTIONS.with_name("selected-recipe-stepped.json"),
+    # A diagnostic on the recipe's choices: BatchNorm shared (statistics averaged over every node, the target
+    # normalised with them) instead of its statistics kept per node.
+    "fedalign_recipe_shared_bn": RECIPE_SELECTIONS,
 }
 # What such an arm (and its lambda-0 twin) changes in the recorded choice.
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -201,6 +210,7 @@ ARM_OVERRIDES: dict[str, dict[str, Any]] = {
     "fedalign_recipe_target_none": KEEP_TARGET_OUT,
     "fedalign_recipe_server_step": STEPPED,
     "fedalign_recipe_target_server_step": STEPPED,
+    "fedalign_recipe_shared_bn": SHARED_BN,
 }
 # Such arms (and their lambda-0 twins) that run a candidate's own simulator: the module of bench whose
 # `simulate(config)` runs them (bench.residual: the target's runtime swapped).
@@ -236,7 +246,9 @@ SELECTED_LAMBDA |= {t: w for t, w in _choices(SELECTIONS).items() if t not in DO
 # the lambda chosen on validation tasks; its lambda-0 twin is fedalign_recipe_lambda0.
 GAP_ARM = "fedalign_recipe_gap"
 FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for arm in CHOSEN), GAP_ARM}
-CENTRAL = ("target_oracle", "dann_central")
+# Centralised references on pooled data (not private); `dann_central_lambda0` is centralised DANN with its
+# adversarial term off: the same network, batches and normalisation over source and target together.
+CENTRAL = ("target_oracle", "dann_central", "dann_central_lambda0")
 DEFAULT_METHODS = (
     "target_oracle",
     "source_only",
@@ -356,8 +368,9 @@ def run_job(job: Job) -> dict[str, Any]:
             )
         else:
             sources = [datasets.load(family.spec(d)) for d in job.sources]
+            weight = 0.0 if job.method == "dann_central_lambda0" else 1.0
             acc = references.dann_central(
-                sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, 1.0, job.seed, model
+                sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, weight, job.seed, model
             )
     else:
         from fedalign.simulate import simulate
