@@ -44,10 +44,12 @@ class Family:
     def spec(self, domain: str) -> str:
         return f"{self.name}:{domain}"
 
-    def shape(self) -> Any:
+    def shape(self, normalization: str = "batch") -> Any:
         from fedalign.models import ModelShape
 
-        return ModelShape(tuple(self.model["input_shape"]), self.model["num_classes"])
+        return ModelShape(
+            tuple(self.model["input_shape"]), self.model["num_classes"], normalization=normalization
+        )
 
 
 FAMILIES: dict[str, Family] = {
@@ -105,6 +107,7 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     # A diagnostic: FedAvg with BatchNorm shared too (its statistics averaged, the target normalised with
     # them, as `source_only` and centralised DANN normalise it), against its statistics kept per node.
     "fedavg_shared_bn": ("fedavg", {"local_steps": 1, **SHARED_BN}),
+    "fedavg_group_norm": ("fedavg", {"local_steps": 1}),  # GroupNorm in G (MODEL_OVERRIDES)
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
     # The adversarial weight's ceiling under the DANN ramp: candidates for choosing lambda on the
@@ -203,6 +206,16 @@ CHOICE_FILES: dict[str, Path] = {
     # A diagnostic on the recipe's choices: BatchNorm shared (statistics averaged over every node, the target
     # normalised with them) instead of its statistics kept per node.
     "fedalign_recipe_shared_bn": RECIPE_SELECTIONS,
+    # And with GroupNorm in G instead of BatchNorm (MODEL_OVERRIDES): no batch statistics at all, so a node's
+    # batch of one domain is normalised as centralised training's batch of several is.
+    "fedalign_recipe_group_norm": RECIPE_SELECTIONS,
+}
+# What an arm (and its lambda-0 twin) changes in the family's model table.
+GROUP_NORM: dict[str, Any] = {"normalization": "group"}
+MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
+    "fedavg_group_norm": GROUP_NORM,
+    "fedalign_recipe_group_norm": GROUP_NORM,
+    "dann_central_group_norm": GROUP_NORM,
 }
 # What such an arm (and its lambda-0 twin) changes in the recorded choice.
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -246,9 +259,19 @@ SELECTED_LAMBDA |= {t: w for t, w in _choices(SELECTIONS).items() if t not in DO
 # the lambda chosen on validation tasks; its lambda-0 twin is fedalign_recipe_lambda0.
 GAP_ARM = "fedalign_recipe_gap"
 FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for arm in CHOSEN), GAP_ARM}
-# Centralised references on pooled data (not private); `dann_central_lambda0` is centralised DANN with its
-# adversarial term off: the same network, batches and normalisation over source and target together.
-CENTRAL = ("target_oracle", "dann_central", "dann_central_lambda0")
+# Centralised DANN on pooled data (not private), by the ceiling of its adversarial weight's ramp: 1 as in
+# Ganin et al.; 0, the same network, batches and normalisation over source and target together without
+# alignment; 0.1 and 0.3, the federated recipe's candidates.
+DANN_CENTRAL = {
+    "dann_central": 1.0,
+    "dann_central_lambda0": 0.0,
+    "dann_central_lambda0.1": 0.1,
+    "dann_central_lambda0.3": 0.3,
+}
+# The same with GroupNorm in G (`fedalign_recipe_group_norm` below): each example normalised on its own, as
+# no batch of one domain or of two normalises it.
+DANN_CENTRAL |= {"dann_central_group_norm": 1.0, "dann_central_group_norm_lambda0": 0.0}
+CENTRAL = ("target_oracle", *DANN_CENTRAL)
 DEFAULT_METHODS = (
     "target_oracle",
     "source_only",
@@ -326,7 +349,7 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
             "name": f"{job.method}-{job.target}",
             "algorithm": algorithm,
             "architecture": family.architecture,
-            "model": family.model,
+            "model": {**family.model, **MODEL_OVERRIDES.get(job.method.removesuffix("_lambda0"), {})},
             "rounds": rounds,
             "seed": job.seed,
             "hyperparameters": hp,
@@ -360,7 +383,8 @@ def run_job(job: Job) -> dict[str, Any]:
         from bench import references
 
         family = FAMILIES[job.family]
-        model = (family.architecture, family.shape())
+        overrides = MODEL_OVERRIDES.get(job.method.removesuffix("_lambda0"), {})
+        model = (family.architecture, family.shape(**overrides))
         target = datasets.load(family.spec(job.target))
         if job.method == "target_oracle":
             acc = references.target_oracle(
@@ -368,7 +392,7 @@ def run_job(job: Job) -> dict[str, Any]:
             )
         else:
             sources = [datasets.load(family.spec(d)) for d in job.sources]
-            weight = 0.0 if job.method == "dann_central_lambda0" else 1.0
+            weight = DANN_CENTRAL[job.method]
             acc = references.dann_central(
                 sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, weight, job.seed, model
             )
