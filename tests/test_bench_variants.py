@@ -110,7 +110,9 @@ def test_the_chosen_candidate_and_its_lambda0_arm_differ_in_the_adversarial_weig
         if chosen["hyperparameters"][k] != validated["hyperparameters"][k]
     }
     assert changed == set(accuracy.ARM_OVERRIDES.get(arm, {}))
-    assert {**chosen, "hyperparameters": None} == {**validated, "hyperparameters": None}
+    assert chosen["model"] == {**validated["model"], **accuracy.MODEL_OVERRIDES.get(arm, {})}
+    rest = {"hyperparameters": None, "model": None}
+    assert {**chosen, **rest} == {**validated, **rest}
 
 
 def test_the_recipe_procedure_chooses_lambda_without_target_terms_then_adopts_them_only_when_better(
