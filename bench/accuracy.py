@@ -209,6 +209,10 @@ CHOICE_FILES: dict[str, Path] = {
     # And with GroupNorm in G instead of BatchNorm (MODEL_OVERRIDES): no batch statistics at all, so a node's
     # batch of one domain is normalised as centralised training's batch of several is.
     "fedalign_recipe_group_norm": RECIPE_SELECTIONS,
+    # The target's copy carrying half of G's average (extractor_weighting "balanced") with the server step,
+    # whose eta is then 2: G_agg moves by the sources' mean step plus the target's whole step, as one step of
+    # centralised DANN moves its one network by the sources' and the target's gradients together.
+    "fedalign_recipe_full_step": RECIPE_SELECTIONS,
 }
 # What an arm (and its lambda-0 twin) changes in the family's model table.
 GROUP_NORM: dict[str, Any] = {"normalization": "group"}
@@ -224,6 +228,7 @@ ARM_OVERRIDES: dict[str, dict[str, Any]] = {
     "fedalign_recipe_server_step": STEPPED,
     "fedalign_recipe_target_server_step": STEPPED,
     "fedalign_recipe_shared_bn": SHARED_BN,
+    "fedalign_recipe_full_step": {**STEPPED, "extractor_weighting": "balanced"},
 }
 # Such arms (and their lambda-0 twins) that run a candidate's own simulator: the module of bench whose
 # `simulate(config)` runs them (bench.residual: the target's runtime swapped).
