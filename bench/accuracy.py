@@ -266,16 +266,16 @@ GAP_ARM = "fedalign_recipe_gap"
 FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for arm in CHOSEN), GAP_ARM}
 # Centralised DANN on pooled data (not private), by the ceiling of its adversarial weight's ramp: 1 as in
 # Ganin et al.; 0, the same network, batches and normalisation over source and target together without
-# alignment; 0.1 and 0.3, the federated recipe's candidates.
+# alignment; 0.1 and 0.3, the federated recipe's candidates. `_group_norm`: GroupNorm in G (MODEL_OVERRIDES),
+# each example normalised on its own, as it is at a node.
 DANN_CENTRAL = {
     "dann_central": 1.0,
     "dann_central_lambda0": 0.0,
     "dann_central_lambda0.1": 0.1,
     "dann_central_lambda0.3": 0.3,
+    "dann_central_group_norm": 1.0,
+    "dann_central_group_norm_lambda0": 0.0,
 }
-# The same with GroupNorm in G (`fedalign_recipe_group_norm` below): each example normalised on its own, as
-# no batch of one domain or of two normalises it.
-DANN_CENTRAL |= {"dann_central_group_norm": 1.0, "dann_central_group_norm_lambda0": 0.0}
 CENTRAL = ("target_oracle", *DANN_CENTRAL)
 DEFAULT_METHODS = (
     "target_oracle",
