@@ -79,6 +79,14 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods fedalign_recipe_stepped fedalign_recipe_stepped_lambda0 \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
+  # Diagnostics: centralised DANN against its lambda-0 twin (is the shift one alignment helps?), and the
+  # federated recipe's alignment with BatchNorm shared, with GroupNorm, and with the target's whole step.
+  $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods dann_central dann_central_lambda0 dann_central_lambda0.1 dann_central_lambda0.3 \
+    dann_central_group_norm dann_central_group_norm_lambda0 fedavg_shared_bn fedalign_recipe_shared_bn \
+    fedalign_recipe_shared_bn_lambda0 fedavg_group_norm fedalign_recipe_group_norm \
+    fedalign_recipe_group_norm_lambda0 fedalign_recipe_full_step fedalign_recipe_full_step_lambda0 \
+    --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
 fi
 # Digits: the server step on the recipe's choices (bench/results/ablation.jsonl) paired with the recipe and
 # FedAvg rerun on one platform (bench/results/digits-step.jsonl; the digits ablation's own runs were made on
