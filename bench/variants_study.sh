@@ -85,7 +85,7 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
     --methods dann_central dann_central_lambda0 dann_central_lambda0.1 dann_central_lambda0.3 \
     dann_central_group_norm dann_central_group_norm_lambda0 fedavg_shared_bn fedalign_recipe_shared_bn \
     fedalign_recipe_shared_bn_lambda0 fedavg_group_norm fedalign_recipe_group_norm \
-    fedalign_recipe_group_norm_lambda0 fedalign_recipe_full_step fedalign_recipe_full_step_lambda0 \
+    fedalign_recipe_group_norm_lambda0 fedalign_recipe_full_step fedalign_recipe_full_step_lambda0 fedalign \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
 fi
 # Digits: the server step on the recipe's choices (bench/results/ablation.jsonl) paired with the recipe and
