@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import git_commit, stamped, write_json
+from bench.logs import read_runs
 from fedalign.presets import PRESETS
 
 DOMAINS = ("mnist", "mnistm", "optdigits", "syn")
@@ -526,12 +527,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     log: Path = args.log or args.json.with_suffix(".jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
-    done: dict[str, dict[str, Any]] = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                done[record["key"]] = record
+    done = read_runs([log]) if log.exists() else {}
     jobs = [
         Job(m, t, s, args.steps, args.batch_size, args.lr, args.lr_schedule, tuple(args.domains), family.name)
         for s in args.seeds

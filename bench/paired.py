@@ -27,6 +27,8 @@ from typing import Any
 
 from scipy import stats
 
+from bench.logs import read_runs
+
 AVERAGE = "average"
 
 
@@ -67,14 +69,7 @@ def paired(a: dict[int, float], b: dict[int, float], confidence: float = 0.95) -
 
 
 def load(paths: Iterable[Path], steps: int) -> list[dict[str, Any]]:
-    runs: dict[str, dict[str, Any]] = {}
-    for path in paths:
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if record["steps"] == steps:
-                    runs[record["key"]] = record
-    return list(runs.values())
+    return [run for run in read_runs(paths).values() if run["steps"] == steps]
 
 
 def by_seed(runs: list[dict[str, Any]], arm: str, targets: list[str]) -> dict[str, dict[int, float]]:

@@ -34,10 +34,11 @@ from bench.accuracy import (
     VARIANT_SELECTIONS,
     adv_weight,
 )
+from bench.logs import read_runs
 
 
-def load(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+def load(*logs: Path) -> list[dict[str, Any]]:
+    return list(read_runs(logs).values())
 
 
 def pool_of(record: dict[str, Any], family_domains: tuple[str, ...]) -> tuple[str, ...]:
@@ -177,8 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.im_form and not (args.im and args.target):
         parser.error("--im-form prints one target's next runs: add --im and --target")
     domains = FAMILIES[args.family].domains
-    # A run logged again in a later log (the same key: rerun on other CPU kernels) replaces the earlier one.
-    records = list({record["key"]: record for log in args.log for record in load(log)}.values())
+    records = load(*args.log)
     if args.im:
         recipe(args, domains, records)
         return
