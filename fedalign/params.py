@@ -89,13 +89,20 @@ def to_bytes(state: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | No
     return safetensors.torch.save(_storable(state), metadata=dict(metadata) if metadata else None)
 
 
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """What safetensors refuses past the header check (a tensor's bytes) is reported as corrupt input."""
+    try:
+        yield
+    except SafetensorError as exc:
+        raise ParameterError("corrupt", f"cannot read {what}: {exc}; {_SAFETENSORS_EXPECTED}") from exc
+
+
 def from_bytes(data: bytes) -> dict[str, torch.Tensor]:
     """Parse safetensors bytes; the header is checked first, so a hostile one allocates nothing."""
     read_header(data)
-    try:
+    with _reading("parameters"):
         return safetensors.torch.load(data)
-    except SafetensorError as exc:
-        raise ParameterError("corrupt", f"cannot read parameters: {exc}; {_SAFETENSORS_EXPECTED}") from exc
 
 
 def save_file(
@@ -127,10 +134,8 @@ def save_file(
 def load_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a safetensors file into memory; the header is checked first."""
     read_header(Path(path))
-    try:
+    with _reading(str(path)):
         return safetensors.torch.load_file(path)
-    except SafetensorError as exc:
-        raise ParameterError("corrupt", f"cannot read {path}: {exc}; {_SAFETENSORS_EXPECTED}") from exc
 
 
 class _FileTensors(Mapping[str, torch.Tensor]):
@@ -138,15 +143,16 @@ class _FileTensors(Mapping[str, torch.Tensor]):
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
-        self._names = sorted(handle.keys())
+        self._names = tuple(sorted(handle.keys()))
+        self._known = frozenset(self._names)
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._names:
+        if name not in self._known:
             raise KeyError(name)
         return self._handle.get_tensor(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._names
+        return name in self._known
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -160,11 +166,8 @@ def open_tensors(path: str | os.PathLike[str]) -> Iterator[Mapping[str, torch.Te
     """A stored file's tensors, each read when it is looked up: a pass that needs every tensor once holds
     one of them at a time, not the whole file beside what it computes. The header is checked first."""
     read_header(Path(path))
-    try:
-        with safe_open(os.fspath(path), framework="pt") as handle:
-            yield _FileTensors(handle)
-    except SafetensorError as exc:
-        raise ParameterError("corrupt", f"cannot read {path}: {exc}; {_SAFETENSORS_EXPECTED}") from exc
+    with _reading(str(path)), safe_open(os.fspath(path), framework="pt") as handle:
+        yield _FileTensors(handle)
 
 
 def _storable(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
