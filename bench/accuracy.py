@@ -109,6 +109,10 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     # them, as `source_only` and centralised DANN normalise it), against its statistics kept per node.
     "fedavg_shared_bn": ("fedavg", {"local_steps": 1, **SHARED_BN}),
     "fedavg_group_norm": ("fedavg", {"local_steps": 1}),  # GroupNorm in G (MODEL_OVERRIDES)
+    # The method at centralised DANN's lambda with GroupNorm in G (MODEL_OVERRIDES), and its lambda-0 twin:
+    # the federated counterparts of dann_central_group_norm and its twin.
+    "fedalign_group_norm": ("fedalign", FEDALIGN),
+    "fedalign_group_norm_no_adversarial": ("fedalign", {**FEDALIGN, "adv_weight": 0.0}),
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
     # The adversarial weight's ceiling under the DANN ramp: candidates for choosing lambda on the
@@ -221,6 +225,8 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     "fedavg_group_norm": GROUP_NORM,
     "fedalign_recipe_group_norm": GROUP_NORM,
     "dann_central_group_norm": GROUP_NORM,
+    "fedalign_group_norm": GROUP_NORM,
+    "fedalign_group_norm_no_adversarial": GROUP_NORM,
 }
 # What such an arm (and its lambda-0 twin) changes in the recorded choice.
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -268,7 +274,8 @@ FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for 
 # Centralised DANN on pooled data (not private), by the ceiling of its adversarial weight's ramp: 1 as in
 # Ganin et al.; 0, the same network, batches and normalisation over source and target together without
 # alignment; 0.1 and 0.3, the federated recipe's candidates. `_group_norm`: GroupNorm in G (MODEL_OVERRIDES),
-# each example normalised on its own, as it is at a node.
+# each example normalised on its own, as it is at a node. `_node_bn`: BatchNorm as at the nodes
+# (NODE_BN_CENTRAL).
 DANN_CENTRAL = {
     "dann_central": 1.0,
     "dann_central_lambda0": 0.0,
@@ -276,7 +283,12 @@ DANN_CENTRAL = {
     "dann_central_lambda0.3": 0.3,
     "dann_central_group_norm": 1.0,
     "dann_central_group_norm_lambda0": 0.0,
+    "dann_central_node_bn": 1.0,
+    "dann_central_node_bn_lambda0": 0.0,
 }
+# Centralised DANN's arms that normalise as a node does (references.dann_central's per_domain_batches): each
+# domain's batch through G alone, with its own batch and running statistics.
+NODE_BN_CENTRAL = {"dann_central_node_bn", "dann_central_node_bn_lambda0"}
 CENTRAL = ("target_oracle", *DANN_CENTRAL)
 DEFAULT_METHODS = (
     "target_oracle",
@@ -400,7 +412,16 @@ def run_job(job: Job) -> dict[str, Any]:
             sources = [datasets.load(family.spec(d)) for d in job.sources]
             weight = DANN_CENTRAL[job.method]
             acc = references.dann_central(
-                sources, target, job.steps, job.batch_size, job.lr, job.lr_schedule, weight, job.seed, model
+                sources,
+                target,
+                job.steps,
+                job.batch_size,
+                job.lr,
+                job.lr_schedule,
+                weight,
+                job.seed,
+                model,
+                per_domain_batches=job.method in NODE_BN_CENTRAL,
             )
     else:
         from fedalign.simulate import simulate

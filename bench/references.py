@@ -4,7 +4,10 @@
 * `dann_central`: DANN (Ganin et al., JMLR 2016) on the pooled sources and the target, with a gradient
   reversal layer, in its usual form: one network, source and target batches concatenated (shared
   BatchNorm statistics), lambda ramped with 2 / (1 + exp(-10 p)) - 1; the learning rate follows the
-  same schedule as every other method's.
+  same schedule as every other method's. With ``per_domain_batches`` (a diagnostic): the source batch and
+  the target batch go through G apart, each normalised by its own batch statistics and each domain keeping
+  its own running statistics (the target's evaluates it), as BatchNorm normalises at a node that holds one
+  domain; everything else as above.
 """
 
 from __future__ import annotations
@@ -69,6 +72,21 @@ def target_oracle(
     return task_accuracy(models.G, models.T, target.test)[0]
 
 
+class _DomainStatistics:
+    """The running statistics of G's normalisation layers kept per domain, swapped in around a forward."""
+
+    def __init__(self, G: torch.nn.Module) -> None:
+        self.G = G
+        self.saved = {name: buf.clone() for name, buf in G.named_buffers()}
+
+    @torch.no_grad()
+    def swap(self) -> None:
+        for name, buf in self.G.named_buffers():
+            mine = self.saved[name]
+            self.saved[name] = buf.clone()
+            buf.copy_(mine)
+
+
 def dann_central(
     sources: list[NodeData],
     target: NodeData,
@@ -79,6 +97,7 @@ def dann_central(
     adv_weight: float,
     seed: int,
     model: tuple[str, ModelShape] = DIGITS_MODEL,
+    per_domain_batches: bool = False,
 ) -> float:
     models = build(model[0], model[1], seed=derive_seed(seed, "init"))
     G, T, D = models.G, models.T, models.D
@@ -87,12 +106,19 @@ def dann_central(
         pooled([s.train for s in sources]), batch_size, seed=derive_seed(seed, "dann", "source")
     )
     tgt = BatchStream(target.train, batch_size, seed=derive_seed(seed, "dann", "target"))
+    target_statistics = _DomainStatistics(G)  # used only with per_domain_batches
     for m in (G, T, D):
         m.train()
     for step in range(steps):
         _anneal(opt, lr, schedule, step / steps)
         (xs, ys), (xt, _) = src.next(), tgt.next()  # the target's labels are never read
-        features = G(torch.cat([xs, xt]))
+        if per_domain_batches:
+            source_features = G(xs)
+            target_statistics.swap()
+            features = torch.cat([source_features, G(xt)])
+            target_statistics.swap()
+        else:
+            features = G(torch.cat([xs, xt]))
         task = F.cross_entropy(T(features[: len(xs)]), ys)
         domain = torch.cat([torch.ones(len(xs)), torch.zeros(len(xt))])
         logits = D(_GradReverse.apply(features, adv_weight * dann_lambda(step / steps))).squeeze(1)
@@ -100,4 +126,6 @@ def dann_central(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if per_domain_batches:
+        target_statistics.swap()
     return task_accuracy(G, T, target.test)[0]
