@@ -565,9 +565,16 @@ def main(argv: list[str] | None = None) -> None:
 
     run: Callable[[Job], dict[str, Any]] = run_job
     commit = git_commit()
+    failed: dict[str, str] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool, log.open("a") as out:
         futures = {pool.submit(run, j): j for j in todo}
         for future in as_completed(futures):
+            if (error := future.exception()) is not None:
+                # Said at once, and the other runs go on (each is logged as it ends): a failing arm must
+                # not leave the pool working for its whole queue with nothing said and nothing logged.
+                failed[futures[future].key] = f"{type(error).__name__}: {error}"
+                print(f"FAILED {futures[future].key}: {failed[futures[future].key]}", flush=True)
+                continue
             record = future.result() | {"commit": commit}
             done[record["key"]] = record
             out.write(json.dumps(record) + "\n")
@@ -578,6 +585,11 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
 
+    if failed:
+        raise SystemExit(
+            f"{len(failed)} of {len(todo)} runs failed (the others are logged in {log}):\n"
+            + "\n".join(f"  {key}: {error}" for key, error in failed.items())
+        )
     results = [done[j.key] for j in jobs]
     text = table(results, args.methods, args.targets)
     print(

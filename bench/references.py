@@ -76,15 +76,15 @@ class _DomainStatistics:
     """The running statistics of G's normalisation layers kept per domain, swapped in around a forward."""
 
     def __init__(self, G: torch.nn.Module) -> None:
-        self.G = G
-        self.saved = {name: buf.clone() for name, buf in G.named_buffers()}
+        # Rebound, never copied into: the forward that used a buffer may still need it for its backward.
+        self.holders = [m._buffers for m in G.modules() if m._buffers]
+        self.saved = [{k: buf.clone() for k, buf in held.items() if buf is not None} for held in self.holders]
 
-    @torch.no_grad()
     def swap(self) -> None:
-        for name, buf in self.G.named_buffers():
-            mine = self.saved[name]
-            self.saved[name] = buf.clone()
-            buf.copy_(mine)
+        for held, saved in zip(self.holders, self.saved, strict=True):
+            for name, other in list(saved.items()):
+                saved[name] = held[name]
+                held[name] = other
 
 
 def dann_central(

@@ -20,10 +20,12 @@ def test_each_domain_keeps_the_running_statistics_of_its_own_batches_alone() -> 
     only_source, only_target = copy.deepcopy(net), copy.deepcopy(net)
     stats = _DomainStatistics(net)
     for _ in range(3):  # a training step's order: the sources' batch, then the target's between swaps
-        net(xs)
+        source_features = net(xs)
         stats.swap()
-        net(xt)
+        target_features = net(xt)
         stats.swap()
+        # The backward runs after both forwards, through the statistics swapped in between.
+        (source_features.square().mean() + target_features.square().mean()).backward()
         only_source(xs)
         only_target(xt)
     for name, value in _running(net).items():
