@@ -274,8 +274,8 @@ FEDERATED_PER_TARGET = {"fedalign_im_selected", *CHOSEN, *(f"{arm}_lambda0" for 
 # Centralised DANN on pooled data (not private), by the ceiling of its adversarial weight's ramp: 1 as in
 # Ganin et al.; 0, the same network, batches and normalisation over source and target together without
 # alignment; 0.1 and 0.3, the federated recipe's candidates. `_group_norm`: GroupNorm in G (MODEL_OVERRIDES),
-# each example normalised on its own, as it is at a node. `_node_bn`: BatchNorm as at the nodes
-# (NODE_BN_CENTRAL).
+# each example normalised on its own, as it is at a node. `_node_bn`, `_shared_stats`: BatchNorm otherwise
+# (NORMALISATION_CENTRAL).
 DANN_CENTRAL = {
     "dann_central": 1.0,
     "dann_central_lambda0": 0.0,
@@ -285,10 +285,18 @@ DANN_CENTRAL = {
     "dann_central_group_norm_lambda0": 0.0,
     "dann_central_node_bn": 1.0,
     "dann_central_node_bn_lambda0": 0.0,
+    "dann_central_shared_stats": 1.0,
+    "dann_central_shared_stats_lambda0": 0.0,
 }
-# Centralised DANN's arms that normalise as a node does (references.dann_central's per_domain_batches): each
-# domain's batch through G alone, with its own batch and running statistics.
-NODE_BN_CENTRAL = {"dann_central_node_bn", "dann_central_node_bn_lambda0"}
+# Centralised DANN's arms that normalise otherwise than by the mixed batch (references.dann_central's
+# normalisation): as a node does (each domain's batch through G alone, with its own batch and running
+# statistics), or every batch by one set of running statistics that both domains' batches move.
+NORMALISATION_CENTRAL = {
+    "dann_central_node_bn": "per_domain",
+    "dann_central_node_bn_lambda0": "per_domain",
+    "dann_central_shared_stats": "shared_running",
+    "dann_central_shared_stats_lambda0": "shared_running",
+}
 CENTRAL = ("target_oracle", *DANN_CENTRAL)
 DEFAULT_METHODS = (
     "target_oracle",
@@ -421,7 +429,7 @@ def run_job(job: Job) -> dict[str, Any]:
                 weight,
                 job.seed,
                 model,
-                per_domain_batches=job.method in NODE_BN_CENTRAL,
+                normalisation=NORMALISATION_CENTRAL.get(job.method, "mixed"),
             )
     else:
         from fedalign.simulate import simulate

@@ -4,10 +4,12 @@
 * `dann_central`: DANN (Ganin et al., JMLR 2016) on the pooled sources and the target, with a gradient
   reversal layer, in its usual form: one network, source and target batches concatenated (shared
   BatchNorm statistics), lambda ramped with 2 / (1 + exp(-10 p)) - 1; the learning rate follows the
-  same schedule as every other method's. With ``per_domain_batches`` (a diagnostic): the source batch and
-  the target batch go through G apart, each normalised by its own batch statistics and each domain keeping
-  its own running statistics (the target's evaluates it), as BatchNorm normalises at a node that holds one
-  domain; everything else as above.
+  same schedule as every other method's. Diagnostics of its normalisation (``normalisation``): "mixed" is
+  the above; "per_domain": the source batch and the target batch go through G apart, each normalised by its
+  own batch statistics and each domain keeping its own running statistics (the target's evaluates it), as
+  BatchNorm normalises at a node that holds one domain; "shared_running": each domain's batch moves one
+  set of running statistics, and both are normalised by those rather than by a batch's own, as nodes could
+  normalise with statistics averaged over the federation.
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ def target_oracle(
     return task_accuracy(models.G, models.T, target.test)[0]
 
 
+NORMALISATIONS = ("mixed", "per_domain", "shared_running")
+
+
+def _batch_norms_train(G: torch.nn.Module, mode: bool) -> None:
+    """BatchNorm layers alone to training mode (normalise by the batch) or not (by running statistics)."""
+    for m in G.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train(mode)
+
+
 class _DomainStatistics:
     """The running statistics of G's normalisation layers kept per domain, swapped in around a forward."""
 
@@ -97,7 +109,7 @@ def dann_central(
     adv_weight: float,
     seed: int,
     model: tuple[str, ModelShape] = DIGITS_MODEL,
-    per_domain_batches: bool = False,
+    normalisation: str = "mixed",
 ) -> float:
     models = build(model[0], model[1], seed=derive_seed(seed, "init"))
     G, T, D = models.G, models.T, models.D
@@ -106,17 +118,26 @@ def dann_central(
         pooled([s.train for s in sources]), batch_size, seed=derive_seed(seed, "dann", "source")
     )
     tgt = BatchStream(target.train, batch_size, seed=derive_seed(seed, "dann", "target"))
-    target_statistics = _DomainStatistics(G)  # used only with per_domain_batches
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}; expected one of {NORMALISATIONS}")
+    target_statistics = _DomainStatistics(G)  # used only "per_domain"
     for m in (G, T, D):
         m.train()
     for step in range(steps):
         _anneal(opt, lr, schedule, step / steps)
         (xs, ys), (xt, _) = src.next(), tgt.next()  # the target's labels are never read
-        if per_domain_batches:
+        if normalisation == "per_domain":
             source_features = G(xs)
             target_statistics.swap()
             features = torch.cat([source_features, G(xt)])
             target_statistics.swap()
+        elif normalisation == "shared_running":
+            with torch.no_grad():  # each domain's batch moves the one set of running statistics
+                G(xs)
+                G(xt)
+            _batch_norms_train(G, False)
+            features = G(torch.cat([xs, xt]))
+            _batch_norms_train(G, True)
         else:
             features = G(torch.cat([xs, xt]))
         task = F.cross_entropy(T(features[: len(xs)]), ys)
@@ -126,6 +147,6 @@ def dann_central(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if per_domain_batches:
+    if normalisation == "per_domain":
         target_statistics.swap()
     return task_accuracy(G, T, target.test)[0]
