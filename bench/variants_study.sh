@@ -87,6 +87,12 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
     fedalign_recipe_shared_bn_lambda0 fedavg_group_norm fedalign_recipe_group_norm \
     fedalign_recipe_group_norm_lambda0 fedalign_recipe_full_step fedalign_recipe_full_step_lambda0 fedalign \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
+  # Then centralised DANN normalising as a node does, and by running statistics both domains share, and the
+  # federated pipeline at centralised DANN's lambda with GroupNorm.
+  $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods dann_central_node_bn dann_central_node_bn_lambda0 dann_central_shared_stats \
+    dann_central_shared_stats_lambda0 fedalign_group_norm fedalign_group_norm_no_adversarial \
+    --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
 fi
 # Digits: the server step on the recipe's choices (bench/results/ablation.jsonl) paired with the recipe and
 # FedAvg rerun on one platform (bench/results/digits-step.jsonl; the digits ablation's own runs were made on
