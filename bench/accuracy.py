@@ -78,6 +78,10 @@ IM: dict[str, Any] = {k: PRESETS[RECIPE][k] for k in ("entropy_weight", "diversi
 FEDALIGN: dict[str, Any] = {k: v for k, v in PRESETS[RECIPE].items() if k not in {*IM, "adv_weight"}}
 BASE: dict[str, Any] = {k: v for k, v in FEDALIGN.items() if k != "pseudo_label_threshold"}
 
+# The target's copy carrying half of G's average, with the server step that keeps the sources' step at its
+# full size (eta 2): the target's own step then reaches G_agg at its full size too, as in one network.
+STEPPED: dict[str, Any] = {"server_step": "target_share"}  # what a SERVER_STEP_FORM form changes
+BALANCED_STEP: dict[str, Any] = {"extractor_weighting": "balanced", **STEPPED}
 # BatchNorm shared whole (its statistics averaged over the nodes) instead of its statistics kept per node.
 SHARED_BN: dict[str, Any] = {"local_params": "none"}
 
@@ -113,6 +117,18 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     # the federated counterparts of dann_central_group_norm and its twin.
     "fedalign_group_norm": ("fedalign", FEDALIGN),
     "fedalign_group_norm_no_adversarial": ("fedalign", {**FEDALIGN, "adv_weight": 0.0}),
+    # With GroupNorm, one change each: the confusion loss; no pseudo-labels (and its twin); and each side's
+    # adversarial gradient at centralised DANN's size, as a mixed batch's loss weighs them: the target's copy
+    # carrying half of G's average with the server step (eta 2, so the sources' task step keeps its size)
+    # and lambda 0.5 (the target's side then 0.5 x 2 x 1/2 of its own loss's gradient, as in a mixed batch).
+    "fedalign_group_norm_confusion": ("fedalign", {**FEDALIGN, "adv_loss": "confusion"}),
+    "fedalign_group_norm_no_pseudo_labels": ("fedalign", BASE),
+    "fedalign_group_norm_no_pseudo_labels_no_adversarial": ("fedalign", {**BASE, "adv_weight": 0.0}),
+    "fedalign_group_norm_balanced": ("fedalign", {**FEDALIGN, **BALANCED_STEP, "adv_weight": 0.5}),
+    "fedalign_group_norm_balanced_no_adversarial": (
+        "fedalign",
+        {**FEDALIGN, **BALANCED_STEP, "adv_weight": 0.0},
+    ),
     "fedalign_k5": ("fedalign", {**FEDALIGN, "local_steps": 5, "disc_steps": 5}),
     "fedalign_keep": ("fedalign", {**FEDALIGN, "source_extractor": "keep"}),
     # The adversarial weight's ceiling under the DANN ramp: candidates for choosing lambda on the
@@ -162,7 +178,6 @@ FEDERATED |= {  # `fedalign_target_none`, the ablation arm, is already the form 
 # Their forms with the server step on G's average (hyperparameters.server_step): the procedure's step after
 # that (bench.select --server-step) adopts a target's form when it validates better than the choice so far.
 SERVER_STEP_FORM = "_server_step"
-STEPPED: dict[str, Any] = {"server_step": "target_share"}  # what a SERVER_STEP_FORM form changes
 FEDERATED |= {
     f"{name}{SERVER_STEP_FORM}": (FEDERATED[name][0], {**FEDERATED[name][1], **STEPPED})
     for name in RECIPE_CANDIDATES
@@ -227,6 +242,11 @@ MODEL_OVERRIDES: dict[str, dict[str, Any]] = {
     "dann_central_group_norm": GROUP_NORM,
     "fedalign_group_norm": GROUP_NORM,
     "fedalign_group_norm_no_adversarial": GROUP_NORM,
+    "fedalign_group_norm_confusion": GROUP_NORM,
+    "fedalign_group_norm_no_pseudo_labels": GROUP_NORM,
+    "fedalign_group_norm_no_pseudo_labels_no_adversarial": GROUP_NORM,
+    "fedalign_group_norm_balanced": GROUP_NORM,
+    "fedalign_group_norm_balanced_no_adversarial": GROUP_NORM,
 }
 # What such an arm (and its lambda-0 twin) changes in the recorded choice.
 ARM_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -235,7 +255,7 @@ ARM_OVERRIDES: dict[str, dict[str, Any]] = {
     "fedalign_recipe_server_step": STEPPED,
     "fedalign_recipe_target_server_step": STEPPED,
     "fedalign_recipe_shared_bn": SHARED_BN,
-    "fedalign_recipe_full_step": {**STEPPED, "extractor_weighting": "balanced"},
+    "fedalign_recipe_full_step": BALANCED_STEP,
 }
 # Such arms (and their lambda-0 twins) that run a candidate's own simulator: the module of bench whose
 # `simulate(config)` runs them (bench.residual: the target's runtime swapped).
