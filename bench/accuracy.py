@@ -223,6 +223,9 @@ CHOICE_FILES: dict[str, Path] = {
     "fedalign_recipe_target_server_step": SELECTIONS.with_name("selected-recipe-target.json"),
     # The procedure with a step after its last: the server step adopted where that validates better.
     "fedalign_recipe_stepped": SELECTIONS.with_name("selected-recipe-stepped.json"),
+    # And one more step (bench.select --then): GroupNorm with each side's adversarial gradient at
+    # centralised DANN's size (fedalign_group_norm_balanced) adopted where that validates better.
+    "fedalign_recipe_stepped_gn": SELECTIONS.with_name("selected-recipe-stepped-gn.json"),
     # A diagnostic on the recipe's choices: BatchNorm shared (statistics averaged over every node, the target
     # normalised with them) instead of its statistics kept per node.
     "fedalign_recipe_shared_bn": RECIPE_SELECTIONS,
@@ -356,6 +359,7 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
     """The job's federation; ``adv_weight``: the gap arm's lambda, measured for this job (bench.gap)."""
     from fedalign.config import FederationConfig, Hyperparameters
 
+    resolved = job.method  # the FEDERATED method the job runs (a chosen one, for an arm that reads choices)
     if job.method == GAP_ARM:
         if adv_weight is None:
             raise ValueError(f"{GAP_ARM} needs the lambda measured for its job (bench.gap)")
@@ -365,7 +369,8 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
         algorithm, overrides = "fedalign", {"preset": RECIPE, "adv_weight": SELECTED_LAMBDA[job.target]}
     elif job.method.removesuffix("_lambda0") in CHOSEN:
         arm = job.method.removesuffix("_lambda0")
-        algorithm, overrides = FEDERATED[CHOSEN[arm][job.target]]
+        resolved = CHOSEN[arm][job.target]
+        algorithm, overrides = FEDERATED[resolved]
         if job.method != arm:
             overrides = {**overrides, "adv_weight": 0.0}
     else:
@@ -395,7 +400,12 @@ def federated_config(job: Job, adv_weight: float | None = None) -> Any:
             "name": f"{job.method}-{job.target}",
             "algorithm": algorithm,
             "architecture": family.architecture,
-            "model": {**family.model, **MODEL_OVERRIDES.get(job.method.removesuffix("_lambda0"), {})},
+            # The chosen method's model table, then the arm's own changes to it.
+            "model": {
+                **family.model,
+                **MODEL_OVERRIDES.get(resolved, {}),
+                **MODEL_OVERRIDES.get(job.method.removesuffix("_lambda0"), {}),
+            },
             "rounds": rounds,
             "seed": job.seed,
             "hyperparameters": hp,

@@ -79,7 +79,8 @@ class RecipeSteps:
     plain: str | None  # the plain candidate (lambda)
     im: str | None  # after the information maximisation step
     copy: str | None  # after the target's-copy-out step (--target-out)
-    final: str | None  # after the server step (--server-step)
+    stepped: str | None  # after the server step (--server-step)
+    final: str | None  # after the steps of further candidates (--then)
     means: dict[str, float]
 
 
@@ -91,27 +92,37 @@ def choose_recipe(
     steps: int,
     target_out: bool = False,
     server_step: bool = False,
+    then: tuple[str, ...] = (),
 ) -> RecipeSteps:
     """The procedure's choices for `target`, step by step, with every mean it read.
 
     With `target_out`, a further step: the choice's form with the target's copy kept out of G_agg
     (`<choice>_target_none`) is adopted when it validates better. With `server_step`, then, where the copy
     stays averaged in: its form with the server step on G's average (`<choice>_server_step`), adopted when
-    it validates better. A tie keeps the choice so far."""
+    it validates better. With `then`, last: each of those methods, in order, adopted when it validates
+    better than the choice so far. A tie keeps the choice so far."""
     plain, means = choose(records, domains, target, candidates, steps)
     if plain is None:
-        return RecipeSteps(None, None, None, None, means)
+        return RecipeSteps(None, None, None, None, None, means)
     im, im_means = choose(records, domains, target, [plain, with_im(plain)], steps)
     means |= im_means
     copy = im
     if copy is not None and target_out:
         copy, out_means = choose(records, domains, target, [copy, f"{copy}{TARGET_OUT}"], steps)
         means |= out_means
-    final = copy
-    if final is not None and server_step and not final.endswith(TARGET_OUT):
-        final, step_means = choose(records, domains, target, [final, f"{final}{SERVER_STEP_FORM}"], steps)
+    stepped = copy
+    if stepped is not None and server_step and not stepped.endswith(TARGET_OUT):
+        stepped, step_means = choose(
+            records, domains, target, [stepped, f"{stepped}{SERVER_STEP_FORM}"], steps
+        )
         means |= step_means
-    return RecipeSteps(plain, im, copy, final, means)
+    final = stepped
+    for method in then:
+        if final is None:
+            break
+        final, then_means = choose(records, domains, target, [final, method], steps)
+        means |= then_means
+    return RecipeSteps(plain, im, copy, stepped, final, means)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,6 +174,14 @@ def main(argv: list[str] | None = None) -> None:
         "validates better.",
     )
     parser.add_argument(
+        "--then",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="With --im, the last steps: each of these methods, in order, is adopted per target when it "
+        "validates better than the choice so far.",
+    )
+    parser.add_argument(
         "--write-recipe",
         nargs="?",
         const="fedalign_recipe",
@@ -173,8 +192,10 @@ def main(argv: list[str] | None = None) -> None:
         + ".",
     )
     args = parser.parse_args(argv)
-    if (args.write_recipe or args.target_out or args.server_step) and not args.im:
-        parser.error("--write-recipe, --target-out and --server-step are the recipe's procedure: add --im")
+    if (args.write_recipe or args.target_out or args.server_step or args.then) and not args.im:
+        parser.error(
+            "--write-recipe, --target-out, --server-step and --then are the recipe's procedure: add --im"
+        )
     if args.im_form and not (args.im and args.target):
         parser.error("--im-form prints one target's next runs: add --im and --target")
     domains = FAMILIES[args.family].domains
@@ -209,7 +230,14 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
     (with --target-out, --server-step) the further steps."""
     if args.target:
         steps = choose_recipe(
-            records, domains, args.target, args.candidates, args.steps, args.target_out, args.server_step
+            records,
+            domains,
+            args.target,
+            args.candidates,
+            args.steps,
+            args.target_out,
+            args.server_step,
+            tuple(args.then),
         )
         print((with_im(steps.plain) if args.im_form and steps.plain else steps.final) or "")
         return
@@ -219,13 +247,23 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
         + " | chosen λ | with IM |"
         + (" IM step | target's copy out |" if args.target_out else "")
         + (f" {'copy' if args.target_out else 'IM'} step | server step |" if args.server_step else "")
+        + (" choice so far |" if args.then else "")
+        + "".join(f" {method} |" for method in args.then)
         + " chosen |"
     )
-    print("|---|---|" + "---|" * (len(args.candidates) + 3 + 2 * args.target_out + 2 * args.server_step))
+    columns = len(args.candidates) + 3 + 2 * args.target_out + 2 * args.server_step
+    print("|---|---|" + "---|" * (columns + bool(args.then) + len(args.then)))
     final: dict[str, str] = {}
     for target in domains:
         steps = choose_recipe(
-            records, domains, target, args.candidates, args.steps, args.target_out, args.server_step
+            records,
+            domains,
+            target,
+            args.candidates,
+            args.steps,
+            args.target_out,
+            args.server_step,
+            tuple(args.then),
         )
         means = steps.means
         pool = ", ".join(d for d in domains if d != target)
@@ -241,12 +279,17 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
         if args.server_step:
             stepped = f"{steps.copy}{SERVER_STEP_FORM}" if steps.copy else None
             cells += [pick, f"{100 * means[stepped]:.1f}" if stepped in means else "—"]
-            if steps.final is None:
+            if steps.stepped is None:
                 pick = "—"
             elif steps.copy is not None and steps.copy.endswith(TARGET_OUT):
                 pick = "copy out (no step)"
             else:
-                pick = "server step" if steps.final == stepped else "plain average"
+                pick = "server step" if steps.stepped == stepped else "plain average"
+        if args.then:
+            cells += [pick] + [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.then]
+            pick = (
+                "—" if steps.final is None else (steps.final if steps.final in args.then else "choice so far")
+            )
         print(f"| {target} | {pool} | " + " | ".join(cells) + f" | {pick} |")
         if steps.final:
             final[target] = steps.final

@@ -411,3 +411,44 @@ def test_a_run_logged_again_in_a_later_log_replaces_the_earlier_one(
     capsys.readouterr()
     # Averaged with the earlier runs IM would be 52.5 and adopted; the rerun alone (45.0) is not.
     assert json.loads(chosen.read_text()) == dict.fromkeys(targets, "fedalign_lambda0.1")
+
+
+def test_a_further_method_is_adopted_only_where_it_validates_better_than_the_choice_so_far(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    selections = record_file(tmp_path, monkeypatch, "fedalign_recipe_stepped_gn")
+    further = "fedalign_group_norm_balanced"
+    choice_so_far = {**LAMBDAS, "fedalign_im_lambda0.3": 0.40, "fedalign_lambda0.3_server_step": 0.47}
+    means = {
+        "lab": {**choice_so_far, further: 0.50},  # better than the stepped choice: adopted
+        "field": {**choice_so_far, further: 0.47},  # a tie keeps the choice so far
+        "fast": {**choice_so_far, further: 0.30},  # worse
+        # The server step is not adopted here; the further method beats the plain choice.
+        "smooth": {**choice_so_far, "fedalign_lambda0.3_server_step": 0.40, further: 0.46},
+    }
+    log = validation_log(tmp_path / "v.jsonl", means)
+    argv = ["--family", "signals", "--log", str(log), "--candidates", *PLAIN, "--im", "--server-step"]
+    select.main([*argv, "--then", further, "--write-recipe", "fedalign_recipe_stepped_gn"])
+    assert json.loads(selections.read_text()) == {
+        "lab": further,
+        "field": "fedalign_lambda0.3_server_step",
+        "fast": "fedalign_lambda0.3_server_step",
+        "smooth": further,
+    }
+    assert "| lab | field, fast, smooth |" in capsys.readouterr().out
+    # The arm runs the chosen method with its own model (GroupNorm), and its twin the same at lambda 0.
+    monkeypatch.setitem(accuracy.CHOSEN["fedalign_recipe_stepped_gn"], "lab", further)
+    chosen, twin = config_of("fedalign_recipe_stepped_gn"), config_of("fedalign_recipe_stepped_gn_lambda0")
+    assert chosen == config_of(further)
+    assert chosen["model"]["normalization"] == "group"
+    assert twin == config_of("fedalign_group_norm_balanced_no_adversarial")
+    # Until the further method has run on every validation task, nothing is recorded.
+    del means["fast"][further]
+    validation_log(log, means)
+    selections.unlink()
+    with pytest.raises(SystemExit, match="not every target"):
+        select.main([*argv, "--then", further, "--write-recipe", "fedalign_recipe_stepped_gn"])
+    assert not selections.exists()
+    with pytest.raises(SystemExit):  # --then belongs to the recipe's procedure
+        select.main(["--family", "signals", "--log", str(log), "--candidates", *PLAIN, "--then", further])
+    capsys.readouterr()
