@@ -92,6 +92,20 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods dann_central_node_bn dann_central_node_bn_lambda0 dann_central_shared_stats \
     dann_central_shared_stats_lambda0 fedalign_group_norm fedalign_group_norm_no_adversarial \
+    fedalign_group_norm_balanced fedalign_group_norm_balanced_no_adversarial fedalign_group_norm_confusion \
+    fedalign_group_norm_no_pseudo_labels fedalign_group_norm_no_pseudo_labels_no_adversarial \
+    --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
+  # The procedure with one more step: GroupNorm with each side's adversarial gradient at centralised DANN's
+  # size, adopted per target where it validates better than the choice so far (bench.select --then).
+  for T in $DOMAINS; do
+    POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
+    $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
+      --methods fedalign_group_norm_balanced fedalign_group_norm_balanced_no_adversarial \
+      --json bench/results/signals-validation.json --log bench/results/signals-validation.jsonl
+  done
+  $SELECT --target-out --server-step --then fedalign_group_norm_balanced --write-recipe fedalign_recipe_stepped_gn
+  $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe_stepped_gn fedalign_recipe_stepped_gn_lambda0 \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
 fi
 # Digits: the server step on the recipe's choices (bench/results/ablation.jsonl) paired with the recipe and
