@@ -78,9 +78,9 @@ IM: dict[str, Any] = {k: PRESETS[RECIPE][k] for k in ("entropy_weight", "diversi
 FEDALIGN: dict[str, Any] = {k: v for k, v in PRESETS[RECIPE].items() if k not in {*IM, "adv_weight"}}
 BASE: dict[str, Any] = {k: v for k, v in FEDALIGN.items() if k != "pseudo_label_threshold"}
 
+STEPPED: dict[str, Any] = {"server_step": "target_share"}  # what a SERVER_STEP_FORM form changes
 # The target's copy carrying half of G's average, with the server step that keeps the sources' step at its
 # full size (eta 2): the target's own step then reaches G_agg at its full size too, as in one network.
-STEPPED: dict[str, Any] = {"server_step": "target_share"}  # what a SERVER_STEP_FORM form changes
 BALANCED_STEP: dict[str, Any] = {"extractor_weighting": "balanced", **STEPPED}
 # BatchNorm shared whole (its statistics averaged over the nodes) instead of its statistics kept per node.
 SHARED_BN: dict[str, Any] = {"local_params": "none"}
