@@ -125,6 +125,9 @@ FEDERATED: dict[str, tuple[str, dict[str, Any]]] = {
     "fedalign_group_norm_no_pseudo_labels": ("fedalign", BASE),
     "fedalign_group_norm_no_pseudo_labels_no_adversarial": ("fedalign", {**BASE, "adv_weight": 0.0}),
     "fedalign_group_norm_balanced": ("fedalign", {**FEDALIGN, **BALANCED_STEP, "adv_weight": 0.5}),
+    # The same weighting with BatchNorm per node (no MODEL_OVERRIDES): the other half of the two-by-two.
+    "fedalign_balanced": ("fedalign", {**FEDALIGN, **BALANCED_STEP, "adv_weight": 0.5}),
+    "fedalign_balanced_no_adversarial": ("fedalign", {**FEDALIGN, **BALANCED_STEP, "adv_weight": 0.0}),
     "fedalign_group_norm_balanced_no_adversarial": (
         "fedalign",
         {**FEDALIGN, **BALANCED_STEP, "adv_weight": 0.0},
