@@ -525,6 +525,18 @@ def table(results: list[dict[str, Any]], methods: list[str], targets: list[str])
     return "\n".join(lines)
 
 
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above 0, refused before any run starts."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -555,16 +567,18 @@ def main(argv: list[str] | None = None) -> None:
         "way to choose settings without target labels. Default: every domain of the family.",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--steps", type=_positive(int), default=1500)
+    parser.add_argument("--batch-size", type=_positive(int), default=64)
+    parser.add_argument("--lr", type=_positive(float), default=0.01)
     parser.add_argument(
         "--lr-schedule",
         choices=["dann", "constant"],
         default="dann",
         help="For every method alike; 'dann' is Ganin et al.'s lr / (1 + 10 p)^0.75.",
     )
-    parser.add_argument("--workers", type=int, default=2, help="Parallel processes, one torch thread each.")
+    parser.add_argument(
+        "--workers", type=_positive(int), default=2, help="Parallel processes, one torch thread each."
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/out/accuracy.json"))
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args(argv)
