@@ -247,12 +247,12 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
         + " | chosen λ | with IM |"
         + (" IM step | target's copy out |" if args.target_out else "")
         + (f" {'copy' if args.target_out else 'IM'} step | server step |" if args.server_step else "")
-        + (" choice so far |" if args.then else "")
+        + (" choice so far | its mean |" if args.then else "")
         + "".join(f" {method} |" for method in args.then)
         + " chosen |"
     )
     columns = len(args.candidates) + 3 + 2 * args.target_out + 2 * args.server_step
-    print("|---|---|" + "---|" * (columns + bool(args.then) + len(args.then)))
+    print("|---|---|" + "---|" * (columns + 2 * bool(args.then) + len(args.then)))
     final: dict[str, str] = {}
     for target in domains:
         steps = choose_recipe(
@@ -286,7 +286,8 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
             else:
                 pick = "server step" if steps.stepped == stepped else "plain average"
         if args.then:
-            cells += [pick] + [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.then]
+            so_far = f"{100 * means[steps.stepped]:.1f}" if steps.stepped in means else "—"
+            cells += [pick, so_far] + [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.then]
             pick = (
                 "—" if steps.final is None else (steps.final if steps.final in args.then else "choice so far")
             )
