@@ -94,6 +94,7 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
     dann_central_shared_stats_lambda0 fedalign_group_norm fedalign_group_norm_no_adversarial \
     fedalign_group_norm_balanced fedalign_group_norm_balanced_no_adversarial fedalign_group_norm_confusion \
     fedalign_group_norm_no_pseudo_labels fedalign_group_norm_no_pseudo_labels_no_adversarial \
+    fedalign_balanced fedalign_balanced_no_adversarial \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
   # The procedure with one more step: GroupNorm with each side's adversarial gradient at centralised DANN's
   # size, adopted per target where it validates better than the choice so far (bench.select --then).
