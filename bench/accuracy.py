@@ -229,6 +229,8 @@ CHOICE_FILES: dict[str, Path] = {
     # And one more step (bench.select --then): GroupNorm with each side's adversarial gradient at
     # centralised DANN's size (fedalign_group_norm_balanced) adopted where that validates better.
     "fedalign_recipe_stepped_gn": SELECTIONS.with_name("selected-recipe-stepped-gn.json"),
+    # Or that step with the same weighting and BatchNorm per node (fedalign_balanced).
+    "fedalign_recipe_stepped_balanced": SELECTIONS.with_name("selected-recipe-stepped-balanced.json"),
     # A diagnostic on the recipe's choices: BatchNorm shared (statistics averaged over every node, the target
     # normalised with them) instead of its statistics kept per node.
     "fedalign_recipe_shared_bn": RECIPE_SELECTIONS,
