@@ -101,9 +101,11 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
   for T in $DOMAINS; do
     POOL=$(for d in $DOMAINS; do if [ $d != $T ]; then echo -n "$d "; fi; done)
     $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds 0 --steps 750 --domains $POOL \
-      --methods fedalign_group_norm_balanced fedalign_group_norm_balanced_no_adversarial \
+      --methods fedalign_group_norm_balanced fedalign_group_norm_balanced_no_adversarial fedalign_balanced \
+      fedalign_balanced_no_adversarial \
       --json bench/results/signals-validation.json --log bench/results/signals-validation.jsonl
   done
+  $SELECT --target-out --server-step --then fedalign_balanced --write-recipe fedalign_recipe_stepped_balanced
   $SELECT --target-out --server-step --then fedalign_group_norm_balanced --write-recipe fedalign_recipe_stepped_gn
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods fedalign_recipe_stepped_gn fedalign_recipe_stepped_gn_lambda0 \
