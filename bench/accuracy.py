@@ -24,11 +24,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.harness import git_commit, stamped, write_json
 from bench.logs import read_runs
 from fedalign.presets import PRESETS
+
+if TYPE_CHECKING:  # bench.references imports torch: workers import it, the parser need not
+    from bench.references import Normalisation
 
 DOMAINS = ("mnist", "mnistm", "optdigits", "syn")
 
@@ -317,13 +320,12 @@ DANN_CENTRAL = {
     "dann_central_shared_stats_lambda0": 0.0,
 }
 # Centralised DANN's arms that normalise otherwise than by the mixed batch (references.dann_central's
-# normalisation): as a node does (each domain's batch through G alone, with its own batch and running
-# statistics), or every batch by one set of running statistics that both domains' batches move.
-NORMALISATION_CENTRAL = {
+# normalisation), looked up like MODEL_OVERRIDES so that a `_lambda0` twin normalises as its arm: as a node
+# does (each domain's batch through G alone, with its own batch and running statistics), or every batch by
+# one set of running statistics that both domains' batches move.
+NORMALISATION_CENTRAL: dict[str, Normalisation] = {
     "dann_central_node_bn": "per_domain",
-    "dann_central_node_bn_lambda0": "per_domain",
     "dann_central_shared_stats": "shared_running",
-    "dann_central_shared_stats_lambda0": "shared_running",
 }
 CENTRAL = ("target_oracle", *DANN_CENTRAL)
 DEFAULT_METHODS = (
@@ -464,7 +466,7 @@ def run_job(job: Job) -> dict[str, Any]:
                 weight,
                 job.seed,
                 model,
-                normalisation=NORMALISATION_CENTRAL.get(job.method, "mixed"),
+                normalisation=NORMALISATION_CENTRAL.get(job.method.removesuffix("_lambda0"), "mixed"),
             )
     else:
         from fedalign.simulate import simulate

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
@@ -74,7 +76,8 @@ def target_oracle(
     return task_accuracy(models.G, models.T, target.test)[0]
 
 
-NORMALISATIONS = ("mixed", "per_domain", "shared_running")
+Normalisation = Literal["mixed", "per_domain", "shared_running"]
+NORMALISATIONS: tuple[Normalisation, ...] = get_args(Normalisation)
 
 
 def _batch_norms_train(G: torch.nn.Module, mode: bool) -> None:
@@ -109,7 +112,7 @@ def dann_central(
     adv_weight: float,
     seed: int,
     model: tuple[str, ModelShape] = DIGITS_MODEL,
-    normalisation: str = "mixed",
+    normalisation: Normalisation = "mixed",
 ) -> float:
     models = build(model[0], model[1], seed=derive_seed(seed, "init"))
     G, T, D = models.G, models.T, models.D
@@ -120,13 +123,13 @@ def dann_central(
     tgt = BatchStream(target.train, batch_size, seed=derive_seed(seed, "dann", "target"))
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {normalisation!r}; expected one of {NORMALISATIONS}")
-    target_statistics = _DomainStatistics(G)  # used only "per_domain"
+    target_statistics = _DomainStatistics(G) if normalisation == "per_domain" else None
     for m in (G, T, D):
         m.train()
     for step in range(steps):
         _anneal(opt, lr, schedule, step / steps)
         (xs, ys), (xt, _) = src.next(), tgt.next()  # the target's labels are never read
-        if normalisation == "per_domain":
+        if target_statistics is not None:
             source_features = G(xs)
             target_statistics.swap()
             features = torch.cat([source_features, G(xt)])
@@ -147,6 +150,6 @@ def dann_central(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    if normalisation == "per_domain":
+    if target_statistics is not None:
         target_statistics.swap()
     return task_accuracy(G, T, target.test)[0]

@@ -225,20 +225,27 @@ def main(argv: list[str] | None = None) -> None:
         _record(VARIANT_SELECTIONS, chosen_methods)
 
 
+def _recipe_steps(
+    args: argparse.Namespace, domains: tuple[str, ...], records: list[dict[str, Any]], target: str
+) -> RecipeSteps:
+    """`choose_recipe` for one target with the command line's candidates and steps."""
+    return choose_recipe(
+        records,
+        domains,
+        target,
+        args.candidates,
+        args.steps,
+        args.target_out,
+        args.server_step,
+        tuple(args.then),
+    )
+
+
 def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dict[str, Any]]) -> None:
     """The recipe's procedure: lambda on the plain candidates, then information maximisation or not, then
     (with --target-out, --server-step) the further steps."""
     if args.target:
-        steps = choose_recipe(
-            records,
-            domains,
-            args.target,
-            args.candidates,
-            args.steps,
-            args.target_out,
-            args.server_step,
-            tuple(args.then),
-        )
+        steps = _recipe_steps(args, domains, records, args.target)
         print((with_im(steps.plain) if args.im_form and steps.plain else steps.final) or "")
         return
     print(
@@ -255,16 +262,7 @@ def recipe(args: argparse.Namespace, domains: tuple[str, ...], records: list[dic
     print("|---|---|" + "---|" * (columns + 2 * bool(args.then) + len(args.then)))
     final: dict[str, str] = {}
     for target in domains:
-        steps = choose_recipe(
-            records,
-            domains,
-            target,
-            args.candidates,
-            args.steps,
-            args.target_out,
-            args.server_step,
-            tuple(args.then),
-        )
+        steps = _recipe_steps(args, domains, records, target)
         means = steps.means
         pool = ", ".join(d for d in domains if d != target)
         cells = [f"{100 * means[m]:.1f}" if m in means else "—" for m in args.candidates]
