@@ -469,6 +469,7 @@ def run_job(job: Job) -> dict[str, Any]:
                 normalisation=NORMALISATION_CENTRAL.get(job.method.removesuffix("_lambda0"), "mixed"),
             )
     else:
+        from bench import validators
         from fedalign.simulate import simulate
 
         gap: dict[str, float] = {}
@@ -479,14 +480,18 @@ def run_job(job: Job) -> dict[str, Any]:
             gap = gap_rule.measure(job)
             adv_weight = gap_rule.weight(gap["gap_pad"])
         candidate = SIMULATORS.get(job.method.removesuffix("_lambda0"))
+        config = federated_config(job, adv_weight)
         if candidate is not None:
             # Imported here: a candidate's module imports torch and the simulator.
-            result = importlib.import_module(f"bench.{candidate}").simulate(federated_config(job))
+            result = importlib.import_module(f"bench.{candidate}").simulate(config)
         else:
-            result = simulate(federated_config(job, adv_weight))
+            result = simulate(config)
         final = result.final_metrics
         acc = final["target_acc"]
         extra = {k: v for k, v in final.items() if k != "target_acc"} | gap
+        if "target_model" in result.models:  # label-free scores, for choosing between pipelines
+            target_data = datasets.load(FAMILIES[job.family].spec(job.target))
+            extra |= validators.target_scores(config, result.models["target_model"], target_data)
     return {
         "key": job.key,
         "method": job.method,
