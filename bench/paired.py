@@ -27,6 +27,7 @@ from typing import Any
 
 from scipy import stats
 
+from bench.chosen import ChosenArm, picks
 from bench.logs import read_runs
 
 AVERAGE = "average"
@@ -156,13 +157,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--targets", nargs="+", default=None, help="Default: every target the logs hold.")
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument(
+        "--chosen",
+        nargs="*",
+        default=[],
+        type=_chosen_arm,
+        help="name=a,b@validator: per target and seed, the run of a or b with the higher label-free "
+        "validator score (bench.chosen); name is then an arm like any other",
+    )
     args = parser.parse_args(argv)
     runs = load(args.log, args.steps)
+    chosen = {arm.name: arm.runs(runs) for arm in args.chosen}
+    runs += [run for made in chosen.values() for run in made]
     targets = args.targets or sorted({r["target"] for r in runs if r["method"] in args.arms})
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
     if any(len(p) != 2 for p in pairs):
         parser.error("each pair is written a:b")
     print(tables(runs, args.arms, pairs, targets))  # type: ignore[arg-type]
+    for arm in args.chosen:
+        print("\n" + picks(chosen[arm.name], arm, targets))
+
+
+def _chosen_arm(text: str) -> ChosenArm:
+    try:
+        return ChosenArm.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 if __name__ == "__main__":

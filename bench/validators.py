@@ -23,12 +23,12 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from bench.validator_names import VALIDATORS
 from fedalign.architectures import ArchitectureContext
 from fedalign.config import FederationConfig
 from fedalign.data import NodeData, evaluation_batches
 from fedalign.models import build
 
-VALIDATORS = ("im", "neg_entropy", "diversity", "bnm", "snd")
 SND_TEMPERATURE = 0.05
 SND_MAX = 2000  # predictions SND compares pairwise (its matrix is square in this number)
 
@@ -47,13 +47,8 @@ def scores(probabilities: torch.Tensor) -> dict[str, float]:
     similarity = q @ q.T
     similarity.fill_diagonal_(-math.inf)  # each prediction against the others only
     snd = float(_entropy(F.softmax(similarity / SND_TEMPERATURE, dim=1)).mean())
-    return {
-        "im": diversity - entropy,
-        "neg_entropy": -entropy,
-        "diversity": diversity,
-        "bnm": bnm,
-        "snd": snd,
-    }
+    # In VALIDATORS' order: the names are written there once, for readers without torch.
+    return dict(zip(VALIDATORS, (diversity - entropy, -entropy, diversity, bnm, snd), strict=True))
 
 
 def predictions(config: FederationConfig, model: Mapping[str, torch.Tensor], data: NodeData) -> torch.Tensor:
