@@ -27,28 +27,25 @@ from bench.validator_names import VALIDATORS
 from fedalign.architectures import ArchitectureContext
 from fedalign.config import FederationConfig
 from fedalign.data import NodeData, evaluation_batches
+from fedalign.label_free import entropy, label_free_scores
 from fedalign.models import build
 
 SND_TEMPERATURE = 0.05
 SND_MAX = 2000  # predictions SND compares pairwise (its matrix is square in this number)
 
 
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * p.clamp_min(1e-12).log()).sum(dim=-1)
-
-
 def scores(probabilities: torch.Tensor) -> dict[str, float]:
     """Every validator of an (N, classes) matrix of predicted class probabilities."""
     p = probabilities.double()
-    entropy = float(_entropy(p).mean())
-    diversity = float(_entropy(p.mean(dim=0)))
+    information = label_free_scores(p)  # the scores `fedalign predict` prints
+    mean_entropy, diversity = information.mean_entropy, information.class_balance
     bnm = float(torch.linalg.svdvals(p).sum()) / len(p)
     q = F.normalize(p[:SND_MAX], dim=1)
     similarity = q @ q.T
     similarity.fill_diagonal_(-math.inf)  # each prediction against the others only
-    snd = float(_entropy(F.softmax(similarity / SND_TEMPERATURE, dim=1)).mean())
+    snd = float(entropy(F.softmax(similarity / SND_TEMPERATURE, dim=1)).mean())
     # In VALIDATORS' order: the names are written there once, for readers without torch.
-    return dict(zip(VALIDATORS, (diversity - entropy, -entropy, diversity, bnm, snd), strict=True))
+    return dict(zip(VALIDATORS, (information.information, -mean_entropy, diversity, bnm, snd), strict=True))
 
 
 def predictions(config: FederationConfig, model: Mapping[str, torch.Tensor], data: NodeData) -> torch.Tensor:

@@ -110,6 +110,14 @@ if [[ " ${FAMILIES:-signals digits} " == *" signals "* ]]; then
   $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
     --methods fedalign_recipe_stepped_gn fedalign_recipe_stepped_gn_lambda0 \
     --json bench/results/signals-pipeline.json --log bench/results/signals.jsonl
+  # The normalisation chosen on the target's own unlabelled data instead (bench.validators): each candidate
+  # pipeline, its lambda-0 twin and FedAvg in both normalisations rerun with the target model's label-free
+  # scores logged (the same runs as above: one seed is one run on one platform); bench.paired --chosen reads
+  # them.
+  $PY -m bench.accuracy --family signals --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_recipe_stepped fedalign_group_norm_balanced fedalign_balanced fedavg fedavg_group_norm \
+    fedalign_recipe_stepped_lambda0 fedalign_group_norm_balanced_no_adversarial fedalign_balanced_no_adversarial \
+    --json bench/results/signals-pipeline.json --log bench/results/signals-validators.jsonl
 fi
 # Digits: the server step on the recipe's choices (bench/results/ablation.jsonl) paired with the recipe and
 # FedAvg rerun on one platform (bench/results/digits-step.jsonl; the digits ablation's own runs were made on

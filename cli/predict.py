@@ -58,7 +58,8 @@ def predict(
 ) -> None:
     """Predict every sample of DATA with MODEL: one row per sample (where it comes from, its split, its label
     when it has one, the predicted class, each class's probability), in the data's own order. Prints the
-    accuracy when the data carry labels."""
+    accuracy when the data carry labels, and label-free scores of the predictions (information: class
+    balance minus mean entropy) that compare two models of the same data without labels."""
     # torch and the models load only when a command uses them.
     from fedalign.data import DatasetError
     from fedalign.device import Device
@@ -96,3 +97,9 @@ def predict(
         console.print("no labels in these data: no accuracy")
     else:
         console.print(f"accuracy {accuracy:.4f} on {predictions.labelled} labelled samples")
+    scores = predictions.label_free
+    console.print(
+        f"without labels: information {scores.information:.4f} = class balance {scores.class_balance:.4f} "
+        f"- mean entropy {scores.mean_entropy:.4f} (each at most log {scores.classes} = {scores.most:.4f}; "
+        "compare two models on the same data, higher first)"
+    )

@@ -5,7 +5,7 @@ images at its input size, scaled to [0, 1] and normalised by its mean and std. E
 (train, val and the labelled evaluation split test) is predicted, and the rows come back in the data's own
 order (`fedalign.data.origins`): a folder's files sorted, an array's rows in order. Each row names its sample,
 its split, its label when it has one, the predicted class and every class's probability; accuracy counts the
-labelled rows.
+labelled rows, and the label-free scores (`fedalign.label_free`) read every row's probabilities alone.
 
 Written as CSV, or as Parquet when pyarrow is installed (``pip install fedalign[parquet]``).
 """
@@ -24,6 +24,7 @@ from fedalign import data as datasets
 from fedalign.data import UNLABELLED, DatasetError, LoaderContext, evaluation_batches
 from fedalign.data.origins import Origin, origins
 from fedalign.device import CPU, Device
+from fedalign.label_free import LabelFreeScores, label_free_scores
 from fedalign.trained_model import TargetModel, input_preprocessing
 
 SPLITS = ("train", "val", "test")
@@ -60,6 +61,12 @@ class Predictions:
         if not known.any():
             return None
         return float((self.predicted[known] == self.labels[known]).mean())
+
+    @property
+    def label_free(self) -> LabelFreeScores:
+        """Information maximisation's scores of every row's prediction, labels or not (`fedalign.label_free`):
+        two models of the same data compared without a label."""
+        return label_free_scores(self.probabilities)
 
     def columns(self) -> dict[str, list[object]]:
         """The table: sample, split, label (empty when none), predicted, then prob_0 .. prob_{K-1}."""

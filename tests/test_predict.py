@@ -15,6 +15,7 @@ from cli.main import app
 from fedalign.config import FederationConfig
 from fedalign.data import DatasetError
 from fedalign.data.imagefolder import image_to_tensor, read_image
+from fedalign.label_free import label_free_scores
 from fedalign.predict import predict
 from fedalign.simulate import simulate
 from fedalign.trained_model import TargetModel, load_model, save_model
@@ -136,6 +137,15 @@ def test_the_command_prints_the_accuracy_of_a_labelled_folder_and_writes_csv(
     ]
     right = sum(r["label"] == r["predicted"] for r in rows)
     assert f"accuracy {right / 18:.4f} on 18 labelled samples" in result.output
+    # And the label-free scores of the same predictions, from their probabilities alone.
+    p = predict(load_model(path), f"imagefolder:{folder}?size={TAKEN}").probabilities.astype(np.float64)
+    mean_entropy = float(-(p * np.log(p)).sum(axis=1).mean())
+    balance = float(-(p.mean(axis=0) * np.log(p.mean(axis=0))).sum())
+    assert f"information {balance - mean_entropy:.4f} = class balance {balance:.4f}" in result.output
+    assert (
+        f"mean entropy {mean_entropy:.4f} (each at most log {CLASSES} = {np.log(CLASSES):.4f}"
+        in result.output
+    )
     assert f"18 samples of imagefolder:{folder}?size={TAKEN}" in result.output
 
 
@@ -224,3 +234,14 @@ def test_simulate_saves_the_targets_model_for_predict(tmp_path: Path) -> None:
     assert rows and {r["split"] for r in rows} == {"test"}
     right = sum(r["label"] == r["predicted"] for r in rows)
     assert f"accuracy {right / len(rows):.4f} on {len(rows)} labelled samples" in predicted.output
+
+
+def test_label_free_scores_see_a_collapse_and_refuse_what_is_not_a_probability_matrix() -> None:
+    balanced = label_free_scores(np.eye(CLASSES)[[0, 1, 2, 0, 1, 2]])
+    assert balanced.information == pytest.approx(np.log(CLASSES)) == pytest.approx(balanced.most)
+    collapsed = label_free_scores(np.eye(CLASSES)[[1] * 6])  # confident, every sample in one class
+    assert collapsed.mean_entropy == pytest.approx(0.0) and collapsed.class_balance == pytest.approx(0.0)
+    assert collapsed.information < balanced.information
+    for bad in (np.zeros((0, CLASSES)), np.ones(CLASSES)):
+        with pytest.raises(ValueError, match=r"\(N, K\) matrix"):
+            label_free_scores(bad)

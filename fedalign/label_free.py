@@ -1,0 +1,55 @@
+"""Label-free scores of a model's predictions on data without labels: the two terms of information
+maximisation (Shi & Sha, ICML 2012; SHOT, Liang et al., ICML 2020), read from the predicted class
+probabilities alone.
+
+* ``mean_entropy``: the mean entropy of one prediction, low where the model is confident;
+* ``class_balance``: the entropy of the mean prediction, high where the predictions spread over the classes
+  (0 when every sample falls into one class: a collapse);
+* ``information``: class balance minus mean entropy, at most log K for K classes.
+
+Two models of the same data can be compared by them without a label. They are a heuristic, not an
+accuracy: a model can be confidently wrong (the accuracy benchmark measures how often they choose well).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class LabelFreeScores:
+    mean_entropy: float
+    class_balance: float
+    classes: int
+
+    @property
+    def information(self) -> float:
+        return self.class_balance - self.mean_entropy
+
+    @property
+    def most(self) -> float:
+        """The largest value each score can take: log K."""
+        return math.log(self.classes)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """The entropy (nats) of each distribution along the last dimension."""
+    return -(p * p.clamp_min(1e-12).log()).sum(dim=-1)
+
+
+def label_free_scores(probabilities: torch.Tensor | np.ndarray) -> LabelFreeScores:
+    """The scores of an (N, K) matrix of predicted class probabilities (each row sums to 1)."""
+    p = torch.as_tensor(probabilities).double()
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError(
+            f"label-free scores need an (N, K) matrix of probabilities, got shape {tuple(p.shape)}"
+        )
+    return LabelFreeScores(
+        mean_entropy=float(entropy(p).mean()),
+        class_balance=float(entropy(p.mean(dim=0))),
+        classes=p.shape[1],
+    )
