@@ -2,7 +2,13 @@
 whichever candidate arm scores higher on the target's unlabelled data, as a user who ran each candidate once
 would deploy it. The chosen arm is then compared like any arm (bench.paired --chosen).
 
-    --chosen picked=fedalign_recipe_stepped,fedalign_group_norm_balanced@im
+    --chosen picked=fedalign_balanced,fedalign_group_norm_balanced@im
+
+A twin of a chosen arm (``--twin``) runs, per target and seed, the counterpart of whichever candidate was
+picked (its lambda-0 twin, say): what the picked pipeline gains over itself without one change, with the
+choice held fixed.
+
+    --twin picked_lambda0=picked:fedalign_balanced_no_adversarial,fedalign_group_norm_balanced_no_adversarial
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 from bench.validator_names import VALIDATORS
 
 _FORM = re.compile(r"^(?P<name>[\w.]+)=(?P<arms>[\w.]+(?:,[\w.]+)+)@(?P<validator>\w+)$")
+_TWIN = re.compile(r"^(?P<name>[\w.]+)=(?P<of>[\w.]+):(?P<arms>[\w.]+(?:,[\w.]+)+)$")
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,41 @@ class ChosenArm:
                 self.arms, key=lambda arm: (by_arm[arm]["final_metrics"][score], -self.arms.index(arm))
             )
             out.append({**by_arm[best], "method": self.name, "chosen_from": best})
+        return out
+
+
+@dataclass(frozen=True)
+class TwinArm:
+    """``name``: per target and seed, the run of ``twins[i]`` where chosen arm ``of`` picked its candidate
+    ``i``."""
+
+    name: str
+    of: str
+    twins: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str, chosen: dict[str, ChosenArm]) -> TwinArm:
+        match = _TWIN.match(text)
+        if match is None:
+            raise ValueError(f"{text!r}: write a twin as name=chosen_arm:twin,twin[,...]")
+        of, twins = match["of"], tuple(match["arms"].split(","))
+        if of not in chosen:
+            raise ValueError(f"{text!r}: {of!r} is not a chosen arm (--chosen)")
+        if len(twins) != len(chosen[of].arms):
+            raise ValueError(f"{text!r}: one twin per candidate of {of!r} ({len(chosen[of].arms)})")
+        return cls(match["name"], of, twins)
+
+    def runs(
+        self, runs: list[dict[str, Any]], chosen: ChosenArm, picked: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """One run per picked run whose candidate's twin ran on the same target and seed."""
+        twin_of = dict(zip(chosen.arms, self.twins, strict=True))
+        index = {(r["method"], r["target"], r["seed"]): r for r in runs}
+        out = []
+        for pick in picked:
+            twin = index.get((twin_of[pick["chosen_from"]], pick["target"], pick["seed"]))
+            if twin is not None:
+                out.append({**twin, "method": self.name, "chosen_from": twin["method"]})
         return out
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from scipy import stats
 
-from bench.chosen import ChosenArm, picks
+from bench.chosen import ChosenArm, TwinArm, picks
 from bench.logs import read_runs
 
 AVERAGE = "average"
@@ -165,10 +165,23 @@ def main(argv: list[str] | None = None) -> None:
         help="name=a,b@validator: per target and seed, the run of a or b with the higher label-free "
         "validator score (bench.chosen); name is then an arm like any other",
     )
+    parser.add_argument(
+        "--twin",
+        nargs="*",
+        default=[],
+        help="name=chosen:a0,b0: per target and seed, the run of the twin of whichever candidate the chosen "
+        "arm picked (a0 where it picked a); the choice held fixed",
+    )
     args = parser.parse_args(argv)
+    by_name = {arm.name: arm for arm in args.chosen}
+    try:
+        twins = [TwinArm.parse(text, by_name) for text in args.twin]
+    except ValueError as exc:
+        parser.error(str(exc))
     runs = load(args.log, args.steps)
     chosen = {arm.name: arm.runs(runs) for arm in args.chosen}
-    runs += [run for made in chosen.values() for run in made]
+    made = [twin.runs(runs, by_name[twin.of], chosen[twin.of]) for twin in twins]
+    runs += [run for picked in (*chosen.values(), *made) for run in picked]
     targets = args.targets or sorted({r["target"] for r in runs if r["method"] in args.arms})
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
     if any(len(p) != 2 for p in pairs):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import paired
-from bench.chosen import ChosenArm
+from bench.chosen import ChosenArm, TwinArm
 
 
 def _run(method: str, target: str, seed: int, acc: float, im: float | None) -> dict[str, object]:
@@ -69,3 +69,25 @@ def test_the_paired_table_compares_a_chosen_arm_like_any_arm(
 
     with pytest.raises(SystemExit):
         paired.main(["--log", str(log), "--arms", "picked", "--chosen", "picked=bn,gn@accuracy"])
+
+
+def test_a_twin_runs_the_counterpart_of_whichever_candidate_was_picked() -> None:
+    runs = [
+        *RUNS,
+        _run("bn0", "x", 0, 0.75, im=None),
+        _run("gn0", "x", 0, 0.55, im=None),
+        _run("bn0", "x", 1, 0.72, im=None),  # x seed 1 picked gn, whose twin did not run: no twin run
+        _run("gn0", "y", 0, 0.30, im=None),
+    ]
+    arm = ChosenArm.parse("picked=bn,gn@im")
+    twin = TwinArm.parse("picked0=picked:bn0,gn0", {"picked": arm})
+    made = {(r["target"], r["seed"]): r for r in twin.runs(runs, arm, arm.runs(runs))}
+    assert set(made) == {("x", 0)}  # y seed 0 picked bn (a tie), whose twin bn0 did not run there
+    assert (made["x", 0]["method"], made["x", 0]["chosen_from"], made["x", 0]["target_acc"]) == (
+        "picked0",
+        "bn0",
+        0.75,
+    )
+    for text in ("picked0=other:bn0,gn0", "picked0=picked:bn0", "picked0:bn0,gn0"):
+        with pytest.raises(ValueError):
+            TwinArm.parse(text, {"picked": arm})
