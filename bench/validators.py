@@ -6,7 +6,7 @@ A target node can compute every one of them on its own data; none reads a label.
 
 * ``im``: information maximisation (Shi & Sha, 2012; SHOT, Liang et al., 2020), the entropy of the mean
   prediction minus the mean entropy of a prediction: confident predictions that do not all fall into one
-  class. Declared as the rule before its runs were read (bench.select_normalisation); the others are
+  class. Declared as the rule before its runs were read (bench.chosen picks by it); the others are
   reported beside it.
 * ``neg_entropy``: minus the mean entropy of a prediction (confidence alone).
 * ``diversity``: the entropy of the mean prediction (class balance alone).
