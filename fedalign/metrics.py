@@ -11,6 +11,9 @@ parameters and sample counts); the protocol combines them per round into the fed
   2 (1 - 2 err) with err = 1 - ``disc_acc_fresh``.
 * ``source_val_acc`` and ``task_loss``: the sources', weighted by validation sample count; ``target_acc``:
   the target's, on its labelled evaluation split when it has one; ``adv_loss``: the mean over nodes.
+* ``target_information`` and ``target_class_balance``: the target's label-free scores of its model's
+  predictions on its own unlabelled training split (`fedalign.label_free`): information (class balance minus
+  mean entropy) compares two runs on the same target without a label; class balance 0 is a collapse.
 * ``adv_weight``: lambda, the adversarial term's weight in that round under its schedule (``fedalign``
   only; 0 means the discriminator trains but no extractor is pushed towards it), so that a chart of the
   discriminator's accuracy can say whether alignment was being asked for at all.
@@ -25,6 +28,9 @@ from collections.abc import Mapping
 from fedalign.config import FederationConfig
 from fedalign.schedules import scheduled_adv_weight
 
+# The target's label-free scores (information, then class balance), federation-level as the target reports
+# them.
+TARGET_LABEL_FREE = ("target_information", "target_class_balance")
 # Every scalar a node may report with a step: the privacy guarantee's list of what leaves a node besides
 # parameters and sample counts. The server refuses any other name, and a step that produced one fails on its
 # node (`fedalign.node.NodeRuntime.run`).
@@ -45,6 +51,7 @@ REPORTED_METRICS = frozenset(
         "source_val_acc",  # evaluation on the sources' labelled validation split
         "val_task_loss",
         "target_acc",  # the target's labelled test split, read for reporting only
+        *TARGET_LABEL_FREE,  # label-free scores of the target's predictions (steps.target_label_free)
         "dp_epsilon",  # differential privacy: epsilon spent so far at the federation's delta (its accountant)
     }
 )
@@ -83,8 +90,9 @@ def round_metrics(
         out["disc_acc_source"], out["disc_acc_target"] = parts
         out["disc_acc"] = 0.5 * (parts[0] + parts[1])
     target = config.target.name
-    if "target_acc" in node_metrics.get(target, {}):
-        out["target_acc"] = node_metrics[target]["target_acc"]
+    for name in ("target_acc", *TARGET_LABEL_FREE):
+        if name in node_metrics.get(target, {}):
+            out[name] = node_metrics[target][name]
     sources = [n.name for n in config.sources]
     for name in ("source_val_acc", "task_loss"):
         value = _weighted(

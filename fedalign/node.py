@@ -44,6 +44,7 @@ from fedalign.steps import (
     discriminator_accuracy,
     refresh_statistics,
     set_lr,
+    target_label_free,
     task_accuracy,
     train_discriminator,
 )
@@ -432,11 +433,15 @@ class NodeRuntime:
         if self.role == "source":
             acc, loss = task_accuracy(m.G, m.T, self.data.val, self.device)
             metrics |= {"source_val_acc": acc, "val_task_loss": loss}
-        elif len(self.data.test) > 0:
-            # Reported only: no step and no model selection ever reads the target's labels. Without a
-            # labelled evaluation split there is no target_acc at all (never a made-up one).
-            acc, _ = task_accuracy(m.G, m.T, self.data.test, self.device)
-            metrics["target_acc"] = acc
+        else:
+            # The target's own predictions on its unlabelled training split: label-free scores that compare
+            # two runs on the same target (docs: method, "When the adversarial term can add accuracy").
+            metrics |= target_label_free(m.G, m.T, self.data.train, self.device)
+            if len(self.data.test) > 0:
+                # Reported only: no step and no model selection ever reads the target's labels. Without a
+                # labelled evaluation split there is no target_acc at all (never a made-up one).
+                acc, _ = task_accuracy(m.G, m.T, self.data.test, self.device)
+                metrics["target_acc"] = acc
         return StepResult(metrics=metrics)
 
     def _publish(self, step: StepSpec) -> StepResult:

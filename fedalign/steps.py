@@ -33,6 +33,8 @@ from torch import nn
 
 from fedalign.data import SplitDataset, evaluation_batches
 from fedalign.device import CPU, Device
+from fedalign.label_free import label_free_scores
+from fedalign.metrics import TARGET_LABEL_FREE
 
 SOURCE, TARGET = 1.0, 0.0
 
@@ -329,6 +331,25 @@ def discriminator_accuracy(
         loss_sum += float(domain_loss(logits, own_label)) * len(x)
     n = max(len(split), 1)
     return {"disc_acc_own": correct / n, "disc_n": float(len(split)), "disc_eval_loss": loss_sum / n}
+
+
+@torch.no_grad()
+def target_label_free(
+    G: nn.Module, T: nn.Module, split: SplitDataset, device: Device = CPU
+) -> dict[str, float]:
+    """The label-free scores (`fedalign.label_free`) of T(G(x)) on a split, labelled or not: none is read.
+    Empty for an empty split."""
+    if len(split) == 0:
+        return {}
+    G.eval()
+    T.eval()
+    probabilities = []
+    for x, _y in evaluation_batches(split):
+        (x,) = _to(device, x)
+        with device.autocast:
+            probabilities.append(F.softmax(T(G(x)).float(), dim=1).cpu())
+    scores = label_free_scores(torch.cat(probabilities))
+    return dict(zip(TARGET_LABEL_FREE, (scores.information, scores.class_balance), strict=True))
 
 
 @torch.no_grad()

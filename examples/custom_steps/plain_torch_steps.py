@@ -114,6 +114,26 @@ class PlainTorchSteps(Steps):
         n = max(len(split), 1)
         return correct / n, loss_sum / n
 
+    def target_label_free(self, split: SplitDataset) -> dict[str, float]:
+        """Information and class balance of the predictions on an unlabelled split (no label is read)."""
+        if len(split) == 0:
+            return {}
+        self.G.eval()
+        self.T.eval()
+        probabilities = []
+        with torch.no_grad():
+            for x, _y in self.node.evaluation_batches(split):
+                with self.node.device.autocast:
+                    logits = self.T(self.G(x.to(self.node.device.torch_device))).float()
+                    probabilities.append(F.softmax(logits, dim=1).cpu())
+        p = torch.cat(probabilities).double()
+
+        def entropy(q: torch.Tensor) -> torch.Tensor:
+            return -(q * q.clamp_min(1e-12).log()).sum(dim=-1)
+
+        balance, mean_entropy = float(entropy(p.mean(dim=0))), float(entropy(p).mean())
+        return {"target_information": balance - mean_entropy, "target_class_balance": balance}
+
     # -------------------------------------------------------------------------------------- steps
 
     def setup(self, step: StepSpec, downloads: Downloads) -> StepResult:
@@ -231,8 +251,10 @@ class PlainTorchSteps(Steps):
         if self.node.role == "source":
             acc, loss = self.task_accuracy(self.node.data.val)
             metrics |= {"source_val_acc": acc, "val_task_loss": loss}
-        elif len(self.node.data.test) > 0:  # the target's labelled evaluation split, for reporting only
-            metrics["target_acc"] = self.task_accuracy(self.node.data.test)[0]
+        else:  # the target: label-free scores on its own training split, and its labelled evaluation split
+            metrics |= self.target_label_free(self.node.data.train)
+            if len(self.node.data.test) > 0:  # for reporting only
+                metrics["target_acc"] = self.task_accuracy(self.node.data.test)[0]
         return StepResult(metrics=metrics)
 
     def publish(self, step: StepSpec, downloads: Downloads) -> StepResult:

@@ -19,6 +19,21 @@ describe("chart lines from the metrics response", () => {
   });
 });
 
+describe("the target's label-free chart", () => {
+  it("draws information and class balance once the target reports them, live", () => {
+    const chart = FEDERATION_CHARTS.find((c) => c.testId === "chart-target-label-free")!;
+    expect(chartLines(chart, metricsResponse())).toEqual([]);
+    const list = applyMetricsUpdates(metricsResponse(1), [
+      { round: 2, node: null, metrics: { target_information: 1.2, target_class_balance: 1.7 } },
+    ]);
+    expect(chartLines(chart, list)).toEqual([
+      { label: "information", points: [{ round: 2, value: 1.2 }] },
+      { label: "class balance", points: [{ round: 2, value: 1.7 }] },
+    ]);
+    expect(plottedRounds(chart, list)).toBe(1);
+  });
+});
+
 describe("live metrics events", () => {
   it("append the event's round to the federation's series", () => {
     const list = applyMetricsUpdates(metricsResponse(3), [

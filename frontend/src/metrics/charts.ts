@@ -90,6 +90,19 @@ export const FEDERATION_CHARTS: readonly ChartSpec[] = [
     help: "On the target's labelled test split, read for reporting only: no step uses target labels.",
     needsTargetLabels: true,
   },
+  {
+    title: "Target predictions (label-free)",
+    testId: "chart-target-label-free",
+    scale: { y: "nats", min: 0 },
+    federation: [
+      { name: "target_information", label: "information" },
+      { name: "target_class_balance", label: "class balance" },
+    ],
+    help:
+      "The target's model on the target's own unlabelled training data, no label read: class balance (0 when " +
+      "every sample falls into one class, a collapse) minus the mean entropy is the information. Compare two " +
+      "runs on the same target by it, higher first; a model can still be confidently wrong.",
+  },
 ];
 
 /** The lines a chart draws from the series list; series with no points yet are left out. */
