@@ -51,7 +51,7 @@ class ChosenArm:
             if run["method"] in self.arms and score in run.get("final_metrics", {}):
                 cells.setdefault((run["target"], run["seed"]), {})[run["method"]] = run
         out = []
-        for (_, _), by_arm in sorted(cells.items()):
+        for _, by_arm in sorted(cells.items()):
             if len(by_arm) < len(self.arms):
                 continue
             best = max(

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from bench.validator_names import VALIDATORS
 from fedalign.architectures import ArchitectureContext
 from fedalign.config import FederationConfig
-from fedalign.data import NodeData, evaluation_batches
+from fedalign.data import NodeData
 from fedalign.label_free import entropy, label_free_scores
 from fedalign.models import build
+from fedalign.steps import predicted_probabilities
 
 SND_TEMPERATURE = 0.05
 SND_MAX = 2000  # predictions SND compares pairwise (its matrix is square in this number)
@@ -58,8 +59,7 @@ def predictions(config: FederationConfig, model: Mapping[str, torch.Tensor], dat
             {k.removeprefix(prefix): v for k, v in model.items() if k.startswith(prefix)}
         )
         models[part].eval()
-    with torch.no_grad():
-        return torch.cat([F.softmax(models.T(models.G(x)), dim=1) for x, _ in evaluation_batches(data.train)])
+    return predicted_probabilities(models.G, models.T, data.train)
 
 
 def target_scores(

@@ -334,13 +334,11 @@ def discriminator_accuracy(
 
 
 @torch.no_grad()
-def target_label_free(
+def predicted_probabilities(
     G: nn.Module, T: nn.Module, split: SplitDataset, device: Device = CPU
-) -> dict[str, float]:
-    """The label-free scores (`fedalign.label_free`) of T(G(x)) on a split, labelled or not: none is read.
-    Empty for an empty split."""
-    if len(split) == 0:
-        return {}
+) -> torch.Tensor:
+    """softmax(T(G(x))) in float32 for every example of a non-empty split, in order, on the CPU (evaluation
+    mode; no label is read)."""
     G.eval()
     T.eval()
     probabilities = []
@@ -348,7 +346,18 @@ def target_label_free(
         (x,) = _to(device, x)
         with device.autocast:
             probabilities.append(F.softmax(T(G(x)).float(), dim=1).cpu())
-    scores = label_free_scores(torch.cat(probabilities))
+    return torch.cat(probabilities)
+
+
+@torch.no_grad()
+def target_label_free(
+    G: nn.Module, T: nn.Module, split: SplitDataset, device: Device = CPU
+) -> dict[str, float]:
+    """The label-free scores (`fedalign.label_free`) of T(G(x)) on a split, labelled or not: none is read.
+    Empty for an empty split."""
+    if len(split) == 0:
+        return {}
+    scores = label_free_scores(predicted_probabilities(G, T, split, device))
     return dict(zip(TARGET_LABEL_FREE, (scores.information, scores.class_balance), strict=True))
 
 
