@@ -146,3 +146,15 @@ if [[ " ${FAMILIES:-signals digits} " == *" digits "* ]]; then
     --methods fedalign_recipe_stepped fedalign_recipe_stepped_lambda0 \
     --json bench/results/digits-step.json --log bench/results/digits-step.jsonl
 fi
+# Digits: the label-free normalisation choice declared on signals, run unchanged on digits, where neither
+# candidate had run: the balanced pipeline with BatchNorm per node and with GroupNorm, the higher target
+# information (bench.validators' `im`) deployed per target and seed; the two candidates first (against FedAvg,
+# bench/results/digits-step.jsonl), then their lambda-0 twins (the paired ablation of the adversarial term).
+if [[ " ${FAMILIES:-signals digits} " == *" digits "* ]]; then
+  $PY -m bench.accuracy --family digits --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_balanced fedalign_group_norm_balanced \
+    --json bench/results/digits-validators.json --log bench/results/digits-validators.jsonl
+  $PY -m bench.accuracy --family digits --workers "${WORKERS:-1}" --seeds ${SEEDS:-0 1 2 3 4} \
+    --methods fedalign_balanced_no_adversarial fedalign_group_norm_balanced_no_adversarial \
+    --json bench/results/digits-validators.json --log bench/results/digits-validators.jsonl
+fi
