@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
         bench-load bench-privacy bench-recovery bench-round bench-transfer bench-steps bench-data \
-        bench-ablation bench-signals bench-guard bench-variants clean
+        bench-ablation bench-signals bench-guard bench-variants bench-clinics clean
 
 # The dev set includes the optional extras (export: ONNX; parquet; the trackers), so that their tests run. setuptools says
 # on every editable install that it is one ("Editable installation" / "Please be careful with folders ..."):
@@ -125,6 +125,11 @@ bench-signals: setup
 # (signals: under an hour on two cores; digits: CPU-hours; resumable).
 bench-variants: setup
 	PY=$(BIN)/python bench/variants_study.sh
+
+# The third family (clinics), a confirmation declared before its runs: the normalisation chosen by the
+# target's label-free information, five paired seeds, then its tables (under an hour on two cores; resumable).
+bench-clinics: setup
+	PY=$(BIN)/python bench/clinics_study.sh
 
 # A label-free guard against negative transfer: FedAvg on the same source-only validation tasks as the
 # recipe's settings, per target whichever validates best (both families; resumable), then its paired table.

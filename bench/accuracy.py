@@ -62,6 +62,10 @@ FAMILIES: dict[str, Family] = {
     "signals": Family(
         "signals", ("lab", "field", "fast", "smooth"), "mlp", {"input_shape": [64], "num_classes": 6}
     ),
+    # fedalign.data.clinics: five diagnoses from 24 measurements at four simulated clinics, a tabular task.
+    "clinics": Family(
+        "clinics", ("city", "rural", "units", "legacy"), "mlp", {"input_shape": [24], "num_classes": 5}
+    ),
 }
 
 # The method's defaults (docs/method.md): the schema's defaults, nothing added.
@@ -560,7 +564,8 @@ def main(argv: list[str] | None = None) -> None:
         "--family",
         choices=list(FAMILIES),
         default="digits",
-        help="The benchmark family: digits (images, digits_cnn) or signals (vectors, mlp).",
+        help="The benchmark family: digits (images, digits_cnn), signals (vectors, mlp) or clinics (tabular "
+        "records, mlp).",
     )
     every_domain = [d for f in FAMILIES.values() for d in f.domains]
     parser.add_argument(

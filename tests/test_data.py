@@ -25,6 +25,7 @@ from fedalign.data import (
     stack,
 )
 from fedalign.data import digits as digits_module
+from fedalign.data.clinics import generate
 from fedalign.data.core import images_to_tensor
 from fedalign.data.imagefolder import read_image
 from fedalign.data.preprocessing import augmentation
@@ -418,6 +419,41 @@ def test_signals_are_the_same_on_every_load_and_differ_by_sensor() -> None:
 def test_unknown_signals_domain_names_the_domains() -> None:
     with pytest.raises(DatasetError, match="lab, field, fast, smooth"):
         load("signals:ocean")
+
+
+# ------------------------------------------------------------------------------------------------- clinics
+
+
+def test_clinics_domains_are_labelled_records_of_five_balanced_diagnoses() -> None:
+    for domain in ("city", "rural", "units", "legacy"):
+        data = load(f"clinics:{domain}")
+        assert data.input_shape == (24,) and data.num_classes == 5
+        assert len(data.train) + len(data.val) + len(data.test) == 5 * 500
+        assert torch.bincount(data.test.y, minlength=5).tolist() == [75] * 5
+        assert torch.isfinite(data.train.x).all()
+
+
+def test_clinics_share_one_ground_truth_and_differ_by_the_named_shifts() -> None:
+    first, again = load("clinics:units"), load("clinics:units")
+    assert torch.equal(first.train.x, again.train.x) and torch.equal(first.train.y, again.train.y)
+    city, rural, units, legacy = (generate(d) for d in ("city", "rural", "units", "legacy"))
+    # One task: a diagnosis's mean record is closer to the same diagnosis's mean at another clinic of the same
+    # instruments than to any other diagnosis's there.
+    means = [np.stack([x[y == c].mean(0) for c in range(5)]) for x, y in (city, legacy)]
+    distances = np.linalg.norm(means[0][:, None] - means[1][None], axis=2)
+    assert (distances.argmin(axis=1) == np.arange(5)).all()
+    # Older patients move every record; another laboratory's scales and offsets move each measurement on its
+    # own; the old analyser rounds readings to steps of 0.5 and fills a fifth of them with the clinic's mean.
+    assert np.abs(rural[0].mean(0) - city[0].mean(0)).max() > 0.2
+    assert np.abs(units[0].std(0) / city[0].std(0) - 1).max() > 1.0
+    off_grid = legacy[0] % 0.5 != 0
+    assert 0.17 < off_grid.mean() < 0.23 and (city[0] % 0.5 != 0).mean() > 0.99
+    assert all(np.unique(legacy[0][off_grid[:, j], j]).size == 1 for j in range(24))
+
+
+def test_unknown_clinics_domain_names_the_domains() -> None:
+    with pytest.raises(DatasetError, match="city, rural, units, legacy"):
+        load("clinics:mars")
 
 
 # ------------------------------------------------------------------ batches through the DataLoader, as before

@@ -8,6 +8,9 @@ Specs (``scheme:argument``):
 - ``signals:<domain>``: the built-in vector benchmark, domains ``lab``, ``field``, ``fast``, ``smooth``:
   windows of 64 readings of six waveforms recorded by four simulated sensors
   (see :mod:`fedalign.data.signals`).
+- ``clinics:<domain>``: the built-in tabular benchmark, domains ``city``, ``rural``, ``units``, ``legacy``:
+  records of 24 measurements and one of five diagnoses at four simulated clinics
+  (see :mod:`fedalign.data.clinics`).
 - ``imagefolder:<dir>[?size=S|?size=HxW]``: one sub-folder per class (or images directly in it:
   unlabelled), images read as batches ask for them, RGB at 28x28 (or S, or ``preprocessing.resize``);
   see :mod:`fedalign.data.imagefolder`.

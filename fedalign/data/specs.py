@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fedalign.data.cache import default_cache_dir
+from fedalign.data.clinics import CLINICS_DOMAINS, load_clinics
 from fedalign.data.core import DatasetError, NodeData
 from fedalign.data.digits import DIGITS_DOMAINS, load_domain
 from fedalign.data.imagefolder import load_imagefolder
@@ -14,9 +15,16 @@ from fedalign.data.plugins import FORM, LoaderContext, load_plugin, parse_plugin
 from fedalign.data.preprocessing import ImageTransform, transformed
 from fedalign.data.signals import SIGNALS_DOMAINS, load_signals
 
+# The generated benchmark families: scheme -> its domains.
+BUILT_IN_DOMAINS: dict[str, tuple[str, ...]] = {
+    "digits": DIGITS_DOMAINS,
+    "signals": SIGNALS_DOMAINS,
+    "clinics": CLINICS_DOMAINS,
+}
 SCHEMES: dict[str, str] = {
     "digits": f"digits:<domain> with domain one of {', '.join(DIGITS_DOMAINS)}",
     "signals": f"signals:<domain> with domain one of {', '.join(SIGNALS_DOMAINS)}",
+    "clinics": f"clinics:<domain> with domain one of {', '.join(CLINICS_DOMAINS)}",
     "imagefolder": "imagefolder:<directory>[?size=S|?size=HxW] with one sub-folder of images per class, or "
     "images directly in it (unlabelled)",
     "npz": "npz:<file.npz> with arrays x and y (or x alone: unlabelled; optionally x_val, y_val, x_test, "
@@ -35,7 +43,7 @@ def _expected() -> str:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """``"scheme:argument"`` -> (scheme, argument), checking the scheme (and, for digits and signals, the
+    """``"scheme:argument"`` -> (scheme, argument), checking the scheme (and, for a built-in benchmark, the
     domain; for a loader plug-in, the form of its import path; nothing is imported).
 
     Only the first colon separates, so paths may contain colons.
@@ -49,7 +57,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
         raise DatasetError(f"dataset spec {spec!r} has unknown scheme {scheme!r}; {_expected()}")
     if not argument:
         raise DatasetError(f"dataset spec {spec!r} is missing its argument; expected {SCHEMES[scheme]}")
-    for family, domains in (("digits", DIGITS_DOMAINS), ("signals", SIGNALS_DOMAINS)):
+    for family, domains in BUILT_IN_DOMAINS.items():
         if scheme == family and argument not in domains:
             raise DatasetError(
                 f"dataset spec {spec!r} names unknown {family} domain {argument!r}; "
@@ -83,6 +91,8 @@ def load(spec: str, cache_dir: Path | None = None, context: LoaderContext | None
         return _transformed(load_domain(spec, argument, cache), ImageTransform.of(preprocessing))
     if scheme == "signals":
         return _transformed(load_signals(spec, argument), ImageTransform.of(preprocessing))
+    if scheme == "clinics":
+        return _transformed(load_clinics(spec, argument), ImageTransform.of(preprocessing))
     if scheme == "imagefolder":
         return load_imagefolder(spec, argument, preprocessing)
     if scheme == "npz":
