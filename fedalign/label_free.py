@@ -19,6 +19,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+# The target's live scores (at each evaluation) read at most this many examples of its training split, the
+# same ones in every round and run, so that they compare across runs at a bounded cost: a pass over a whole
+# split at every evaluation costs more than the training between evaluations (bench.label_free_cost).
+LIVE_EXAMPLES = 256
+
+
+def live_indices(n: int, most: int = LIVE_EXAMPLES) -> list[int]:
+    """The examples of an n-example split that the live scores read: every one when n <= most, otherwise
+    `most` evenly spaced ones, i * n // most for i < most."""
+    k = min(n, most)
+    return [i * n // k for i in range(k)]
+
 
 @dataclass(frozen=True)
 class LabelFreeScores:

@@ -12,8 +12,9 @@ parameters and sample counts); the protocol combines them per round into the fed
 * ``source_val_acc`` and ``task_loss``: the sources', weighted by validation sample count; ``target_acc``:
   the target's, on its labelled evaluation split when it has one; ``adv_loss``: the mean over nodes.
 * ``target_information`` and ``target_class_balance``: the target's label-free scores of its model's
-  predictions on its own unlabelled training split (`fedalign.label_free`): information (class balance minus
-  mean entropy) compares two runs on the same target without a label; class balance 0 is a collapse.
+  predictions on its own unlabelled training split (`fedalign.label_free`; a fixed sample of at most
+  ``LIVE_EXAMPLES`` of it): information (class balance minus mean entropy) compares two runs on the same
+  target without a label; class balance 0 is a collapse.
 * ``adv_weight``: lambda, the adversarial term's weight in that round under its schedule (``fedalign``
   only; 0 means the discriminator trains but no extractor is pushed towards it), so that a chart of the
   discriminator's accuracy can say whether alignment was being asked for at all.

@@ -24,7 +24,7 @@ the global RNG is seeded for anything else (dropout).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 
 from fedalign.data import SplitDataset, evaluation_batches
 from fedalign.device import CPU, Device
-from fedalign.label_free import label_free_scores
+from fedalign.label_free import label_free_scores, live_indices
 from fedalign.metrics import TARGET_LABEL_FREE
 
 SOURCE, TARGET = 1.0, 0.0
@@ -335,14 +335,18 @@ def discriminator_accuracy(
 
 @torch.no_grad()
 def predicted_probabilities(
-    G: nn.Module, T: nn.Module, split: SplitDataset, device: Device = CPU
+    G: nn.Module,
+    T: nn.Module,
+    split: SplitDataset,
+    device: Device = CPU,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """softmax(T(G(x))) in float32 for every example of a non-empty split, in order, on the CPU (evaluation
-    mode; no label is read)."""
+    """softmax(T(G(x))) in float32 for every example of a non-empty split (or those at ``indices``), in order,
+    on the CPU (evaluation mode; no label is read)."""
     G.eval()
     T.eval()
     probabilities = []
-    for x, _y in evaluation_batches(split):
+    for x, _y in evaluation_batches(split, indices=indices):
         (x,) = _to(device, x)
         with device.autocast:
             probabilities.append(F.softmax(T(G(x)).float(), dim=1).cpu())
@@ -353,11 +357,11 @@ def predicted_probabilities(
 def target_label_free(
     G: nn.Module, T: nn.Module, split: SplitDataset, device: Device = CPU
 ) -> dict[str, float]:
-    """The label-free scores (`fedalign.label_free`) of T(G(x)) on a split, labelled or not: none is read.
-    Empty for an empty split."""
+    """The live label-free scores (`fedalign.label_free`) of T(G(x)) on a split, labelled or not (none is
+    read): on its `live_indices`, at most `LIVE_EXAMPLES` of it. Empty for an empty split."""
     if len(split) == 0:
         return {}
-    scores = label_free_scores(predicted_probabilities(G, T, split, device))
+    scores = label_free_scores(predicted_probabilities(G, T, split, device, live_indices(len(split))))
     return dict(zip(TARGET_LABEL_FREE, (scores.information, scores.class_balance), strict=True))
 
 

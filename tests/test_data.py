@@ -503,6 +503,12 @@ def test_evaluation_batches_read_a_split_once_in_order() -> None:
     assert [len(x) for x, _ in batches] == [512, 512, 76]
     assert torch.equal(torch.cat([x for x, _ in batches]), split.x)
     assert list(evaluation_batches(numbered_split(0))) == []
+    # Given indices, only those samples, in their order, batched alike.
+    chosen = [*range(1099, 0, -2)]
+    batches = list(evaluation_batches(split, indices=chosen))
+    assert [len(x) for x, _ in batches] == [512, 38]
+    assert torch.equal(torch.cat([x for x, _ in batches]), split.x[chosen])
+    assert list(evaluation_batches(split, indices=[])) == []
 
 
 class ItemsOnly:

@@ -12,6 +12,7 @@ from torch import nn
 from fedalign.aggregate import average_states
 from fedalign.architectures import ArchitectureContext
 from fedalign.data import BatchStream, Split, load, stack
+from fedalign.label_free import LIVE_EXAMPLES, label_free_scores, live_indices
 from fedalign.models import build
 from fedalign.steps import (
     SOURCE,
@@ -23,6 +24,8 @@ from fedalign.steps import (
     domain_loss,
     entropy_weights,
     marginal_entropy,
+    predicted_probabilities,
+    target_label_free,
     task_accuracy,
     train_discriminator,
 )
@@ -260,6 +263,24 @@ def test_evaluation_of_the_discriminator_reads_no_labels_and_task_accuracy_needs
     assert 0 <= task_accuracy(models.G, models.T, split)[0] <= 1
     with pytest.raises(ValueError, match="needs a labelled split"):
         task_accuracy(models.G, models.T, unlabelled)
+
+
+def test_the_live_label_free_scores_read_a_fixed_bounded_sample_and_no_label() -> None:
+    models = build("mlp", SHAPE, seed=0)
+    small, large = domain(11, 0.0, n=200), domain(12, 0.0, n=5000)
+
+    def scores(split: Split, indices: list[int] | None = None) -> dict[str, float]:
+        s = label_free_scores(predicted_probabilities(models.G, models.T, split, indices=indices))
+        return {"target_information": s.information, "target_class_balance": s.class_balance}
+
+    # A split within the bound is read whole; a larger one on its evenly spaced sample, the same every time.
+    assert target_label_free(models.G, models.T, small) == scores(small)
+    sample = live_indices(len(large))
+    assert len(sample) == LIVE_EXAMPLES and sample == sorted(set(sample)) and sample[-1] < len(large)
+    assert target_label_free(models.G, models.T, large) == scores(large, sample)
+    assert target_label_free(models.G, models.T, Split(large.x)) == scores(large, sample)  # labels unread
+    assert target_label_free(models.G, models.T, large) != scores(large)  # the whole split differs
+    assert target_label_free(models.G, models.T, Split.empty((6,))) == {}
 
 
 def test_a_split_read_from_disk_trains_exactly_as_the_same_samples_in_memory(tmp_path: Path) -> None:

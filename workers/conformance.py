@@ -27,6 +27,7 @@ from fedalign.data import NodeData, Split
 from fedalign.data.core import node_data
 from fedalign.device import CPU, Device
 from fedalign.failures import failure_reason
+from fedalign.label_free import LIVE_EXAMPLES
 from fedalign.model_manifest import ModelManifest
 from fedalign.node import StepResult
 from fedalign.protocol import StepSpec
@@ -50,7 +51,9 @@ SCRATCH_SETTINGS: dict[str, Any] = {
 }
 # name, role, how far its inputs are moved (the domain shift)
 SCRATCH_NODES = (("source-a", "source", 0.0), ("source-b", "source", 0.4), ("target", "target", 1.5))
-SAMPLES = {"train": 48, "val": 16, "test": 16}
+# The train split is larger than the target's live label-free sample, so that the check holds an evaluate step
+# to that sample (fedalign.label_free.live_indices) and not to a pass over the whole split.
+SAMPLES = {"train": LIVE_EXAMPLES + 44, "val": 16, "test": 16}
 DEFAULT_TOLERANCE = 1e-5
 # Disagreements named per step kind; the rest are counted.
 SHOWN = 5

@@ -11,7 +11,7 @@ conformance check (``fedalign node check``) says where they do not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 
 import torch
@@ -132,10 +132,13 @@ class NodeContext:
             )
         return training_batches(self.config, self.data, step)
 
-    def evaluation_batches(self, split: SplitDataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def evaluation_batches(
+        self, split: SplitDataset, indices: Sequence[int] | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A held-out split once, in order, in the reference's evaluation batches (sums of per-batch
-        values then match the reference's exactly)."""
-        return evaluation_batches(split)
+        values then match the reference's exactly); with ``indices``, only those samples (the target's live
+        label-free scores read `fedalign.label_free.live_indices`)."""
+        return evaluation_batches(split, indices=indices)
 
     def optimizer(self, parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         """The federation's optimiser (``hyperparameters.optimizer``: SGD with momentum, Adam or AdamW) over

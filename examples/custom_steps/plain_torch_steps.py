@@ -24,6 +24,7 @@ from torch import nn
 
 from fedalign import optimizers
 from fedalign.data import SplitDataset
+from fedalign.label_free import live_indices
 from workers.steps import Batches, Downloads, NodeContext, State, StepError, StepResult, Steps, StepSpec
 
 SOURCE, TARGET = 1.0, 0.0  # D's label: its logit is the log-odds that a feature comes from a source
@@ -115,14 +116,15 @@ class PlainTorchSteps(Steps):
         return correct / n, loss_sum / n
 
     def target_label_free(self, split: SplitDataset) -> dict[str, float]:
-        """Information and class balance of the predictions on an unlabelled split (no label is read)."""
+        """Information and class balance of the predictions on an unlabelled split (no label is read), read on
+        the protocol's fixed sample of at most 256 of its examples."""
         if len(split) == 0:
             return {}
         self.G.eval()
         self.T.eval()
         probabilities = []
         with torch.no_grad():
-            for x, _y in self.node.evaluation_batches(split):
+            for x, _y in self.node.evaluation_batches(split, live_indices(len(split))):
                 with self.node.device.autocast:
                     logits = self.T(self.G(x.to(self.node.device.torch_device))).float()
                     probabilities.append(F.softmax(logits, dim=1).cpu())

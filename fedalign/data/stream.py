@@ -149,14 +149,17 @@ class BatchStream(TrainingBatches):
 
 
 def evaluation_batches(
-    split: SplitDataset, batch_size: int = EVAL_BATCH_SIZE, workers: int = 0
+    split: SplitDataset,
+    batch_size: int = EVAL_BATCH_SIZE,
+    workers: int = 0,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The split once, in order, in batches of ``batch_size`` (the last one smaller); no augmentation."""
-    if len(split) == 0:
+    """The split once, in order, in batches of ``batch_size`` (the last one smaller); no augmentation. With
+    ``indices``, only those samples, in that order, batched alike."""
+    order = range(len(split)) if indices is None else list(indices)
+    if len(order) == 0:
         return iter(())
-    chunks = [
-        list(range(start, min(start + batch_size, len(split)))) for start in range(0, len(split), batch_size)
-    ]
+    chunks = [list(order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
     return iter(batch_loader(split, chunks, workers))
 
 
