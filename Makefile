@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup run test docs docs-serve lint format frontend-api bench-accuracy bench-aggregate bench-lambda \
         bench-load bench-privacy bench-recovery bench-round bench-transfer bench-steps bench-data \
-        bench-ablation bench-signals bench-guard bench-variants bench-clinics clean
+        bench-ablation bench-signals bench-guard bench-variants bench-clinics bench-label-free clean
 
 # The dev set includes the optional extras (export: ONNX; parquet; the trackers), so that their tests run. setuptools says
 # on every editable install that it is one ("Editable installation" / "Please be careful with folders ..."):
@@ -100,6 +100,10 @@ bench-transfer: setup
 
 bench-steps: setup
 	$(BIN)/python -m bench.step_throughput --json bench/results/step-throughput.json
+
+# What the target's live label-free scores cost at each evaluation, against a pass over its whole split.
+bench-label-free: setup
+	$(BIN)/python -m bench.label_free_cost --json bench/results/label-free-cost.json
 
 # A node's peak memory on 20,000 generated 128x128 images: read lazily against stacked into memory.
 bench-data: setup
