@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.validator_names import VALIDATORS
+from fedalign.label_free import choose
 
 _FORM = re.compile(r"^(?P<name>[\w.]+)=(?P<arms>[\w.]+(?:,[\w.]+)+)@(?P<validator>\w+)$")
 _TWIN = re.compile(r"^(?P<name>[\w.]+)=(?P<of>[\w.]+):(?P<arms>[\w.]+(?:,[\w.]+)+)$")
@@ -54,9 +55,7 @@ class ChosenArm:
         for _, by_arm in sorted(cells.items()):
             if len(by_arm) < len(self.arms):
                 continue
-            best = max(
-                self.arms, key=lambda arm: (by_arm[arm]["final_metrics"][score], -self.arms.index(arm))
-            )
+            best = self.arms[choose([by_arm[arm]["final_metrics"][score] for arm in self.arms])]
             out.append({**by_arm[best], "method": self.name, "chosen_from": best})
         return out
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from cli import (
+    choose,
     data,
     db,
     export,
@@ -63,6 +64,7 @@ app.command()(simulate.simulate)
 app.command("init-model")(models.init_model)
 app.command("convert-checkpoint")(models.convert_checkpoint)
 app.command()(predict.predict)
+app.command()(choose.choose)
 app.command()(export.export)
 app.command()(serve.serve)
 app.command()(serve.openapi)

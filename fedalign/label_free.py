@@ -14,6 +14,7 @@ accuracy: a model can be confidently wrong (the accuracy benchmark measures how 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,13 @@ class LabelFreeScores:
     def most(self) -> float:
         """The largest value each score can take: log K."""
         return math.log(self.classes)
+
+
+def choose(scores: Sequence[float]) -> int:
+    """Which of several candidates to deploy by their scores: the highest, the first listed on a tie."""
+    if not scores:
+        raise ValueError("there is nothing to choose from: no scores")
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:
