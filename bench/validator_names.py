@@ -1,4 +1,4 @@
-"""The label-free validators' names (bench.validators computes them): here without torch, for the readers of
-the logs (bench.chosen, bench.paired)."""
+"""The label-free validators' names (bench.validators computes them), apart from their computation (which
+builds models and reads data), for the readers of the logs (bench.chosen, bench.paired)."""
 
 VALIDATORS = ("im", "neg_entropy", "diversity", "bnm", "snd")
