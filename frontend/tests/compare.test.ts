@@ -5,7 +5,9 @@ import {
   compareScale,
   compareTestId,
   flattenSettings,
+  labelFreeChoice,
   settingDifferences,
+  targetDataset,
 } from "../src/metrics/compare";
 
 const list = (...series: [string, string | null][]): MetricSeriesList => ({
@@ -69,5 +71,62 @@ describe("the settings in which configs differ", () => {
       { key: "nodes.0.name", values: ["a", undefined] },
     ]);
     expect(settingDifferences([recipe, { ...recipe }])).toEqual([]);
+  });
+});
+
+describe("which run to deploy without a label", () => {
+  const config = (name: string, normalization: string, target = "npz:/data/t.npz") => ({
+    name,
+    model: { normalization },
+    nodes: [
+      { name: "a", role: "source", dataset: "npz:/data/a.npz" },
+      { name: "t", role: "target", dataset: target },
+    ],
+  });
+  const information = (...values: number[]): MetricSeriesList => ({
+    federation_id: "f",
+    last_event_id: 0,
+    series: [
+      { name: "target_information", node: null, points: values.map((value, i) => ({ round: i + 1, value })) },
+      { name: "target_information", node: "t", points: [{ round: 1, value: 9 }] },
+    ],
+  });
+
+  it("names the run with the highest last information, the first on a tie, and counts what differs", () => {
+    const configs = [config("bn", "batch"), config("gn", "group"), config("gn-again", "group")];
+    // The last point counts, not the best one: the deployed model is the last round's.
+    expect(
+      labelFreeChoice(configs, [information(1.9, 1.2), information(1.0, 1.5), information(1.5)]),
+    ).toEqual({
+      kind: "chosen",
+      chosen: 1,
+      values: [1.2, 1.5, 1.5],
+      differing: 1,
+    });
+    const other = { ...config("lr", "group"), hyperparameters: { lr: 0.1 } };
+    expect(
+      labelFreeChoice([config("bn", "batch"), other], [information(1.0), information(0.9)]),
+    ).toMatchObject({
+      chosen: 0,
+      differing: 2,
+    });
+  });
+
+  it("waits for every run to report, and refuses to compare runs of different targets", () => {
+    const configs = [config("bn", "batch"), config("gn", "group")];
+    expect(labelFreeChoice(configs, [information(1.2), undefined])).toEqual({
+      kind: "waiting",
+      missing: [1],
+    });
+    expect(labelFreeChoice(configs, [information(1.2), information()])).toEqual({
+      kind: "waiting",
+      missing: [1],
+    });
+    const elsewhere = [config("bn", "batch"), config("gn", "group", "digits:mnistm")];
+    expect(labelFreeChoice(elsewhere, [information(1.2), information(1.0)])).toEqual({
+      kind: "different-targets",
+      targets: ["npz:/data/t.npz", "digits:mnistm"],
+    });
+    expect(targetDataset({ nodes: "none" })).toBeUndefined();
   });
 });

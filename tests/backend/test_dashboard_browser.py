@@ -312,6 +312,10 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     algorithm.get_by_role("cell").last.wait_for()  # drawn once both federations' configs are in
     assert algorithm.get_by_role("cell").all_inner_texts() == ["fedalign", "fedavg"]
     assert diff.get_by_role("row", name="rounds").count() == 0  # the same in both: not listed
+    # Which to deploy without a label: the run has reported its target's information, the baseline not yet.
+    choice = page.get_by_test_id("label-free-choice")
+    expect(choice).to_contain_text(f"Waiting for {baseline.json()['name']} to report target_information")
+    assert choice.get_attribute("data-chosen") is None
     # Any metric either reports can be drawn: task_loss joins the charts, and the URL keeps the choice. The
     # box is checked from the URL, which the router updates after the click (not within it): `check()` would
     # read the box too early, so the test clicks and waits for the box, as a person would see it.

@@ -60,3 +60,44 @@ export function settingDifferences(configs: readonly unknown[]): SettingDifferen
     .map((key) => ({ key, values: flats.map((f) => f[key]) }))
     .filter((d) => new Set(d.values).size > 1);
 }
+
+/** The target's label-free score that the runs of one target are chosen by (fedalign.metrics). */
+export const LABEL_FREE_METRIC = "target_information";
+
+/** Which of the compared runs to deploy without a label, or why that cannot be said yet. */
+export type LabelFreeChoice =
+  | { kind: "different-targets"; targets: (string | undefined)[] }
+  | { kind: "waiting"; missing: number[] }
+  | { kind: "chosen"; chosen: number; values: number[]; differing: number };
+
+/** The dataset spec of a config's target node, where the config names one. */
+export function targetDataset(config: unknown): string | undefined {
+  const nodes = (config as { nodes?: unknown } | null)?.nodes;
+  if (!Array.isArray(nodes)) return undefined;
+  const target = nodes.find((n) => (n as { role?: unknown } | null)?.role === "target") as
+    { dataset?: unknown } | undefined;
+  return typeof target?.dataset === "string" ? target.dataset : undefined;
+}
+
+/**
+ * The run whose last `target_information` is the highest (the first listed on a tie, as `fedalign choose`
+ * deploys), when every run adapts to the same target data and has reported it; `differing` counts the
+ * settings in which the configs differ besides their names (the scores compare like with like only).
+ */
+export function labelFreeChoice(
+  configs: readonly unknown[],
+  lists: readonly (MetricSeriesList | undefined)[],
+): LabelFreeChoice {
+  const targets = configs.map(targetDataset);
+  if (new Set(targets).size > 1) return { kind: "different-targets", targets };
+  const last = lists.map((list) => {
+    const points = list?.series.find((s) => s.name === LABEL_FREE_METRIC && s.node == null)?.points ?? [];
+    return points[points.length - 1]?.value;
+  });
+  const missing = last.flatMap((v, i) => (v === undefined ? [i] : []));
+  if (missing.length > 0) return { kind: "waiting", missing };
+  const values = last as number[];
+  const chosen = values.reduce((best, v, i) => (v > values[best]! ? i : best), 0);
+  const differing = settingDifferences(configs).filter((d) => d.key !== "name").length;
+  return { kind: "chosen", chosen, values, differing };
+}

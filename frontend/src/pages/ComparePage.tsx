@@ -5,11 +5,15 @@ import { federationsQuery, metricsQuery } from "../api/queries";
 import { EChart } from "../charts/EChart";
 import { type ChartLine, lineOption } from "../charts/lineOption";
 import { Empty, ErrorNotice, Loading } from "../components/feedback";
+import { formatMetric } from "../format";
 import {
   comparableMetrics,
   compareScale,
   compareTestId,
   DEFAULT_COMPARED,
+  LABEL_FREE_METRIC,
+  type LabelFreeChoice,
+  labelFreeChoice,
   settingDifferences,
 } from "../metrics/compare";
 import { findSeries } from "../metrics/series";
@@ -147,6 +151,13 @@ export function ComparePage() {
               );
             })}
           </div>
+          <LabelFreeChoicePanel
+            choice={labelFreeChoice(
+              ids.map((id) => federationOf(id)?.config ?? {}),
+              metrics.map((m) => m.data),
+            )}
+            names={ids.map(nameOf)}
+          />
           <section className="panel" aria-labelledby="settings-title">
             <h2 id="settings-title">Settings that differ</h2>
             {differences.length === 0 ? (
@@ -185,5 +196,47 @@ export function ComparePage() {
         </>
       )}
     </>
+  );
+}
+
+/** Which run to deploy without a label: the highest last `target_information` among runs of one target. */
+function LabelFreeChoicePanel({ choice, names }: { choice: LabelFreeChoice; names: string[] }) {
+  return (
+    <section
+      className="panel"
+      aria-labelledby="choice-title"
+      data-testid="label-free-choice"
+      data-chosen={choice.kind === "chosen" ? names[choice.chosen] : undefined}
+    >
+      <h2 id="choice-title">Which to deploy, without a label</h2>
+      {choice.kind === "different-targets" ? (
+        <p className="muted">
+          These federations adapt to different target data (
+          {choice.targets.map((t) => t ?? "not named").join(", ")}
+          ): their label-free scores do not compare.
+        </p>
+      ) : choice.kind === "waiting" ? (
+        <p className="muted">
+          Waiting for {choice.missing.map((i) => names[i]).join(", ")} to report{" "}
+          <code>{LABEL_FREE_METRIC}</code> (the target reports it at each evaluation).
+        </p>
+      ) : (
+        <>
+          <p>
+            <strong>{names[choice.chosen]}</strong> has the highest <code>{LABEL_FREE_METRIC}</code> at its
+            last evaluation: {choice.values.map((v, i) => `${names[i]} ${formatMetric(v)}`).join(", ")}. No
+            label is read: it is the class balance of the target model&apos;s predictions on the target&apos;s
+            own training data minus their mean entropy.
+          </p>
+          <p className="muted">
+            {choice.differing > 1 ? `These federations differ in ${choice.differing} settings. ` : ""}
+            Information compares runs that differ in one setting, such as the normalisation: between runs
+            trained differently in many ways the more confident wins whether or not it is right. For the final
+            choice, download the models and run <code>fedalign choose</code>, which scores them on the whole
+            training split.
+          </p>
+        </>
+      )}
+    </section>
   );
 }
