@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import platform
 import shlex
 import signal
 import socket
@@ -291,6 +292,20 @@ def provenance() -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "commit": git_commit(),
         "command": command_line(),
+    }
+
+
+def machine(loadavg_at_start: tuple[float, float, float]) -> dict[str, Any]:
+    """The machine a timing ran on: its CPUs, its load when the timing started and now, the platform and
+    torch's version (imported here: the callers time torch anyway)."""
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": loadavg_at_start,
+        "loadavg_at_end": os.getloadavg(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
     }
 
 

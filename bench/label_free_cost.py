@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from bench.harness import stamped, write_json
+from bench.harness import machine, stamped, write_json
 from fedalign import data as datasets
 from fedalign.data.core import Split
 from fedalign.label_free import LIVE_EXAMPLES, label_free_scores
@@ -172,13 +171,7 @@ def main() -> int:
                         "large": args.large,
                         "live_examples": LIVE_EXAMPLES,
                     },
-                    "machine": {
-                        "cpus": os.cpu_count(),
-                        "loadavg_at_start": load_at_start,
-                        "loadavg_at_end": os.getloadavg(),
-                        "platform": platform.platform(),
-                        "torch": torch.__version__,
-                    },
+                    "machine": machine(load_at_start),
                     "targets": results,
                 }
             ),

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.harness import stamped, write_json
+from bench.harness import machine, stamped, write_json
 from fedalign import data as datasets
 from fedalign.config import FederationConfig
 from fedalign.device import Device
@@ -228,13 +228,7 @@ def main() -> int:
             "warmup_runs": args.warmup,
             "threads": args.threads,
         },
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_at_start": load_at_start,
-            "loadavg_at_end": os.getloadavg(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(load_at_start),
         "ways": figures,
     }
     print(f"\n## Step throughput on {result['device']}: digits_cnn, batch {BATCH}, {steps} steps per run\n")

@@ -30,8 +30,8 @@ def _settings(card: ModelCard) -> dict[str, Any]:
     return {"architecture": card.architecture, **flat}
 
 
-def _differences(cards: list[ModelCard]) -> list[str]:
-    settings = [_settings(card) for card in cards]
+def _differences(settings: list[dict[str, Any]]) -> list[str]:
+    """The keys whose values are not the same in every model's settings."""
     return [key for key in settings[0] if any(s.get(key) != settings[0][key] for s in settings[1:])]
 
 
@@ -100,7 +100,8 @@ def choose(
         raise error(str(exc)) from exc
     scores = [p.label_free for p in predictions]
     chosen = pick([s.information for s in scores])
-    differing = _differences([m.card for m in models])
+    settings = [_settings(m.card) for m in models]
+    differing = _differences(settings)
     rows = [
         {
             "model": str(path),
@@ -108,9 +109,9 @@ def choose(
             "class_balance": s.class_balance,
             "mean_entropy": s.mean_entropy,
             "samples": len(p),
-            "settings": {key: _settings(m.card)[key] for key in differing},
+            "settings": {key: made[key] for key in differing},
         }
-        for path, m, p, s in zip(model_paths, models, predictions, scores, strict=True)
+        for path, made, p, s in zip(model_paths, settings, predictions, scores, strict=True)
     ]
     if json_out:
         print_json({"data": data, "split": split, "chosen": str(model_paths[chosen]), "models": rows})

@@ -29,10 +29,9 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from fedalign.data.core import NodeData, Split, labels_to_tensor, node_data
-from fedalign.data.splits import stratified_split
+from fedalign.data.core import NodeData
+from fedalign.data.splits import stratified_node_data
 
 LATENT = 6
 LINEAR, SATURATING = 12, 12
@@ -110,9 +109,4 @@ def generate(domain: str, samples_per_class: int = SAMPLES_PER_CLASS) -> tuple[n
 
 def load_clinics(spec: str, domain: str) -> NodeData:
     """A clinic as a node's data: class-stratified 70/15/15 splits, as every built-in data set."""
-    x, y = generate(domain)
-    parts = [
-        Split(torch.from_numpy(np.ascontiguousarray(x[i])), labels_to_tensor(y[i]))
-        for i in stratified_split(y)
-    ]
-    return node_data(spec, *parts, num_classes=len(CLASSES))
+    return stratified_node_data(spec, *generate(domain), num_classes=len(CLASSES))
