@@ -202,6 +202,15 @@ def create(
         ),
     ] = False,
     mode: Annotated[NodeMode, typer.Option(help="With --register-nodes: the nodes' mode.")] = "rest",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override one of the config's settings, its key dotted (repeatable), as `fedalign simulate "
+            "--set` does.",
+        ),
+    ] = None,
     start: Annotated[bool, typer.Option("--start", help="Start the federation once it is created.")] = False,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -212,7 +221,7 @@ def create(
     from fedalign.config import ConfigError, load_config
 
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, overrides or ())
     except ConfigError as exc:
         raise error(str(exc), exit_codes.USAGE) from exc
     upload = _initial_files(initial, manifest)

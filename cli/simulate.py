@@ -40,6 +40,16 @@ def simulate(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Federation config (TOML).")],
     rounds: Annotated[int | None, typer.Option(help="Override the config's number of rounds.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override one of the config's settings, its key dotted (repeatable): --set "
+            "model.normalization=group --set hyperparameters.lr=0.03. The value is read as TOML, else as "
+            "text.",
+        ),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as JSON.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,
@@ -82,7 +92,7 @@ def simulate(
     from fedalign.simulate import simulate as run_simulation
 
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, overrides or ())
     except ConfigError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from exc

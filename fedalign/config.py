@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -745,13 +745,44 @@ class ConfigError(ValueError):
     """A config file that cannot be used, with every problem listed."""
 
 
-def load_config(path: Path) -> FederationConfig:
+def set_setting(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override to a config's raw tables, in place:
+    ``model.normalization=group``, ``hyperparameters.lr=0.03``. The value is read as a TOML value (``0.1``,
+    ``true``, ``"text"``, ``[1, 2]``), and taken as a string where it is none (``group``); missing tables are
+    created. Whether the key exists and the value fits is the schema's to say, when the config is
+    validated."""
+    key, sep, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(
+            f"--set {assignment!r}: expected key=value, the key dotted (model.normalization=group)"
+        )
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    table = raw
+    for depth, part in enumerate(parts[:-1]):
+        inner = table.setdefault(part, {})
+        if not isinstance(inner, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(
+                f"--set {assignment!r}: {where} is not a table, so it has no {parts[depth + 1]!r}"
+            )
+        table = inner
+    table[parts[-1]] = value
+
+
+def load_config(path: Path, settings: Sequence[str] = ()) -> FederationConfig:
+    """A config file, validated, with ``settings`` (``dotted.key=value``, `set_setting`) applied first."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    for assignment in settings:
+        set_setting(raw, assignment)
     # A relative init_checkpoint names a file beside the config, wherever the command runs.
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("init_checkpoint"), str):

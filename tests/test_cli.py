@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from click.testing import Result
 from typer.testing import CliRunner
@@ -69,6 +70,45 @@ def test_a_bad_config_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
     assert "algorithm" in result.output and "fedalign" in result.output
     missing = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["simulate", str(tmp_path / "nope.toml")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_set_overrides_a_setting_by_its_dotted_key_before_the_config_is_checked(tmp_path: Path) -> None:
+    from fedalign.config import ConfigError, load_config, set_setting
+
+    raw: dict = {"model": {"hidden": 16}, "nodes": []}
+    for assignment in ("model.normalization=group", "hyperparameters.lr=0.03", "rounds=7", "x.y=[1, 2]"):
+        set_setting(raw, assignment)
+    set_setting(raw, 'name="two words"')
+    assert raw == {
+        "model": {"hidden": 16, "normalization": "group"},  # not TOML: taken as text
+        "nodes": [],
+        "hyperparameters": {"lr": 0.03},  # a missing table is created
+        "rounds": 7,
+        "x": {"y": [1, 2]},
+        "name": "two words",
+    }
+    for bad, said in (
+        ("rounds", "expected key=value"),
+        ("model..hidden=1", "expected key=value"),
+        ("nodes.a=1", "nodes is not a table"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            set_setting({"nodes": []}, bad)
+
+    config = tmp_path / "fed.toml"
+    config.write_text(CONFIG.format(a=tmp_path / "a.npz", t=tmp_path / "t.npz"))
+    assert load_config(config).model.normalization == "batch"
+    changed = load_config(config, ["model.normalization=group", "hyperparameters.local_steps=5"])
+    assert changed.model.normalization == "group" and changed.hyperparameters.local_steps == 5
+    # What the schema refuses is refused as the file's own problems are, saying which setting.
+    for bad, said in (
+        ("model.normalization=layer", "model.normalization"),
+        ("model.colour=red", "model.colour"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            load_config(config, [bad])
+        refused = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["simulate", str(config), "--set", bad])
+        assert refused.exit_code == 2 and said in refused.output
 
 
 def test_shipped_example_config_is_valid() -> None:
