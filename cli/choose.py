@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from cli import exit_codes
-from cli.client_config import JsonOption
 from cli.console import console
 from cli.extras import needs
 from cli.options import DataDirOption, DeviceOption, ThreadsOption, set_threads, use_data_dir
@@ -40,7 +39,7 @@ def choose(
     model_paths: Annotated[
         list[Path],
         typer.Argument(
-            metavar="MODEL...",
+            metavar="MODEL",
             help="Two or more target models with their cards (the dashboard's Download model, or `fedalign "
             "simulate --save-model`), trained for the same target.",
         ),
@@ -59,7 +58,9 @@ def choose(
             help="The split scored: train (the target's training data, as the benchmark did), val or test."
         ),
     ] = "train",
-    json_out: JsonOption = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document: the choice and each model.s scores.")
+    ] = False,
     data_dir: DataDirOption = None,
     device: DeviceOption = "auto",
     threads: ThreadsOption = 1,
