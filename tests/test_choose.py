@@ -12,13 +12,35 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from fedalign.config import FederationConfig
+from fedalign.config import FederationConfig, load_config
 from fedalign.label_free import choose
 from fedalign.predict import predict
 from fedalign.simulate import simulate
 from fedalign.trained_model import load_model, save_model
 
 CLASSES = 3
+
+
+TOML = """
+name = "vectors"
+architecture = "mlp"
+rounds = 40
+seed = 1
+[model]
+num_classes = 3
+input_shape = [8]
+hidden = 8
+[hyperparameters]
+batch_size = 16
+[[nodes]]
+name = "a"
+role = "source"
+dataset = "npz:{a}"
+[[nodes]]
+name = "t"
+role = "target"
+dataset = "npz:{t}"
+"""
 
 
 def config(tmp: Path, normalization: str, classes: int = CLASSES) -> FederationConfig:
@@ -46,8 +68,8 @@ def config(tmp: Path, normalization: str, classes: int = CLASSES) -> FederationC
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two runs of one federation that differ in their normalisation, and a collapsed copy of the first (its
-    task model's bias pushes every prediction into class 0), each saved with its card; and the target's data,
-    unlabelled."""
+    task model's bias pushes every prediction into class 0), each saved with its card; the target's data,
+    unlabelled; and the federation's file."""
     tmp = tmp_path_factory.mktemp("choose")
     rng = np.random.default_rng(0)
     y = rng.integers(0, CLASSES, 90)
@@ -55,17 +77,28 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.savez(tmp / "a.npz", x=x, y=y)
     y = rng.integers(0, CLASSES, 60)
     np.savez(tmp / "t.npz", x=rng.normal(size=(60, 8)).astype(np.float32) + 0.5 + np.eye(8)[y] * 2)
-    paths = {"data": tmp / "t.npz"}
-    for normalization in ("batch", "group"):
-        cfg = config(tmp, normalization)
-        paths[normalization] = tmp / f"{normalization}.safetensors"
-        state = simulate(cfg).models["target_model"]
-        save_model(paths[normalization], state, cfg)
-        if normalization == "batch":
-            bias = next(k for k in state if k.startswith("T.") and tuple(state[k].shape) == (CLASSES,))
-            collapsed = {**state, bias: state[bias] + torch.tensor([100.0, 0.0, 0.0])}
-            paths["collapsed"] = tmp / "collapsed.safetensors"
-            save_model(paths["collapsed"], collapsed, cfg)
+    paths = {"data": tmp / "t.npz", "config": tmp / "fed.toml"}
+    paths["config"].write_text(TOML.format(a=tmp / "a.npz", t=tmp / "t.npz"))
+    cfg = load_config(paths["config"])
+    state = simulate(cfg).models["target_model"]
+    paths["batch"], paths["collapsed"] = tmp / "batch.safetensors", tmp / "collapsed.safetensors"
+    save_model(paths["batch"], state, cfg)
+    bias = next(k for k in state if k.startswith("T.") and tuple(state[k].shape) == (CLASSES,))
+    save_model(paths["collapsed"], {**state, bias: state[bias] + torch.tensor([100.0, 0.0, 0.0])}, cfg)
+    # The second run as the docs make it: the same file, one setting changed on the command line.
+    paths["group"] = tmp / "group.safetensors"
+    made = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            str(paths["config"]),
+            "--set",
+            "model.normalization=group",
+            "--save-model",
+            str(paths["group"]),
+        ],
+    )
+    assert made.exit_code == 0, made.output
     return paths
 
 
@@ -94,10 +127,10 @@ def test_the_model_with_the_highest_information_is_named_with_what_its_card_says
     assert [m["information"] for m in document["models"]] == pytest.approx(scores, abs=0)
     train = len(predict(load_model(models[0]), f"npz:{runs['data']}", splits=("train",)))
     assert [m["samples"] for m in document["models"]] == [train] * 3
-    # What the cards say differs: the normalisation (and the federation's name), not the shared settings.
+    # What the cards say differs: the normalisation, not the shared settings.
     settings = [m["settings"] for m in document["models"]]
     assert [s["model.normalization"] for s in settings] == ["batch", "batch", "group"]
-    assert "model.num_classes" not in settings[0] and "provenance.seed" not in settings[0]
+    assert all(set(s) == {"model.normalization"} for s in settings)
 
     table = CliRunner().invoke(app, ["choose", *map(str, models), "--data", f"npz:{runs['data']}"])
     assert table.exit_code == 0, table.output
