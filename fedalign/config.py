@@ -760,7 +760,7 @@ def set_setting(raw: dict[str, Any], assignment: str) -> None:
     try:
         value = tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
-        value = text
+        value = text.strip()
     table = raw
     for depth, part in enumerate(parts[:-1]):
         inner = table.setdefault(part, {})

@@ -79,6 +79,8 @@ def test_set_overrides_a_setting_by_its_dotted_key_before_the_config_is_checked(
     for assignment in ("model.normalization=group", "hyperparameters.lr=0.03", "rounds=7", "x.y=[1, 2]"):
         set_setting(raw, assignment)
     set_setting(raw, 'name="two words"')
+    set_setting(raw, "model.normalization = group")  # spaced as in the file: the same
+
     assert raw == {
         "model": {"hidden": 16, "normalization": "group"},  # not TOML: taken as text
         "nodes": [],
