@@ -75,14 +75,8 @@ describe("the settings in which configs differ", () => {
 });
 
 describe("which run to deploy without a label", () => {
-  const config = (name: string, normalization: string, target = "npz:/data/t.npz") => ({
-    name,
-    model: { normalization },
-    nodes: [
-      { name: "a", role: "source", dataset: "npz:/data/a.npz" },
-      { name: "t", role: "target", dataset: target },
-    ],
-  });
+  const config = (name: string, normalization: string) => ({ name, model: { normalization } });
+  const same = [undefined, undefined, undefined];
   const information = (...values: number[]): MetricSeriesList => ({
     federation_id: "f",
     last_event_id: 0,
@@ -95,18 +89,16 @@ describe("which run to deploy without a label", () => {
   it("names the run with the highest last information, the first on a tie, and counts what differs", () => {
     const configs = [config("bn", "batch"), config("gn", "group"), config("gn-again", "group")];
     // The last point counts, not the best one: the deployed model is the last round's.
-    expect(
-      labelFreeChoice(configs, [information(1.9, 1.2), information(1.0, 1.5), information(1.5)]),
-    ).toEqual({
+    const lists = [information(1.9, 1.2), information(1.0, 1.5), information(1.5)];
+    expect(labelFreeChoice(configs, same, lists)).toEqual({
       kind: "chosen",
       chosen: 1,
       values: [1.2, 1.5, 1.5],
       differing: 1,
     });
     const other = { ...config("lr", "group"), hyperparameters: { lr: 0.1 } };
-    expect(
-      labelFreeChoice([config("bn", "batch"), other], [information(1.0), information(0.9)]),
-    ).toMatchObject({
+    const two = [information(1.0), information(0.9)];
+    expect(labelFreeChoice([config("bn", "batch"), other], same, two)).toMatchObject({
       chosen: 0,
       differing: 2,
     });
@@ -114,19 +106,26 @@ describe("which run to deploy without a label", () => {
 
   it("waits for every run to report, and refuses to compare runs of different targets", () => {
     const configs = [config("bn", "batch"), config("gn", "group")];
-    expect(labelFreeChoice(configs, [information(1.2), undefined])).toEqual({
-      kind: "waiting",
-      missing: [1],
-    });
-    expect(labelFreeChoice(configs, [information(1.2), information()])).toEqual({
-      kind: "waiting",
-      missing: [1],
-    });
-    const elsewhere = [config("bn", "batch"), config("gn", "group", "digits:mnistm")];
-    expect(labelFreeChoice(elsewhere, [information(1.2), information(1.0)])).toEqual({
+    const waiting = { kind: "waiting", missing: [1] };
+    expect(labelFreeChoice(configs, same, [information(1.2), undefined])).toEqual(waiting);
+    expect(labelFreeChoice(configs, same, [information(1.2), information()])).toEqual(waiting);
+    // A target not known (a run with no node registered yet) does not count as a different one.
+    const lists = [information(1.2), information(1.0)];
+    expect(labelFreeChoice(configs, ["npz:t.npz", undefined], lists)).toMatchObject({ kind: "chosen" });
+    expect(labelFreeChoice(configs, ["npz:t.npz", "digits:mnistm"], lists)).toEqual({
       kind: "different-targets",
-      targets: ["npz:/data/t.npz", "digits:mnistm"],
+      targets: ["npz:t.npz", "digits:mnistm"],
     });
-    expect(targetDataset({ nodes: "none" })).toBeUndefined();
+  });
+
+  it("reads the target's data from its registered node, else from the config's nodes", () => {
+    const registered = [
+      { role: "source", dataset: "npz:a.npz" },
+      { role: "target", dataset: "npz:served.npz" },
+    ];
+    const inFile = { nodes: [{ name: "t", role: "target", dataset: "npz:file.npz" }] };
+    expect(targetDataset(registered, inFile)).toBe("npz:served.npz");
+    expect(targetDataset([], inFile)).toBe("npz:file.npz");
+    expect(targetDataset(undefined, { nodes: "none" })).toBeUndefined();
   });
 });

@@ -316,6 +316,17 @@ def test_a_person_runs_a_federation_from_the_dashboard(stack: Stack, page: Any) 
     choice = page.get_by_test_id("label-free-choice")
     expect(choice).to_contain_text(f"Waiting for {baseline.json()['name']} to report target_information")
     assert choice.get_attribute("data-chosen") is None
+    # A run whose target holds other data: the two runs' scores are not compared at all.
+    settings = {**baseline.json()["config"], "name": "elsewhere"}
+    elsewhere = stack.admin.post("/api/v1/federations", json=settings)
+    assert elsewhere.status_code == 201, elsewhere.text
+    other = {"name": "far", "role": "target", "dataset": "npz:/elsewhere.npz", "mode": "rest"}
+    registered = stack.admin.post(f"/api/v1/federations/{elsewhere.json()['id']}/nodes", json=other)
+    assert registered.status_code == 201, registered.text
+    page.goto(f"{stack.url}/compare?ids={federation_id},{elsewhere.json()['id']}")
+    expect(choice).to_contain_text("adapt to different target data", timeout=TIMEOUT_MS)
+    expect(choice).to_contain_text("npz:/elsewhere.npz")
+    page.goto(f"{stack.url}/compare?ids={federation_id},{baseline.json()['id']}")
     # Any metric either reports can be drawn: task_loss joins the charts, and the URL keeps the choice. The
     # box is checked from the URL, which the router updates after the click (not within it): `check()` would
     # read the box too early, so the test clicks and waits for the box, as a person would see it.

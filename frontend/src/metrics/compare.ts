@@ -70,8 +70,16 @@ export type LabelFreeChoice =
   | { kind: "waiting"; missing: number[] }
   | { kind: "chosen"; chosen: number; values: number[]; differing: number };
 
-/** The dataset spec of a config's target node, where the config names one. */
-export function targetDataset(config: unknown): string | undefined {
+/**
+ * The dataset spec of a federation's target: its registered target node's (a served federation's config holds
+ * no nodes), else the config's target node's; undefined where neither names one.
+ */
+export function targetDataset(
+  registered: readonly { role: string; dataset: string }[] | undefined,
+  config: unknown,
+): string | undefined {
+  const served = registered?.find((n) => n.role === "target")?.dataset;
+  if (served !== undefined) return served;
   const nodes = (config as { nodes?: unknown } | null)?.nodes;
   if (!Array.isArray(nodes)) return undefined;
   const target = nodes.find((n) => (n as { role?: unknown } | null)?.role === "target") as
@@ -81,15 +89,18 @@ export function targetDataset(config: unknown): string | undefined {
 
 /**
  * The run whose last `target_information` is the highest (the first listed on a tie, as `fedalign choose`
- * deploys), when every run adapts to the same target data and has reported it; `differing` counts the
- * settings in which the configs differ besides their names (the scores compare like with like only).
+ * deploys), when no two runs name different target data (`targets`, one per run; undefined where unknown)
+ * and every run has reported it; `differing` counts the settings in which the configs differ besides their
+ * names (the scores compare like with like only).
  */
 export function labelFreeChoice(
   configs: readonly unknown[],
+  targets: readonly (string | undefined)[],
   lists: readonly (MetricSeriesList | undefined)[],
 ): LabelFreeChoice {
-  const targets = configs.map(targetDataset);
-  if (new Set(targets).size > 1) return { kind: "different-targets", targets };
+  if (new Set(targets.filter((t) => t !== undefined)).size > 1) {
+    return { kind: "different-targets", targets: [...targets] };
+  }
   const last = lists.map((list) => {
     const points = list?.series.find((s) => s.name === LABEL_FREE_METRIC && s.node == null)?.points ?? [];
     return points[points.length - 1]?.value;

@@ -1,7 +1,7 @@
 import { useQueries, useQuery } from "@tanstack/react-query";
 import { useMemo } from "react";
 import { Link, useSearchParams } from "react-router";
-import { federationsQuery, metricsQuery } from "../api/queries";
+import { federationsQuery, metricsQuery, nodesQuery } from "../api/queries";
 import { EChart } from "../charts/EChart";
 import { type ChartLine, lineOption } from "../charts/lineOption";
 import { Empty, ErrorNotice, Loading } from "../components/feedback";
@@ -15,6 +15,7 @@ import {
   type LabelFreeChoice,
   labelFreeChoice,
   settingDifferences,
+  targetDataset,
 } from "../metrics/compare";
 import { findSeries } from "../metrics/series";
 import { useTitle } from "../useTitle";
@@ -26,6 +27,8 @@ export function ComparePage() {
   const [params, setParams] = useSearchParams();
   const ids = useMemo(() => (params.get("ids") ?? "").split(",").filter(Boolean), [params]);
   const federations = useQuery(federationsQuery());
+  // Each federation's registered nodes: where its target's data are (a served config holds no nodes).
+  const nodes = useQueries({ queries: ids.map((id) => nodesQuery(id)) });
   const metrics = useQueries({
     queries: ids.map((id) => ({ ...metricsQuery(id), refetchInterval: 10_000 })),
   });
@@ -154,6 +157,7 @@ export function ComparePage() {
           <LabelFreeChoicePanel
             choice={labelFreeChoice(
               ids.map((id) => federationOf(id)?.config ?? {}),
+              ids.map((id, i) => targetDataset(nodes[i]?.data?.items, federationOf(id)?.config)),
               metrics.map((m) => m.data),
             )}
             names={ids.map(nameOf)}
