@@ -28,6 +28,7 @@ from cli.api_client import ApiClient, ApiError, Transition, Unreachable
 from cli.client_config import JsonOption, TokenOption, UrlOption, client_settings, no_token_message
 from cli.console import console, err_console
 from cli.extras import require
+from cli.options import SetOption
 from cli.output import error, failures, number, print_json, when
 from cli.simulate import TABLE_METRICS
 from fedalign.config import Role
@@ -202,15 +203,7 @@ def create(
         ),
     ] = False,
     mode: Annotated[NodeMode, typer.Option(help="With --register-nodes: the nodes' mode.")] = "rest",
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Override one of the config's settings, its key dotted (repeatable), as `fedalign simulate "
-            "--set` does.",
-        ),
-    ] = None,
+    overrides: SetOption = None,
     start: Annotated[bool, typer.Option("--start", help="Start the federation once it is created.")] = False,
     url: UrlOption = None,
     token: TokenOption = None,

@@ -34,6 +34,15 @@ DatasetOption = Annotated[
     ),
 ]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override one of the config's settings, its key dotted (repeatable): --set "
+        "model.normalization=group --set hyperparameters.lr=0.03. The value is read as TOML, else as text.",
+    ),
+]
 ThreadsOption = Annotated[
     int,
     typer.Option(

@@ -13,7 +13,7 @@ from rich.table import Table
 from cli.console import console
 from cli.exit_codes import NOT_INSTALLED
 from cli.extras import needs
-from cli.options import set_threads
+from cli.options import SetOption, set_threads
 from fedalign.checkpoint_files import checkpoint_filename
 from fedalign.config import ConfigError, FederationConfig, load_config
 from fedalign.trackers import Destinations, TrackerError, TrackerNotInstalled, TrackerRun, open_run, selected
@@ -40,16 +40,7 @@ def simulate(
     config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="Federation config (TOML).")],
     rounds: Annotated[int | None, typer.Option(help="Override the config's number of rounds.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's seed.")] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="Override one of the config's settings, its key dotted (repeatable): --set "
-            "model.normalization=group --set hyperparameters.lr=0.03. The value is read as TOML, else as "
-            "text.",
-        ),
-    ] = None,
+    overrides: SetOption = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write per-round metrics as JSON.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads (default: torch's choice).")] = None,

@@ -17,30 +17,11 @@ from fedalign.label_free import choose
 from fedalign.predict import predict
 from fedalign.simulate import simulate
 from fedalign.trained_model import load_model, save_model
+from tests.test_cli import CONFIG
 
 CLASSES = 3
-
-
-TOML = """
-name = "vectors"
-architecture = "mlp"
-rounds = 40
-seed = 1
-[model]
-num_classes = 3
-input_shape = [8]
-hidden = 8
-[hyperparameters]
-batch_size = 16
-[[nodes]]
-name = "a"
-role = "source"
-dataset = "npz:{a}"
-[[nodes]]
-name = "t"
-role = "target"
-dataset = "npz:{t}"
-"""
+# test_cli's federation, trained longer.
+SETTINGS = ["rounds=40"]
 
 
 def config(tmp: Path, normalization: str, classes: int = CLASSES) -> FederationConfig:
@@ -78,8 +59,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     y = rng.integers(0, CLASSES, 60)
     np.savez(tmp / "t.npz", x=rng.normal(size=(60, 8)).astype(np.float32) + 0.5 + np.eye(8)[y] * 2)
     paths = {"data": tmp / "t.npz", "config": tmp / "fed.toml"}
-    paths["config"].write_text(TOML.format(a=tmp / "a.npz", t=tmp / "t.npz"))
-    cfg = load_config(paths["config"])
+    paths["config"].write_text(CONFIG.format(a=tmp / "a.npz", t=tmp / "t.npz"))
+    cfg = load_config(paths["config"], SETTINGS)
     state = simulate(cfg).models["target_model"]
     paths["batch"], paths["collapsed"] = tmp / "batch.safetensors", tmp / "collapsed.safetensors"
     save_model(paths["batch"], state, cfg)
@@ -92,6 +73,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         [
             "simulate",
             str(paths["config"]),
+            *(f"--set={setting}" for setting in SETTINGS),
             "--set",
             "model.normalization=group",
             "--save-model",
